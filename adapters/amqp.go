@@ -1,0 +1,74 @@
+package adapters
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// AMQPConfigFor returns the watermill-amqp configuration Open uses: a durable
+// queue per topic on the default exchange, persistent messages, publisher
+// confirms (Publish returns only once RabbitMQ has the message), and the
+// QoS prefetch of cfg. With Quorum, queues are declared as quorum queues.
+func AMQPConfigFor(cfg Config) wamqp.Config {
+	a := cfg.AMQP
+	c := wamqp.NewDurableQueueConfig(a.URL)
+	c.Connection.AmqpConfig = &amqp.Config{
+		Dial:      amqp.DefaultDial(cfg.ConnectTimeout),
+		Heartbeat: 10 * time.Second,
+		Locale:    "en_US",
+	}
+	c.Publish.ConfirmDelivery = true
+	c.Consume.Qos.PrefetchCount = a.Prefetch
+	if a.Quorum {
+		c.Queue.Arguments = amqp.Table{"x-queue-type": "quorum"}
+	}
+	return c
+}
+
+func amqpHostPort(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "amqps" {
+		return net.JoinHostPort(u.Hostname(), "5671")
+	}
+	return net.JoinHostPort(u.Hostname(), "5672")
+}
+
+func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.LoggerAdapter) error {
+	b.Addr = Redact(cfg.AMQP.URL)
+	if err := dialCheck(ctx, KindAMQP, amqpHostPort(cfg.AMQP.URL), cfg.ConnectTimeout); err != nil {
+		return err
+	}
+	wc := AMQPConfigFor(cfg)
+	conn, err := wamqp.NewConnection(wc.Connection, logger)
+	if err != nil {
+		// The client's error can quote the URL; say where without the password.
+		return fmt.Errorf("%w: amqp at %s: connection refused by RabbitMQ (check user, password and vhost)", ErrUnreachable, b.Addr)
+	}
+	b.onClose(conn.Close)
+	pub, err := wamqp.NewPublisherWithConnection(wc, logger, conn)
+	if err != nil {
+		return fmt.Errorf("amqp publisher at %s: %w", b.Addr, err)
+	}
+	b.Publisher = pub
+	b.onClose(pub.Close)
+	sub, err := wamqp.NewSubscriberWithConnection(wc, logger, conn)
+	if err != nil {
+		return fmt.Errorf("amqp subscriber at %s: %w", b.Addr, err)
+	}
+	b.Subscriber = sub
+	b.onClose(sub.Close)
+	return nil
+}

@@ -1,0 +1,351 @@
+// Package adapters turns one Config into a Watermill Publisher and Subscriber
+// for memory (gochannel), Kafka, RabbitMQ (AMQP) or a PostgreSQL-backed queue,
+// so the same handler runs on any of them, picked by configuration.
+package adapters
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Kind names a broker.
+type Kind string
+
+// The brokers Open can build.
+const (
+	KindMemory   Kind = "memory"
+	KindKafka    Kind = "kafka"
+	KindAMQP     Kind = "amqp"
+	KindPostgres Kind = "postgres"
+)
+
+// Kinds lists every supported Kind, in documentation order.
+var Kinds = []Kind{KindMemory, KindKafka, KindAMQP, KindPostgres}
+
+// ErrInvalidConfig is wrapped by every error Validate returns.
+var ErrInvalidConfig = errors.New("invalid adapters config")
+
+// Config selects a broker and holds one section per broker. Only the section
+// of the selected Broker is used. The zero value (after defaults) is the
+// memory broker.
+type Config struct {
+	// Broker picks the broker. Default "memory".
+	Broker Kind `yaml:"broker"`
+
+	// ConnectTimeout bounds how long Open waits for an unreachable broker
+	// before failing with an error naming it. Default 5s. Too short fails on
+	// a slow network; too long delays start-up failures.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+
+	Memory   MemoryConfig   `yaml:"memory"`
+	Kafka    KafkaConfig    `yaml:"kafka"`
+	AMQP     AMQPConfig     `yaml:"amqp"`
+	Postgres PostgresConfig `yaml:"postgres"`
+}
+
+// MemoryConfig configures Watermill's gochannel Pub/Sub. Messages live only in
+// the process: for unit tests and demos.
+type MemoryConfig struct {
+	// OutputBuffer is each subscriber's channel buffer. Default 0 (unbuffered):
+	// a slow consumer slows the publisher, which is the honest behaviour.
+	OutputBuffer int64 `yaml:"output_buffer"`
+}
+
+// KafkaConfig configures watermill-kafka (Sarama).
+type KafkaConfig struct {
+	// Brokers are the bootstrap addresses (host:port). Empty starts an
+	// embedded Kafka-protocol broker in process (kfake), stopped on Close:
+	// nothing to install, nothing kept after the process exits.
+	Brokers []string `yaml:"brokers"`
+
+	// ConsumerGroup the subscriber joins. Default "antidote". Offsets are
+	// committed per group, and only for acked messages.
+	ConsumerGroup string `yaml:"consumer_group"`
+
+	// Partitions for topics the adapter creates (the embedded broker's
+	// auto-created topics and SubscribeInitialize). Default 4.
+	Partitions int `yaml:"partitions"`
+
+	// ReplicationFactor for topics the adapter creates. Default 1.
+	ReplicationFactor int `yaml:"replication_factor"`
+
+	// InitialOffset is where a new consumer group starts: "oldest" (default;
+	// nothing published before the group existed is missed) or "newest".
+	InitialOffset string `yaml:"initial_offset"`
+
+	// Version is the Kafka protocol version Sarama speaks. Default "2.1.0".
+	// Higher versions break consumer groups with Sarama 1.43 (OffsetFetch v6).
+	Version string `yaml:"version"`
+
+	// PartitionKey is the metadata key whose value becomes the record key, so
+	// messages with the same value keep their order. Default "partition_key".
+	// Messages without it are spread over partitions.
+	PartitionKey string `yaml:"partition_key"`
+
+	// NackResendSleep is the pause before a nacked message is redelivered.
+	// Default 100ms. A nack blocks its partition until the message is acked.
+	NackResendSleep time.Duration `yaml:"nack_resend_sleep"`
+
+	// ClientID identifies this process to the brokers. Default "antidote".
+	ClientID string `yaml:"client_id"`
+
+	// EmbeddedAddr is where the embedded broker listens when Brokers is
+	// empty. Default "127.0.0.1:0" (a free port).
+	EmbeddedAddr string `yaml:"embedded_addr"`
+}
+
+// AMQPConfig configures watermill-amqp: one durable queue per topic.
+type AMQPConfig struct {
+	// URL of RabbitMQ. Default "amqp://guest:guest@127.0.0.1:5672/".
+	URL string `yaml:"url"`
+
+	// Quorum declares queues as quorum queues (replicated, and RabbitMQ keeps
+	// an x-delivery-count). Default false: classic durable queues. A queue's
+	// type cannot change once declared.
+	Quorum bool `yaml:"quorum"`
+
+	// Prefetch is the consumer's QoS prefetch count. Default 10. Higher means
+	// more throughput and more messages redelivered after a crash.
+	Prefetch int `yaml:"prefetch"`
+}
+
+// PostgresConfig configures watermill-sql/v4 with pgx and its PostgreSQL queue
+// schema: a row is deleted when its message is acked. One table per topic,
+// created on first use.
+type PostgresConfig struct {
+	// URL of the database. Default
+	// "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".
+	URL string `yaml:"url"`
+
+	// TablePrefix is prepended to the topic to name its table. Default
+	// "antidote_queue_".
+	TablePrefix string `yaml:"table_prefix"`
+
+	// PollInterval between queries when the queue is empty. Default 100ms.
+	// Lower means lower latency and more idle queries.
+	PollInterval time.Duration `yaml:"poll_interval"`
+
+	// ResendInterval before a nacked message is delivered again. Default 1s.
+	ResendInterval time.Duration `yaml:"resend_interval"`
+
+	// AckDeadline after which an unacked message is delivered again.
+	// Default 30s; it must exceed the slowest handler.
+	AckDeadline time.Duration `yaml:"ack_deadline"`
+
+	// MaxConns of the pgx pool. Default 10.
+	MaxConns int32 `yaml:"max_conns"`
+}
+
+// Defaults used by SetDefaults.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultConsumerGroup  = "antidote"
+	DefaultAMQPURL        = "amqp://guest:guest@127.0.0.1:5672/"
+	DefaultPostgresURL    = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	DefaultKafkaVersion   = "2.1.0"
+)
+
+// SetDefaults fills every unset field with its documented default.
+func (c *Config) SetDefaults() {
+	if c.Broker == "" {
+		c.Broker = KindMemory
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	k := &c.Kafka
+	if k.ConsumerGroup == "" {
+		k.ConsumerGroup = DefaultConsumerGroup
+	}
+	if k.Partitions == 0 {
+		k.Partitions = 4
+	}
+	if k.ReplicationFactor == 0 {
+		k.ReplicationFactor = 1
+	}
+	if k.InitialOffset == "" {
+		k.InitialOffset = "oldest"
+	}
+	if k.Version == "" {
+		k.Version = DefaultKafkaVersion
+	}
+	if k.PartitionKey == "" {
+		k.PartitionKey = "partition_key"
+	}
+	if k.NackResendSleep == 0 {
+		k.NackResendSleep = 100 * time.Millisecond
+	}
+	if k.ClientID == "" {
+		k.ClientID = "antidote"
+	}
+	if k.EmbeddedAddr == "" {
+		k.EmbeddedAddr = "127.0.0.1:0"
+	}
+	a := &c.AMQP
+	if a.URL == "" {
+		a.URL = DefaultAMQPURL
+	}
+	if a.Prefetch == 0 {
+		a.Prefetch = 10
+	}
+	p := &c.Postgres
+	if p.URL == "" {
+		p.URL = DefaultPostgresURL
+	}
+	if p.TablePrefix == "" {
+		p.TablePrefix = "antidote_queue_"
+	}
+	if p.PollInterval == 0 {
+		p.PollInterval = 100 * time.Millisecond
+	}
+	if p.ResendInterval == 0 {
+		p.ResendInterval = time.Second
+	}
+	if p.AckDeadline == 0 {
+		p.AckDeadline = 30 * time.Second
+	}
+	if p.MaxConns == 0 {
+		p.MaxConns = 10
+	}
+}
+
+// Validate reports every field that cannot work, each naming the field (as in
+// YAML) and the fix. Call SetDefaults first; Open does both.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...)))
+	}
+	switch c.Broker {
+	case KindMemory, KindKafka, KindAMQP, KindPostgres:
+	default:
+		bad("broker", "unknown broker %q; use one of %s", c.Broker, kindList())
+	}
+	if c.ConnectTimeout < 0 {
+		bad("connect_timeout", "%s is negative; use a positive duration such as 5s", c.ConnectTimeout)
+	}
+	switch c.Broker {
+	case KindKafka:
+		k := c.Kafka
+		for i, b := range k.Brokers {
+			if err := checkHostPort(b); err != nil {
+				bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port (%v); write it like 127.0.0.1:9092, or leave brokers empty for the embedded broker", b, err)
+			}
+		}
+		if strings.TrimSpace(k.ConsumerGroup) == "" {
+			bad("kafka.consumer_group", "is blank; name the consumer group, e.g. my-service")
+		}
+		if k.Partitions < 1 {
+			bad("kafka.partitions", "%d is less than 1; use 1 or more", k.Partitions)
+		}
+		if k.ReplicationFactor < 1 {
+			bad("kafka.replication_factor", "%d is less than 1; use 1 or more", k.ReplicationFactor)
+		}
+		if k.InitialOffset != "oldest" && k.InitialOffset != "newest" {
+			bad("kafka.initial_offset", "%q is not oldest or newest", k.InitialOffset)
+		}
+		if _, err := parseKafkaVersion(k.Version); err != nil {
+			bad("kafka.version", "%v; use a Kafka version such as 2.1.0", err)
+		}
+		if k.NackResendSleep < 0 {
+			bad("kafka.nack_resend_sleep", "%s is negative; use a positive duration", k.NackResendSleep)
+		}
+		if len(k.Brokers) == 0 {
+			if err := checkHostPort(k.EmbeddedAddr); err != nil {
+				bad("kafka.embedded_addr", "%q is not host:port (%v); use e.g. 127.0.0.1:9092", k.EmbeddedAddr, err)
+			}
+		}
+	case KindAMQP:
+		if err := checkURL(c.AMQP.URL, "amqp", "amqps"); err != nil {
+			bad("amqp.url", "%v; write it like amqp://user:password@host:5672/", err)
+		}
+		if c.AMQP.Prefetch < 1 {
+			bad("amqp.prefetch", "%d is less than 1; use 1 or more", c.AMQP.Prefetch)
+		}
+	case KindPostgres:
+		p := c.Postgres
+		if err := checkURL(p.URL, "postgres", "postgresql"); err != nil {
+			bad("postgres.url", "%v; write it like postgres://user@host:5432/db?sslmode=disable", err)
+		}
+		if !validTablePrefix(p.TablePrefix) {
+			bad("postgres.table_prefix", "%q must be letters, digits and underscores, starting with a letter", p.TablePrefix)
+		}
+		for name, d := range map[string]time.Duration{"poll_interval": p.PollInterval, "resend_interval": p.ResendInterval, "ack_deadline": p.AckDeadline} {
+			if d <= 0 {
+				bad("postgres."+name, "%s is not positive; use a duration such as 1s", d)
+			}
+		}
+		if p.MaxConns < 1 {
+			bad("postgres.max_conns", "%d is less than 1; use 1 or more", p.MaxConns)
+		}
+	}
+	if c.Memory.OutputBuffer < 0 {
+		bad("memory.output_buffer", "%d is negative; use 0 or more", c.Memory.OutputBuffer)
+	}
+	return errors.Join(errs...)
+}
+
+func kindList() string {
+	s := make([]string, len(Kinds))
+	for i, k := range Kinds {
+		s[i] = string(k)
+	}
+	return strings.Join(s, ", ")
+}
+
+func checkHostPort(s string) error {
+	i := strings.LastIndex(s, ":")
+	if i <= 0 || i == len(s)-1 {
+		return errors.New("missing host or port")
+	}
+	for _, r := range s[i+1:] {
+		if r < '0' || r > '9' {
+			return errors.New("port is not a number")
+		}
+	}
+	return nil
+}
+
+func checkURL(raw string, schemes ...string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Parse errors quote the input, which may hold a password.
+		return errors.New("not a valid URL")
+	}
+	for _, s := range schemes {
+		if u.Scheme == s {
+			if u.Host == "" {
+				return errors.New("URL has no host")
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("scheme %q is not %s", u.Scheme, strings.Join(schemes, " or "))
+}
+
+func validTablePrefix(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '_':
+		case r >= '0' && r <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Redact hides the password of a URL, for logs and errors.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparseable URL>"
+	}
+	return u.Redacted()
+}

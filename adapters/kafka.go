@@ -1,0 +1,112 @@
+package adapters
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+func parseKafkaVersion(v string) (sarama.KafkaVersion, error) {
+	return sarama.ParseKafkaVersion(v)
+}
+
+// KafkaMarshaler is the marshaler Open uses: Watermill's default, with the
+// record key taken from the metadata key KafkaConfig.PartitionKey.
+func KafkaMarshaler(partitionKey string) kafka.MarshalerUnmarshaler {
+	return kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
+		return msg.Metadata.Get(partitionKey), nil
+	})
+}
+
+// SaramaConfig returns the Sarama settings Open uses for cfg, for users who
+// build watermill-kafka publishers or subscribers themselves.
+//
+// Offsets: the subscriber marks an offset only after its message is acked,
+// and Sarama's auto-commit commits only marked offsets, so an unacked message
+// is consumed again after a restart or rebalance (at-least-once).
+func SaramaConfig(cfg Config) (*sarama.Config, error) {
+	k := cfg.Kafka
+	version, err := parseKafkaVersion(k.Version)
+	if err != nil {
+		return nil, err
+	}
+	sc := kafka.DefaultSaramaSubscriberConfig()
+	sc.Version = version
+	sc.ClientID = k.ClientID
+	sc.Net.DialTimeout = cfg.ConnectTimeout
+	sc.Metadata.Retry.Max = 3
+	sc.Metadata.Timeout = cfg.ConnectTimeout
+	sc.Admin.Timeout = 2 * cfg.ConnectTimeout
+	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	if k.InitialOffset == "newest" {
+		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
+	}
+	sc.Consumer.Offsets.AutoCommit.Enable = true
+	sc.Producer.Return.Successes = true
+	sc.Producer.Return.Errors = true
+	// A publish is done only when every in-sync replica has it.
+	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Producer.Retry.Max = 10
+	return sc, nil
+}
+
+func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.LoggerAdapter) error {
+	k := &cfg.Kafka
+	if len(k.Brokers) == 0 {
+		emb, err := StartEmbeddedKafka(EmbeddedKafkaConfig{Addr: k.EmbeddedAddr, Partitions: k.Partitions})
+		if err != nil {
+			return err
+		}
+		b.onClose(func() error { emb.Close(); return nil })
+		k.Brokers = emb.Addrs()
+		logger.Info("No Kafka brokers configured: started an embedded Kafka-protocol broker (kfake) in this process; it stops, and its data is gone, on Close", watermill.LogFields{"addr": strings.Join(k.Brokers, ",")})
+	}
+	b.Config = cfg
+	b.Addr = strings.Join(k.Brokers, ",")
+	for _, addr := range k.Brokers {
+		if err := dialCheck(ctx, KindKafka, addr, cfg.ConnectTimeout); err != nil {
+			return err
+		}
+	}
+	sc, err := SaramaConfig(cfg)
+	if err != nil {
+		return err
+	}
+	marshaler := KafkaMarshaler(k.PartitionKey)
+
+	pc := kafka.DefaultSaramaSyncPublisherConfig()
+	*pc = *sc
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               k.Brokers,
+		Marshaler:             marshaler,
+		OverwriteSaramaConfig: pc,
+	}, logger)
+	if err != nil {
+		return fmt.Errorf("%w: kafka at %s: %v", ErrUnreachable, b.Addr, err)
+	}
+	b.Publisher = pub
+	b.onClose(pub.Close)
+
+	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+		Brokers:               k.Brokers,
+		Unmarshaler:           marshaler,
+		OverwriteSaramaConfig: sc,
+		ConsumerGroup:         k.ConsumerGroup,
+		NackResendSleep:       k.NackResendSleep,
+		InitializeTopicDetails: &sarama.TopicDetail{
+			NumPartitions:     int32(k.Partitions),
+			ReplicationFactor: int16(k.ReplicationFactor),
+		},
+	}, logger)
+	if err != nil {
+		return fmt.Errorf("kafka subscriber: %w", err)
+	}
+	b.Subscriber = sub
+	b.onClose(sub.Close)
+	return nil
+}

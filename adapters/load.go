@@ -1,0 +1,133 @@
+package adapters
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ParseYAML reads a Config from YAML. Unknown keys are errors, so a typo
+// never silently falls back to a default.
+func ParseYAML(data []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	return c, nil
+}
+
+// LoadFile reads a Config from a YAML file.
+func LoadFile(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read adapters config: %w", err)
+	}
+	c, err := ParseYAML(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// EnvVar documents one environment variable ApplyEnv reads.
+type EnvVar struct {
+	Name, Field, Doc string
+	set              func(c *Config, v string) error
+}
+
+// EnvVars lists every variable ApplyEnv reads, in README order.
+var EnvVars = []EnvVar{
+	{"ANTIDOTE_BROKER", "broker", "memory, kafka, amqp or postgres", func(c *Config, v string) error { c.Broker = Kind(v); return nil }},
+	{"ANTIDOTE_CONNECT_TIMEOUT", "connect_timeout", "how long to wait for an unreachable broker (Go duration)", func(c *Config, v string) error { return setDuration(&c.ConnectTimeout, v) }},
+	{"ANTIDOTE_KAFKA_BROKERS", "kafka.brokers", "comma-separated host:port; empty starts the embedded broker", func(c *Config, v string) error { c.Kafka.Brokers = splitList(v); return nil }},
+	{"ANTIDOTE_KAFKA_CONSUMER_GROUP", "kafka.consumer_group", "consumer group", func(c *Config, v string) error { c.Kafka.ConsumerGroup = v; return nil }},
+	{"ANTIDOTE_KAFKA_PARTITIONS", "kafka.partitions", "partitions of topics the adapter creates", func(c *Config, v string) error { return setInt(&c.Kafka.Partitions, v) }},
+	{"ANTIDOTE_KAFKA_INITIAL_OFFSET", "kafka.initial_offset", "oldest or newest", func(c *Config, v string) error { c.Kafka.InitialOffset = v; return nil }},
+	{"ANTIDOTE_KAFKA_VERSION", "kafka.version", "Kafka protocol version", func(c *Config, v string) error { c.Kafka.Version = v; return nil }},
+	{"ANTIDOTE_KAFKA_EMBEDDED_ADDR", "kafka.embedded_addr", "listen address of the embedded broker", func(c *Config, v string) error { c.Kafka.EmbeddedAddr = v; return nil }},
+	{"ANTIDOTE_AMQP_URL", "amqp.url", "RabbitMQ URL", func(c *Config, v string) error { c.AMQP.URL = v; return nil }},
+	{"ANTIDOTE_AMQP_QUORUM", "amqp.quorum", "true for quorum queues", func(c *Config, v string) error { return setBool(&c.AMQP.Quorum, v) }},
+	{"ANTIDOTE_AMQP_PREFETCH", "amqp.prefetch", "consumer prefetch count", func(c *Config, v string) error { return setInt(&c.AMQP.Prefetch, v) }},
+	{"ANTIDOTE_POSTGRES_URL", "postgres.url", "PostgreSQL URL", func(c *Config, v string) error { c.Postgres.URL = v; return nil }},
+	{"ANTIDOTE_POSTGRES_TABLE_PREFIX", "postgres.table_prefix", "queue table name prefix", func(c *Config, v string) error { c.Postgres.TablePrefix = v; return nil }},
+	{"ANTIDOTE_POSTGRES_POLL_INTERVAL", "postgres.poll_interval", "poll interval when the queue is empty", func(c *Config, v string) error { return setDuration(&c.Postgres.PollInterval, v) }},
+}
+
+// ApplyEnv overrides c with every variable of EnvVars that lookup finds set
+// to a non-empty value. Pass os.LookupEnv for the process environment.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	var errs []error
+	for _, e := range EnvVars {
+		v, ok := lookup(e.Name)
+		if !ok || v == "" {
+			continue
+		}
+		if err := e.set(c, strings.TrimSpace(v)); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s (%s): %v", ErrInvalidConfig, e.Name, e.Field, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ConfigFromEnv loads path (skipped when empty), applies the process
+// environment over it, fills defaults and validates.
+func ConfigFromEnv(path string) (Config, error) {
+	var c Config
+	if path != "" {
+		var err error
+		if c, err = LoadFile(path); err != nil {
+			return Config{}, err
+		}
+	}
+	if err := c.ApplyEnv(os.LookupEnv); err != nil {
+		return Config{}, err
+	}
+	c.SetDefaults()
+	return c, c.Validate()
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func setDuration(d *time.Duration, v string) error {
+	x, err := time.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration; write it like 5s or 250ms", v)
+	}
+	*d = x
+	return nil
+}
+
+func setInt(i *int, v string) error {
+	x, err := strconv.Atoi(v)
+	if err != nil {
+		return fmt.Errorf("%q is not a whole number", v)
+	}
+	*i = x
+	return nil
+}
+
+func setBool(b *bool, v string) error {
+	x, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("%q is not true or false", v)
+	}
+	*b = x
+	return nil
+}

@@ -1,0 +1,95 @@
+package adapters
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// ErrUnreachable is wrapped by Open's error when a broker does not answer
+// within Config.ConnectTimeout.
+var ErrUnreachable = errors.New("broker unreachable")
+
+// Broker is an opened broker: a Publisher, a Subscriber and everything they
+// started (connections, pools, an embedded Kafka broker), released by Close.
+type Broker struct {
+	Kind       Kind
+	Publisher  message.Publisher
+	Subscriber message.Subscriber
+
+	// Addr is where the broker is, for logs: host:port list or redacted URL.
+	Addr string
+
+	// Config is the validated configuration the broker was opened with. For
+	// Kafka without brokers, Kafka.Brokers holds the embedded broker's address.
+	Config Config
+
+	closeOnce sync.Once
+	closers   []func() error
+	closeErr  error
+}
+
+// Close closes the subscriber (ending its subscriptions), then the publisher,
+// then whatever Open started, in reverse order. Safe to call more than once.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		var errs []error
+		for i := len(b.closers) - 1; i >= 0; i-- {
+			if err := b.closers[i](); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		b.closeErr = errors.Join(errs...)
+	})
+	return b.closeErr
+}
+
+func (b *Broker) onClose(f func() error) { b.closers = append(b.closers, f) }
+
+// Open validates cfg (after filling defaults) and connects to its broker. An
+// unreachable broker fails within cfg.ConnectTimeout with an error wrapping
+// ErrUnreachable that names the broker and the address. logger may be nil.
+func Open(ctx context.Context, cfg Config, logger watermill.LoggerAdapter) (*Broker, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	b := &Broker{Kind: cfg.Broker, Config: cfg}
+	var err error
+	switch cfg.Broker {
+	case KindMemory:
+		err = openMemory(b, cfg.Memory, logger)
+	case KindKafka:
+		err = openKafka(ctx, b, cfg, logger)
+	case KindAMQP:
+		err = openAMQP(ctx, b, cfg, logger)
+	case KindPostgres:
+		err = openPostgres(ctx, b, cfg, logger)
+	}
+	if err != nil {
+		_ = b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// dialCheck fails fast, with the broker and address named, when nothing
+// listens at addr; client libraries would otherwise retry for much longer.
+func dialCheck(ctx context.Context, kind Kind, addr string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%w: %s at %s did not answer within %s: %v; check that it runs and the address is right", ErrUnreachable, kind, addr, timeout, err)
+	}
+	return conn.Close()
+}

@@ -1,0 +1,59 @@
+package adapters
+
+import (
+	"context"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// closeWaitSubscriber makes Close return only after every channel returned
+// by Subscribe is closed. watermill-sql v4.1.2 closes its output channel just
+// after Close has returned, so code that drains a subscription after Close
+// (the router, Watermill's Pub/Sub suite) can see it still open.
+type closeWaitSubscriber struct {
+	message.Subscriber
+	closing chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+}
+
+func newCloseWaitSubscriber(s message.Subscriber) *closeWaitSubscriber {
+	return &closeWaitSubscriber{Subscriber: s, closing: make(chan struct{})}
+}
+
+func (s *closeWaitSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	in, err := s.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		for msg := range in {
+			select {
+			case out <- msg:
+			case <-s.closing:
+				// Not acked, so it stays in the queue for the next consumer.
+			}
+		}
+	}()
+	return out, nil
+}
+
+// SubscribeInitialize keeps the wrapped subscriber's schema initialisation visible.
+func (s *closeWaitSubscriber) SubscribeInitialize(topic string) error {
+	if si, ok := s.Subscriber.(message.SubscribeInitializer); ok {
+		return si.SubscribeInitialize(topic)
+	}
+	return nil
+}
+
+func (s *closeWaitSubscriber) Close() error {
+	s.once.Do(func() { close(s.closing) })
+	err := s.Subscriber.Close()
+	s.wg.Wait()
+	return err
+}
