@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -62,7 +64,7 @@ func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.Logge
 	if err != nil {
 		return fmt.Errorf("amqp publisher at %s: %w", b.Addr, err)
 	}
-	b.Publisher = pub
+	b.Publisher = &declaringPublisher{Publisher: pub, conn: conn, cfg: wc}
 	b.onClose(pub.Close)
 	sub, err := wamqp.NewSubscriberWithConnection(wc, logger, conn)
 	if err != nil {
@@ -70,5 +72,45 @@ func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.Logge
 	}
 	b.Subscriber = sub
 	b.onClose(sub.Close)
+	return nil
+}
+
+// declaringPublisher declares a topic's queue before the first publish to it.
+// RabbitMQ silently drops a message routed to a queue that does not exist
+// yet, and watermill-amqp declares queues only when subscribing: a message
+// published before any consumer (or to a DLQ nobody consumes) would be lost.
+type declaringPublisher struct {
+	*wamqp.Publisher
+	conn     *wamqp.ConnectionWrapper
+	cfg      wamqp.Config
+	declared sync.Map // queue name -> struct{}
+}
+
+func (p *declaringPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.declare(topic); err != nil {
+		return err
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+func (p *declaringPublisher) declare(topic string) error {
+	name := p.cfg.Queue.GenerateName(topic)
+	if _, ok := p.declared.Load(name); ok {
+		return nil
+	}
+	conn := p.conn.Connection()
+	if conn == nil || conn.IsClosed() {
+		return fmt.Errorf("amqp: declare queue %q: not connected", name)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("amqp: declare queue %q: open channel: %w", name, err)
+	}
+	defer ch.Close()
+	q := p.cfg.Queue
+	if _, err := ch.QueueDeclare(name, q.Durable, q.AutoDelete, q.Exclusive, q.NoWait, q.Arguments); err != nil {
+		return fmt.Errorf("amqp: declare queue %q: %w", name, err)
+	}
+	p.declared.Store(name, struct{}{})
 	return nil
 }

@@ -64,6 +64,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		}
 		b.onClose(func() error { emb.Close(); return nil })
 		k.Brokers = emb.Addrs()
+		b.Embedded = true
 		logger.Info("No Kafka brokers configured: started an embedded Kafka-protocol broker (kfake) in this process; it stops, and its data is gone, on Close", watermill.LogFields{"addr": strings.Join(k.Brokers, ",")})
 	}
 	b.Config = cfg

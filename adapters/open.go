@@ -26,6 +26,10 @@ type Broker struct {
 	// Addr is where the broker is, for logs: host:port list or redacted URL.
 	Addr string
 
+	// Embedded is true when Open started an in-process Kafka broker (no
+	// brokers configured); it stops, with its data, on Close.
+	Embedded bool
+
 	// Config is the validated configuration the broker was opened with. For
 	// Kafka without brokers, Kafka.Brokers holds the embedded broker's address.
 	Config Config

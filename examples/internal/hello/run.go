@@ -1,0 +1,300 @@
+package hello
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/router"
+)
+
+// Summary is the run's final account; with --json it is the last stdout line.
+type Summary struct {
+	Broker            string `json:"broker"`
+	Published         int64  `json:"published"`
+	Processed         int64  `json:"processed"`
+	DeadLettered      int64  `json:"dead_lettered"`
+	DuplicatesSkipped int64  `json:"duplicates_skipped"`
+	Retries           int64  `json:"retries"`
+	ElapsedMS         int64  `json:"elapsed_ms"`
+}
+
+// runKey marks which run published a message, so a run with --role all
+// counts its own messages apart from leftovers of earlier runs.
+const runKey = "antidote.example_run"
+
+// publishBatch is how many messages go in one Publish call.
+const publishBatch = 100
+
+// Main runs the example on kind with the process's args and exits.
+func Main(kind adapters.Kind) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Run(ctx, kind, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Run is Main without the process: it returns the exit code (0 when every
+// published message is accounted for, 1 on a failure, 2 on bad flags).
+func Run(ctx context.Context, kind adapters.Kind, args []string, stdout, stderr io.Writer) int {
+	opts, err := ParseFlags(string(kind), args, stderr)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "error:", err)
+		}
+		return 2
+	}
+	r := &run{opts: opts, kind: kind, stdout: stdout, stderr: stderr, runID: watermill.NewShortUUID()}
+	if err := r.do(ctx); err != nil {
+		fmt.Fprintln(stderr, "error:", err)
+		return 1
+	}
+	return r.exitCode()
+}
+
+type run struct {
+	opts           Options
+	kind           adapters.Kind
+	stdout, stderr io.Writer
+	runID          string
+	start          time.Time
+
+	published    atomic.Int64
+	processed    atomic.Int64
+	deadLettered atomic.Int64
+	lastArrival  atomic.Int64 // unix nanos
+	seen         sync.Map     // message UUID -> struct{}
+	producerDone atomic.Bool
+	sink         Sink
+}
+
+func (r *run) logger() watermill.LoggerAdapter {
+	return watermill.NewSlogLogger(slog.New(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+}
+
+func (r *run) do(ctx context.Context) error {
+	cfg, err := adapters.ConfigFromEnv(r.opts.Config)
+	if err != nil {
+		return err
+	}
+	cfg.Broker = r.kind
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if r.kind == adapters.KindKafka && len(cfg.Kafka.Brokers) == 0 && r.opts.Role != "all" {
+		return errors.New("--role " + r.opts.Role + " needs a broker that outlives this process: run `go run ./cmd/antidote devkafka` and set ANTIDOTE_KAFKA_BROKERS=127.0.0.1:9092")
+	}
+	r.start = time.Now()
+	logger := r.logger()
+	b, err := adapters.Open(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	where := b.Addr
+	if b.Embedded {
+		where += " (embedded broker in this process; set ANTIDOTE_KAFKA_BROKERS to use your own)"
+	}
+	fmt.Fprintf(r.stderr, "%s broker at %s, topic %q, role %s\n", r.kind, where, r.opts.Topic, r.opts.Role)
+
+	r.sink = NewMemorySink()
+	defer r.sink.Close()
+
+	stopProgress := r.progress()
+	defer stopProgress()
+
+	if r.opts.Role == "producer" {
+		err := r.produce(ctx, b.Publisher)
+		stopProgress()
+		r.summary()
+		return err
+	}
+
+	rt, err := router.New(router.Config{Logger: logger})
+	if err != nil {
+		return err
+	}
+	rt.AddConsumerHandler("hello", r.opts.Topic, b.Subscriber, r.handle)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- rt.Run(rctx) }()
+	select {
+	case <-rt.Running():
+	case err := <-routerDone:
+		return fmt.Errorf("router: %w", err)
+	}
+	r.lastArrival.Store(time.Now().UnixNano())
+
+	var produceErr error
+	if r.opts.Role == "all" {
+		produceErr = r.produce(ctx, b.Publisher)
+	}
+	r.producerDone.Store(true)
+	if produceErr == nil {
+		r.waitUntilDone(ctx)
+	}
+	cancel()
+	if err := <-routerDone; err != nil {
+		produceErr = errors.Join(produceErr, fmt.Errorf("router: %w", err))
+	}
+	stopProgress()
+	r.summary()
+	return produceErr
+}
+
+func (r *run) produce(ctx context.Context, pub message.Publisher) error {
+	batch := make([]*message.Message, 0, publishBatch)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := pub.Publish(r.opts.Topic, batch...); err != nil {
+			return fmt.Errorf("publish to %q after %d messages: %w", r.opts.Topic, r.published.Load(), err)
+		}
+		r.published.Add(int64(len(batch)))
+		batch = batch[:0]
+		return nil
+	}
+	for i := 1; i <= r.opts.Messages; i++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		msg := message.NewMessage(watermill.NewUUID(), Payload(i))
+		msg.Metadata.Set(runKey, r.runID)
+		msg.Metadata.Set("partition_key", strconv.Itoa(i))
+		batch = append(batch, msg)
+		if len(batch) == publishBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+func (r *run) handle(msg *message.Message) error {
+	r.lastArrival.Store(time.Now().UnixNano())
+	h, err := Parse(msg.Payload)
+	if err != nil {
+		return err
+	}
+	if err := r.sink.Store(msg.Context(), msg.UUID, h); err != nil {
+		return fmt.Errorf("store user %d: %w", h.UserID, err)
+	}
+	r.count(msg, &r.processed)
+	return nil
+}
+
+// count adds msg to c once per message UUID; with --role all only this
+// run's messages count.
+func (r *run) count(msg *message.Message, c *atomic.Int64) {
+	if r.opts.Role == "all" && msg.Metadata.Get(runKey) != r.runID {
+		return
+	}
+	if _, dup := r.seen.LoadOrStore(msg.UUID, struct{}{}); !dup {
+		c.Add(1)
+	}
+}
+
+func (r *run) accounted() int64 { return r.processed.Load() + r.deadLettered.Load() }
+
+func (r *run) waitUntilDone(ctx context.Context) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if r.opts.Role == "all" && r.accounted() >= r.published.Load() {
+			return
+		}
+		if time.Since(time.Unix(0, r.lastArrival.Load())) > r.opts.Idle {
+			return
+		}
+	}
+}
+
+func (r *run) exitCode() int {
+	if r.opts.Role != "all" {
+		return 0
+	}
+	if missing := r.published.Load() - r.accounted(); missing > 0 {
+		fmt.Fprintf(r.stderr, "error: %d of %d published messages were neither processed nor dead-lettered\n", missing, r.published.Load())
+		return 1
+	}
+	return 0
+}
+
+func (r *run) snapshot() Summary {
+	return Summary{
+		Broker:       string(r.kind),
+		Published:    r.published.Load(),
+		Processed:    r.processed.Load(),
+		DeadLettered: r.deadLettered.Load(),
+		ElapsedMS:    time.Since(r.start).Milliseconds(),
+	}
+}
+
+func (r *run) summary() {
+	s := r.snapshot()
+	if r.opts.JSON {
+		line, _ := json.Marshal(s)
+		fmt.Fprintln(r.stdout, string(line))
+		return
+	}
+	fmt.Fprintf(r.stdout, "%s: published %d, processed %d, dead-lettered %d, duplicates skipped %d, retries %d in %s\n",
+		s.Broker, s.Published, s.Processed, s.DeadLettered, s.DuplicatesSkipped, s.Retries, time.Duration(s.ElapsedMS)*time.Millisecond)
+}
+
+// progress redraws one status line on stderr while it is a terminal; the
+// returned stop is idempotent.
+func (r *run) progress() (stop func()) {
+	f, ok := r.stderr.(*os.File)
+	if !ok || !isTerminal(f) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			s := r.snapshot()
+			fmt.Fprintf(f, "\r%s: published %d/%d, processed %d, dead-lettered %d, %.1fs ",
+				s.Broker, s.Published, r.opts.Messages, s.Processed, s.DeadLettered, float64(s.ElapsedMS)/1000)
+			select {
+			case <-done:
+				fmt.Fprintln(f)
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-finished }) }
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

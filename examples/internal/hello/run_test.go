@@ -1,0 +1,104 @@
+package hello
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
+)
+
+func needBroker(t *testing.T, kind adapters.Kind) {
+	switch kind {
+	case adapters.KindAMQP:
+		testenv.AMQPURL(t)
+	case adapters.KindPostgres:
+		testenv.PostgresURL(t)
+	}
+}
+
+func runExample(t *testing.T, kind adapters.Kind, args ...string) (Summary, string, int) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := Run(context.Background(), kind, args, &stdout, &stderr)
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	var s Summary
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err != nil {
+		t.Fatalf("last stdout line is not the JSON summary: %q (stderr %q)", stdout.String(), stderr.String())
+	}
+	return s, stderr.String(), code
+}
+
+func topic(t *testing.T) string { return "hello_test_" + watermill.NewShortUUID() }
+
+// The contract's main job: every published message processed, on each broker.
+func TestRunAllRoles(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			needBroker(t, kind)
+			s, stderr, code := runExample(t, kind, "--messages", "500", "--json", "--topic", topic(t))
+			if code != 0 {
+				t.Fatalf("exit %d; stderr: %s", code, stderr)
+			}
+			if s.Broker != string(kind) || s.Published != 500 || s.Processed != 500 || s.DeadLettered != 0 {
+				t.Fatalf("summary %+v", s)
+			}
+		})
+	}
+}
+
+// Producer and consumer as separate runs: the messages wait in the broker.
+func TestRunSeparateRoles(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			needBroker(t, kind)
+			if kind == adapters.KindKafka {
+				k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer k.Close()
+				t.Setenv("ANTIDOTE_KAFKA_BROKERS", strings.Join(k.Addrs(), ","))
+			}
+			tp := topic(t)
+			p, stderr, code := runExample(t, kind, "--role", "producer", "--messages", "300", "--json", "--topic", tp)
+			if code != 0 || p.Published != 300 || p.Processed != 0 {
+				t.Fatalf("producer exit %d summary %+v; stderr: %s", code, p, stderr)
+			}
+			c, stderr, code := runExample(t, kind, "--role", "consumer", "--idle", "2s", "--json", "--topic", tp)
+			if code != 0 || c.Processed != 300 || c.Published != 0 {
+				t.Fatalf("consumer exit %d summary %+v; stderr: %s", code, c, stderr)
+			}
+		})
+	}
+}
+
+func TestKafkaRolesNeedAnOutlivingBroker(t *testing.T) {
+	t.Setenv("ANTIDOTE_KAFKA_BROKERS", "")
+	var out, errb bytes.Buffer
+	if code := Run(context.Background(), adapters.KindKafka, []string{"--role", "consumer"}, &out, &errb); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(errb.String(), "devkafka") {
+		t.Fatalf("error does not say what to do: %q", errb.String())
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--role", "both"}, {"--messages", "-1"}, {"--idle", "0s"}, {"--topic", ""}, {"stray"}, {"--messages", "x"},
+	} {
+		var out, errb bytes.Buffer
+		if code := Run(context.Background(), adapters.KindAMQP, args, &out, &errb); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+		if errb.Len() == 0 {
+			t.Errorf("%v: no error message", args)
+		}
+	}
+}

@@ -1,0 +1,14 @@
+// Command rabbitmq runs the Hello World incident on rabbitmq: a producer floods writes
+// through the broker into a consumer that stores them in a sink.
+//
+//	go run ./examples/rabbitmq --messages 2000 --json
+//
+// Broker addresses come from ANTIDOTE_* env or --config (see the README).
+package main
+
+import (
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/examples/internal/hello"
+)
+
+func main() { hello.Main(adapters.KindAMQP) }
