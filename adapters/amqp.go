@@ -17,7 +17,7 @@ import (
 // AMQPConfigFor returns the watermill-amqp configuration Open uses: a durable
 // queue per topic on the default exchange, persistent messages, publisher
 // confirms (Publish returns only once RabbitMQ has the message), and the
-// QoS prefetch of cfg. With Quorum, queues are declared as quorum queues.
+// QoS prefetch of cfg. Deliveries are decoded by TolerantAMQPMarshaler. With Quorum, queues are declared as quorum queues.
 func AMQPConfigFor(cfg Config) wamqp.Config {
 	a := cfg.AMQP
 	c := wamqp.NewDurableQueueConfig(a.URL)
@@ -26,6 +26,7 @@ func AMQPConfigFor(cfg Config) wamqp.Config {
 		Heartbeat: 10 * time.Second,
 		Locale:    "en_US",
 	}
+	c.Marshaler = TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}}
 	c.Publish.ConfirmDelivery = true
 	c.Consume.Qos.PrefetchCount = a.Prefetch
 	if a.Quorum {

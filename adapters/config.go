@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 )
 
 // Kind names a broker.
@@ -95,6 +97,11 @@ type KafkaConfig struct {
 	// EmbeddedAddr is where the embedded broker listens when Brokers is
 	// empty. Default "127.0.0.1:0" (a free port).
 	EmbeddedAddr string `yaml:"embedded_addr"`
+
+	// Unmarshaler replaces Watermill's default record decoding (code only,
+	// not YAML). Whatever it is, it is wrapped in TolerantKafkaUnmarshaler,
+	// so a record it rejects is dead-lettered instead of blocking the partition.
+	Unmarshaler kafka.Unmarshaler `yaml:"-"`
 }
 
 // AMQPConfig configures watermill-amqp: one durable queue per topic.

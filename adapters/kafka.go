@@ -78,7 +78,12 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	if err != nil {
 		return err
 	}
-	marshaler := KafkaMarshaler(k.PartitionKey)
+	base := KafkaMarshaler(k.PartitionKey)
+	var inner kafka.Unmarshaler = base
+	if k.Unmarshaler != nil {
+		inner = k.Unmarshaler
+	}
+	marshaler := tolerantKafkaMarshaler{Marshaler: base, TolerantKafkaUnmarshaler: TolerantKafkaUnmarshaler{Inner: inner}}
 
 	pc := kafka.DefaultSaramaSyncPublisherConfig()
 	*pc = *sc

@@ -18,13 +18,14 @@ func PostgresTable(cfg PostgresConfig, topic string) string {
 
 // PostgresQueueSchema returns the watermill-sql queue schema and offsets
 // adapter Open uses: one table per topic, BYTEA payloads (any bytes, not only
-// valid JSON), rows deleted when acked.
-func PostgresQueueSchema(cfg PostgresConfig) (wsql.PostgreSQLQueueSchema, wsql.PostgreSQLQueueOffsetsAdapter) {
+// valid JSON), rows deleted when acked, rows decoded by
+// TolerantPostgresQueueSchema.
+func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.PostgreSQLQueueOffsetsAdapter) {
 	table := func(topic string) string { return PostgresTable(cfg, topic) }
-	return wsql.PostgreSQLQueueSchema{
+	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
 			GenerateMessagesTableName: table,
-		}, wsql.PostgreSQLQueueOffsetsAdapter{
+		}}, wsql.PostgreSQLQueueOffsetsAdapter{
 			DeleteOnAck:               true,
 			GenerateMessagesTableName: table,
 		}

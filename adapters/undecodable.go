@@ -1,0 +1,192 @@
+package adapters
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// MetadataUndecodable is set on a message whose broker record could not be
+// decoded; its value says why. The payload holds the raw bytes. The crash-loop
+// and dead-letter middleware send such a message to the DLQ with reason
+// "undecodable" without running the handler.
+//
+// Without this, each adapter turns one bad record into a blocked queue:
+// watermill-amqp nacks and requeues it forever (a hot loop), watermill-sql
+// fails the whole query and retries the same row forever, and watermill-kafka
+// stops the partition's consumer and rejoins at the same offset.
+const MetadataUndecodable = "antidote.undecodable"
+
+// MetadataRawMetadata keeps the record's metadata as received, when it could
+// not be decoded into string pairs.
+const MetadataRawMetadata = "antidote.raw_metadata"
+
+// IsUndecodable reports whether msg came from a record that failed to decode.
+func IsUndecodable(msg *message.Message) bool { return msg.Metadata.Get(MetadataUndecodable) != "" }
+
+// TolerantKafkaUnmarshaler never fails: when Inner fails, the record becomes a
+// message with its raw value and MetadataUndecodable set. A record without a
+// Watermill UUID header (from a non-Watermill producer) gets a stable UUID
+// made of topic, partition and offset.
+type TolerantKafkaUnmarshaler struct {
+	Inner kafka.Unmarshaler
+}
+
+// Unmarshal implements kafka.Unmarshaler.
+func (t TolerantKafkaUnmarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
+	msg, err := t.Inner.Unmarshal(rec)
+	if err != nil {
+		msg = message.NewMessage("", rec.Value)
+		for _, h := range rec.Headers {
+			if string(h.Key) != kafka.UUIDHeaderKey {
+				msg.Metadata.Set(string(h.Key), string(h.Value))
+			} else {
+				msg.UUID = string(h.Value)
+			}
+		}
+		msg.Metadata.Set(MetadataUndecodable, fmt.Sprintf("kafka record %s/%d/%d: %v", rec.Topic, rec.Partition, rec.Offset, err))
+	}
+	if msg.UUID == "" {
+		msg.UUID = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)
+	}
+	return msg, nil
+}
+
+// tolerantKafkaMarshaler pairs a marshaler with its tolerant unmarshaling.
+type tolerantKafkaMarshaler struct {
+	kafka.Marshaler
+	TolerantKafkaUnmarshaler
+}
+
+// TolerantAMQPMarshaler decodes AMQP deliveries without failing. Watermill's
+// DefaultMarshaler rejects any header that is not a string, and RabbitMQ
+// itself adds such headers: x-delivery-count (an integer) on every quorum-queue
+// redelivery, x-death (a list of tables) on dead-lettered messages. Here
+// scalars become their decimal or text form and tables and lists become JSON,
+// so the message is handled as usual. If Inner fails for any other reason the
+// message carries MetadataUndecodable.
+type TolerantAMQPMarshaler struct {
+	Inner wamqp.Marshaler
+}
+
+// Marshal implements amqp.Marshaler.
+func (t TolerantAMQPMarshaler) Marshal(msg *message.Message) (amqp.Publishing, error) {
+	return t.Inner.Marshal(msg)
+}
+
+// Unmarshal implements amqp.Marshaler.
+func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, error) {
+	strHeaders := make(amqp.Table, len(d.Headers))
+	for k, v := range d.Headers {
+		strHeaders[k] = headerString(v)
+	}
+	clean := d
+	clean.Headers = strHeaders
+	msg, err := t.Inner.Unmarshal(clean)
+	if err == nil {
+		return msg, nil
+	}
+	uuid := d.MessageId
+	if v, ok := strHeaders[wamqp.DefaultMessageUUIDHeaderKey].(string); ok && v != "" {
+		uuid = v
+	}
+	if uuid == "" {
+		uuid = fmt.Sprintf("amqp:%s/%d", d.RoutingKey, d.DeliveryTag)
+	}
+	msg = message.NewMessage(uuid, d.Body)
+	for k, v := range strHeaders {
+		if s, ok := v.(string); ok && k != wamqp.DefaultMessageUUIDHeaderKey {
+			msg.Metadata.Set(k, s)
+		}
+	}
+	msg.Metadata.Set(MetadataUndecodable, "amqp delivery: "+err.Error())
+	return msg, nil
+}
+
+func headerString(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case []byte:
+		return string(x)
+	case int:
+		return strconv.Itoa(x)
+	case int8, int16, int32, int64, uint8, uint16, uint32, uint64:
+		return fmt.Sprintf("%d", x)
+	case float32, float64, bool, amqp.Decimal:
+		return fmt.Sprint(x)
+	case time.Time:
+		return x.UTC().Format(time.RFC3339Nano)
+	case nil:
+		return ""
+	default:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return fmt.Sprint(x)
+		}
+		return string(b)
+	}
+}
+
+// TolerantPostgresQueueSchema decodes rows without failing. watermill-sql
+// requires the metadata column to be a JSON object of strings; one row
+// written by another producer with {"attempt": 1} or [] fails the whole
+// query, and the subscriber retries that same row forever: the queue is
+// blocked. Here scalar values become strings, and a row whose metadata still
+// cannot be read becomes a message with its raw payload, MetadataUndecodable
+// and MetadataRawMetadata.
+type TolerantPostgresQueueSchema struct {
+	wsql.PostgreSQLQueueSchema
+}
+
+// UnmarshalMessage implements sql.SchemaAdapter.
+func (s TolerantPostgresQueueSchema) UnmarshalMessage(params wsql.UnmarshalMessageParams) (wsql.Row, error) {
+	var r wsql.Row
+	if err := params.Row.Scan(&r.Offset, &r.UUID, &r.Payload, &r.Metadata); err != nil {
+		return wsql.Row{}, fmt.Errorf("could not scan message row: %w", err)
+	}
+	msg := message.NewMessage(string(r.UUID), r.Payload)
+	if len(r.Metadata) > 0 {
+		if md, err := tolerantMetadata(r.Metadata); err != nil {
+			msg.Metadata.Set(MetadataUndecodable, fmt.Sprintf("postgres row %d: metadata is not a JSON object: %v", r.Offset, err))
+			msg.Metadata.Set(MetadataRawMetadata, string(r.Metadata))
+		} else {
+			msg.Metadata = md
+		}
+	}
+	r.Msg = msg
+	return r, nil
+}
+
+func tolerantMetadata(raw []byte) (message.Metadata, error) {
+	var obj map[string]any
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil, err
+	}
+	if obj == nil {
+		return message.Metadata{}, nil
+	}
+	md := make(message.Metadata, len(obj))
+	for k, v := range obj {
+		switch x := v.(type) {
+		case string:
+			md[k] = x
+		case nil:
+			md[k] = ""
+		case float64, bool:
+			md[k] = fmt.Sprint(x)
+		default:
+			b, _ := json.Marshal(x)
+			md[k] = string(b)
+		}
+	}
+	return md, nil
+}
