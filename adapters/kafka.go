@@ -26,9 +26,10 @@ func KafkaMarshaler(partitionKey string) kafka.MarshalerUnmarshaler {
 // SaramaConfig returns the Sarama settings Open uses for cfg, for users who
 // build watermill-kafka publishers or subscribers themselves.
 //
-// Offsets: the subscriber marks an offset only after its message is acked,
-// and Sarama's auto-commit commits only marked offsets, so an unacked message
-// is consumed again after a restart or rebalance (at-least-once).
+// Offsets: the subscriber marks an offset only after its message is acked and
+// Sarama commits marked offsets every second (or, with SyncCommit, right
+// after each ack), so an unacked message is consumed again after a restart or
+// rebalance (at-least-once).
 func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	k := cfg.Kafka
 	version, err := parseKafkaVersion(k.Version)
@@ -46,7 +47,8 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	if k.InitialOffset == "newest" {
 		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
 	}
-	sc.Consumer.Offsets.AutoCommit.Enable = true
+	// Without auto-commit, watermill-kafka commits synchronously after each ack.
+	sc.Consumer.Offsets.AutoCommit.Enable = !k.SyncCommit
 	sc.Producer.Return.Successes = true
 	sc.Producer.Return.Errors = true
 	// A publish is done only when every in-sync replica has it.

@@ -1,0 +1,235 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// DefaultPublishTimeout bounds one DLQ publish when
+// DeadLetterConfig.PublishTimeout is zero.
+const DefaultPublishTimeout = 10 * time.Second
+
+// ErrDeadLetterLoop is returned (wrapped) by Send when the DLQ topic of a
+// message equals its source topic: publishing there would feed the poison
+// pill straight back to the consumer that just gave up on it.
+var ErrDeadLetterLoop = errors.New("antidote: dead-letter topic equals the source topic")
+
+// DefaultDLQTopic names the DLQ of a topic: source + ".dlq".
+func DefaultDLQTopic(source string) string { return source + ".dlq" }
+
+// DeadLetterConfig configures DeadLetter.
+type DeadLetterConfig struct {
+	// Publisher publishes the letters. Required. Usually the publisher of
+	// the same broker the messages come from.
+	Publisher message.Publisher
+	// Topic maps a source topic to its DLQ topic. Default DefaultDLQTopic.
+	// One DLQ per source topic keeps letters replayable to where they came
+	// from without parsing metadata first.
+	Topic func(sourceTopic string) string
+	// ConsumerGroup is recorded under poison.KeyConsumerGroup (it is not in
+	// the message context). Optional.
+	ConsumerGroup string
+	// PublishTimeout bounds one DLQ publish. Default 10s. It runs under its
+	// own context derived from context.Background(), not msg.Context(), so
+	// a message whose context is already cancelled (shutdown) can still be
+	// dead-lettered. A publish that times out nacks the original; if the
+	// publisher ignores the context and finishes later, the letter may then
+	// exist twice (same UUID) — a duplicate in the DLQ, never a loss.
+	PublishTimeout time.Duration
+	// Classifier tells reason "permanent" from "retries_exhausted" when the
+	// error did not come through Retry. Default poison.DefaultClassifier().
+	Classifier poison.Classifier
+	// Logger gets one line per letter and per failed publish. Default
+	// watermill.NopLogger.
+	Logger watermill.LoggerAdapter
+	// Now stamps failure times when Retry did not. Default time.Now.
+	Now func() time.Time
+}
+
+// DeadLetter sends the messages a handler finally failed on to a dead-letter
+// topic, with an envelope saying where from, why and after how many
+// attempts (see poison.Envelope), and acks the original only once the
+// letter is published. Build it with NewDeadLetter.
+type DeadLetter struct {
+	cfg DeadLetterConfig
+}
+
+// NewDeadLetter checks cfg, fills defaults and returns the middleware.
+func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
+	if cfg.Publisher == nil {
+		return nil, errors.New("antidote: DeadLetterConfig.Publisher is nil: pass the publisher that can write to the DLQ topics")
+	}
+	if cfg.PublishTimeout < 0 {
+		return nil, fmt.Errorf("antidote: DeadLetterConfig.PublishTimeout is %v: set a positive duration (0 picks the default %v)", cfg.PublishTimeout, DefaultPublishTimeout)
+	}
+	if cfg.PublishTimeout == 0 {
+		cfg.PublishTimeout = DefaultPublishTimeout
+	}
+	if cfg.Topic == nil {
+		cfg.Topic = DefaultDLQTopic
+	}
+	if cfg.Classifier == nil {
+		cfg.Classifier = poison.DefaultClassifier()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = watermill.NopLogger{}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &DeadLetter{cfg: cfg}, nil
+}
+
+// Middleware returns the dead-lettering handler. When h fails:
+//
+//   - if the message context is done and the error is a context error (the
+//     router is shutting down), the error is returned unchanged: the message
+//     is nacked and redelivered later, not dead-lettered;
+//   - otherwise the envelope is published to the DLQ topic and (nil, nil) is
+//     returned, so the router acks the original and the messages produced by
+//     the failed attempt are dropped;
+//   - if publishing fails, an error wrapping both the publish error and the
+//     handler error is returned: the original is nacked. Nothing is acked
+//     unless it is in the DLQ.
+//
+// The reason recorded is, in order: an explicit poison.WithReason; "panic"
+// for a *poison.PanicError; "permanent" when the error is permanent (by
+// Retry's verdict or this Classifier); otherwise "retries_exhausted" (also
+// when no Retry ran: the one attempt there was is used up).
+func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		produced, err := h(msg)
+		if err == nil {
+			return produced, nil
+		}
+		if isShutdown(msg, err) {
+			return nil, err
+		}
+		if sendErr := d.Send(context.Background(), msg, d.failureOf(msg, err)); sendErr != nil {
+			d.cfg.Logger.Error("Dead-lettering failed, nacking the message so it is redelivered", sendErr, watermill.LogFields{
+				"message_uuid": msg.UUID,
+				"handler_err":  err.Error(),
+			})
+			return nil, fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, err)
+		}
+		return nil, nil
+	}
+}
+
+// failureOf describes err, taking attempts and times from a *RetryError
+// when Retry produced one.
+func (d *DeadLetter) failureOf(msg *message.Message, err error) poison.Failure {
+	now := d.cfg.Now()
+	f := poison.Failure{Err: err, FirstFailedAt: now, LastFailedAt: now, Attempts: 1}
+	if n, convErr := strconv.Atoi(msg.Metadata.Get(poison.KeyAttempts)); convErr == nil && n > 0 {
+		f.Attempts = n
+	}
+
+	var re *RetryError
+	fromRetry := errors.As(err, &re)
+	if fromRetry {
+		if err == error(re) {
+			// The RetryError wrapper only restates attempts, which the
+			// envelope records separately; keep the handler's own error.
+			f.Err = re.Err
+		}
+		f.Attempts = re.Attempts
+		if !re.FirstFailedAt.IsZero() {
+			f.FirstFailedAt = re.FirstFailedAt
+		}
+		if !re.LastFailedAt.IsZero() {
+			f.LastFailedAt = re.LastFailedAt
+		}
+	}
+
+	var panicErr *poison.PanicError
+	switch {
+	case poison.ReasonOf(err) != "":
+		f.Reason = poison.ReasonOf(err)
+	case errors.As(err, &panicErr):
+		f.Reason = poison.ReasonPanic
+	case fromRetry && re.Class == poison.ClassPermanent,
+		d.cfg.Classifier.Classify(f.Err) == poison.ClassPermanent:
+		f.Reason = poison.ReasonPermanent
+	default:
+		f.Reason = poison.ReasonRetriesExhausted
+	}
+	return f
+}
+
+// Send publishes msg's envelope (poison.Envelope with f) to the DLQ topic of
+// the topic msg was consumed from, within PublishTimeout of ctx. It is used
+// by Middleware and by the crash-loop guard, which dead-letters without
+// running the handler. Empty fields of f are filled: LastFailedAt with Now,
+// FirstFailedAt with LastFailedAt; an empty Reason is inferred from f.Err
+// (see poison.Failure); Attempts 0 keeps the message's poison.KeyAttempts.
+//
+// It refuses (with an error, so the caller nacks) when the source topic is
+// unknown (msg not consumed through a message.Router), when Topic returns
+// "", and when the DLQ topic equals the source topic (ErrDeadLetterLoop).
+func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Failure) error {
+	o := poison.OriginOf(msg)
+	if o.ConsumerGroup == "" {
+		o.ConsumerGroup = d.cfg.ConsumerGroup
+	}
+	if o.Topic == "" {
+		return fmt.Errorf("antidote: cannot dead-letter message %s: its source topic is unknown (message.SubscribeTopicFromCtx is empty; consume it through a message.Router)", msg.UUID)
+	}
+	topic := d.cfg.Topic(o.Topic)
+	if topic == "" {
+		return fmt.Errorf("antidote: cannot dead-letter message %s: DeadLetterConfig.Topic returned an empty DLQ topic for %q", msg.UUID, o.Topic)
+	}
+	if topic == o.Topic {
+		return fmt.Errorf("%w: %q; make DeadLetterConfig.Topic return a different topic (message %s not dead-lettered)", ErrDeadLetterLoop, topic, msg.UUID)
+	}
+
+	if f.LastFailedAt.IsZero() {
+		f.LastFailedAt = d.cfg.Now()
+	}
+	if f.FirstFailedAt.IsZero() {
+		f.FirstFailedAt = f.LastFailedAt
+	}
+	letter := poison.Envelope(msg, o, f)
+
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("antidote: not publishing message %s to DLQ topic %q: %w", msg.UUID, topic, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.PublishTimeout)
+	defer cancel()
+	// Publishers that honour the message context (SQL, AMQP) stop at the
+	// deadline; for the others the select below enforces it.
+	letter.SetContext(ctx)
+	done := make(chan error, 1) // buffered: the goroutine never blocks, even after a timeout
+	go func() { done <- d.cfg.Publisher.Publish(topic, letter) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("antidote: publishing message %s to DLQ topic %q: %w", msg.UUID, topic, err)
+	}
+
+	fields := watermill.LogFields{
+		"message_uuid": msg.UUID,
+		"topic":        o.Topic,
+		"dlq_topic":    topic,
+		"handler_name": o.Handler,
+		"reason":       letter.Metadata.Get(poison.KeyReason),
+		"attempts":     letter.Metadata.Get(poison.KeyAttempts),
+	}
+	if f.Err != nil {
+		fields["err"] = f.Err.Error()
+	}
+	d.cfg.Logger.Info("Message dead-lettered", fields)
+	return nil
+}

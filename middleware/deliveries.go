@@ -1,0 +1,442 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// Defaults of DeliveriesConfig.
+const (
+	// DefaultMaxDeliveries is DeliveriesConfig.MaxDeliveries when zero.
+	DefaultMaxDeliveries = 3
+	// DefaultOffsetBlock is DeliveriesConfig.OffsetBlock when zero.
+	DefaultOffsetBlock = 1000
+)
+
+// deliveriesForgetTimeout bounds one best-effort Forget, which runs after the
+// handler under a context that ignores the message's cancellation.
+const deliveriesForgetTimeout = 5 * time.Second
+
+// ErrCrashLoop is wrapped by the error recorded (poison.KeyError) for a
+// message the crash-loop guard quarantined.
+var ErrCrashLoop = errors.New("antidote: crash loop")
+
+// DeliveriesConfig configures NewDeliveries.
+type DeliveriesConfig struct {
+	// Tracker durably counts deliveries. Required. Use
+	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker;
+	// poison.NewMemoryDeliveryTracker forgets everything when the process
+	// dies, which defeats the purpose outside tests. Consumers sharing one
+	// store should share it only within one application: keys hold topic,
+	// partition/offset or UUID, handler and ConsumerGroup, nothing more.
+	Tracker poison.DeliveryTracker
+	// DeadLetter is where quarantined messages go, with reason
+	// poison.ReasonCrashLoop. Required; usually the same DeadLetter that is
+	// in the stack below the guard.
+	DeadLetter *DeadLetter
+	// MaxDeliveries is how many unsettled deliveries a message may have.
+	// Default 3: the delivery that would be the 4th is dead-lettered without
+	// running the handler. A delivery is settled when the handler returns,
+	// whatever it returns (errors are the business of Retry and DeadLetter
+	// below), so the count only grows for deliveries whose handler never
+	// returned: the process died (panic outside the router, os.Exit, OOM
+	// kill, a liveness probe killing a hung handler) or a panic escaped every
+	// middleware. Lower catches loops sooner; higher tolerates unrelated
+	// crashes (a deploy, a node drain) that happen to hit the same message.
+	MaxDeliveries int
+	// MayBeRedelivery decides which deliveries are counted; the others run
+	// without touching the store. It must return true for any delivery that
+	// an earlier life of the consumer may already have handed to a handler,
+	// or a crash loop on it goes unnoticed. Default (nil): the offset-aware
+	// detector described on Deliveries (Kafka: about one write per
+	// OffsetBlock messages; everything else: every delivery is counted).
+	// BrokerSaysRedelivered is a cheap choice for AMQP. Mutually exclusive
+	// with AlwaysCount.
+	MayBeRedelivery func(msg *message.Message) bool
+	// AlwaysCount counts every delivery: one Incr and one Forget per
+	// message, and exactly MaxDeliveries runs of a crash-looping handler
+	// before quarantine (the cheap path may allow one more, see Deliveries).
+	// Default false.
+	AlwaysCount bool
+	// OffsetBlock is the granularity, in Kafka offsets, of the default
+	// detector's durable "block leases". Default 1000. Larger means fewer
+	// steady-state writes (one per OffsetBlock messages per partition) but
+	// more counted messages after each restart or rebalance (up to
+	// OffsetBlock plus the commit lag per partition).
+	OffsetBlock int64
+	// ConsumerGroup is part of every key, so consumer groups that share a
+	// tracker and use the same handler name do not add up each other's
+	// deliveries. Default: DeadLetter's ConsumerGroup.
+	ConsumerGroup string
+	// Logger reports quarantines, store errors (the handler then runs
+	// unguarded) and failed Forgets. Default watermill.NopLogger.
+	Logger watermill.LoggerAdapter
+}
+
+func (c *DeliveriesConfig) setDefaults() {
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = DefaultMaxDeliveries
+	}
+	if c.OffsetBlock == 0 {
+		c.OffsetBlock = DefaultOffsetBlock
+	}
+	if c.ConsumerGroup == "" && c.DeadLetter != nil {
+		c.ConsumerGroup = c.DeadLetter.cfg.ConsumerGroup
+	}
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+}
+
+// Validate reports a config that cannot work, naming the field and the fix.
+func (c DeliveriesConfig) Validate() error {
+	if c.Tracker == nil {
+		return errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker)")
+	}
+	if c.DeadLetter == nil {
+		return errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages")
+	}
+	if c.MaxDeliveries < 0 {
+		return fmt.Errorf("antidote: DeliveriesConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries)
+	}
+	if c.OffsetBlock < 0 {
+		return fmt.Errorf("antidote: DeliveriesConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock)
+	}
+	if c.AlwaysCount && c.MayBeRedelivery != nil {
+		return errors.New("antidote: DeliveriesConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)")
+	}
+	return nil
+}
+
+// Deliveries is the crash-loop guard: it counts deliveries of a message in a
+// durable store before the handler runs, and past MaxDeliveries sends the
+// message to the DLQ with reason crash_loop WITHOUT running the handler.
+// In-memory retry counters cannot do this: a handler that kills the process
+// (panic outside the router, os.Exit, OOM) resets them on every restart,
+// and the broker hands the same message back forever. Put it outside
+// DeadLetter and Retry (DESIGN.md, "Middleware order").
+//
+// Per delivery, when it may be a redelivery (see below):
+//
+//  1. Incr the durable count of poison.DeliveryKeyOf the message.
+//  2. count > MaxDeliveries: DeadLetter.Send the message with
+//     poison.Failure{Reason: crash_loop, Attempts: count}. Sent: Forget the
+//     count and return (nil, nil), so it is acked. Not sent: return the
+//     error, so it is nacked and redelivered; nothing is lost, and the
+//     count is kept so the next delivery tries the DLQ again.
+//  3. Otherwise run the handler; when it returns, whatever it returns,
+//     Forget the count (best effort: a failed Forget is logged and leaves
+//     the count to expire by the tracker's TTL; until then later
+//     redeliveries of the same key, e.g. after an offset reset, start from
+//     the stale count).
+//
+// If Incr fails (the store is down), the handler runs anyway, unguarded,
+// and the error is logged. This chooses availability over quarantine: a
+// store outage must not stop a healthy consumer, and a crash loop during it
+// goes on only until the store is back. Deliveries judged "cannot be a
+// redelivery" skip all of this and cost no store round trip.
+//
+// # Which deliveries are counted (the cheap path)
+//
+// The count must be written before the handler runs: a handler that kills
+// the process leaves no chance to write afterwards. Counting every delivery
+// is correct but costs two round trips per message (AlwaysCount). Only a
+// delivery that an earlier life of the consumer may already have handed to
+// a handler can be part of a crash loop, so only those need a write. The
+// default detector finds them like this:
+//
+//   - Metadata says so (BrokerSaysRedelivered): counted.
+//   - No Kafka offset (AMQP, PostgreSQL queue, gochannel): every delivery is
+//     counted. Correct but not cheap; AMQP users can pass
+//     MayBeRedelivery: BrokerSaysRedelivered to count only what the broker
+//     flags as redelivered (a crashed consumer's unacked message always
+//     is).
+//   - Kafka: see below.
+//
+// A Kafka partition is consumed in order and, after a crash, the group
+// resumes at the last committed offset c. A crash loses the commits of the
+// last auto-commit interval (sarama: 1s), so the next life replays
+// [c, o], o being the offset the dead process crashed on: the crash record
+// is among the first deliveries after the restart, but possibly behind
+// thousands of replayed ones. "Count the first message of each partition" is
+// therefore not enough: with any commit lag the crash record would never be
+// counted and the loop would never end. And o itself died with the process.
+//
+// So every process leaves a durable trace of how far it got before it
+// starts handlers there: offsets are grouped in blocks of OffsetBlock, and
+// the first time a process reaches a block of a partition it Incr's the
+// block's key (a "block lease") before running the handler. The count
+// returned tells whether anyone entered the block before. 1: no earlier
+// process started any message of this block, so none of them can be a
+// redelivery, and the block runs without further writes. More than 1: an
+// earlier process (one that crashed, the owner before a rebalance, the
+// previous version before a deploy) may have started any message of it, so
+// the block is "tainted" and every message in it is counted. The crash
+// record lies in a block its process had entered (the lease is written
+// before the first handler of the block runs), so after a restart its block
+// is tainted and it is counted, however far behind c it is.
+//
+// Within one process, an offset not greater than the highest already seen
+// (a nack, a seek, a partition regained after a rebalance) is counted, and
+// any discontinuity (an offset not following the previous one) re-enters
+// the block: if its lease moved by more than this process's own Incr,
+// another process entered it meanwhile and it becomes tainted. A message
+// that directly follows its predecessor in a block this process entered
+// cleanly was never started anywhere else, and the predecessor's handler
+// returned in this very process (had it crashed, the process would be
+// gone), so it needs no write.
+//
+// Costs and limits of the cheap path:
+//
+//   - Steady state: one write per OffsetBlock messages per partition.
+//   - After each restart or rebalance: every message from the resume point
+//     to the end of the tainted block(s), at most OffsetBlock plus the commit
+//     lag per partition, costs an Incr and a Forget.
+//   - The delivery on which a process first crashes may be uncounted (its
+//     block was clean), so a crash-looping message may run MaxDeliveries+1
+//     times before quarantine (AlwaysCount: exactly MaxDeliveries). A
+//     process that entered the block cleanly before, lost the partition and
+//     regains it exactly where it left off may also run it once uncounted;
+//     it dies doing so, and its successor counts. A block lease older than
+//     the tracker's TTL, or lost by the store, likewise costs one more run.
+//   - Concurrent deliveries of one partition (not how watermill-kafka
+//     works) and store errors only ever make more deliveries counted.
+type Deliveries struct {
+	cfg      DeliveriesConfig
+	originOf func(*message.Message) poison.Origin                          // poison.OriginOf; tests replace it
+	send     func(context.Context, *message.Message, poison.Failure) error // DeadLetter.Send; tests replace it
+
+	mu    sync.Mutex
+	parts map[deliveriesPartitionID]*deliveriesPartition
+}
+
+// deliveriesPartitionID names one partition as consumed by one handler.
+type deliveriesPartitionID struct {
+	group, handler, topic string
+	partition             int32
+}
+
+// deliveriesPartition is what this process knows about one partition.
+type deliveriesPartition struct {
+	seen      bool
+	maxOffset int64 // highest offset delivered here
+
+	leased     bool  // block/leaseCount/tainted are valid
+	block      int64 // block of the last lease taken
+	leaseCount int   // count the last lease Incr returned
+	tainted    bool  // another process may have started messages of block
+}
+
+// NewDeliveries validates cfg (see DeliveriesConfig.Validate), fills the
+// defaults and returns the guard. It keeps a little state per partition
+// (the default detector); the tracker stays owned by the caller.
+func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	return &Deliveries{
+		cfg:      cfg,
+		originOf: poison.OriginOf,
+		send:     cfg.DeadLetter.Send,
+		parts:    make(map[deliveriesPartitionID]*deliveriesPartition),
+	}, nil
+}
+
+// Middleware returns the guarded handler; pass d.Middleware to
+// message.Router.AddMiddleware or AddHandler(...).AddMiddleware.
+func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context()
+		o := d.originOf(msg)
+		if o.ConsumerGroup == "" {
+			o.ConsumerGroup = d.cfg.ConsumerGroup
+		}
+		if !d.mayBeRedelivery(ctx, msg, o) {
+			return h(msg)
+		}
+
+		key := poison.DeliveryKeyOf(o, msg.UUID)
+		n, err := d.cfg.Tracker.Incr(ctx, key)
+		if err != nil {
+			d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, watermill.LogFields{
+				"message_uuid": msg.UUID,
+				"delivery_key": key,
+			})
+			return h(msg)
+		}
+		if n > d.cfg.MaxDeliveries {
+			return d.quarantine(msg, key, n)
+		}
+
+		produced, herr := h(msg)
+		d.forget(msg, key)
+		return produced, herr
+	}
+}
+
+func (d *Deliveries) quarantine(msg *message.Message, key string, n int) ([]*message.Message, error) {
+	f := poison.Failure{
+		Reason: poison.ReasonCrashLoop,
+		Err: fmt.Errorf("%w: delivered %d times without being settled; the handler likely crashes the process (limit MaxDeliveries=%d)",
+			ErrCrashLoop, n, d.cfg.MaxDeliveries),
+		Attempts: n,
+	}
+	// Not msg.Context(): a message whose context is already cancelled can
+	// still be quarantined (Send bounds the publish itself).
+	if err := d.send(context.WithoutCancel(msg.Context()), msg, f); err != nil {
+		d.cfg.Logger.Error("Crash-loop guard could not quarantine the message; nacking it", err, watermill.LogFields{
+			"message_uuid": msg.UUID,
+			"delivery_key": key,
+			"deliveries":   n,
+		})
+		return nil, fmt.Errorf("antidote: message %s delivered %d times (limit %d) but not quarantined, nacking it: %w",
+			msg.UUID, n, d.cfg.MaxDeliveries, err)
+	}
+	d.cfg.Logger.Info("Crash-loop guard quarantined the message without running the handler", watermill.LogFields{
+		"message_uuid": msg.UUID,
+		"delivery_key": key,
+		"deliveries":   n,
+	})
+	d.forget(msg, key)
+	return nil, nil
+}
+
+func (d *Deliveries) forget(msg *message.Message, key string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), deliveriesForgetTimeout)
+	defer cancel()
+	if err := d.cfg.Tracker.Forget(ctx, key); err != nil {
+		d.cfg.Logger.Error("Crash-loop guard could not forget a settled delivery; its count expires by TTL", err, watermill.LogFields{
+			"message_uuid": msg.UUID,
+			"delivery_key": key,
+		})
+	}
+}
+
+func (d *Deliveries) mayBeRedelivery(ctx context.Context, msg *message.Message, o poison.Origin) bool {
+	switch {
+	case d.cfg.AlwaysCount:
+		return true
+	case d.cfg.MayBeRedelivery != nil:
+		return d.cfg.MayBeRedelivery(msg)
+	case !o.HasOffset:
+		return true
+	}
+	// Evaluate the offset detector even when metadata already says
+	// "redelivered", so its per-partition state stays current.
+	byOffset := d.offsetMayBeRedelivery(ctx, o)
+	return byOffset || BrokerSaysRedelivered(msg)
+}
+
+// offsetMayBeRedelivery is the Kafka part of the default detector (see
+// Deliveries).
+func (d *Deliveries) offsetMayBeRedelivery(ctx context.Context, o poison.Origin) bool {
+	id := deliveriesPartitionID{group: o.ConsumerGroup, handler: o.Handler, topic: o.Topic, partition: o.Partition}
+	block := o.Offset / d.cfg.OffsetBlock
+
+	d.mu.Lock()
+	p := d.parts[id]
+	if p == nil {
+		p = &deliveriesPartition{}
+		d.parts[id] = p
+	}
+	redelivered := p.seen && o.Offset <= p.maxOffset
+	follows := p.seen && o.Offset == p.maxOffset+1
+	if !p.seen || o.Offset > p.maxOffset {
+		p.maxOffset = o.Offset
+	}
+	p.seen = true
+	if follows && p.leased && p.block == block {
+		tainted := p.tainted
+		d.mu.Unlock()
+		return tainted
+	}
+	// First message of the partition, a new block, or a discontinuity:
+	// (re)take the block lease before any handler of it runs.
+	sameBlock := p.leased && p.block == block
+	prevCount, prevTainted := p.leaseCount, p.tainted
+	p.leased = false // concurrent deliveries re-enter too: safe side
+	d.mu.Unlock()
+
+	n, err := d.cfg.Tracker.Incr(ctx, deliveriesBlockKey(o, block))
+	if err != nil {
+		d.cfg.Logger.Error("Crash-loop guard cannot take the offset block lease; counting the delivery", err, watermill.LogFields{
+			"topic":     o.Topic,
+			"partition": o.Partition,
+			"offset":    o.Offset,
+		})
+		return true
+	}
+	tainted := n > 1
+	if sameBlock {
+		// We hold the lease already: only a jump beyond our own Incr means
+		// someone else entered the block since.
+		tainted = prevTainted || n != prevCount+1
+	}
+
+	d.mu.Lock()
+	p.leased, p.block, p.leaseCount, p.tainted = true, block, n, tainted
+	d.mu.Unlock()
+	return tainted || redelivered
+}
+
+// deliveriesBlockKey is the tracker key of a block lease. It cannot collide
+// with poison.DeliveryKeyOf keys, which start with "kafka/" or "uuid/".
+func deliveriesBlockKey(o poison.Origin, block int64) string {
+	var b strings.Builder
+	b.WriteString("kafka-block/")
+	b.WriteString(url.PathEscape(o.Topic))
+	b.WriteByte('/')
+	b.WriteString(strconv.FormatInt(int64(o.Partition), 10))
+	b.WriteByte('/')
+	b.WriteString(strconv.FormatInt(block, 10))
+	b.WriteByte('/')
+	b.WriteString(url.PathEscape(o.ConsumerGroup))
+	b.WriteByte('/')
+	b.WriteString(url.PathEscape(o.Handler))
+	return b.String()
+}
+
+// Metadata that brokers' Watermill subscribers set on redeliveries.
+const (
+	// deliveriesAMQPRedelivered is watermill-amqp's MetadataRedeliveredKey
+	// (not imported, to keep AMQP out of this package's dependencies).
+	deliveriesAMQPRedelivered = "_watermill_amqp_redelivered"
+	// deliveriesCountHeader is RabbitMQ's quorum-queue delivery counter.
+	deliveriesCountHeader = "x-delivery-count"
+)
+
+// BrokerSaysRedelivered reports whether msg's metadata says the broker has
+// delivered it before: watermill-amqp's "_watermill_amqp_redelivered" is
+// "true" (AMQP's redelivered flag, which RabbitMQ sets on every message it
+// requeues, including those a dead consumer never acked), or an
+// "x-delivery-count" header is above 0 (RabbitMQ quorum queues; needs a
+// marshaler that keeps non-string headers).
+//
+// The default detector counts such deliveries. As DeliveriesConfig.
+// MayBeRedelivery it makes AMQP consumers cheap: first deliveries cost no
+// write, and a crash loop is caught from the first redelivery on (so the
+// handler may run MaxDeliveries+1 times before quarantine). Do not use it
+// with brokers that set neither key: it would count nothing.
+func BrokerSaysRedelivered(msg *message.Message) bool {
+	if msg.Metadata.Get(deliveriesAMQPRedelivered) == "true" {
+		return true
+	}
+	if v := msg.Metadata.Get(deliveriesCountHeader); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,408 @@
+package middleware
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/poison"
+)
+
+const (
+	guardTopic   = "orders"
+	guardHandler = "orders-handler"
+	guardWait    = 10 * time.Second
+)
+
+func guardSuffix(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 6)
+	_, err := rand.Read(b)
+	require.NoError(t, err)
+	return hex.EncodeToString(b)
+}
+
+// guardTrackers opens each kind of tracker, isolated per test and cleaned
+// up afterwards. The durable ones skip (or fail in CI) without a server.
+var guardTrackers = []struct {
+	name string
+	open func(t testing.TB) poison.DeliveryTracker
+}{
+	{"memory", func(t testing.TB) poison.DeliveryTracker {
+		tr := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+		t.Cleanup(func() { _ = tr.Close() })
+		return tr
+	}},
+	{"postgres", guardPostgresTracker},
+	{"redis", func(t testing.TB) poison.DeliveryTracker {
+		client := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
+		prefix := "antidote:test:" + guardSuffix(t) + ":"
+		tr, err := poison.NewRedisDeliveryTracker(poison.RedisDeliveryTrackerConfig{Client: client, Prefix: prefix})
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			_ = tr.Close()
+			ctx := context.Background()
+			if keys, err := client.Keys(ctx, prefix+"*").Result(); err == nil && len(keys) > 0 {
+				_ = client.Del(ctx, keys...).Err()
+			}
+			_ = client.Close()
+		})
+		return tr
+	}},
+}
+
+func guardPostgresTracker(t testing.TB) poison.DeliveryTracker {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
+	require.NoError(t, err)
+	table := "antidote_deliveries_test_" + guardSuffix(t)
+	tr, err := poison.NewPostgresDeliveryTracker(ctx, poison.PostgresDeliveryTrackerConfig{Pool: pool, Table: table})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = tr.Close()
+		_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+table)
+		pool.Close()
+	})
+	return tr
+}
+
+// guardLife is one life of a consumer process: a fresh broker connection,
+// router, DeadLetter and crash-loop guard over a tracker that outlives it.
+type guardLife struct {
+	pubsub  *gochannel.GoChannel
+	router  *message.Router
+	dlq     <-chan *message.Message
+	results chan error // what the guard returned per delivery: nil = ack
+}
+
+// guardOpts describe one life.
+type guardOpts struct {
+	cfg     DeliveriesConfig // Tracker etc.; DeadLetter is filled in
+	handler message.NoPublishHandlerFunc
+	// dlqPublisher wraps the pub/sub used for the DLQ (nil: the pub/sub).
+	dlqPublisher func(message.Publisher) message.Publisher
+	// noDeadLetter leaves DeadLetter.Middleware out of the stack, so
+	// handler errors nack.
+	noDeadLetter bool
+}
+
+// startGuardLife builds the standard stack (guard, DeadLetter, Recover)
+// around the handler and starts it.
+func startGuardLife(t *testing.T, o guardOpts) *guardLife {
+	t.Helper()
+	logger := watermill.NopLogger{}
+	l := &guardLife{
+		pubsub:  gochannel.NewGoChannel(gochannel.Config{}, logger),
+		results: make(chan error, 100),
+	}
+	var pub message.Publisher = l.pubsub
+	if o.dlqPublisher != nil {
+		pub = o.dlqPublisher(pub)
+	}
+	dl, err := NewDeadLetter(DeadLetterConfig{Publisher: pub})
+	require.NoError(t, err)
+	cfg := o.cfg
+	cfg.DeadLetter = dl
+	guard, err := NewDeliveries(cfg)
+	require.NoError(t, err)
+
+	l.dlq, err = l.pubsub.Subscribe(context.Background(), DefaultDLQTopic(guardTopic))
+	require.NoError(t, err)
+
+	l.router, err = message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, logger)
+	require.NoError(t, err)
+	record := func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			produced, err := h(msg)
+			l.results <- err
+			return produced, err
+		}
+	}
+	l.router.AddMiddleware(record, guard.Middleware)
+	if !o.noDeadLetter {
+		l.router.AddMiddleware(dl.Middleware)
+	}
+	l.router.AddMiddleware(Recover)
+	l.router.AddConsumerHandler(guardHandler, guardTopic, l.pubsub, o.handler)
+
+	go func() { _ = l.router.Run(context.Background()) }()
+	select {
+	case <-l.router.Running():
+	case <-time.After(guardWait):
+		t.Fatal("router did not start")
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+// stop ends the life: the router and the broker connection go away. A
+// handler that never returned is simply abandoned, like in a dead process.
+func (l *guardLife) stop() {
+	_ = l.router.Close()
+	_ = l.pubsub.Close()
+}
+
+func (l *guardLife) publish(t *testing.T, msgs ...*message.Message) {
+	t.Helper()
+	for _, m := range msgs {
+		require.NoError(t, l.pubsub.Publish(guardTopic, m.Copy()))
+	}
+}
+
+// crashingHandler simulates a handler that kills the process: it never
+// returns (runtime.Goexit ends its goroutine; nothing after the call to it
+// runs, exactly as after os.Exit), so no middleware gets to settle or
+// forget the delivery.
+func crashingHandler(runs *atomic.Int32, started chan<- string) message.NoPublishHandlerFunc {
+	return func(msg *message.Message) error {
+		runs.Add(1)
+		started <- msg.UUID
+		runtime.Goexit()
+		return nil
+	}
+}
+
+func TestDeliveriesQuarantinesCrashLoopAcrossRestarts(t *testing.T) {
+	for _, tc := range guardTrackers {
+		t.Run(tc.name, func(t *testing.T) {
+			tracker := tc.open(t)
+			const maxDeliveries = 3
+			poisonPill := message.NewMessage(watermill.NewUUID(), []byte(`{"user_id":1,"msg":"os.Exit"}`))
+			var runs atomic.Int32
+
+			// Lives 1..3: the handler takes the process down each time.
+			for life := 1; life <= maxDeliveries; life++ {
+				started := make(chan string, 1)
+				l := startGuardLife(t, guardOpts{
+					cfg:     DeliveriesConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
+					handler: crashingHandler(&runs, started),
+				})
+				l.publish(t, poisonPill) // the broker redelivers the unacked message
+				select {
+				case <-started:
+				case letter := <-l.dlq:
+					t.Fatalf("life %d: dead-lettered too early: %v", life, letter.Metadata)
+				case <-time.After(guardWait):
+					t.Fatalf("life %d: handler did not run", life)
+				}
+				l.stop()
+			}
+
+			// Life 4: quarantined without running the handler.
+			started := make(chan string, 1)
+			l := startGuardLife(t, guardOpts{
+				cfg:     DeliveriesConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
+				handler: crashingHandler(&runs, started),
+			})
+			l.publish(t, poisonPill)
+			var letter *message.Message
+			select {
+			case letter = <-l.dlq:
+				letter.Ack()
+			case <-started:
+				t.Fatal("the handler ran a 4th time")
+			case <-time.After(guardWait):
+				t.Fatal("nothing reached the DLQ")
+			}
+			assert.Equal(t, poisonPill.UUID, letter.UUID)
+			assert.Equal(t, string(poisonPill.Payload), string(letter.Payload), "payload kept byte for byte")
+			assert.Equal(t, string(poison.ReasonCrashLoop), letter.Metadata.Get(poison.KeyReason))
+			assert.Equal(t, "4", letter.Metadata.Get(poison.KeyAttempts))
+			assert.Contains(t, letter.Metadata.Get(poison.KeyError), "delivered 4 times without being settled")
+			assert.Equal(t, guardTopic, letter.Metadata.Get(poison.KeyOriginalTopic))
+			assert.Equal(t, guardHandler, letter.Metadata.Get(poison.KeyHandler))
+			select {
+			case err := <-l.results:
+				assert.NoError(t, err, "quarantined means acked")
+			case <-time.After(guardWait):
+				t.Fatal("no result")
+			}
+			assert.Equal(t, int32(maxDeliveries), runs.Load(), "the handler ran exactly MaxDeliveries times")
+
+			// The count was forgotten: a later delivery (e.g. a replay from
+			// the DLQ) starts from scratch.
+			key := poison.DeliveryKeyOf(poison.Origin{Topic: guardTopic, Handler: guardHandler}, poisonPill.UUID)
+			n, err := tracker.Incr(context.Background(), key)
+			require.NoError(t, err)
+			assert.Equal(t, 1, n)
+		})
+	}
+}
+
+// guardFlakyPublisher fails the first `fails` publishes.
+type guardFlakyPublisher struct {
+	message.Publisher
+	fails    atomic.Int32
+	attempts atomic.Int32
+}
+
+func (p *guardFlakyPublisher) Publish(topic string, msgs ...*message.Message) error {
+	p.attempts.Add(1)
+	if p.fails.Add(-1) >= 0 {
+		return errors.New("dlq broker unavailable")
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+func TestDeliveriesDLQFailureNacksNothingLost(t *testing.T) {
+	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	msg := message.NewMessage(watermill.NewUUID(), []byte("crashes the consumer"))
+	key := poison.DeliveryKeyOf(poison.Origin{Topic: guardTopic, Handler: guardHandler}, msg.UUID)
+	for i := 0; i < 3; i++ { // three earlier lives crashed on it
+		_, err := tracker.Incr(context.Background(), key)
+		require.NoError(t, err)
+	}
+
+	flaky := &guardFlakyPublisher{}
+	flaky.fails.Store(2)
+	var runs atomic.Int32
+	started := make(chan string, 10)
+	l := startGuardLife(t, guardOpts{
+		cfg:          DeliveriesConfig{Tracker: tracker, MaxDeliveries: 3},
+		handler:      crashingHandler(&runs, started),
+		dlqPublisher: func(p message.Publisher) message.Publisher { flaky.Publisher = p; return flaky },
+	})
+	l.publish(t, msg)
+
+	// Two failed DLQ publishes: nacked (gochannel redelivers at once), then
+	// the third delivery is quarantined and acked.
+	for i, wantErr := range []bool{true, true, false} {
+		select {
+		case err := <-l.results:
+			if wantErr {
+				require.Error(t, err, "delivery %d: a failed quarantine must nack", i+1)
+				assert.Contains(t, err.Error(), "not quarantined")
+			} else {
+				require.NoError(t, err, "delivery %d", i+1)
+			}
+		case <-time.After(guardWait):
+			t.Fatalf("delivery %d: no result", i+1)
+		}
+	}
+	select {
+	case letter := <-l.dlq:
+		letter.Ack()
+		assert.Equal(t, msg.UUID, letter.UUID)
+		assert.Equal(t, "6", letter.Metadata.Get(poison.KeyAttempts), "the count kept growing while the DLQ was down")
+	case <-time.After(guardWait):
+		t.Fatal("the message was lost: not in the DLQ")
+	}
+	assert.Equal(t, int32(0), runs.Load(), "the handler never ran on a quarantined message")
+	assert.Equal(t, int32(3), flaky.attempts.Load())
+	assert.Equal(t, 0, tracker.Len(), "forgotten once quarantined")
+}
+
+func TestDeliveriesSettledDeliveriesAreForgotten(t *testing.T) {
+	for _, always := range []bool{false, true} {
+		t.Run("AlwaysCount="+strconv.FormatBool(always), func(t *testing.T) {
+			tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+			var runs atomic.Int32
+			handler := func(msg *message.Message) error {
+				runs.Add(1)
+				if msg.Payload[0] == 'x' {
+					return poison.Permanent(errors.New("malformed"))
+				}
+				return nil
+			}
+			l := startGuardLife(t, guardOpts{cfg: DeliveriesConfig{Tracker: tracker, AlwaysCount: always}, handler: handler})
+			const n = 20
+			for i := 0; i < n; i++ {
+				payload := []byte("ok")
+				if i%4 == 0 {
+					payload = []byte("x")
+				}
+				l.publish(t, message.NewMessage(watermill.NewUUID(), payload))
+				select {
+				case err := <-l.results:
+					require.NoError(t, err)
+				case <-time.After(guardWait):
+					t.Fatal("no result")
+				}
+			}
+			dead := 0
+			for len(l.dlq) > 0 || dead < n/4 {
+				select {
+				case letter := <-l.dlq:
+					letter.Ack()
+					assert.Equal(t, string(poison.ReasonPermanent), letter.Metadata.Get(poison.KeyReason))
+					dead++
+				case <-time.After(guardWait):
+					t.Fatalf("%d letters, want %d", dead, n/4)
+				}
+			}
+			assert.Equal(t, n/4, dead)
+			assert.Equal(t, int32(n), runs.Load(), "every message ran exactly once")
+			assert.Equal(t, 0, tracker.Len(), "no count outlives a settled delivery")
+		})
+	}
+}
+
+// A handler that returns errors is settled each time (the broker redelivers
+// after the nack): that is Retry's and DeadLetter's business, not a crash
+// loop, however often it happens.
+func TestDeliveriesNackLoopIsNotACrashLoop(t *testing.T) {
+	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	var runs atomic.Int32
+	l := startGuardLife(t, guardOpts{
+		cfg: DeliveriesConfig{Tracker: tracker, MaxDeliveries: 2},
+		handler: func(*message.Message) error {
+			if runs.Add(1) <= 5 {
+				return errors.New("database busy")
+			}
+			return nil
+		},
+		noDeadLetter: true,
+	})
+	l.publish(t, message.NewMessage(watermill.NewUUID(), []byte("ok")))
+	for i := 1; i <= 6; i++ {
+		select {
+		case err := <-l.results:
+			if i <= 5 {
+				assert.Error(t, err, "delivery %d nacked", i)
+			} else {
+				assert.NoError(t, err, "delivery %d acked", i)
+			}
+		case <-time.After(guardWait):
+			t.Fatalf("delivery %d: no result", i)
+		}
+	}
+	assert.Empty(t, l.dlq, "not quarantined")
+	assert.Equal(t, int32(6), runs.Load())
+	assert.Equal(t, 0, tracker.Len())
+}
+
+func TestDeliveriesConsumerGroupInKeys(t *testing.T) {
+	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	dl, err := NewDeadLetter(DeadLetterConfig{Publisher: gochannel.NewGoChannel(gochannel.Config{}, nil), ConsumerGroup: "billing"})
+	require.NoError(t, err)
+	d, err := NewDeliveries(DeliveriesConfig{Tracker: tracker, DeadLetter: dl})
+	require.NoError(t, err)
+	assert.Equal(t, "billing", d.cfg.ConsumerGroup, "defaults to the DeadLetter's group")
+
+	var seen string
+	d.originOf = func(*message.Message) poison.Origin { return poison.Origin{Topic: guardTopic, Handler: guardHandler} }
+	_, err = d.Middleware(func(msg *message.Message) ([]*message.Message, error) {
+		seen = poison.DeliveryKeyOf(poison.Origin{Topic: guardTopic, Handler: guardHandler, ConsumerGroup: "billing"}, msg.UUID)
+		n, err := tracker.Incr(context.Background(), seen)
+		require.NoError(t, err)
+		assert.Equal(t, 2, n, "the guard counted under the key with the group")
+		return nil, nil
+	})(message.NewMessage("u", nil))
+	require.NoError(t, err)
+	assert.Contains(t, seen, "/billing/")
+}

@@ -1,0 +1,177 @@
+package poison
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Defaults of MemoryDeliveryTrackerConfig.
+const (
+	// DefaultMemoryDeliveryTrackerMaxKeys bounds a MemoryDeliveryTracker.
+	DefaultMemoryDeliveryTrackerMaxKeys = 100_000
+	// DefaultDeliveryTrackerTTL is how long every tracker keeps a count after
+	// its last Incr when the config leaves TTL zero.
+	DefaultDeliveryTrackerTTL = 24 * time.Hour
+)
+
+// MemoryDeliveryTrackerConfig configures NewMemoryDeliveryTracker.
+type MemoryDeliveryTrackerConfig struct {
+	// MaxKeys bounds the number of counts held. Default 100_000. When full, a
+	// new key first evicts expired counts and then the least recently
+	// incremented one, so memory stays bounded at the price of forgetting the
+	// oldest unsettled count.
+	MaxKeys int
+	// TTL is how long a count lives after its last Incr. Default 24h.
+	TTL time.Duration
+}
+
+func (c *MemoryDeliveryTrackerConfig) setDefaults() {
+	if c.MaxKeys == 0 {
+		c.MaxKeys = DefaultMemoryDeliveryTrackerMaxKeys
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultDeliveryTrackerTTL
+	}
+}
+
+// Validate reports a config that cannot work. Zero values are valid (they
+// select the defaults).
+func (c MemoryDeliveryTrackerConfig) Validate() error {
+	if c.MaxKeys < 0 {
+		return fmt.Errorf("poison: MemoryDeliveryTrackerConfig.MaxKeys is %d; set it to a positive bound, or 0 for the default %d", c.MaxKeys, DefaultMemoryDeliveryTrackerMaxKeys)
+	}
+	if c.TTL < 0 {
+		return fmt.Errorf("poison: MemoryDeliveryTrackerConfig.TTL is %s; set it to a positive duration, or 0 for the default %s", c.TTL, DefaultDeliveryTrackerTTL)
+	}
+	return nil
+}
+
+// MemoryDeliveryTracker is an in-process DeliveryTracker.
+//
+// It is NOT durable: its counts die with the process, which is exactly the
+// event the crash-loop guard exists for. Use it for tests and demos, or to
+// count redeliveries that happen inside one process (a nacked message handed
+// back by the broker); in production use NewPostgresDeliveryTracker or
+// NewRedisDeliveryTracker. It is safe for concurrent use; memory is bounded by
+// MaxKeys.
+type MemoryDeliveryTracker struct {
+	cfg MemoryDeliveryTrackerConfig
+	now func() time.Time
+
+	mu     sync.Mutex
+	keys   map[string]*list.Element // of *memDeliveryEntry
+	order  *list.List               // front: most recently incremented
+	closed bool
+}
+
+type memDeliveryEntry struct {
+	key     string
+	count   int
+	expires time.Time
+}
+
+// NewMemoryDeliveryTracker returns an in-process, non-durable tracker (see
+// MemoryDeliveryTracker). It panics if cfg.Validate fails (a negative bound or
+// TTL is a programming error, like a bad regexp in regexp.MustCompile); call
+// Validate first to handle it as an error.
+func NewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) *MemoryDeliveryTracker {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	cfg.setDefaults()
+	return &MemoryDeliveryTracker{
+		cfg:   cfg,
+		now:   time.Now,
+		keys:  make(map[string]*list.Element),
+		order: list.New(),
+	}
+}
+
+// Incr counts one more delivery of key and returns the new count. A count
+// whose TTL has passed starts again at 1.
+func (t *MemoryDeliveryTracker) Incr(ctx context.Context, key string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, ErrDeliveryTrackerClosed
+	}
+	if el, ok := t.keys[key]; ok {
+		e := el.Value.(*memDeliveryEntry)
+		if !now.Before(e.expires) {
+			e.count = 0
+		}
+		e.count++
+		e.expires = now.Add(t.cfg.TTL)
+		t.order.MoveToFront(el)
+		return e.count, nil
+	}
+	if len(t.keys) >= t.cfg.MaxKeys {
+		t.evictLocked(now)
+	}
+	e := &memDeliveryEntry{key: key, count: 1, expires: now.Add(t.cfg.TTL)}
+	t.keys[key] = t.order.PushFront(e)
+	return 1, nil
+}
+
+// evictLocked makes room for one key. Every entry has the same TTL counted
+// from its last Incr, so the list's back is both the least recently
+// incremented and the first to expire: drop expired entries from the back,
+// and if none expired drop the back one.
+func (t *MemoryDeliveryTracker) evictLocked(now time.Time) {
+	for el := t.order.Back(); el != nil; el = t.order.Back() {
+		e := el.Value.(*memDeliveryEntry)
+		if now.Before(e.expires) && len(t.keys) < t.cfg.MaxKeys {
+			return
+		}
+		expired := !now.Before(e.expires)
+		t.order.Remove(el)
+		delete(t.keys, e.key)
+		if !expired {
+			return // evicted the least recently used live entry; room made
+		}
+	}
+}
+
+// Forget drops key's count.
+func (t *MemoryDeliveryTracker) Forget(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return ErrDeliveryTrackerClosed
+	}
+	if el, ok := t.keys[key]; ok {
+		t.order.Remove(el)
+		delete(t.keys, key)
+	}
+	return nil
+}
+
+// Len reports how many counts the tracker holds, expired ones not yet
+// evicted included.
+func (t *MemoryDeliveryTracker) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.keys)
+}
+
+// Close drops every count. It is idempotent.
+func (t *MemoryDeliveryTracker) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	t.keys = map[string]*list.Element{}
+	t.order.Init()
+	return nil
+}
+
+var _ DeliveryTracker = (*MemoryDeliveryTracker)(nil)
