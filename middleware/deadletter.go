@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -34,6 +35,9 @@ type DeadLetterConfig struct {
 	// One DLQ per source topic keeps letters replayable to where they came
 	// from without parsing metadata first.
 	Topic func(sourceTopic string) string
+	// HandlerTopics names the DLQ topic of particular handlers (by handler
+	// name), overriding Topic for them. Optional.
+	HandlerTopics map[string]string
 	// ConsumerGroup is recorded under poison.KeyConsumerGroup (it is not in
 	// the message context). Optional.
 	ConsumerGroup string
@@ -88,7 +92,9 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 	return &DeadLetter{cfg: cfg}, nil
 }
 
-// Middleware returns the dead-lettering handler. When h fails:
+// Middleware returns the dead-lettering handler. A message whose broker
+// record could not be decoded (adapters.IsUndecodable) is dead-lettered with
+// reason "undecodable" without running h. When h fails:
 //
 //   - if the message context is done and the error is a context error (the
 //     router is shutting down), the error is returned unchanged: the message
@@ -106,6 +112,9 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 // when no Retry ran: the one attempt there was is used up).
 func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		if adapters.IsUndecodable(msg) {
+			return nil, d.settle(msg, poison.Failure{Reason: poison.ReasonUndecodable, Err: &poison.UndecodableError{Detail: msg.Metadata.Get(adapters.MetadataUndecodable)}, Attempts: 1})
+		}
 		produced, err := h(msg)
 		if err == nil {
 			return produced, nil
@@ -113,15 +122,20 @@ func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if isShutdown(msg, err) {
 			return nil, err
 		}
-		if sendErr := d.Send(context.Background(), msg, d.failureOf(msg, err)); sendErr != nil {
-			d.cfg.Logger.Error("Dead-lettering failed, nacking the message so it is redelivered", sendErr, watermill.LogFields{
-				"message_uuid": msg.UUID,
-				"handler_err":  err.Error(),
-			})
-			return nil, fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, err)
-		}
-		return nil, nil
+		return nil, d.settle(msg, d.failureOf(msg, err))
 	}
+}
+
+// settle dead-letters msg; a nil result acks it, an error nacks it.
+func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
+	if sendErr := d.Send(context.Background(), msg, f); sendErr != nil {
+		d.cfg.Logger.Error("Dead-lettering failed, nacking the message so it is redelivered", sendErr, watermill.LogFields{
+			"message_uuid": msg.UUID,
+			"handler_err":  f.Err.Error(),
+		})
+		return fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, f.Err)
+	}
+	return nil
 }
 
 // failureOf describes err, taking attempts and times from a *RetryError
@@ -183,7 +197,10 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	if o.Topic == "" {
 		return fmt.Errorf("antidote: cannot dead-letter message %s: its source topic is unknown (message.SubscribeTopicFromCtx is empty; consume it through a message.Router)", msg.UUID)
 	}
-	topic := d.cfg.Topic(o.Topic)
+	topic, ok := d.cfg.HandlerTopics[o.Handler]
+	if !ok {
+		topic = d.cfg.Topic(o.Topic)
+	}
 	if topic == "" {
 		return fmt.Errorf("antidote: cannot dead-letter message %s: DeadLetterConfig.Topic returned an empty DLQ topic for %q", msg.UUID, o.Topic)
 	}

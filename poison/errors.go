@@ -253,7 +253,8 @@ func Chain(cs ...Classifier) Classifier {
 // DefaultClassifier returns the built-in rules, checked in this order:
 //
 //  1. Explicit markers: the outermost of Permanent, Transient, WithReason
-//     (permanent), Invalid / *ValidationError (permanent) and *PanicError
+//     (permanent), Invalid / *ValidationError (permanent), *UndecodableError
+//     (permanent) and *PanicError
 //     (permanent) in the chain wins.
 //  2. Permanent: errors about the bytes of the message — *json.SyntaxError,
 //     *json.UnmarshalTypeError, *json.InvalidUnmarshalError,
@@ -371,3 +372,15 @@ func transientSQLState(code string) bool {
 	}
 	return false
 }
+
+// UndecodableError is the failure recorded for a message whose broker record
+// could not be decoded (see adapters.MetadataUndecodable). Permanent: the
+// same bytes will never decode.
+type UndecodableError struct {
+	// Detail is the adapter's description of what failed.
+	Detail string
+}
+
+func (e *UndecodableError) Error() string { return "undecodable record: " + e.Detail }
+
+func (e *UndecodableError) poisonClass() Class { return ClassPermanent }

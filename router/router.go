@@ -1,6 +1,16 @@
 // Package router builds a Watermill message.Router with Antidote's standard
 // middleware stack from one Config. Handlers stay plain Watermill handlers:
-// register them on the returned router as usual.
+// register them on the returned router as usual, and every one of them is
+// guarded.
+//
+// The stack, outermost first (see DESIGN.md for why this order):
+//
+//	Deliveries (crash-loop guard) → DeadLetter → Retry → Recover → handler
+//
+// A handler that fails permanently, panics, exhausts its retries, comes from
+// an undecodable record, or keeps killing the process ends in the DLQ topic
+// with an envelope saying why; the original is acked only once the letter is
+// published. Nothing else acks a failed message.
 package router
 
 import (
@@ -10,18 +20,45 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
 )
 
-// Config configures New.
+// Config configures New. Only DeadLetter.Publisher is required.
 type Config struct {
 	// CloseTimeout is how long Close waits for running handlers. Default 30s.
 	// Messages still in flight after it are not acked, so they are delivered
 	// again: nothing is lost, some work may repeat.
 	CloseTimeout time.Duration
 
-	// Logger receives the router's logs. Default: none.
+	// Logger receives the router's and the middleware's logs. Default: none.
 	Logger watermill.LoggerAdapter
+
+	// Classifier tells permanent from transient errors for Retry and
+	// DeadLetter when their own Classifier is unset. Default
+	// poison.DefaultClassifier().
+	Classifier poison.Classifier
+
+	// DeadLetter configures the DLQ. Publisher is required: usually the
+	// broker's own publisher (adapters.Broker.Publisher). Default DLQ topic:
+	// "<topic>.dlq"; per handler via HandlerTopics.
+	DeadLetter middleware.DeadLetterConfig
+
+	// Retry configures the in-process retries of transient errors. The zero
+	// value means 3 attempts, 100ms doubling backoff with jitter.
+	Retry middleware.RetryConfig
+
+	// Deliveries configures the crash-loop guard. DeadLetter is filled by New.
+	// Tracker default: an in-memory tracker, which does not survive the
+	// process and so only catches in-process loops; give a
+	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker in
+	// production. MaxDeliveries default 3.
+	Deliveries middleware.DeliveriesConfig
+
+	// DisableCrashLoopGuard leaves Deliveries out of the stack. Default false.
+	DisableCrashLoopGuard bool
 }
 
 func (c *Config) setDefaults() {
@@ -31,6 +68,27 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = watermill.NopLogger{}
 	}
+	if c.Classifier == nil {
+		c.Classifier = poison.DefaultClassifier()
+	}
+	if c.DeadLetter.Classifier == nil {
+		c.DeadLetter.Classifier = c.Classifier
+	}
+	if c.DeadLetter.Logger == nil {
+		c.DeadLetter.Logger = c.Logger
+	}
+	if c.Retry.Classifier == nil {
+		c.Retry.Classifier = c.Classifier
+	}
+	if c.Retry.Logger == nil {
+		c.Retry.Logger = c.Logger
+	}
+	if c.Deliveries.Logger == nil {
+		c.Deliveries.Logger = c.Logger
+	}
+	if c.Deliveries.ConsumerGroup == "" {
+		c.Deliveries.ConsumerGroup = c.DeadLetter.ConsumerGroup
+	}
 }
 
 // Validate reports a config that cannot work.
@@ -38,6 +96,12 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.CloseTimeout < 0 {
 		errs = append(errs, fmt.Errorf("router: CloseTimeout %s is negative; use a positive duration such as 30s", c.CloseTimeout))
+	}
+	if c.DeadLetter.Publisher == nil {
+		errs = append(errs, errors.New("router: DeadLetter.Publisher is nil; pass the publisher of the broker the DLQ topics live on (adapters.Broker.Publisher)"))
+	}
+	if err := c.Retry.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("router: Retry: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -49,10 +113,34 @@ func New(cfg Config) (*message.Router, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	dl, err := middleware.NewDeadLetter(cfg.DeadLetter)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	retry, err := middleware.NewRetry(cfg.Retry)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	var guard *middleware.Deliveries
+	if !cfg.DisableCrashLoopGuard {
+		dc := cfg.Deliveries
+		dc.DeadLetter = dl
+		if dc.Tracker == nil {
+			dc.Tracker = poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+		}
+		if guard, err = middleware.NewDeliveries(dc); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.CloseTimeout}, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	r.AddMiddleware(middleware.Recoverer)
+	// Outermost: a bug in a middleware itself becomes a nack, not a crash.
+	r.AddMiddleware(wmiddleware.Recoverer)
+	if guard != nil {
+		r.AddMiddleware(guard.Middleware)
+	}
+	r.AddMiddleware(dl.Middleware, retry.Middleware, middleware.Recover)
 	return r, nil
 }

@@ -2,7 +2,9 @@ package router_test
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,53 +12,135 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
 
-func TestNewRejectsNegativeCloseTimeout(t *testing.T) {
-	_, err := router.New(router.Config{CloseTimeout: -time.Second})
-	if err == nil || !strings.Contains(err.Error(), "CloseTimeout") {
-		t.Fatalf("err = %v", err)
+func TestNewValidates(t *testing.T) {
+	ps := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
+	for _, tc := range []struct {
+		cfg  router.Config
+		want string
+	}{
+		{router.Config{}, "DeadLetter.Publisher"},
+		{router.Config{CloseTimeout: -time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "CloseTimeout"},
+		{router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Retry: middleware.RetryConfig{MaxAttempts: -1}}, "MaxAttempts"},
+	} {
+		if _, err := router.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want mention of %s", err, tc.want)
+		}
 	}
 }
 
-// A panicking handler must not kill the router: the panic becomes an error,
-// the message is nacked and delivered again.
-func TestRouterRecoversPanics(t *testing.T) {
+// The whole stack on a plain handler: every kind of poison ends in the DLQ
+// once with its reason, the transient failure is retried and processed, the
+// healthy messages are processed, nothing is lost.
+func TestStackSettlesEveryKindOfPoison(t *testing.T) {
 	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
-	r, err := router.New(router.Config{})
+	var retries int
+	var mu sync.Mutex
+	r, err := router.New(router.Config{
+		DeadLetter: middleware.DeadLetterConfig{Publisher: ps, ConsumerGroup: "g"},
+		Retry: middleware.RetryConfig{InitialInterval: time.Millisecond, OnRetry: func(int, error, time.Duration) {
+			mu.Lock()
+			retries++
+			mu.Unlock()
+		}},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls := make(chan int, 10)
-	n := 0
-	r.AddConsumerHandler("h", "in", ps, func(msg *message.Message) error {
-		n++
-		calls <- n
-		if n == 1 {
-			panic("boom")
+	processed := make(chan string, 100)
+	failures := map[string]int{}
+	r.AddConsumerHandler("hello", "in", ps, func(m *message.Message) error {
+		switch string(m.Payload) {
+		case "malformed":
+			return poison.Permanent(errors.New("bad json"))
+		case "panic":
+			panic("handler bug")
+		case "flaky":
+			failures[m.UUID]++
+			if failures[m.UUID] <= 2 {
+				return errors.New("database timeout")
+			}
+		case "always-transient":
+			return poison.Transient(errors.New("still down"))
 		}
+		processed <- m.UUID
 		return nil
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
 	<-r.Running()
-	if err := ps.Publish("in", message.NewMessage("1", []byte("x"))); err != nil {
+	dlq, err := ps.Subscribe(ctx, "in.dlq")
+	if err != nil {
 		t.Fatal(err)
 	}
-	for want := 1; want <= 2; want++ {
+	undecodable := message.NewMessage("undecodable", []byte("raw"))
+	undecodable.Metadata.Set(adapters.MetadataUndecodable, "bad header")
+	msgs := []*message.Message{
+		message.NewMessage("ok1", []byte("fine")),
+		message.NewMessage("malformed", []byte("malformed")),
+		message.NewMessage("panic", []byte("panic")),
+		message.NewMessage("flaky", []byte("flaky")),
+		message.NewMessage("exhausted", []byte("always-transient")),
+		undecodable,
+		message.NewMessage("ok2", []byte("fine")),
+	}
+	if err := ps.Publish("in", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	wantDLQ := map[string]poison.Reason{
+		"malformed": poison.ReasonPermanent, "panic": poison.ReasonPanic,
+		"exhausted": poison.ReasonRetriesExhausted, "undecodable": poison.ReasonUndecodable,
+	}
+	gotDLQ := map[string]poison.Letter{}
+	gotOK := map[string]bool{}
+	deadline := time.After(20 * time.Second)
+	for len(gotDLQ) < len(wantDLQ) || len(gotOK) < 3 {
 		select {
-		case got := <-calls:
-			if got != want {
-				t.Fatalf("call %d, want %d", got, want)
+		case l := <-dlq:
+			l.Ack()
+			letter, err := poison.ReadEnvelope(l)
+			if err != nil {
+				t.Fatal(err)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("handler call %d never came: the panic was not turned into a redelivery", want)
+			if _, dup := gotDLQ[l.UUID]; dup {
+				t.Fatalf("%s dead-lettered twice", l.UUID)
+			}
+			gotDLQ[l.UUID] = letter
+		case id := <-processed:
+			gotOK[id] = true
+		case <-deadline:
+			t.Fatalf("not settled: dlq %v processed %v", gotDLQ, gotOK)
 		}
 	}
-	cancel()
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
+	for id, reason := range wantDLQ {
+		if gotDLQ[id].Reason != reason {
+			t.Errorf("%s: reason %q, want %q", id, gotDLQ[id].Reason, reason)
+		}
+		if gotDLQ[id].Handler != "hello" || gotDLQ[id].OriginalTopic != "in" || gotDLQ[id].ConsumerGroup != "g" {
+			t.Errorf("%s: origin %+v", id, gotDLQ[id])
+		}
+	}
+	if gotDLQ["panic"].Stack == "" {
+		t.Error("panic letter has no stack")
+	}
+	if gotDLQ["exhausted"].Attempts != 3 || gotDLQ["malformed"].Attempts != 1 {
+		t.Errorf("attempts: exhausted %d malformed %d", gotDLQ["exhausted"].Attempts, gotDLQ["malformed"].Attempts)
+	}
+	for _, id := range []string{"ok1", "ok2", "flaky"} {
+		if !gotOK[id] {
+			t.Errorf("%s not processed", id)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// flaky: 2 retries; exhausted: 2 retries; permanent and panic: none.
+	if retries != 4 {
+		t.Errorf("retries = %d, want 4", retries)
 	}
 }
