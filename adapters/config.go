@@ -99,6 +99,12 @@ type KafkaConfig struct {
 	// redelivers up to a second of already processed messages.
 	SyncCommit bool `yaml:"sync_commit"`
 
+	// SessionTimeout is how long the group coordinator waits for a silent
+	// member before giving its partitions to others. Default 10s. Shorter
+	// means a crashed consumer's partitions move sooner; too short makes
+	// slow handlers lose their partitions.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+
 	// ClientID identifies this process to the brokers. Default "antidote".
 	ClientID string `yaml:"client_id"`
 
@@ -193,6 +199,9 @@ func (c *Config) SetDefaults() {
 	if k.NackResendSleep == 0 {
 		k.NackResendSleep = 100 * time.Millisecond
 	}
+	if k.SessionTimeout == 0 {
+		k.SessionTimeout = 10 * time.Second
+	}
 	if k.ClientID == "" {
 		k.ClientID = "antidote"
 	}
@@ -264,6 +273,9 @@ func (c Config) Validate() error {
 		}
 		if _, err := parseKafkaVersion(k.Version); err != nil {
 			bad("kafka.version", "%v; use a Kafka version such as 2.1.0", err)
+		}
+		if k.SessionTimeout < time.Second {
+			bad("kafka.session_timeout", "%s is under 1s; use a duration such as 10s", k.SessionTimeout)
 		}
 		if k.NackResendSleep < 0 {
 			bad("kafka.nack_resend_sleep", "%s is negative; use a positive duration", k.NackResendSleep)

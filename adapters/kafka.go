@@ -49,6 +49,8 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	}
 	// Without auto-commit, watermill-kafka commits synchronously after each ack.
 	sc.Consumer.Offsets.AutoCommit.Enable = !k.SyncCommit
+	sc.Consumer.Group.Session.Timeout = k.SessionTimeout
+	sc.Consumer.Group.Heartbeat.Interval = k.SessionTimeout / 3
 	sc.Producer.Return.Successes = true
 	sc.Producer.Return.Errors = true
 	// A publish is done only when every in-sync replica has it.

@@ -53,6 +53,7 @@ var EnvVars = []EnvVar{
 	{"ANTIDOTE_KAFKA_PARTITIONS", "kafka.partitions", "partitions of topics the adapter creates", func(c *Config, v string) error { return setInt(&c.Kafka.Partitions, v) }},
 	{"ANTIDOTE_KAFKA_INITIAL_OFFSET", "kafka.initial_offset", "oldest or newest", func(c *Config, v string) error { c.Kafka.InitialOffset = v; return nil }},
 	{"ANTIDOTE_KAFKA_VERSION", "kafka.version", "Kafka protocol version", func(c *Config, v string) error { c.Kafka.Version = v; return nil }},
+	{"ANTIDOTE_KAFKA_SESSION_TIMEOUT", "kafka.session_timeout", "how long before a silent consumer's partitions move", func(c *Config, v string) error { return setDuration(&c.Kafka.SessionTimeout, v) }},
 	{"ANTIDOTE_KAFKA_EMBEDDED_ADDR", "kafka.embedded_addr", "listen address of the embedded broker", func(c *Config, v string) error { c.Kafka.EmbeddedAddr = v; return nil }},
 	{"ANTIDOTE_AMQP_URL", "amqp.url", "RabbitMQ URL", func(c *Config, v string) error { c.AMQP.URL = v; return nil }},
 	{"ANTIDOTE_AMQP_QUORUM", "amqp.quorum", "true for quorum queues", func(c *Config, v string) error { return setBool(&c.AMQP.Quorum, v) }},

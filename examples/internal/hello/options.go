@@ -10,12 +10,18 @@ import (
 
 // Options are the examples' flags (see DESIGN.md, "Examples contract").
 type Options struct {
-	Role     string
-	Messages int
-	Topic    string
-	Idle     time.Duration
-	JSON     bool
-	Config   string
+	Role        string
+	Messages    int
+	Topic       string
+	Idle        time.Duration
+	JSON        bool
+	Config      string
+	PoisonEvery int
+	Input       string
+	CrashOn     string
+	DLQOut      string
+	Sink        string
+	Tracker     string
 }
 
 // ParseFlags reads args (without the program name).
@@ -29,6 +35,12 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.Idle, "idle", 5*time.Second, "a consumer exits when nothing new arrived for this long")
 	fs.BoolVar(&o.JSON, "json", false, "print the summary as one JSON object, the last line on stdout")
 	fs.StringVar(&o.Config, "config", "", "adapters YAML config file (env ANTIDOTE_* overrides it)")
+	fs.IntVar(&o.PoisonEvery, "poison-every", 0, "make every Kth message poison, rotating: malformed JSON, wrong types, a handler panic, transient twice then fine (0: none)")
+	fs.StringVar(&o.Input, "input", "", "publish each line of FILE as one payload, raw bytes (instead of --messages generated ones)")
+	fs.StringVar(&o.CrashOn, "crash-on", "", "the handler calls os.Exit(3) on a payload containing this, to show crash-loop quarantine")
+	fs.StringVar(&o.DLQOut, "dlq-out", "", "append every dead letter to FILE as a JSON line {uuid, payload, metadata}")
+	fs.StringVar(&o.Sink, "sink", "memory", "where processed writes go: memory, or postgres (table hello_messages)")
+	fs.StringVar(&o.Tracker, "tracker", "memory", "crash-loop delivery counts: memory (lost on exit), postgres or redis (durable)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -54,6 +66,19 @@ func (o Options) Validate() error {
 	}
 	if o.Idle <= 0 {
 		errs = append(errs, fmt.Errorf("--idle %s: use a positive duration such as 5s", o.Idle))
+	}
+	if o.PoisonEvery < 0 {
+		errs = append(errs, fmt.Errorf("--poison-every %d: use 0 (none) or more", o.PoisonEvery))
+	}
+	switch o.Sink {
+	case "memory", "postgres":
+	default:
+		errs = append(errs, fmt.Errorf("--sink %q: use memory or postgres", o.Sink))
+	}
+	switch o.Tracker {
+	case "memory", "postgres", "redis":
+	default:
+		errs = append(errs, fmt.Errorf("--tracker %q: use memory, postgres or redis", o.Tracker))
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package hello
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
 
@@ -38,8 +41,12 @@ type Summary struct {
 // counts its own messages apart from leftovers of earlier runs.
 const runKey = "antidote.example_run"
 
-// publishBatch is how many messages go in one Publish call.
-const publishBatch = 100
+// publishBatch is how many messages go in one Publish call, and
+// publishConcurrency how many calls run at once.
+const (
+	publishBatch       = 100
+	publishConcurrency = 4
+)
 
 // Main runs the example on kind with the process's args and exits.
 func Main(kind adapters.Kind) {
@@ -79,8 +86,11 @@ type run struct {
 	deadLettered atomic.Int64
 	lastArrival  atomic.Int64 // unix nanos
 	seen         sync.Map     // message UUID -> struct{}
+	retries      atomic.Int64
 	producerDone atomic.Bool
 	sink         Sink
+	tracker      poison.DeliveryTracker
+	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
 }
 
 func (r *run) logger() watermill.LoggerAdapter {
@@ -113,20 +123,43 @@ func (r *run) do(ctx context.Context) error {
 	}
 	fmt.Fprintf(r.stderr, "%s broker at %s, topic %q, role %s\n", r.kind, where, r.opts.Topic, r.opts.Role)
 
-	r.sink = NewMemorySink()
-	defer r.sink.Close()
+	payloads, err := r.payloads()
+	if err != nil {
+		return err
+	}
 
 	stopProgress := r.progress()
 	defer stopProgress()
 
 	if r.opts.Role == "producer" {
-		err := r.produce(ctx, b.Publisher)
+		err := r.produce(ctx, b.Publisher, payloads)
 		stopProgress()
 		r.summary()
 		return err
 	}
 
-	rt, err := router.New(router.Config{Logger: logger})
+	closeConsumer, err := r.openConsumerSide(ctx, cfg)
+	defer closeConsumer()
+	if err != nil {
+		return err
+	}
+	dlq, err := newLetterPublisher(b.Publisher, r.opts.DLQOut, func(m *message.Message) { r.count(m, &r.deadLettered) })
+	if err != nil {
+		return err
+	}
+	defer dlq.Close()
+	group := ""
+	if r.kind == adapters.KindKafka {
+		group = cfg.Kafka.ConsumerGroup
+	}
+	rt, err := router.New(router.Config{
+		Logger:     logger,
+		DeadLetter: middleware.DeadLetterConfig{Publisher: dlq, ConsumerGroup: group},
+		Retry: middleware.RetryConfig{
+			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
+		},
+		Deliveries: middleware.DeliveriesConfig{Tracker: r.tracker},
+	})
 	if err != nil {
 		return err
 	}
@@ -144,7 +177,7 @@ func (r *run) do(ctx context.Context) error {
 
 	var produceErr error
 	if r.opts.Role == "all" {
-		produceErr = r.produce(ctx, b.Publisher)
+		produceErr = r.produce(ctx, b.Publisher, payloads)
 	}
 	r.producerDone.Store(true)
 	if produceErr == nil {
@@ -159,41 +192,93 @@ func (r *run) do(ctx context.Context) error {
 	return produceErr
 }
 
-func (r *run) produce(ctx context.Context, pub message.Publisher) error {
-	batch := make([]*message.Message, 0, publishBatch)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		if err := pub.Publish(r.opts.Topic, batch...); err != nil {
-			return fmt.Errorf("publish to %q after %d messages: %w", r.opts.Topic, r.published.Load(), err)
-		}
-		r.published.Add(int64(len(batch)))
-		batch = batch[:0]
-		return nil
+// produce publishes the messages in batches, publishConcurrency batches at a
+// time: a broker that confirms each message (RabbitMQ) is otherwise bound by
+// one round trip per message.
+func (r *run) produce(ctx context.Context, pub message.Publisher, payloads func(i int) []byte) error {
+	batches := make(chan []*message.Message)
+	errs := make(chan error, publishConcurrency)
+	var wg sync.WaitGroup
+	for w := 0; w < publishConcurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for batch := range batches {
+				if err := pub.Publish(r.opts.Topic, batch...); err != nil {
+					errs <- fmt.Errorf("publish to %q after %d messages: %w", r.opts.Topic, r.published.Load(), err)
+					for range batches { // drain so the feeder stops
+					}
+					return
+				}
+				r.published.Add(int64(len(batch)))
+			}
+		}()
 	}
-	for i := 1; i <= r.opts.Messages; i++ {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	var feedErr error
+	batch := make([]*message.Message, 0, publishBatch)
+	for i := 1; i <= r.opts.Messages && feedErr == nil; i++ {
+		if feedErr = ctx.Err(); feedErr != nil {
+			break
 		}
-		msg := message.NewMessage(watermill.NewUUID(), Payload(i))
+		msg := message.NewMessage(watermill.NewUUID(), payloads(i))
 		msg.Metadata.Set(runKey, r.runID)
 		msg.Metadata.Set("partition_key", strconv.Itoa(i))
 		batch = append(batch, msg)
-		if len(batch) == publishBatch {
-			if err := flush(); err != nil {
-				return err
+		if len(batch) == publishBatch || i == r.opts.Messages {
+			select {
+			case batches <- batch:
+			case feedErr = <-errs:
 			}
+			batch = make([]*message.Message, 0, publishBatch)
 		}
 	}
-	return flush()
+	close(batches)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		feedErr = errors.Join(feedErr, err)
+	}
+	return feedErr
+}
+
+// payloads returns the ith (1-based) payload: a line of --input, or a
+// generated write (poison every --poison-every). With --input, Messages
+// becomes the number of lines.
+func (r *run) payloads() (func(i int) []byte, error) {
+	if r.opts.Input == "" {
+		return func(i int) []byte { return payloadFor(i, r.opts.PoisonEvery) }, nil
+	}
+	data, err := os.ReadFile(r.opts.Input)
+	if err != nil {
+		return nil, fmt.Errorf("--input: %w", err)
+	}
+	lines := bytes.Split(data, []byte("\n"))
+	if n := len(lines); n > 0 && len(lines[n-1]) == 0 {
+		lines = lines[:n-1]
+	}
+	r.opts.Messages = len(lines)
+	return func(i int) []byte { return lines[i-1] }, nil
 }
 
 func (r *run) handle(msg *message.Message) error {
 	r.lastArrival.Store(time.Now().UnixNano())
+	if r.opts.CrashOn != "" && bytes.Contains(msg.Payload, []byte(r.opts.CrashOn)) {
+		fmt.Fprintf(r.stderr, "crash-on: message %s contains %q: exiting with code 3\n", msg.UUID, r.opts.CrashOn)
+		os.Exit(3)
+	}
 	h, err := Parse(msg.Payload)
 	if err != nil {
-		return err
+		return poison.Invalid(err)
+	}
+	switch h.Msg {
+	case PanicMsg:
+		var byUser map[int64]int
+		byUser[h.UserID]++ // the bug: a write to a nil map panics
+	case TransientMsg:
+		n, _ := r.failures.LoadOrStore(msg.UUID, new(atomic.Int32))
+		if n.(*atomic.Int32).Add(1) <= 2 {
+			return poison.Transient(errors.New("sink busy (simulated): try again"))
+		}
 	}
 	if err := r.sink.Store(msg.Context(), msg.UUID, h); err != nil {
 		return fmt.Errorf("store user %d: %w", h.UserID, err)
@@ -250,6 +335,7 @@ func (r *run) snapshot() Summary {
 		Published:    r.published.Load(),
 		Processed:    r.processed.Load(),
 		DeadLettered: r.deadLettered.Load(),
+		Retries:      r.retries.Load(),
 		ElapsedMS:    time.Since(r.start).Milliseconds(),
 	}
 }

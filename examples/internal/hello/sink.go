@@ -2,7 +2,10 @@ package hello
 
 import (
 	"context"
+	"fmt"
 	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Sink stores processed writes. Store must be idempotent per message UUID:
@@ -38,3 +41,34 @@ func (s *MemorySink) Len() int {
 
 // Close does nothing.
 func (s *MemorySink) Close() error { return nil }
+
+// SinkTable is the PostgreSQL sink's table.
+const SinkTable = "hello_messages"
+
+// PostgresSink writes to the hello_messages table, one row per message UUID.
+type PostgresSink struct {
+	pool *pgxpool.Pool
+}
+
+// NewPostgresSink creates the table if needed. It does not own pool.
+func NewPostgresSink(ctx context.Context, pool *pgxpool.Pool) (*PostgresSink, error) {
+	_, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+SinkTable+` (
+		uuid TEXT PRIMARY KEY,
+		user_id BIGINT NOT NULL,
+		msg TEXT NOT NULL,
+		stored_at TIMESTAMPTZ NOT NULL DEFAULT now()
+	)`)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", SinkTable, err)
+	}
+	return &PostgresSink{pool: pool}, nil
+}
+
+// Store inserts the row; a redelivered message changes nothing.
+func (s *PostgresSink) Store(ctx context.Context, uuid string, h Hello) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO `+SinkTable+` (uuid, user_id, msg) VALUES ($1, $2, $3) ON CONFLICT (uuid) DO NOTHING`, uuid, h.UserID, h.Msg)
+	return err
+}
+
+// Close does nothing: the pool belongs to the caller.
+func (s *PostgresSink) Close() error { return nil }
