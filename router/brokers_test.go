@@ -1,0 +1,150 @@
+package router_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/router"
+)
+
+// flakyPublisher fails every Publish while down is set.
+type flakyPublisher struct {
+	message.Publisher
+	down     atomic.Bool
+	failures atomic.Int64
+}
+
+func (p *flakyPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if p.down.Load() {
+		p.failures.Add(1)
+		return errors.New("DLQ broker unavailable (simulated)")
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
+	switch kind {
+	case adapters.KindAMQP:
+		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
+	case adapters.KindPostgres:
+		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond, ResendInterval: 50 * time.Millisecond}}
+	default:
+		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{NackResendSleep: 50 * time.Millisecond}}
+	}
+}
+
+// While the DLQ cannot be written, poison is nacked (redelivered), never
+// acked; once it is back, each poison message is dead-lettered exactly once
+// and every healthy one processed. Counted in and out, on each real broker.
+func TestDLQOutageLosesNothing(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			b, err := adapters.Open(context.Background(), brokerConfig(t, kind), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			dlqPub := &flakyPublisher{Publisher: b.Publisher}
+			dlqPub.down.Store(true)
+			var mu sync.Mutex
+			processed := map[string]int{}
+			topic := "dlq_outage_" + watermill.NewShortUUID()
+			r, err := router.New(router.Config{CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: dlqPub}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.AddConsumerHandler("h", topic, b.Subscriber, func(m *message.Message) error {
+				if string(m.Payload) == "poison" {
+					return poison.Permanent(errors.New("cannot parse"))
+				}
+				mu.Lock()
+				processed[m.UUID]++
+				mu.Unlock()
+				return nil
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			runDone := make(chan error, 1)
+			go func() { runDone <- r.Run(ctx) }()
+			<-r.Running()
+
+			const total, poisonCount = 40, 4
+			var msgs []*message.Message
+			for i := 0; i < total; i++ {
+				payload := "ok"
+				if i%(total/poisonCount) == 0 {
+					payload = "poison"
+				}
+				msgs = append(msgs, message.NewMessage(fmt.Sprintf("m%02d", i), []byte(payload)))
+			}
+			if err := b.Publisher.Publish(topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			// The outage: each poison message fails to reach the DLQ again
+			// and again, which only happens if it was nacked, not acked.
+			waitFor(t, 30*time.Second, func() bool { return dlqPub.failures.Load() >= 3*poisonCount })
+			dlqPub.down.Store(false)
+
+			dlq, err := b.Subscriber.Subscribe(ctx, middleware.DefaultDLQTopic(topic))
+			if err != nil {
+				t.Fatal(err)
+			}
+			letters := map[string]int{}
+			deadline := time.After(60 * time.Second)
+			for len(letters) < poisonCount {
+				select {
+				case l := <-dlq:
+					l.Ack()
+					letters[l.UUID]++
+					if got := l.Metadata.Get(poison.KeyReason); got != string(poison.ReasonPermanent) {
+						t.Errorf("%s: reason %q", l.UUID, got)
+					}
+				case <-deadline:
+					t.Fatalf("after the outage only %d of %d poison messages reached the DLQ", len(letters), poisonCount)
+				}
+			}
+			waitFor(t, 60*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(processed) == total-poisonCount
+			})
+			// Anything still to come would be a duplicate.
+			select {
+			case l := <-dlq:
+				t.Errorf("%s dead-lettered twice", l.UUID)
+			case <-time.After(500 * time.Millisecond):
+			}
+			for id, n := range letters {
+				if n != 1 {
+					t.Errorf("%s dead-lettered %d times", id, n)
+				}
+			}
+			t.Logf("%s: %d failed DLQ publishes during the outage; %d letters, %d processed", kind, dlqPub.failures.Load(), len(letters), len(processed))
+			cancel()
+			<-runDone
+		})
+	}
+}
+
+func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
