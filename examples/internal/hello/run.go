@@ -88,13 +88,32 @@ type run struct {
 	seen         sync.Map     // message UUID -> struct{}
 	retries      atomic.Int64
 	producerDone atomic.Bool
+	stopping     atomic.Bool
 	sink         Sink
 	tracker      poison.DeliveryTracker
 	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
 }
 
 func (r *run) logger() watermill.LoggerAdapter {
-	return watermill.NewSlogLogger(slog.New(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	l := watermill.NewSlogLogger(slog.New(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	return quietOnStop{LoggerAdapter: l, stopping: &r.stopping}
+}
+
+// quietOnStop drops error logs once shutdown began: subscribers report their
+// cancelled queries then, which is expected and would only alarm the reader.
+type quietOnStop struct {
+	watermill.LoggerAdapter
+	stopping *atomic.Bool
+}
+
+func (l quietOnStop) Error(msg string, err error, fields watermill.LogFields) {
+	if !l.stopping.Load() {
+		l.LoggerAdapter.Error(msg, err, fields)
+	}
+}
+
+func (l quietOnStop) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return quietOnStop{LoggerAdapter: l.LoggerAdapter.With(fields), stopping: l.stopping}
 }
 
 func (r *run) do(ctx context.Context) error {
@@ -183,6 +202,7 @@ func (r *run) do(ctx context.Context) error {
 	if produceErr == nil {
 		r.waitUntilDone(ctx)
 	}
+	r.stopping.Store(true)
 	cancel()
 	if err := <-routerDone; err != nil {
 		produceErr = errors.Join(produceErr, fmt.Errorf("router: %w", err))
