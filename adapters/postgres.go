@@ -74,7 +74,7 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	if err != nil {
 		return fmt.Errorf("postgres publisher: %w", err)
 	}
-	b.Publisher = pub
+	b.Publisher = &schemaSafePublisher{Publisher: pub}
 	b.onClose(pub.Close)
 	ack := p.AckDeadline
 	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
