@@ -97,7 +97,8 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 // reason "undecodable" without running h. When h fails:
 //
 //   - if the message context is done and the error is a context error (the
-//     router is shutting down), the error is returned unchanged: the message
+//     router is shutting down), or the error is poison.Defer'd (the DLQ-storm
+//     breaker holds it back), the error is returned unchanged: the message
 //     is nacked and redelivered later, not dead-lettered;
 //   - otherwise the envelope is published to the DLQ topic and (nil, nil) is
 //     returned, so the router acks the original and the messages produced by
@@ -119,7 +120,7 @@ func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if err == nil {
 			return produced, nil
 		}
-		if isShutdown(msg, err) {
+		if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) {
 			return nil, err
 		}
 		return nil, d.settle(msg, d.failureOf(msg, err))

@@ -384,3 +384,22 @@ type UndecodableError struct {
 func (e *UndecodableError) Error() string { return "undecodable record: " + e.Detail }
 
 func (e *UndecodableError) poisonClass() Class { return ClassPermanent }
+
+// ErrDeferred is matched (errors.Is) by errors from Defer.
+var ErrDeferred = errors.New("deferred: redeliver later")
+
+// Defer marks err as "not this message's fault, and not now": the message
+// is nacked and delivered again later, never dead-lettered. The DLQ-storm
+// breaker uses it while the handler's dependencies are down. Defer(nil) is nil.
+func Defer(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &deferred{err: err}
+}
+
+type deferred struct{ err error }
+
+func (d *deferred) Error() string      { return d.err.Error() }
+func (d *deferred) Unwrap() []error    { return []error{d.err, ErrDeferred} }
+func (d *deferred) poisonClass() Class { return ClassTransient }

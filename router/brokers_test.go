@@ -148,3 +148,82 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The sink fails for a while during a run: with the DLQ-storm breaker nothing
+// is dead-lettered for that outage, and after recovery every message is
+// processed exactly as published. On each real broker.
+func TestSinkOutageDeadLettersNothing(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			b, err := adapters.Open(context.Background(), brokerConfig(t, kind), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			var states []string
+			var mu sync.Mutex
+			r, err := router.New(router.Config{
+				CloseTimeout: 5 * time.Second,
+				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
+				Retry:        middleware.RetryConfig{InitialInterval: 5 * time.Millisecond},
+				Breaker: middleware.BreakerConfig{MinRequests: 3, OpenTimeout: 200 * time.Millisecond, Backoff: 50 * time.Millisecond,
+					OnStateChange: func(_, to string) { mu.Lock(); states = append(states, to); mu.Unlock() }},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var down atomic.Bool
+			down.Store(true)
+			var failures atomic.Int64
+			processed := map[string]int{}
+			topic := "sink_outage_" + watermill.NewShortUUID()
+			r.AddConsumerHandler("h", topic, b.Subscriber, func(m *message.Message) error {
+				if down.Load() {
+					failures.Add(1)
+					return poison.Transient(errors.New("sink: connection refused"))
+				}
+				mu.Lock()
+				processed[m.UUID]++
+				mu.Unlock()
+				return nil
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			runDone := make(chan error, 1)
+			go func() { runDone <- r.Run(ctx) }()
+			<-r.Running()
+			const total = 100
+			var msgs []*message.Message
+			for i := 0; i < total; i++ {
+				m := message.NewMessage(fmt.Sprintf("m%03d", i), []byte("ok"))
+				m.Metadata.Set("partition_key", fmt.Sprint(i))
+				msgs = append(msgs, m)
+			}
+			if err := b.Publisher.Publish(topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 60*time.Second, func() bool { return failures.Load() >= 30 })
+			time.Sleep(500 * time.Millisecond) // the outage goes on a while
+			down.Store(false)
+			waitFor(t, 90*time.Second, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(processed) == total
+			})
+			dlq, err := b.Subscriber.Subscribe(ctx, middleware.DefaultDLQTopic(topic))
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case l := <-dlq:
+				t.Fatalf("dead-lettered during the outage: %s (%s)", l.UUID, l.Metadata.Get(poison.KeyReason))
+			case <-time.After(2 * time.Second):
+			}
+			mu.Lock()
+			t.Logf("%s: %d failed runs during the outage, breaker states %v, %d processed", kind, failures.Load(), states, len(processed))
+			mu.Unlock()
+			cancel()
+			<-runDone
+		})
+	}
+}

@@ -5,7 +5,7 @@
 //
 // The stack, outermost first (see DESIGN.md for why this order):
 //
-//	Deliveries (crash-loop guard) → DeadLetter → Retry → Recover → handler
+//	Deliveries (crash-loop guard) → DeadLetter → Breaker → Retry → Recover → handler
 //
 // A handler that fails permanently, panics, exhausts its retries, comes from
 // an undecodable record, or keeps killing the process ends in the DLQ topic
@@ -59,6 +59,13 @@ type Config struct {
 
 	// DisableCrashLoopGuard leaves Deliveries out of the stack. Default false.
 	DisableCrashLoopGuard bool
+
+	// Breaker configures the DLQ-storm breaker: when most messages fail
+	// transiently, consumption pauses instead of dead-lettering them all.
+	Breaker middleware.BreakerConfig
+
+	// DisableBreaker leaves the breaker out of the stack. Default false.
+	DisableBreaker bool
 }
 
 func (c *Config) setDefaults() {
@@ -85,6 +92,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Deliveries.Logger == nil {
 		c.Deliveries.Logger = c.Logger
+	}
+	if c.Breaker.Classifier == nil {
+		c.Breaker.Classifier = c.Classifier
+	}
+	if c.Breaker.Logger == nil {
+		c.Breaker.Logger = c.Logger
 	}
 	if c.Deliveries.ConsumerGroup == "" {
 		c.Deliveries.ConsumerGroup = c.DeadLetter.ConsumerGroup
@@ -121,6 +134,12 @@ func New(cfg Config) (*message.Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
+	var breaker *middleware.Breaker
+	if !cfg.DisableBreaker {
+		if breaker, err = middleware.NewBreaker(cfg.Breaker); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
 	var guard *middleware.Deliveries
 	if !cfg.DisableCrashLoopGuard {
 		dc := cfg.Deliveries
@@ -141,6 +160,10 @@ func New(cfg Config) (*message.Router, error) {
 	if guard != nil {
 		r.AddMiddleware(guard.Middleware)
 	}
-	r.AddMiddleware(dl.Middleware, retry.Middleware, middleware.Recover)
+	r.AddMiddleware(dl.Middleware)
+	if breaker != nil {
+		r.AddMiddleware(breaker.Middleware)
+	}
+	r.AddMiddleware(retry.Middleware, middleware.Recover)
 	return r, nil
 }

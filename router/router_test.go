@@ -43,6 +43,7 @@ func TestStackSettlesEveryKindOfPoison(t *testing.T) {
 	var mu sync.Mutex
 	r, err := router.New(router.Config{
 		DeadLetter: middleware.DeadLetterConfig{Publisher: ps, ConsumerGroup: "g"},
+		Breaker:    middleware.BreakerConfig{Backoff: time.Millisecond, MaxHoldTime: time.Nanosecond},
 		Retry: middleware.RetryConfig{InitialInterval: time.Millisecond, OnRetry: func(int, error, time.Duration) {
 			mu.Lock()
 			retries++
@@ -139,8 +140,11 @@ func TestStackSettlesEveryKindOfPoison(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	// flaky: 2 retries; exhausted: 2 retries; permanent and panic: none.
-	if retries != 4 {
-		t.Errorf("retries = %d, want 4", retries)
+	// flaky: 2 retries. exhausted fails transiently in a quiet stream, so
+	// the breaker cannot tell it from an outage: it is held (nacked) once,
+	// and the next delivery is past MaxHoldTime: 2 deliveries, 2 retries
+	// each. Permanent and panic: none.
+	if want := 2 + 2*2; retries != want {
+		t.Errorf("retries = %d, want %d", retries, want)
 	}
 }
