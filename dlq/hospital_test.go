@@ -1,0 +1,220 @@
+package dlq_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/router"
+)
+
+func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
+	switch kind {
+	case adapters.KindAMQP:
+		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
+	case adapters.KindPostgres:
+		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond}}
+	default:
+		k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(k.Close)
+		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Brokers: k.Addrs()}}
+	}
+}
+
+// service is a consumer with the standard stack whose handler can be broken.
+type service struct {
+	broken    atomic.Bool
+	mu        sync.Mutex
+	processed map[string]int
+}
+
+func (s *service) handle(m *message.Message) error {
+	if s.broken.Load() {
+		if strings.HasPrefix(string(m.Payload), "panic") {
+			panic("nil map")
+		}
+		return poison.Permanent(fmt.Errorf("user %s not found", m.Payload))
+	}
+	s.mu.Lock()
+	s.processed[m.UUID]++
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *service) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.processed)
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: never happened; last: %s", what, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Dead-letter a set, list and group it, replay it through the still-broken
+// handler (all back in the DLQ with replay_count 1) and through the fixed one
+// (all processed), purge; counts match at each step. On each broker.
+func TestHospital(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			cfg := brokerConfig(t, kind)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			b, err := adapters.Open(ctx, cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			svc := &service{processed: map[string]int{}}
+			svc.broken.Store(true)
+			r, err := router.New(router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			topic := "hospital_" + watermill.NewShortUUID()
+			r.AddConsumerHandler("orders", topic, b.Subscriber, svc.handle)
+			go func() { _ = r.Run(ctx) }()
+			<-r.Running()
+
+			h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, ReplayRate: 1000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+
+			var msgs []*message.Message
+			for i := 1; i <= 10; i++ {
+				payload := strconv.Itoa(i)
+				if i > 6 {
+					payload = "panic" + payload
+				}
+				msgs = append(msgs, message.NewMessage(fmt.Sprintf("letter-%02d", i), []byte(payload)))
+			}
+			if err := b.Publisher.Publish(topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			list := func(f dlq.Filter) []poison.Letter {
+				l, err := h.List(ctx, topic, f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return l
+			}
+			eventually(t, "10 letters in the DLQ", func() (bool, string) { n := len(list(dlq.Filter{})); return n == 10, fmt.Sprint(n) })
+
+			// Listing is read-only: twice gives the same.
+			if n := len(list(dlq.Filter{})); n != 10 {
+				t.Fatalf("second list: %d", n)
+			}
+			groups := dlq.GroupLetters(list(dlq.Filter{}))
+			if len(groups) != 2 || groups[0].Count != 6 || groups[0].Reason != poison.ReasonPermanent ||
+				groups[0].Error != "user <n> not found" || groups[1].Count != 4 || groups[1].Reason != poison.ReasonPanic {
+				t.Fatalf("groups: %+v", groups)
+			}
+			if n := len(list(dlq.Filter{Reasons: []poison.Reason{poison.ReasonPanic}})); n != 4 {
+				t.Fatalf("filter by reason: %d", n)
+			}
+			if l, err := h.Show(ctx, topic, "letter-03"); err != nil || string(l.Payload) != "3" || l.Handler != "orders" {
+				t.Fatalf("show: %+v %v", l, err)
+			}
+
+			// Dry run changes nothing.
+			res, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{DryRun: true})
+			if err != nil || res.Matched != 10 || res.Replayed != 0 {
+				t.Fatalf("dry run: %+v %v", res, err)
+			}
+			if _, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{To: "elsewhere"}); err == nil {
+				t.Fatal("replay to a topic not allowed was accepted")
+			}
+
+			// Replay the permanent group through the still-broken handler.
+			res, err = h.Replay(ctx, topic, dlq.Filter{Reasons: []poison.Reason{poison.ReasonPermanent}}, dlq.ReplayOptions{})
+			if err != nil || res.Replayed != 6 {
+				t.Fatalf("replay: %+v %v", res, err)
+			}
+			eventually(t, "the 6 replays back in the DLQ with replay_count 1", func() (bool, string) {
+				again := 0
+				all := list(dlq.Filter{})
+				for _, l := range all {
+					if l.ReplayCount == 1 && l.Reason == poison.ReasonPermanent && !l.ReplayedAt.IsZero() {
+						again++
+					}
+				}
+				return again == 6 && len(all) == 10, fmt.Sprintf("%d of %d", again, len(all))
+			})
+
+			// Fix the handler, replay everything: all processed, DLQ empty.
+			svc.broken.Store(false)
+			res, err = h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{})
+			if err != nil || res.Replayed != 10 {
+				t.Fatalf("replay all: %+v %v", res, err)
+			}
+			eventually(t, "all 10 processed", func() (bool, string) { return svc.count() == 10, fmt.Sprint(svc.count()) })
+			if n := len(list(dlq.Filter{})); n != 0 {
+				t.Fatalf("%d letters left after replaying all", n)
+			}
+
+			// Purge: three new letters, dry run, then for real.
+			svc.broken.Store(true)
+			if err := b.Publisher.Publish(topic, message.NewMessage("p1", []byte("x")), message.NewMessage("p2", []byte("y")), message.NewMessage("p3", []byte("z"))); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "3 letters", func() (bool, string) { n := len(list(dlq.Filter{})); return n == 3, fmt.Sprint(n) })
+			if res, err := h.Purge(ctx, topic, dlq.Filter{}, true); err != nil || res.Matched != 3 || len(list(dlq.Filter{})) != 3 {
+				t.Fatalf("purge dry run: %+v %v", res, err)
+			}
+			if res, err := h.Purge(ctx, topic, dlq.Filter{UUIDs: []string{"p2"}}, false); err != nil || res.Purged != 1 {
+				t.Fatalf("purge one: %+v %v", res, err)
+			}
+			if l := list(dlq.Filter{}); len(l) != 2 || l[0].UUID == "p2" || l[1].UUID == "p2" {
+				t.Fatalf("after purging p2: %+v", l)
+			}
+			if res, err := h.Purge(ctx, topic, dlq.Filter{}, false); err != nil || res.Purged != 2 {
+				t.Fatalf("purge: %+v %v", res, err)
+			}
+			if n := len(list(dlq.Filter{})); n != 0 {
+				t.Fatalf("%d letters after purge", n)
+			}
+		})
+	}
+}
+
+func TestNormalizeError(t *testing.T) {
+	for in, want := range map[string]string{
+		`user 42 not found`:                        "user <n> not found",
+		`order "A-1" rejected at 12.5s`:            "order <str> rejected at <n>s",
+		`id 3f2b8c1e-1d2a-4b5c-8d9e-0a1b2c3d4e5f x`: "id <uuid> x",
+		`ptr 0xc000123456`:                         "ptr <hex>",
+	} {
+		if got := dlq.NormalizeError(in); got != want {
+			t.Errorf("NormalizeError(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
