@@ -208,10 +208,10 @@ func TestHospital(t *testing.T) {
 
 func TestNormalizeError(t *testing.T) {
 	for in, want := range map[string]string{
-		`user 42 not found`:                        "user <n> not found",
-		`order "A-1" rejected at 12.5s`:            "order <str> rejected at <n>s",
+		`user 42 not found`:                         "user <n> not found",
+		`order "A-1" rejected at 12.5s`:             "order <str> rejected at <n>s",
 		`id 3f2b8c1e-1d2a-4b5c-8d9e-0a1b2c3d4e5f x`: "id <uuid> x",
-		`ptr 0xc000123456`:                         "ptr <hex>",
+		`ptr 0xc000123456`:                          "ptr <hex>",
 	} {
 		if got := dlq.NormalizeError(in); got != want {
 			t.Errorf("NormalizeError(%q) = %q, want %q", in, got, want)

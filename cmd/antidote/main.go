@@ -1,6 +1,7 @@
 // Command antidote is Antidote's command-line tool.
 //
 //	antidote devkafka --addr 127.0.0.1:9092 --partitions 4
+//	antidote dlq list|group|show|replay|purge --topic orders
 package main
 
 import (
@@ -29,6 +30,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevKafkaCmd())
+	root.AddCommand(newDevKafkaCmd(), newDLQCmd())
 	return root
 }
