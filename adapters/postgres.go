@@ -19,12 +19,15 @@ func PostgresTable(cfg PostgresConfig, topic string) string {
 // PostgresQueueSchema returns the watermill-sql queue schema and offsets
 // adapter Open uses: one table per topic, BYTEA payloads (any bytes, not only
 // valid JSON), rows deleted when acked, rows decoded by
-// TolerantPostgresQueueSchema.
+// TolerantPostgresQueueSchema, rows delayed by the Scheduler skipped until due.
 func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.PostgreSQLQueueOffsetsAdapter) {
 	table := func(topic string) string { return PostgresTable(cfg, topic) }
 	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
 			GenerateMessagesTableName: table,
+			GenerateWhereClause: func(wsql.GenerateWhereClauseParams) (string, []any) {
+				return postgresDueClause, nil
+			},
 		}}, wsql.PostgreSQLQueueOffsetsAdapter{
 			DeleteOnAck:               true,
 			GenerateMessagesTableName: table,

@@ -227,3 +227,111 @@ func TestSinkOutageDeadLettersNothing(t *testing.T) {
 		})
 	}
 }
+
+// Non-blocking retries: a failing message moves to delayed stages while the
+// messages behind it (same partition key) flow; it is processed once at the
+// stage where it heals; one that never heals reaches the DLQ after the last
+// stage. On each real broker, by its own delay mechanism.
+func TestDelayedRetriesDoNotBlock(t *testing.T) {
+	stages := []time.Duration{300 * time.Millisecond, 600 * time.Millisecond}
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			b, err := adapters.Open(context.Background(), brokerConfig(t, kind), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			var scheduled atomic.Int64
+			r, err := router.New(router.Config{
+				CloseTimeout: 5 * time.Second,
+				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
+				Retry:        middleware.RetryConfig{MaxAttempts: 1},
+				DelayedRetry: middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler(),
+					OnScheduled: func(int, time.Duration) { scheduled.Add(1) }},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			topic := "delayed_" + watermill.NewShortUUID()
+			var mu sync.Mutex
+			var order []string
+			var flakyDoneAt time.Time
+			processed := map[string]int{}
+			r.AddConsumerHandler("h", topic, b.Subscriber, func(m *message.Message) error {
+				switch string(m.Payload) {
+				case "flaky":
+					if middleware.Stage(m) < 2 {
+						return poison.Transient(errors.New("inventory service timeout"))
+					}
+				case "doomed":
+					return poison.Transient(errors.New("inventory service timeout"))
+				}
+				mu.Lock()
+				processed[m.UUID]++
+				order = append(order, m.UUID)
+				if m.UUID == "flaky" {
+					flakyDoneAt = time.Now()
+				}
+				mu.Unlock()
+				return nil
+			})
+			router.AddRetryRelays(r, b, topic, stages)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			runDone := make(chan error, 1)
+			go func() { runDone <- r.Run(ctx) }()
+			<-r.Running()
+
+			msgs := []*message.Message{message.NewMessage("flaky", []byte("flaky")), message.NewMessage("doomed", []byte("doomed"))}
+			for i := 0; i < 20; i++ {
+				msgs = append(msgs, message.NewMessage(fmt.Sprintf("ok%02d", i), []byte("ok")))
+			}
+			for _, m := range msgs {
+				m.Metadata.Set("partition_key", "same-key") // one partition: blocking would show
+			}
+			start := time.Now()
+			if err := b.Publisher.Publish(topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			dlq, err := b.Subscriber.Subscribe(ctx, middleware.DefaultDLQTopic(topic))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var letter *message.Message
+			select {
+			case letter = <-dlq:
+				letter.Ack()
+			case <-time.After(60 * time.Second):
+				t.Fatal("the never-healing message did not reach the DLQ")
+			}
+			if letter.UUID != "doomed" || letter.Metadata.Get(poison.KeyReason) != string(poison.ReasonRetriesExhausted) ||
+				letter.Metadata.Get(middleware.MetadataRetryStage) != "2" {
+				t.Fatalf("letter %s %v", letter.UUID, letter.Metadata)
+			}
+			waitFor(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(processed) == 21 })
+			mu.Lock()
+			defer mu.Unlock()
+			// The stages' delays were honoured (a lower bound, not a speed).
+			if waited := flakyDoneAt.Sub(start); waited < stages[0]+stages[1] {
+				t.Errorf("flaky processed %s after publishing, before its stages' %s", waited, stages[0]+stages[1])
+			}
+			if order[len(order)-1] != "flaky" {
+				t.Errorf("flaky was not processed last (after the healthy messages): %v", order)
+			}
+			for id, n := range processed {
+				if n != 1 {
+					t.Errorf("%s processed %d times", id, n)
+				}
+			}
+			if got := scheduled.Load(); got != 4 { // flaky: 2 stages, doomed: 2 stages
+				t.Errorf("scheduled %d times, want 4", got)
+			}
+			select {
+			case l := <-dlq:
+				t.Errorf("unexpected letter %s", l.UUID)
+			case <-time.After(300 * time.Millisecond):
+			}
+			t.Logf("%s: processing order %v", kind, order)
+		})
+	}
+}

@@ -5,7 +5,11 @@
 //
 // The stack, outermost first (see DESIGN.md for why this order):
 //
-//	Deliveries (crash-loop guard) → DeadLetter → Breaker → Retry → Recover → handler
+//	Deliveries (crash-loop guard) → DeadLetter → Breaker → [DelayedRetry] → Retry → Recover → handler
+//
+// The breaker sits above DelayedRetry: a message moved to a retry stage is
+// settled, not failed, so only a message that exhausted every stage counts
+// against the breaker, and only that one is ever held back.
 //
 // A handler that fails permanently, panics, exhausts its retries, comes from
 // an undecodable record, or keeps killing the process ends in the DLQ topic
@@ -66,6 +70,14 @@ type Config struct {
 
 	// DisableBreaker leaves the breaker out of the stack. Default false.
 	DisableBreaker bool
+
+	// DelayedRetry turns on non-blocking retries when Stages is set: after
+	// Retry's quick attempts, a message still failing transiently moves to
+	// a delayed stage and the original is acked (per-key order is given up
+	// for it). Scheduler: the broker's (adapters.Broker.Scheduler). On Kafka
+	// also call AddRetryRelays for each topic. Default: off (blocking
+	// retries only, order kept).
+	DelayedRetry middleware.DelayedRetryConfig
 }
 
 func (c *Config) setDefaults() {
@@ -134,6 +146,18 @@ func New(cfg Config) (*message.Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
+	var delayed *middleware.DelayedRetry
+	if len(cfg.DelayedRetry.Stages) > 0 {
+		if cfg.DelayedRetry.Classifier == nil {
+			cfg.DelayedRetry.Classifier = cfg.Classifier
+		}
+		if cfg.DelayedRetry.Logger == nil {
+			cfg.DelayedRetry.Logger = cfg.Logger
+		}
+		if delayed, err = middleware.NewDelayedRetry(cfg.DelayedRetry); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
 	var breaker *middleware.Breaker
 	if !cfg.DisableBreaker {
 		if breaker, err = middleware.NewBreaker(cfg.Breaker); err != nil {
@@ -163,6 +187,9 @@ func New(cfg Config) (*message.Router, error) {
 	r.AddMiddleware(dl.Middleware)
 	if breaker != nil {
 		r.AddMiddleware(breaker.Middleware)
+	}
+	if delayed != nil {
+		r.AddMiddleware(delayed.Middleware)
 	}
 	r.AddMiddleware(retry.Middleware, middleware.Recover)
 	return r, nil

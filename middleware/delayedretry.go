@@ -1,0 +1,128 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// MetadataRetryStage is the delayed-retry stage a message is in: absent on
+// first delivery, then 1, 2, ... up to len(DelayedRetryConfig.Stages).
+const MetadataRetryStage = "antidote.retry_stage"
+
+// DelayedRetryConfig configures DelayedRetry.
+type DelayedRetryConfig struct {
+	// Stages are the delays of the successive retry stages, e.g. 10s, 1m,
+	// 10m. Required. After the last stage the message goes to the DLQ.
+	Stages []time.Duration
+	// Scheduler moves a message to its next stage: adapters.Broker.Scheduler.
+	// Required.
+	Scheduler adapters.Scheduler
+	// ScheduleTimeout bounds one schedule. Default 10s. A schedule that fails
+	// nacks the message (it stays where it was), never drops it.
+	ScheduleTimeout time.Duration
+	// Classifier: permanent errors skip the stages and go straight to the
+	// DLQ. Default poison.DefaultClassifier().
+	Classifier poison.Classifier
+	// OnScheduled, when set, is called for each message moved to a stage.
+	OnScheduled func(stage int, after time.Duration)
+	// Logger. Default watermill.NopLogger.
+	Logger watermill.LoggerAdapter
+}
+
+// DelayedRetry is the non-blocking retry: after the quick in-process
+// attempts (Retry, below it) a message that still fails transiently moves to
+// a delayed retry stage and the original is acked, so one bad message does
+// not hold its partition or queue while it waits. Stage and due time travel
+// in metadata (MetadataRetryStage, adapters.MetadataRetryDue).
+//
+// The trade-off: a retried message comes back after newer ones, so per-key
+// order is given up for it. Handlers that need order keep blocking retries
+// (Retry alone, the default). Place it below DeadLetter and the breaker and
+// above Retry (router.New does); on Kafka also register the retry-topic
+// relays (router.AddRetryRelays).
+type DelayedRetry struct {
+	cfg DelayedRetryConfig
+}
+
+// NewDelayedRetry checks cfg and returns the middleware.
+func NewDelayedRetry(cfg DelayedRetryConfig) (*DelayedRetry, error) {
+	if len(cfg.Stages) == 0 {
+		return nil, errors.New("antidote: DelayedRetryConfig.Stages is empty: list the delays, e.g. 10s, 1m, 10m")
+	}
+	for i, d := range cfg.Stages {
+		if d <= 0 {
+			return nil, fmt.Errorf("antidote: DelayedRetryConfig.Stages[%d] is %s: use a positive delay", i, d)
+		}
+	}
+	if cfg.Scheduler == nil {
+		return nil, errors.New("antidote: DelayedRetryConfig.Scheduler is nil: pass the broker's Scheduler() (adapters.Broker.Scheduler)")
+	}
+	if cfg.ScheduleTimeout == 0 {
+		cfg.ScheduleTimeout = 10 * time.Second
+	}
+	if cfg.Classifier == nil {
+		cfg.Classifier = poison.DefaultClassifier()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = watermill.NopLogger{}
+	}
+	return &DelayedRetry{cfg: cfg}, nil
+}
+
+// Stage reads the message's delayed-retry stage (0 when it has none).
+func Stage(msg *message.Message) int {
+	n, err := strconv.Atoi(msg.Metadata.Get(MetadataRetryStage))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// Middleware returns the delayed-retry handler.
+func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		produced, err := h(msg)
+		if err == nil {
+			return produced, nil
+		}
+		if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) || d.cfg.Classifier.Classify(err) == poison.ClassPermanent {
+			return nil, err
+		}
+		stage := Stage(msg)
+		if stage >= len(d.cfg.Stages) {
+			return nil, err // the last stage failed too: DeadLetter takes it
+		}
+		topic := message.SubscribeTopicFromCtx(msg.Context())
+		if topic == "" {
+			return nil, err
+		}
+		after := d.cfg.Stages[stage]
+		next := message.NewMessage(msg.UUID, append([]byte(nil), msg.Payload...))
+		for k, v := range msg.Metadata {
+			next.Metadata.Set(k, v)
+		}
+		next.Metadata.Set(MetadataRetryStage, strconv.Itoa(stage+1))
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ScheduleTimeout)
+		defer cancel()
+		if serr := d.cfg.Scheduler.Schedule(ctx, topic, next, after); serr != nil {
+			// Not moved: keep it where it is (nack), never drop it.
+			return nil, poison.Defer(fmt.Errorf("antidote: moving message %s to retry stage %d failed: %w (handler error: %w)", msg.UUID, stage+1, serr, err))
+		}
+		d.cfg.Logger.Info("Message moved to a delayed retry stage", watermill.LogFields{
+			"message_uuid": msg.UUID, "topic": topic, "stage": stage + 1, "after": after.String(), "err": err.Error(),
+		})
+		if d.cfg.OnScheduled != nil {
+			d.cfg.OnScheduled(stage+1, after)
+		}
+		return nil, nil
+	}
+}
