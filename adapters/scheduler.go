@@ -187,4 +187,3 @@ func DueAt(msg *message.Message) time.Time {
 	}
 	return t
 }
-
