@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -32,6 +33,9 @@ type DelayedRetryConfig struct {
 	// Classifier: permanent errors skip the stages and go straight to the
 	// DLQ. Default poison.DefaultClassifier().
 	Classifier poison.Classifier
+	// Handlers limits delayed retries to these handler names; the others
+	// keep blocking retries (and their order). Default: every handler.
+	Handlers []string
 	// OnScheduled, when set, is called for each message moved to a stage.
 	OnScheduled func(stage int, after time.Duration)
 	// Logger. Default watermill.NopLogger.
@@ -95,6 +99,9 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			return produced, nil
 		}
 		if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) || d.cfg.Classifier.Classify(err) == poison.ClassPermanent {
+			return nil, err
+		}
+		if len(d.cfg.Handlers) > 0 && !slices.Contains(d.cfg.Handlers, message.HandlerNameFromCtx(msg.Context())) {
 			return nil, err
 		}
 		stage := Stage(msg)

@@ -1,0 +1,121 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
+)
+
+type recordingScheduler struct {
+	mu    sync.Mutex
+	calls []string
+	fail  bool
+}
+
+func (s *recordingScheduler) Schedule(_ context.Context, topic string, msg *message.Message, after time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail {
+		return errors.New("broker down")
+	}
+	s.calls = append(s.calls, topic+"/"+msg.Metadata.Get(middleware.MetadataRetryStage)+"/"+after.String())
+	return nil
+}
+
+func runOne(t *testing.T, mw message.HandlerMiddleware, handler string, h message.HandlerFunc) error {
+	t.Helper()
+	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+	r, _ := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	result := make(chan error, 1)
+	r.AddHandler(handler, "in", ps, "out", ps, func(m *message.Message) ([]*message.Message, error) {
+		out, err := mw(h)(m)
+		select {
+		case result <- err:
+		default:
+		}
+		if err != nil {
+			return nil, nil // the test reads the error; ack to stop redelivery
+		}
+		return out, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	<-r.Running()
+	if err := ps.Publish("in", message.NewMessage("m1", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler never ran")
+		return nil
+	}
+}
+
+func TestDelayedRetrySchedulesTransientOnly(t *testing.T) {
+	sched := &recordingScheduler{}
+	d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second, time.Minute}, Scheduler: sched})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runOne(t, d.Middleware, "h", func(*message.Message) ([]*message.Message, error) {
+		return nil, poison.Transient(errors.New("timeout"))
+	}); err != nil {
+		t.Fatalf("transient failure not settled by scheduling: %v", err)
+	}
+	if err := runOne(t, d.Middleware, "h", func(*message.Message) ([]*message.Message, error) {
+		return nil, poison.Permanent(errors.New("bad"))
+	}); err == nil {
+		t.Fatal("permanent failure was scheduled instead of returned")
+	}
+	if len(sched.calls) != 1 || sched.calls[0] != "in/1/1s" {
+		t.Fatalf("calls %v", sched.calls)
+	}
+	// A failing schedule must not drop the message: it is Defer'd (nacked).
+	sched.fail = true
+	err = runOne(t, d.Middleware, "h", func(*message.Message) ([]*message.Message, error) {
+		return nil, errors.New("timeout")
+	})
+	if !errors.Is(err, poison.ErrDeferred) {
+		t.Fatalf("schedule failure: %v, want a Defer'd error", err)
+	}
+}
+
+func TestDelayedRetryOnlyListedHandlers(t *testing.T) {
+	sched := &recordingScheduler{}
+	d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: sched, Handlers: []string{"unordered"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runOne(t, d.Middleware, "ordered", func(*message.Message) ([]*message.Message, error) {
+		return nil, errors.New("timeout")
+	}); err == nil {
+		t.Fatal("a handler not listed used delayed retries")
+	}
+	if len(sched.calls) != 0 {
+		t.Fatalf("calls %v", sched.calls)
+	}
+}
+
+func TestDelayedRetryConfig(t *testing.T) {
+	for _, c := range []middleware.DelayedRetryConfig{
+		{Scheduler: &recordingScheduler{}},
+		{Stages: []time.Duration{0}, Scheduler: &recordingScheduler{}},
+		{Stages: []time.Duration{time.Second}},
+	} {
+		if _, err := middleware.NewDelayedRetry(c); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+}
