@@ -1,0 +1,97 @@
+package idempotency_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// The life of a key: a failed attempt releases it, so the retry can claim
+// it; only a success makes later copies duplicates.
+func ExampleNewMemoryStore() {
+	ctx := context.Background()
+	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	defer store.Close()
+
+	c, _ := store.Claim(ctx, "invoice/42", 30*time.Second)
+	fmt.Println("first attempt:", c.Status)
+	busy, _ := store.Claim(ctx, "invoice/42", 30*time.Second)
+	fmt.Println("a copy meanwhile:", busy.Status)
+	_ = store.Release(ctx, c) // the handler failed
+
+	retry, _ := store.Claim(ctx, "invoice/42", 30*time.Second)
+	fmt.Println("the retry:", retry.Status)
+	_ = store.Complete(ctx, retry, nil) // the handler succeeded
+
+	dup, _ := store.Claim(ctx, "invoice/42", 30*time.Second)
+	fmt.Println("a later copy:", dup.Status)
+	// Output:
+	// first attempt: claimed
+	// a copy meanwhile: in_progress
+	// the retry: claimed
+	// a later copy: completed
+}
+
+// A relay that may re-send the same outbox row stamps the row's id as the
+// idempotency key and names itself, so consumers skip the re-sends and a
+// flood report says who sends them.
+func ExampleNewPublisher() {
+	pubSub := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+	defer pubSub.Close()
+	pub, err := idempotency.NewPublisher(pubSub, idempotency.ProducerConfig{
+		Service:  "billing",
+		Instance: "host-1234", // default: hostname-pid
+		Key:      idempotency.FromJSONField("row_id"),
+	})
+	if err != nil {
+		panic(err)
+	}
+	for i := 0; i < 2; i++ { // sent twice, as two messages
+		if err := pub.Publish("invoices", message.NewMessage(watermill.NewUUID(), []byte(`{"row_id":"outbox-7"}`))); err != nil {
+			panic(err)
+		}
+	}
+	msgs, _ := pubSub.Subscribe(context.Background(), "invoices")
+	for i := 0; i < 2; i++ {
+		m := <-msgs
+		m.Ack()
+		fmt.Println(m.Metadata.Get(idempotency.MetadataKey), m.Metadata.Get(poison.KeyProducer))
+	}
+	// Output:
+	// outbox-7 billing/host-1234
+	// outbox-7 billing/host-1234
+}
+
+// The transactional mode: the handler's write and the key's completion
+// commit in one transaction. (Needs a database; not run as a test.)
+func ExamplePostgresStore_RunTx() {
+	ctx := context.Background()
+	store, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{
+		URL: "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer store.Close()
+
+	c, err := store.RunTx(ctx, "payment/42", func(ctx context.Context) ([]byte, error) {
+		tx, _ := idempotency.TxFromContext(ctx)
+		_, err := tx.Exec(ctx, `UPDATE accounts SET balance = balance - 10 WHERE id = 1`)
+		return nil, err
+	})
+	switch {
+	case err != nil:
+		fmt.Println("rolled back, retry later:", err)
+	case c.Status == idempotency.StatusClaimed:
+		fmt.Println("charged once")
+	default:
+		fmt.Println("not charged again:", c.Status) // completed before, or running elsewhere
+	}
+}
