@@ -16,11 +16,28 @@ func parseKafkaVersion(v string) (sarama.KafkaVersion, error) {
 }
 
 // KafkaMarshaler is the marshaler Open uses: Watermill's default, with the
-// record key taken from the metadata key KafkaConfig.PartitionKey.
+// record key taken from the metadata key KafkaConfig.PartitionKey. A message
+// without it gets no key, so Sarama spreads such messages over partitions
+// (Watermill's partitioning marshaler would send them all, with the empty
+// key, to one partition).
 func KafkaMarshaler(partitionKey string) kafka.MarshalerUnmarshaler {
-	return kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
-		return msg.Metadata.Get(partitionKey), nil
-	})
+	return keyMarshaler{partitionKey: partitionKey}
+}
+
+type keyMarshaler struct {
+	kafka.DefaultMarshaler
+	partitionKey string
+}
+
+func (m keyMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	rec, err := m.DefaultMarshaler.Marshal(topic, msg)
+	if err != nil {
+		return nil, err
+	}
+	if key := msg.Metadata.Get(m.partitionKey); key != "" {
+		rec.Key = sarama.StringEncoder(key)
+	}
+	return rec, nil
 }
 
 // SaramaConfig returns the Sarama settings Open uses for cfg, for users who

@@ -244,3 +244,30 @@ func TestKafkaUndecodableRecordsDoNotBlockThePartition(t *testing.T) {
 		t.Fatalf("foreign record: %s %q", msgs[2].UUID, msgs[2].Payload)
 	}
 }
+
+// Messages without a partition key are spread over partitions, not all
+// hashed (empty key) onto one.
+func TestKafkaMessagesWithoutKeySpread(t *testing.T) {
+	cfg := adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Brokers: embeddedKafka(t), ConsumerGroup: "spread"}}
+	b, err := adapters.Open(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	topic := "spread_" + watermill.NewShortUUID()
+	var msgs []*message.Message
+	for i := 0; i < 40; i++ {
+		msgs = append(msgs, message.NewMessage(watermill.NewUUID(), []byte("x")))
+	}
+	if err := b.Publisher.Publish(topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	parts := map[int32]int{}
+	for _, m := range receive(t, b, topic, 40) {
+		p, _ := kafka.MessagePartitionFromCtx(m.Context())
+		parts[p]++
+	}
+	if len(parts) < 2 {
+		t.Fatalf("40 keyless messages all on partitions %v", parts)
+	}
+}

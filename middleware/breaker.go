@@ -164,7 +164,9 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		repeat := b.wasHeld(msg.UUID) && b.cb.State() == gobreaker.StateClosed
 		_, err := b.cb.Execute(func() (struct{}, error) {
 			produced, herr = h(msg)
-			if herr != nil && repeat {
+			// Deferred (a key busy elsewhere, a failed schedule) says nothing
+			// about the handler's dependencies.
+			if herr != nil && (repeat || errors.Is(herr, poison.ErrDeferred)) {
 				return struct{}{}, excludedErr{herr}
 			}
 			return struct{}{}, herr
@@ -175,7 +177,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		case herr == nil:
 			b.forget(msg.UUID)
 			return produced, nil
-		case isShutdown(msg, herr) || b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
+		case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred) || b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
 			return nil, herr
 		}
 		// A transient failure that outlived Retry.
