@@ -5,8 +5,10 @@
 //
 // The stack, outermost first (see DESIGN.md for why this order):
 //
-//	Deliveries (crash-loop guard) → DeadLetter → Breaker → [DelayedRetry] → Retry → Recover → handler
+//	[FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker → [DelayedRetry]
+//	  → Retry → [Idempotency] → Recover → handler
 //
+// (bracketed pieces are on when configured).
 // The breaker sits above DelayedRetry: a message moved to a retry stage is
 // settled, not failed, so only a message that exhausted every stage counts
 // against the breaker, and only that one is ever held back.
@@ -70,6 +72,19 @@ type Config struct {
 
 	// DisableBreaker leaves the breaker out of the stack. Default false.
 	DisableBreaker bool
+
+	// Idempotency turns on idempotency keys when Store is set: a completed
+	// key is acked without running (a duplicate), a failed attempt releases
+	// its key so the retry runs. It sits below Retry, so each attempt claims
+	// again. Default: off.
+	Idempotency middleware.IdempotencyConfig
+
+	// FloodGuard, when set, reports (and with Drop, dead-letters) messages
+	// that arrive more than a threshold of times in a window, naming their
+	// producer. It sits outermost so it sees copies before Idempotency acks
+	// them as duplicates, which is how a flood hides. With Drop and no
+	// DeadLetter, New fills in the stack's DeadLetter. Default: off.
+	FloodGuard *middleware.FloodGuardConfig
 
 	// DelayedRetry turns on non-blocking retries when Stages is set: after
 	// Retry's quick attempts, a message still failing transiently moves to
@@ -158,6 +173,28 @@ func New(cfg Config) (*message.Router, error) {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
+	var idem *middleware.Idempotency
+	if cfg.Idempotency.Store != nil {
+		if cfg.Idempotency.Logger == nil {
+			cfg.Idempotency.Logger = cfg.Logger
+		}
+		if idem, err = middleware.NewIdempotency(cfg.Idempotency); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
+	var flood *middleware.FloodGuard
+	if cfg.FloodGuard != nil {
+		fc := *cfg.FloodGuard
+		if fc.Drop && fc.DeadLetter == nil {
+			fc.DeadLetter = dl
+		}
+		if fc.Logger == nil {
+			fc.Logger = cfg.Logger
+		}
+		if flood, err = middleware.NewFloodGuard(fc); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
 	var breaker *middleware.Breaker
 	if !cfg.DisableBreaker {
 		if breaker, err = middleware.NewBreaker(cfg.Breaker); err != nil {
@@ -181,6 +218,9 @@ func New(cfg Config) (*message.Router, error) {
 	}
 	// Outermost: a bug in a middleware itself becomes a nack, not a crash.
 	r.AddMiddleware(wmiddleware.Recoverer)
+	if flood != nil {
+		r.AddMiddleware(flood.Middleware)
+	}
 	if guard != nil {
 		r.AddMiddleware(guard.Middleware)
 	}
@@ -191,6 +231,10 @@ func New(cfg Config) (*message.Router, error) {
 	if delayed != nil {
 		r.AddMiddleware(delayed.Middleware)
 	}
-	r.AddMiddleware(retry.Middleware, middleware.Recover)
+	r.AddMiddleware(retry.Middleware)
+	if idem != nil {
+		r.AddMiddleware(idem.Middleware)
+	}
+	r.AddMiddleware(middleware.Recover)
 	return r, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -32,6 +33,30 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 	} else {
 		r.sink = NewMemorySink()
 	}
+	redisAddr := os.Getenv("ANTIDOTE_REDIS_ADDR")
+	if redisAddr == "" {
+		redisAddr = "127.0.0.1:6379"
+	}
+	switch r.opts.IdemStore {
+	case "postgres":
+		st, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{URL: cfg.Postgres.URL})
+		if err != nil {
+			return closeAll, errors.New("--idempotency postgres: " + err.Error())
+		}
+		closers = append(closers, func() { _ = st.Close() })
+		r.idem = st
+	case "redis":
+		st, err := idempotency.NewRedisStore(idempotency.RedisStoreConfig{Addr: redisAddr})
+		if err != nil {
+			return closeAll, errors.New("--idempotency redis: " + err.Error())
+		}
+		closers = append(closers, func() { _ = st.Close() })
+		r.idem = st
+	default:
+		st := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		closers = append(closers, func() { _ = st.Close() })
+		r.idem = st
+	}
 	switch r.opts.Tracker {
 	case "postgres":
 		t, err := poison.NewPostgresDeliveryTracker(ctx, poison.PostgresDeliveryTrackerConfig{URL: cfg.Postgres.URL})
@@ -41,11 +66,7 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 		closers = append(closers, func() { _ = t.Close() })
 		r.tracker = t
 	case "redis":
-		addr := os.Getenv("ANTIDOTE_REDIS_ADDR")
-		if addr == "" {
-			addr = "127.0.0.1:6379"
-		}
-		t, err := poison.NewRedisDeliveryTracker(poison.RedisDeliveryTrackerConfig{Addr: addr})
+		t, err := poison.NewRedisDeliveryTracker(poison.RedisDeliveryTrackerConfig{Addr: redisAddr})
 		if err != nil {
 			return closeAll, errors.New("--tracker redis: " + err.Error())
 		}

@@ -22,6 +22,8 @@ type Options struct {
 	DLQOut      string
 	Sink        string
 	Tracker     string
+	DupEvery    int
+	IdemStore   string
 }
 
 // ParseFlags reads args (without the program name).
@@ -41,6 +43,8 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.DLQOut, "dlq-out", "", "append every dead letter to FILE as a JSON line {uuid, payload, metadata}")
 	fs.StringVar(&o.Sink, "sink", "memory", "where processed writes go: memory, or postgres (table hello_messages)")
 	fs.StringVar(&o.Tracker, "tracker", "memory", "crash-loop delivery counts: memory (lost on exit), postgres or redis (durable)")
+	fs.IntVar(&o.DupEvery, "duplicate-every", 0, "publish every Kth message twice with the same idempotency key (0: none)")
+	fs.StringVar(&o.IdemStore, "idempotency", "memory", "idempotency key store: memory (one process), postgres or redis (shared)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -74,6 +78,14 @@ func (o Options) Validate() error {
 	case "memory", "postgres":
 	default:
 		errs = append(errs, fmt.Errorf("--sink %q: use memory or postgres", o.Sink))
+	}
+	if o.DupEvery < 0 {
+		errs = append(errs, fmt.Errorf("--duplicate-every %d: use 0 (none) or more", o.DupEvery))
+	}
+	switch o.IdemStore {
+	case "memory", "postgres", "redis":
+	default:
+		errs = append(errs, fmt.Errorf("--idempotency %q: use memory, postgres or redis", o.IdemStore))
 	}
 	switch o.Tracker {
 	case "memory", "postgres", "redis":

@@ -61,3 +61,21 @@ func TestPoisonRunSettlesEverything(t *testing.T) {
 		})
 	}
 }
+
+// 1,000 writes with every 10th published twice under the same idempotency
+// key (a new message each time, as a relay re-sends): processed 1,000,
+// duplicates skipped 100, on each broker.
+func TestDuplicatesSkippedByKey(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			needBroker(t, kind)
+			s, stderr, code := runExample(t, kind, "--messages", "1000", "--duplicate-every", "10", "--topic", topic(t), "--json")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			if s.Published != 1100 || s.Processed != 1000 || s.DuplicatesSkipped != 100 || s.DeadLettered != 0 {
+				t.Fatalf("summary %+v, want published 1100, processed 1000, duplicates 100", s)
+			}
+		})
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -40,6 +41,10 @@ type Summary struct {
 // runKey marks which run published a message, so a run with --role all
 // counts its own messages apart from leftovers of earlier runs.
 const runKey = "antidote.example_run"
+
+// keyMetadata carries the business idempotency key of each write; the
+// producer decorator stamps it as the Idempotency-Key consumers dedupe on.
+const keyMetadata = "hello.write_id"
 
 // publishBatch is how many messages go in one Publish call, and
 // publishConcurrency how many calls run at once.
@@ -91,6 +96,8 @@ type run struct {
 	stopping     atomic.Bool
 	sink         Sink
 	tracker      poison.DeliveryTracker
+	idem         idempotency.Store
+	duplicates   atomic.Int64
 	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
 }
 
@@ -150,8 +157,15 @@ func (r *run) do(ctx context.Context) error {
 	stopProgress := r.progress()
 	defer stopProgress()
 
+	pub, err := idempotency.NewPublisher(b.Publisher, idempotency.ProducerConfig{
+		Service: "hello-" + string(r.kind),
+		Key:     idempotency.FromMetadata(keyMetadata),
+	})
+	if err != nil {
+		return err
+	}
 	if r.opts.Role == "producer" {
-		err := r.produce(ctx, b.Publisher, payloads)
+		err := r.produce(ctx, pub, payloads)
 		stopProgress()
 		r.summary()
 		return err
@@ -178,6 +192,13 @@ func (r *run) do(ctx context.Context) error {
 			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
 		},
 		Deliveries: middleware.DeliveriesConfig{Tracker: r.tracker},
+		Idempotency: middleware.IdempotencyConfig{
+			Store: r.idem,
+			OnDuplicate: func(m *message.Message, _ string) {
+				r.lastArrival.Store(time.Now().UnixNano())
+				r.count(m, &r.duplicates)
+			},
+		},
 	})
 	if err != nil {
 		return err
@@ -196,7 +217,7 @@ func (r *run) do(ctx context.Context) error {
 
 	var produceErr error
 	if r.opts.Role == "all" {
-		produceErr = r.produce(ctx, b.Publisher, payloads)
+		produceErr = r.produce(ctx, pub, payloads)
 	}
 	r.producerDone.Store(true)
 	if produceErr == nil {
@@ -243,8 +264,19 @@ func (r *run) produce(ctx context.Context, pub message.Publisher, payloads func(
 		msg := message.NewMessage(watermill.NewUUID(), payloads(i))
 		msg.Metadata.Set(runKey, r.runID)
 		msg.Metadata.Set("partition_key", strconv.Itoa(i))
+		// The business key: the same write gets the same key however often
+		// it is sent.
+		msg.Metadata.Set(keyMetadata, r.runID+"/"+strconv.Itoa(i))
 		batch = append(batch, msg)
-		if len(batch) == publishBatch || i == r.opts.Messages {
+		if r.opts.DupEvery > 0 && i%r.opts.DupEvery == 0 {
+			// A re-send, as a relay would: a new message, the same key.
+			dup := message.NewMessage(watermill.NewUUID(), msg.Payload)
+			for k, v := range msg.Metadata {
+				dup.Metadata.Set(k, v)
+			}
+			batch = append(batch, dup)
+		}
+		if len(batch) >= publishBatch || i == r.opts.Messages {
 			select {
 			case batches <- batch:
 			case feedErr = <-errs:
@@ -318,7 +350,9 @@ func (r *run) count(msg *message.Message, c *atomic.Int64) {
 	}
 }
 
-func (r *run) accounted() int64 { return r.processed.Load() + r.deadLettered.Load() }
+func (r *run) accounted() int64 {
+	return r.processed.Load() + r.deadLettered.Load() + r.duplicates.Load()
+}
 
 func (r *run) waitUntilDone(ctx context.Context) {
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -351,12 +385,13 @@ func (r *run) exitCode() int {
 
 func (r *run) snapshot() Summary {
 	return Summary{
-		Broker:       string(r.kind),
-		Published:    r.published.Load(),
-		Processed:    r.processed.Load(),
-		DeadLettered: r.deadLettered.Load(),
-		Retries:      r.retries.Load(),
-		ElapsedMS:    time.Since(r.start).Milliseconds(),
+		Broker:            string(r.kind),
+		Published:         r.published.Load(),
+		Processed:         r.processed.Load(),
+		DeadLettered:      r.deadLettered.Load(),
+		Retries:           r.retries.Load(),
+		DuplicatesSkipped: r.duplicates.Load(),
+		ElapsedMS:         time.Since(r.start).Milliseconds(),
 	}
 }
 
