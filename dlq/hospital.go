@@ -44,6 +44,13 @@ type Config struct {
 	// KafkaGroup is the hospital's consumer group on Kafka DLQ topics.
 	// Default "antidote-hospital".
 	KafkaGroup string
+	// WrapPublisher, when set, decorates the publisher replays go through,
+	// e.g. telemetry.NewPublisher, so each replay is a producer span: the
+	// root of a new trace that links to the trace the letter died in
+	// (poison.Replay keeps it under poison.KeyOriginalTraceparent). Default
+	// none: replays are published as they are, and the consumer span of a
+	// replay still links to the original trace.
+	WrapPublisher func(message.Publisher) (message.Publisher, error)
 	// Logger. Default none.
 	Logger watermill.LoggerAdapter
 	// Now stamps replays. Default time.Now.
@@ -102,9 +109,10 @@ var errStop = errors.New("stop")
 
 // Hospital inspects and treats dead letters. Build it with Open; Close it.
 type Hospital struct {
-	cfg    Config
-	store  store
-	broker *adapters.Broker // publishes replays
+	cfg       Config
+	store     store
+	broker    *adapters.Broker
+	replayPub message.Publisher // broker.Publisher, decorated by WrapPublisher
 }
 
 // Open connects to the broker of cfg.Adapters.
@@ -117,7 +125,13 @@ func Open(ctx context.Context, cfg Config) (*Hospital, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Hospital{cfg: cfg, broker: b}
+	h := &Hospital{cfg: cfg, broker: b, replayPub: b.Publisher}
+	if cfg.WrapPublisher != nil {
+		if h.replayPub, err = cfg.WrapPublisher(b.Publisher); err != nil {
+			_ = b.Close()
+			return nil, fmt.Errorf("dlq: WrapPublisher: %w", err)
+		}
+	}
 	switch cfg.Adapters.Broker {
 	case adapters.KindKafka:
 		h.store, err = newKafkaStore(cfg)
@@ -230,7 +244,9 @@ func (h *Hospital) Replay(ctx context.Context, topic string, f Filter, opts Repl
 		if err := limiter.Wait(ctx); err != nil {
 			return false, err
 		}
-		if err := h.broker.Publisher.Publish(target, poison.Replay(m, h.cfg.Now())); err != nil {
+		// poison.Replay gives the replay a fresh context: a new trace,
+		// linked (not parented) to the one the letter died in.
+		if err := h.replayPub.Publish(target, poison.Replay(m, h.cfg.Now())); err != nil {
 			return false, fmt.Errorf("dlq: replay %s to %q: %w", l.UUID, target, err)
 		}
 		res.Replayed++

@@ -60,8 +60,17 @@ func (s *kafkaStore) visit(ctx context.Context, dlqTopic string, fn func(*messag
 	defer consumer.Close()
 	unmarshal := adapters.TolerantKafkaUnmarshaler{Inner: kafka.DefaultMarshaler{}}
 	sort.Slice(parts, func(i, j int) bool { return parts[i] < parts[j] })
-	for _, p := range parts {
-		stop, err := s.visitPartition(ctx, consumer, unmarshal, dlqTopic, p, fn)
+	// Every partition's end is taken before any letter is visited: a replay
+	// that fails again lands in the DLQ while later partitions are walked,
+	// and must not be walked (and replayed) a second time.
+	ends := make([]int64, len(parts))
+	for i, p := range parts {
+		if ends[i], err = s.client.GetOffset(dlqTopic, p, sarama.OffsetNewest); err != nil {
+			return fmt.Errorf("dlq: end of %s/%d: %w", dlqTopic, p, err)
+		}
+	}
+	for i, p := range parts {
+		stop, err := s.visitPartition(ctx, consumer, unmarshal, dlqTopic, p, ends[i], fn)
 		if err != nil || stop {
 			return err
 		}
@@ -70,11 +79,7 @@ func (s *kafkaStore) visit(ctx context.Context, dlqTopic string, fn func(*messag
 }
 
 func (s *kafkaStore) visitPartition(ctx context.Context, consumer sarama.Consumer, unmarshal adapters.TolerantKafkaUnmarshaler,
-	topic string, p int32, fn func(*message.Message) (bool, error)) (stop bool, err error) {
-	end, err := s.client.GetOffset(topic, p, sarama.OffsetNewest)
-	if err != nil {
-		return false, fmt.Errorf("dlq: end of %s/%d: %w", topic, p, err)
-	}
+	topic string, p int32, end int64, fn func(*message.Message) (bool, error)) (stop bool, err error) {
 	oldest, err := s.client.GetOffset(topic, p, sarama.OffsetOldest)
 	if err != nil {
 		return false, fmt.Errorf("dlq: start of %s/%d: %w", topic, p, err)

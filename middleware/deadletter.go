@@ -187,6 +187,12 @@ func (d *DeadLetter) failureOf(msg *message.Message, err error) poison.Failure {
 // FirstFailedAt with LastFailedAt; an empty Reason is inferred from f.Err
 // (see poison.Failure); Attempts 0 keeps the message's poison.KeyAttempts.
 //
+// The publish runs under ctx (not msg.Context()) but keeps the trace of msg:
+// its span and baggage go into the letter's context and its traceparent into
+// the letter's metadata (see Tracing). With a publisher decorated by
+// telemetry.NewPublisher the letter's traceparent then names the DLQ-publish
+// span; without one, the consumer span; without Tracing, the original's.
+//
 // It refuses (with an error, so the caller nacks) when the source topic is
 // unknown (msg not consumed through a message.Router), when Topic returns
 // "", and when the DLQ topic equals the source topic (ErrDeadLetterLoop).
@@ -220,6 +226,12 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("antidote: not publishing message %s to DLQ topic %q: %w", msg.UUID, topic, err)
 	}
+	// ctx is our own (not msg.Context()), but the letter belongs to the
+	// message's trace: carry its consumer span, so a decorated publisher
+	// (telemetry.NewPublisher) makes the DLQ publish a child of it, and
+	// point the letter's traceparent there.
+	ctx = withTraceOf(ctx, msg.Context())
+	stampTraceparent(ctx, letter.Metadata)
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.PublishTimeout)
 	defer cancel()
 	// Publishers that honour the message context (SQL, AMQP) stop at the
@@ -237,6 +249,7 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 		return fmt.Errorf("antidote: publishing message %s to DLQ topic %q: %w", msg.UUID, topic, err)
 	}
 
+	noteDeadLettered(msg.Context(), poison.Reason(letter.Metadata.Get(poison.KeyReason)), topic, f.Err)
 	fields := watermill.LogFields{
 		"message_uuid": msg.UUID,
 		"topic":        o.Topic,

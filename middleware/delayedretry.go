@@ -118,7 +118,15 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			next.Metadata.Set(k, v)
 		}
 		next.Metadata.Set(MetadataRetryStage, strconv.Itoa(stage+1))
-		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ScheduleTimeout)
+		// Our own timeout, the message's trace: the next stage's consumer
+		// span continues this trace (through the scheduler's producer span
+		// when it is decorated with telemetry.NewScheduler).
+		traced := withTraceOf(context.Background(), msg.Context())
+		stampTraceparent(traced, next.Metadata)
+		// Not the timeout context: a scheduler may publish after Schedule
+		// returned (the memory one does, from a timer).
+		next.SetContext(traced)
+		ctx, cancel := context.WithTimeout(traced, d.cfg.ScheduleTimeout)
 		defer cancel()
 		if serr := d.cfg.Scheduler.Schedule(ctx, topic, next, after); serr != nil {
 			// Not moved: keep it where it is (nack), never drop it.
@@ -127,6 +135,7 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		d.cfg.Logger.Info("Message moved to a delayed retry stage", watermill.LogFields{
 			"message_uuid": msg.UUID, "topic": topic, "stage": stage + 1, "after": after.String(), "err": err.Error(),
 		})
+		noteRetryScheduled(msg.Context(), stage+1, after, err)
 		if d.cfg.OnScheduled != nil {
 			d.cfg.OnScheduled(stage+1, after)
 		}

@@ -60,7 +60,9 @@ type RetryConfig struct {
 
 	// OnRetry, when set, is called once per retry, before the wait, with
 	// the attempt that just failed (1 = the first run), its error and the
-	// wait that follows. For metrics and logs; it must not block.
+	// wait that follows. For logs and custom hooks; it must not block.
+	// Metrics (above Retry) already counts retries by handler, and Tracing
+	// records them as span events: do not wire OnRetry for those.
 	OnRetry func(attempt int, err error, delay time.Duration)
 
 	// Logger receives one line per retry. Default watermill.NopLogger.
@@ -207,6 +209,11 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 				firstFailed = now
 			}
 			class := r.cfg.Classifier.Classify(err)
+			// ctx carries the consumer span when Tracing is above: each
+			// failed attempt is an event on it, not a span of its own, so
+			// a poison pill's trace stays one span deep however often it
+			// was retried.
+			noteAttemptFailed(ctx, attempt, err, class)
 			giveUp := func() error {
 				return &RetryError{Attempts: attempt, FirstFailedAt: firstFailed, LastFailedAt: now, Err: err, Class: class}
 			}
@@ -226,6 +233,7 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			if r.cfg.OnRetry != nil {
 				r.cfg.OnRetry(attempt, err, delay)
 			}
+			noteRetry(ctx, attempt+1, delay) // span event; Metrics counts it
 			r.cfg.Logger.Info("Handler failed, retrying", watermill.LogFields{
 				"message_uuid": msg.UUID,
 				"handler_name": message.HandlerNameFromCtx(ctx),

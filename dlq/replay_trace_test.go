@@ -1,0 +1,146 @@
+package dlq_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/telemetry"
+)
+
+// A message dead-lettered in one trace and replayed by the hospital with a
+// decorated publisher: the replay's publish and consumer spans are a new
+// trace that links to the trace the message died in. On the embedded Kafka
+// broker, so the traceparent travels in real record headers.
+func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an in-process Kafka broker")
+	}
+	k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	cfg := adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Brokers: k.Addrs()}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := adapters.Open(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	pcfg := telemetry.PublisherConfig{TracerProvider: tp, System: "kafka"}
+	pub, err := telemetry.NewPublisher(b.Publisher, pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracing, _ := middleware.NewTracing(middleware.TracingConfig{TracerProvider: tp})
+	dl, _ := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: pub})
+	var fixed atomic.Bool
+	processed := make(chan struct{}, 1)
+	r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.AddMiddleware(tracing.Middleware, dl.Middleware, middleware.Recover)
+	topic := "traced_" + watermill.NewShortUUID()
+	r.AddConsumerHandler("orders", topic, b.Subscriber, func(*message.Message) error {
+		if !fixed.Load() {
+			return poison.Permanent(errors.New("user 7 not found"))
+		}
+		processed <- struct{}{}
+		return nil
+	})
+	go func() { _ = r.Run(ctx) }()
+	<-r.Running()
+
+	h, err := dlq.Open(ctx, dlq.Config{
+		Adapters:      cfg,
+		WrapPublisher: func(p message.Publisher) (message.Publisher, error) { return telemetry.NewPublisher(p, pcfg) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+
+	rootCtx, root := tp.Tracer("test").Start(ctx, "POST /orders")
+	msg := message.NewMessage("order-7", []byte(`{"user_id":7}`))
+	msg.SetContext(rootCtx)
+	if err := pub.Publish(topic, msg); err != nil {
+		t.Fatal(err)
+	}
+	root.End()
+	original := root.SpanContext().TraceID()
+
+	var letter poison.Letter
+	eventually(t, "the letter in the DLQ", func() (bool, string) {
+		l, err := h.List(ctx, topic, dlq.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l) == 1 {
+			letter = l[0]
+		}
+		return len(l) == 1, ""
+	})
+	if got := traceparentOf(letter.Metadata).TraceID(); got != original {
+		t.Fatalf("the letter's traceparent is in trace %s, want %s", got, original)
+	}
+
+	fixed.Store(true)
+	if res, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{}); err != nil || res.Replayed != 1 {
+		t.Fatalf("replay: %+v %v", res, err)
+	}
+	select {
+	case <-processed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the replay was not processed")
+	}
+
+	var replayPublish, replayProcess sdktrace.ReadOnlySpan
+	eventually(t, "the replay's spans", func() (bool, string) {
+		replayPublish, replayProcess = nil, nil
+		for _, s := range rec.Ended() {
+			if s.SpanContext().TraceID() == original {
+				continue
+			}
+			switch s.Name() {
+			case topic + " publish":
+				replayPublish = s
+			case topic + " process":
+				replayProcess = s
+			}
+		}
+		return replayPublish != nil && replayProcess != nil, ""
+	})
+	for _, s := range []sdktrace.ReadOnlySpan{replayPublish, replayProcess} {
+		if len(s.Links()) != 1 || s.Links()[0].SpanContext.TraceID() != original {
+			t.Fatalf("%s: links %+v, want one to trace %s", s.Name(), s.Links(), original)
+		}
+	}
+	if replayProcess.Parent().SpanID() != replayPublish.SpanContext().SpanID() {
+		t.Fatal("the replay's consumer span is not the child of the replay's publish span")
+	}
+	if replayPublish.Parent().IsValid() {
+		t.Fatal("the replay publish should be a root span")
+	}
+}
+
+func traceparentOf(md message.Metadata) trace.SpanContext {
+	return trace.SpanContextFromContext(telemetry.Extract(context.Background(), nil, &message.Message{Metadata: md}))
+}

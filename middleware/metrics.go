@@ -1,0 +1,344 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// DefaultDurationBuckets are the handler-duration histogram bounds, in
+// seconds: from a millisecond (a cache hit) to a minute (a message that
+// waited through Retry's backoff), since a delivery's duration includes its
+// retries.
+var DefaultDurationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+// Metric names. With the Prometheus exporter dots become underscores,
+// counters get "_total" and seconds "_seconds".
+const (
+	MetricProcessed        = "antidote.messages.processed"
+	MetricFailed           = "antidote.messages.failed"
+	MetricRetried          = "antidote.messages.retried"
+	MetricRetryScheduled   = "antidote.messages.retry_scheduled"
+	MetricDeadLettered     = "antidote.messages.dead_lettered"
+	MetricDuplicates       = "antidote.messages.duplicates"
+	MetricHandlerDuration  = "antidote.handler.duration"
+	MetricThrottleWait     = "antidote.throttle.wait"
+	MetricBackpressure     = "antidote.backpressure.blocks"
+	MetricBackpressureWait = "antidote.backpressure.wait"
+	MetricBreakerState     = "antidote.breaker.state"
+	MetricBreakerChanges   = "antidote.breaker.transitions"
+	MetricDLQDepth         = "antidote.dlq.depth"
+)
+
+// Metric attribute keys: short, since they become Prometheus labels.
+const (
+	MetricAttrHandler = attribute.Key("handler")
+	MetricAttrOutcome = attribute.Key("outcome")
+	MetricAttrReason  = attribute.Key("reason")
+	MetricAttrTopic   = attribute.Key("topic")
+	MetricAttrFrom    = attribute.Key("from")
+	MetricAttrTo      = attribute.Key("to")
+)
+
+// MetricsConfig configures Metrics. The zero value is usable.
+type MetricsConfig struct {
+	// MeterProvider creates the instruments. Default: the global provider
+	// (otel.GetMeterProvider()) as it is when NewMetrics runs, a no-op until
+	// a program installs one. telemetry.NewPrometheusMeterProvider and
+	// telemetry.Setup return one.
+	MeterProvider metric.MeterProvider
+	// DurationBuckets are the explicit bounds (seconds, ascending) of the
+	// handler duration histogram. Default DefaultDurationBuckets. More
+	// buckets cost one series each per handler and outcome.
+	DurationBuckets []float64
+	// DLQDepth, when set, is read at every metrics collection and reported
+	// as the gauge antidote.dlq.depth, one series per DLQ topic (the map's
+	// keys). Optional, and only where it is cheap: it runs on the exporter's
+	// schedule (every scrape or export interval) under the collection's
+	// context, so it must answer quickly, e.g. a cached count or a
+	// PostgreSQL count of a small table. An error skips that collection.
+	DLQDepth func(ctx context.Context) (map[string]int64, error)
+}
+
+func (c *MetricsConfig) setDefaults() {
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
+	if len(c.DurationBuckets) == 0 {
+		c.DurationBuckets = DefaultDurationBuckets
+	}
+}
+
+// Validate reports the first invalid field, after defaults.
+func (c MetricsConfig) Validate() error {
+	c.setDefaults()
+	for i := 1; i < len(c.DurationBuckets); i++ {
+		if c.DurationBuckets[i] <= c.DurationBuckets[i-1] {
+			return fmt.Errorf("antidote: MetricsConfig.DurationBuckets must be strictly ascending; bucket %d (%v) is not above bucket %d (%v)", i, c.DurationBuckets[i], i-1, c.DurationBuckets[i-1])
+		}
+	}
+	return nil
+}
+
+// Metrics counts deliveries by handler and outcome with the OpenTelemetry
+// metric API. Build it with NewMetrics; put Middleware on the router right
+// below Tracing (above the crash-loop guard and DeadLetter).
+//
+// The middleware alone records, per handler: processed, failed (nacked,
+// label outcome "failed" or "deferred"), retried (each of Retry's retries,
+// as it happens), retry_scheduled (moved to a delayed stage),
+// dead_lettered (label reason), duplicates (when RecordDuplicate is wired)
+// and the handler duration histogram (label outcome). The events that
+// other components own come in through the Record methods, which the caller
+// wires to their callbacks:
+//
+//	IdempotencyConfig.OnDuplicate      → RecordDuplicate
+//	ThrottleConfig.OnWait              → RecordThrottleWait
+//	throttle.BackpressureConfig.OnWait → RecordBackpressureBlock
+//	BreakerConfig.OnStateChange        → RecordBreakerState
+//
+// Do not wire RetryConfig.OnRetry to anything here: Retry reports to
+// Metrics through the message context, with the handler name.
+//
+// A nil *Metrics is valid: every Record method is then a no-op, so callers
+// can wire hooks unconditionally.
+type Metrics struct {
+	cfg MetricsConfig
+
+	processed, failed, retried, scheduled, deadLettered, duplicates metric.Int64Counter
+	backpressure, breakerChanges                                    metric.Int64Counter
+	throttleWait, backpressureWait                                  metric.Float64Counter
+	duration                                                        metric.Float64Histogram
+	breakerState                                                    metric.Int64Gauge
+
+	registration metric.Registration // the DLQ depth callback, if any
+
+	// attribute sets are built once per label combination: a delivery
+	// then records without allocating them again.
+	opts sync.Map // metricsOptKey → metric.MeasurementOption
+}
+
+type metricsOptKey struct {
+	kind byte
+	a, b string
+}
+
+// NewMetrics validates cfg and creates the instruments.
+func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	meter := cfg.MeterProvider.Meter(TracerName)
+	m := &Metrics{cfg: cfg}
+	var errs []error
+	counter := func(name, unit, desc string) metric.Int64Counter {
+		c, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	seconds := func(name, desc string) metric.Float64Counter {
+		c, err := meter.Float64Counter(name, metric.WithUnit("s"), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	m.processed = counter(MetricProcessed, "{message}", "Deliveries the handler processed successfully (acked).")
+	m.failed = counter(MetricFailed, "{message}", "Deliveries that ended in an error and were nacked, to be delivered again (outcome failed or deferred).")
+	m.retried = counter(MetricRetried, "{retry}", "In-process retries of a failed handler attempt.")
+	m.scheduled = counter(MetricRetryScheduled, "{message}", "Deliveries moved to a delayed (non-blocking) retry stage.")
+	m.deadLettered = counter(MetricDeadLettered, "{message}", "Deliveries published to the dead-letter queue, by reason.")
+	m.duplicates = counter(MetricDuplicates, "{message}", "Deliveries skipped because their idempotency key was already processed.")
+	m.backpressure = counter(MetricBackpressure, "{block}", "Publishes that waited for consumers to catch up (producer backpressure).")
+	m.breakerChanges = counter(MetricBreakerChanges, "{transition}", "State changes of the DLQ-storm circuit breaker.")
+	m.throttleWait = seconds(MetricThrottleWait, "Time handlers waited for the throttle.")
+	m.backpressureWait = seconds(MetricBackpressureWait, "Time publishers waited under backpressure.")
+	var err error
+	m.duration, err = meter.Float64Histogram(MetricHandlerDuration, metric.WithUnit("s"),
+		metric.WithDescription("Time from a delivery entering the middleware stack to its outcome, retries included."),
+		metric.WithExplicitBucketBoundaries(cfg.DurationBuckets...))
+	errs = append(errs, err)
+	m.breakerState, err = meter.Int64Gauge(MetricBreakerState, metric.WithUnit("{state}"),
+		metric.WithDescription("DLQ-storm breaker state: 0 closed, 1 half-open, 2 open."))
+	errs = append(errs, err)
+	if cfg.DLQDepth != nil {
+		depth, err := meter.Int64ObservableGauge(MetricDLQDepth, metric.WithUnit("{message}"),
+			metric.WithDescription("Unresolved letters in each dead-letter topic."))
+		errs = append(errs, err)
+		if err == nil {
+			m.registration, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+				depths, err := cfg.DLQDepth(ctx)
+				if err != nil {
+					return fmt.Errorf("antidote: reading DLQ depth: %w", err)
+				}
+				for topic, n := range depths {
+					o.ObserveInt64(depth, n, metric.WithAttributes(MetricAttrTopic.String(topic)))
+				}
+				return nil
+			}, depth)
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("antidote: creating metric instruments: %w", err)
+	}
+	return m, nil
+}
+
+// Close unregisters the DLQ depth callback, so a provider that outlives
+// this Metrics stops calling DLQDepth. It starts and leaves no goroutine.
+func (m *Metrics) Close() error {
+	if m == nil || m.registration == nil {
+		return nil
+	}
+	if err := m.registration.Unregister(); err != nil {
+		return fmt.Errorf("antidote: unregistering the DLQ depth gauge: %w", err)
+	}
+	return nil
+}
+
+// Middleware returns the counting handler.
+func (m *Metrics) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		st, ctx := joinDelivery(msg.Context())
+		handler := message.HandlerNameFromCtx(ctx)
+		st.mu.Lock()
+		st.metrics, st.handler = m, handler
+		st.mu.Unlock()
+		msg.SetContext(ctx)
+
+		start := time.Now()
+		produced, err := h(msg)
+		elapsed := time.Since(start).Seconds()
+
+		outcome, reason := st.final(err)
+		// The message context may be cancelled by now (shutdown); the
+		// measurement must not be lost with it.
+		rec := context.WithoutCancel(ctx)
+		m.duration.Record(rec, elapsed, m.opt(metricsOptKey{kind: 'o', a: handler, b: string(outcome)}))
+		switch outcome {
+		case OutcomeProcessed:
+			m.processed.Add(rec, 1, m.handlerOpt(handler))
+		case OutcomeFailed, OutcomeDeferred:
+			m.failed.Add(rec, 1, m.opt(metricsOptKey{kind: 'o', a: handler, b: string(outcome)}))
+		case OutcomeDeadLettered:
+			m.deadLettered.Add(rec, 1, m.opt(metricsOptKey{kind: 'r', a: handler, b: string(reason)}))
+		case OutcomeRetryScheduled:
+			m.scheduled.Add(rec, 1, m.handlerOpt(handler))
+		}
+		// OutcomeDuplicate was counted by RecordDuplicate when it happened.
+		return produced, err
+	}
+}
+
+// RecordDuplicate counts a delivery skipped as a duplicate and, when ctx is
+// the message's context below Metrics/Tracing, marks its outcome
+// "duplicate" (and adds the span event "duplicate skipped"). handler "" is
+// read from ctx. Wire it to IdempotencyConfig.OnDuplicate:
+//
+//	OnDuplicate: func(msg *message.Message, _ string) { m.RecordDuplicate(msg.Context(), "") }
+func (m *Metrics) RecordDuplicate(ctx context.Context, handler string) {
+	if m == nil {
+		return
+	}
+	if handler == "" {
+		handler = message.HandlerNameFromCtx(ctx)
+	}
+	if st := deliveryStateOf(ctx); st != nil {
+		st.set(OutcomeDuplicate, "")
+	}
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.AddEvent(EventDuplicate)
+	}
+	m.duplicates.Add(context.WithoutCancel(ctx), 1, m.handlerOpt(handler))
+}
+
+// RecordThrottleWait adds the time one delivery waited for the throttle
+// (antidote.throttle.wait, seconds, by handler; rate() of it is the share of
+// time a handler spends throttled). handler "" is read from ctx. Wire it to
+// ThrottleConfig.OnWait:
+//
+//	OnWait: func(msg *message.Message, waited time.Duration) { m.RecordThrottleWait(msg.Context(), "", waited) }
+func (m *Metrics) RecordThrottleWait(ctx context.Context, handler string, waited time.Duration) {
+	if m == nil || waited <= 0 {
+		return
+	}
+	if handler == "" {
+		handler = message.HandlerNameFromCtx(ctx)
+	}
+	m.throttleWait.Add(context.WithoutCancel(ctx), waited.Seconds(), m.handlerOpt(handler))
+}
+
+// RecordBackpressureBlock counts one publish to topic that met producer
+// backpressure (it waited for the consumers' backlog to fall, or was
+// refused) and adds the time it waited. Wire it to
+// throttle.BackpressureConfig.OnWait, which is called only for such
+// publishes:
+//
+//	OnWait: func(topic string, waited time.Duration, _ error) { m.RecordBackpressureBlock(context.Background(), topic, waited) }
+func (m *Metrics) RecordBackpressureBlock(ctx context.Context, topic string, waited time.Duration) {
+	if m == nil {
+		return
+	}
+	rec := context.WithoutCancel(ctx)
+	opt := m.opt(metricsOptKey{kind: 't', a: topic})
+	m.backpressure.Add(rec, 1, opt)
+	if waited > 0 {
+		m.backpressureWait.Add(rec, waited.Seconds(), opt)
+	}
+}
+
+// RecordBreakerState records a state change of the DLQ-storm breaker:
+// the gauge antidote.breaker.state (0 closed, 1 half-open, 2 open) and one
+// antidote.breaker.transitions. Wire it to BreakerConfig.OnStateChange:
+//
+//	OnStateChange: func(from, to string) { m.RecordBreakerState(context.Background(), from, to) }
+func (m *Metrics) RecordBreakerState(ctx context.Context, from, to string) {
+	if m == nil {
+		return
+	}
+	rec := context.WithoutCancel(ctx)
+	var state int64
+	switch to {
+	case "half-open":
+		state = 1
+	case "open":
+		state = 2
+	}
+	m.breakerState.Record(rec, state)
+	m.breakerChanges.Add(rec, 1, m.opt(metricsOptKey{kind: 'b', a: from, b: to}))
+}
+
+func (m *Metrics) handlerOpt(handler string) metric.MeasurementOption {
+	return m.opt(metricsOptKey{kind: 'h', a: handler})
+}
+
+// opt returns the cached attribute option for k. Label values are handler
+// names, outcomes, reasons, topics and breaker states: a small, bounded set.
+func (m *Metrics) opt(k metricsOptKey) metric.MeasurementOption {
+	if v, ok := m.opts.Load(k); ok {
+		return v.(metric.MeasurementOption)
+	}
+	var set attribute.Set
+	switch k.kind {
+	case 'h':
+		set = attribute.NewSet(MetricAttrHandler.String(k.a))
+	case 'o':
+		set = attribute.NewSet(MetricAttrHandler.String(k.a), MetricAttrOutcome.String(k.b))
+	case 'r':
+		set = attribute.NewSet(MetricAttrHandler.String(k.a), MetricAttrReason.String(k.b))
+	case 't':
+		set = attribute.NewSet(MetricAttrTopic.String(k.a))
+	case 'b':
+		set = attribute.NewSet(MetricAttrFrom.String(k.a), MetricAttrTo.String(k.b))
+	}
+	v, _ := m.opts.LoadOrStore(k, metric.WithAttributeSet(set))
+	return v.(metric.MeasurementOption)
+}

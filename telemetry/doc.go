@@ -1,0 +1,22 @@
+// Package telemetry carries OpenTelemetry trace context through messages
+// and sets up exporters, so one trace shows a message's whole story: the
+// producer's publish, every attempt, the retry stages, the dead-letter
+// publish and, later, the replay (linked).
+//
+//   - MetadataCarrier, Inject, Extract: W3C traceparent/tracestate/baggage in
+//     message.Metadata, which every Antidote broker carries (Kafka headers,
+//     AMQP headers, the PostgreSQL metadata column).
+//   - NewPublisher, NewScheduler: decorators that start a producer span per
+//     message ("<topic> publish") as the child of msg.Context() and inject
+//     it. Wrap the producer's publisher, the DeadLetter publisher and the
+//     DelayedRetry scheduler with them.
+//   - Setup, SetupFromEnv: tracer and meter providers from the standard
+//     OTEL_* environment (OTLP over HTTP or gRPC), no-ops when no endpoint
+//     is configured. They return providers; only Setup with SetGlobal
+//     touches the otel globals.
+//   - NewPrometheusMeterProvider: metrics on an http.Handler for scraping.
+//
+// The consumer side is middleware.Tracing and middleware.Metrics, which use
+// only the OTel API; the SDK is imported here and nowhere in the library's
+// middleware.
+package telemetry

@@ -1,0 +1,222 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// MessagingSystem is the messaging.system value for an adapters.Kind:
+// "kafka", "rabbitmq", "postgresql" (no registered value exists for a
+// PostgreSQL-backed queue) and "gochannel" (Watermill's in-memory Pub/Sub).
+func MessagingSystem(kind adapters.Kind) string {
+	switch kind {
+	case adapters.KindKafka:
+		return "kafka"
+	case adapters.KindAMQP:
+		return "rabbitmq"
+	case adapters.KindPostgres:
+		return "postgresql"
+	case adapters.KindMemory:
+		return "gochannel"
+	}
+	return string(kind)
+}
+
+// PublisherConfig configures NewPublisher and NewScheduler. The zero value
+// is usable.
+type PublisherConfig struct {
+	// TracerProvider creates the producer spans. Default: the global
+	// provider (otel.GetTracerProvider()) as it is at construction, a no-op
+	// until a program installs one.
+	TracerProvider trace.TracerProvider
+	// Propagator writes the span into message metadata. Default
+	// Propagator() (W3C Trace Context + Baggage). It should match the
+	// consumers' middleware.TracingConfig.Propagator.
+	Propagator propagation.TextMapPropagator
+	// System is messaging.system (MessagingSystem maps an adapters.Kind).
+	// Default: left out.
+	System string
+}
+
+func (c *PublisherConfig) setDefaults() {
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
+	}
+	if c.Propagator == nil {
+		c.Propagator = Propagator()
+	}
+}
+
+// Validate reports a config that cannot work. Every field is optional.
+func (c PublisherConfig) Validate() error { return nil }
+
+// producer starts producer spans; shared by Publisher and Scheduler.
+type producer struct {
+	cfg    PublisherConfig
+	tracer trace.Tracer
+}
+
+func newProducer(cfg PublisherConfig) (producer, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return producer{}, err
+	}
+	return producer{cfg: cfg, tracer: cfg.TracerProvider.Tracer(middleware.TracerName)}, nil
+}
+
+// start begins the producer span of msg as a child of parent and injects it
+// into msg's metadata. A message published with no span in its context and
+// poison.KeyOriginalTraceparent in its metadata is a DLQ replay: its span is
+// the root of a new trace and links to the original one.
+func (p producer) start(parent context.Context, topic string, msg *message.Message, extra ...attribute.KeyValue) (context.Context, trace.Span) {
+	attrs := make([]attribute.KeyValue, 0, 8+len(extra))
+	if p.cfg.System != "" {
+		attrs = append(attrs, semconv.MessagingSystemKey.String(p.cfg.System))
+	}
+	attrs = append(attrs,
+		semconv.MessagingDestinationName(topic),
+		semconv.MessagingOperationTypeSend,
+		semconv.MessagingOperationName("publish"),
+		semconv.MessagingMessageID(msg.UUID),
+		semconv.MessagingMessageBodySize(len(msg.Payload)),
+	)
+	if r := msg.Metadata.Get(poison.KeyReason); r != "" {
+		attrs = append(attrs, middleware.AttrReason.String(r)) // a DLQ letter
+	}
+	if n, err := strconv.Atoi(msg.Metadata.Get(poison.KeyReplayCount)); err == nil && n > 0 {
+		attrs = append(attrs, middleware.AttrReplayCount.Int(n))
+	}
+	attrs = append(attrs, extra...)
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...)}
+	if !trace.SpanContextFromContext(parent).IsValid() {
+		if link, ok := middleware.OriginalTraceLink(msg.Metadata); ok {
+			opts = append(opts, trace.WithLinks(link))
+		}
+	}
+	ctx, span := p.tracer.Start(parent, topic+" publish", opts...)
+	if msg.Metadata == nil {
+		msg.Metadata = message.Metadata{}
+	}
+	p.cfg.Propagator.Inject(ctx, MetadataCarrier(msg.Metadata))
+	return ctx, span
+}
+
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+// Publisher decorates a message.Publisher: each message gets a producer
+// span named "<topic> publish" (span kind producer; messaging.system,
+// messaging.destination.name, messaging.operation.type "send",
+// messaging.message.id), whose parent is the span in msg.Context() (none:
+// a new trace), and its traceparent is written into the message metadata
+// before the inner publisher sees it, so consumers continue the trace.
+//
+// Use it for the producer's publishes, for DeadLetterConfig.Publisher (the
+// letter's context carries the consumer span, so the DLQ publish joins the
+// message's trace and the letter's traceparent names it) and for
+// dlq.Config.WrapPublisher (replays). Keep the undecorated publisher for
+// adapters.Broker.Scheduler; decorate the scheduler with NewScheduler.
+type Publisher struct {
+	pub message.Publisher
+	p   producer
+}
+
+// NewPublisher wraps pub.
+func NewPublisher(pub message.Publisher, cfg PublisherConfig) (*Publisher, error) {
+	if pub == nil {
+		return nil, errors.New("telemetry: NewPublisher: the publisher to wrap is nil")
+	}
+	p, err := newProducer(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: NewPublisher: %w", err)
+	}
+	return &Publisher{pub: pub, p: p}, nil
+}
+
+// Publish starts a span per message, publishes them all in one call to the
+// inner publisher (keeping its batching), and ends the spans with its
+// result. It modifies the messages' metadata (traceparent, tracestate,
+// baggage), as every propagating publisher does.
+func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
+	if len(msgs) == 1 { // the common case, without a slice
+		_, span := p.p.start(msgs[0].Context(), topic, msgs[0])
+		err := p.pub.Publish(topic, msgs...)
+		endSpan(span, err)
+		return err
+	}
+	spans := make([]trace.Span, len(msgs))
+	for i, msg := range msgs {
+		_, spans[i] = p.p.start(msg.Context(), topic, msg)
+	}
+	err := p.pub.Publish(topic, msgs...)
+	for _, span := range spans {
+		endSpan(span, err)
+	}
+	return err
+}
+
+// Close closes the inner publisher.
+func (p *Publisher) Close() error { return p.pub.Close() }
+
+// Scheduler decorates an adapters.Scheduler (DelayedRetry's way to move a
+// message to its next retry stage) with a producer span "<topic> publish"
+// carrying antidote.retry_stage and antidote.retry_delay, the child of the
+// span in ctx (DelayedRetry passes the consumer span), else of
+// msg.Context(). The message's traceparent then names that span, so the
+// next stage's consumer span continues the same trace.
+type Scheduler struct {
+	s adapters.Scheduler
+	p producer
+}
+
+// NewScheduler wraps s.
+func NewScheduler(s adapters.Scheduler, cfg PublisherConfig) (*Scheduler, error) {
+	if s == nil {
+		return nil, errors.New("telemetry: NewScheduler: the scheduler to wrap is nil")
+	}
+	p, err := newProducer(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: NewScheduler: %w", err)
+	}
+	return &Scheduler{s: s, p: p}, nil
+}
+
+var _ adapters.Scheduler = (*Scheduler)(nil)
+
+// Schedule starts the span, injects it and calls the inner scheduler.
+func (s *Scheduler) Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error {
+	parent := ctx
+	if !trace.SpanContextFromContext(parent).IsValid() {
+		parent = msg.Context()
+	}
+	extra := []attribute.KeyValue{middleware.AttrRetryDelay.String(after.String())}
+	if n, err := strconv.Atoi(msg.Metadata.Get(middleware.MetadataRetryStage)); err == nil && n > 0 {
+		extra = append(extra, middleware.AttrRetryStage.Int(n))
+	}
+	spanCtx, span := s.p.start(parent, topic, msg, extra...)
+	// Keep ctx's deadline; add the span so a scheduler that publishes with
+	// it (PostgreSQL) passes the trace on.
+	err := s.s.Schedule(trace.ContextWithSpan(ctx, trace.SpanFromContext(spanCtx)), topic, msg, after)
+	endSpan(span, err)
+	return err
+}
