@@ -5,8 +5,8 @@
 //
 // The stack, outermost first (see DESIGN.md for why this order):
 //
-//	[FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker → [DelayedRetry]
-//	  → Retry → [Idempotency] → Recover → handler
+//	Tracing → Metrics → [FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker
+//	  → [DelayedRetry] → Retry → [Idempotency] → Recover → handler
 //
 // (bracketed pieces are on when configured).
 // The breaker sits above DelayedRetry: a message moved to a retry stage is
@@ -20,6 +20,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -41,6 +42,22 @@ type Config struct {
 
 	// Logger receives the router's and the middleware's logs. Default: none.
 	Logger watermill.LoggerAdapter
+
+	// Tracing configures the consumer span per delivery. Default: the global
+	// TracerProvider, a no-op until the program installs one (see
+	// telemetry.SetupFromEnv). Wrap DeadLetter.Publisher and
+	// DelayedRetry.Scheduler with telemetry.NewPublisher / NewScheduler to
+	// get their producer spans in the same trace.
+	Tracing middleware.TracingConfig
+	// DisableTracing leaves Tracing out of the stack. Default false.
+	DisableTracing bool
+
+	// Metrics configures the counters and the duration histogram. Default:
+	// the global MeterProvider, a no-op until the program installs one.
+	// New wires the duplicate and breaker hooks into it.
+	Metrics middleware.MetricsConfig
+	// DisableMetrics leaves Metrics out of the stack. Default false.
+	DisableMetrics bool
 
 	// Classifier tells permanent from transient errors for Retry and
 	// DeadLetter when their own Classifier is unset. Default
@@ -153,6 +170,33 @@ func New(cfg Config) (*message.Router, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	var err error
+	var tracing *middleware.Tracing
+	if !cfg.DisableTracing {
+		if tracing, err = middleware.NewTracing(cfg.Tracing); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
+	var metrics *middleware.Metrics // nil records nothing
+	if !cfg.DisableMetrics {
+		if metrics, err = middleware.NewMetrics(cfg.Metrics); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+		onDup := cfg.Idempotency.OnDuplicate
+		cfg.Idempotency.OnDuplicate = func(msg *message.Message, key string) {
+			metrics.RecordDuplicate(msg.Context(), "")
+			if onDup != nil {
+				onDup(msg, key)
+			}
+		}
+		onState := cfg.Breaker.OnStateChange
+		cfg.Breaker.OnStateChange = func(from, to string) {
+			metrics.RecordBreakerState(context.Background(), from, to)
+			if onState != nil {
+				onState(from, to)
+			}
+		}
+	}
 	dl, err := middleware.NewDeadLetter(cfg.DeadLetter)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
@@ -218,6 +262,12 @@ func New(cfg Config) (*message.Router, error) {
 	}
 	// Outermost: a bug in a middleware itself becomes a nack, not a crash.
 	r.AddMiddleware(wmiddleware.Recoverer)
+	if tracing != nil {
+		r.AddMiddleware(tracing.Middleware)
+	}
+	if metrics != nil {
+		r.AddMiddleware(metrics.Middleware)
+	}
 	if flood != nil {
 		r.AddMiddleware(flood.Middleware)
 	}

@@ -12,11 +12,13 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/spf13/cobra"
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/telemetry"
 )
 
 // dlqFlags are shared by every dlq subcommand.
@@ -26,6 +28,7 @@ type dlqFlags struct {
 	since, until                  string
 	jsonOut                       bool
 	allowTo                       []string
+	shutdown                      func(context.Context) error
 }
 
 func newDLQCmd() *cobra.Command {
@@ -68,8 +71,28 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 	if f.broker != "" {
 		cfg.Broker = adapters.Kind(f.broker)
 	}
-	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo})
+	// Replays get a producer span of their own (a new trace linked to the
+	// letter's original one) when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+	tel, err := telemetry.Setup(ctx, telemetry.SetupConfig{ServiceName: "antidote-dlq"})
+	if err != nil {
+		return nil, filter, err
+	}
+	f.shutdown = tel.Shutdown
+	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo,
+		WrapPublisher: func(p message.Publisher) (message.Publisher, error) {
+			return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(cfg.Broker)})
+		}})
 	return h, filter, err
+}
+
+// close releases the hospital and flushes telemetry.
+func (f *dlqFlags) close(h *dlq.Hospital) {
+	_ = h.Close()
+	if f.shutdown != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = f.shutdown(ctx)
+	}
 }
 
 func (f *dlqFlags) filter() (dlq.Filter, error) {
@@ -189,7 +212,7 @@ func newDLQListCmd(f *dlqFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer h.Close()
+			defer f.close(h)
 			letters, err := h.List(cmd.Context(), f.topic, filter)
 			if err != nil {
 				return err
@@ -224,7 +247,7 @@ func newDLQGroupCmd(f *dlqFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer h.Close()
+			defer f.close(h)
 			letters, err := h.List(cmd.Context(), f.topic, filter)
 			if err != nil {
 				return err
@@ -260,7 +283,7 @@ func newDLQShowCmd(f *dlqFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer h.Close()
+			defer f.close(h)
 			l, err := h.Show(cmd.Context(), f.topic, args[0])
 			if err != nil {
 				return err
@@ -307,7 +330,7 @@ func newDLQReplayCmd(f *dlqFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer h.Close()
+			defer f.close(h)
 			plan, err := h.Replay(cmd.Context(), f.topic, filter, dlq.ReplayOptions{To: to, DryRun: true})
 			if err != nil {
 				return err
@@ -350,7 +373,7 @@ func newDLQPurgeCmd(f *dlqFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer h.Close()
+			defer f.close(h)
 			filter.UUIDs = uuids
 			plan, err := h.Purge(cmd.Context(), f.topic, filter, true)
 			if err != nil {

@@ -24,6 +24,7 @@ type Options struct {
 	Tracker     string
 	DupEvery    int
 	IdemStore   string
+	MetricsAddr string
 }
 
 // ParseFlags reads args (without the program name).
@@ -45,6 +46,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Tracker, "tracker", "memory", "crash-loop delivery counts: memory (lost on exit), postgres or redis (durable)")
 	fs.IntVar(&o.DupEvery, "duplicate-every", 0, "publish every Kth message twice with the same idempotency key (0: none)")
 	fs.StringVar(&o.IdemStore, "idempotency", "memory", "idempotency key store: memory (one process), postgres or redis (shared)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port), at /metrics")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -25,6 +27,7 @@ import (
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
+	"github.com/antidote-mq/antidote/telemetry"
 )
 
 // Summary is the run's final account; with --json it is the last stdout line.
@@ -94,6 +97,7 @@ type run struct {
 	retries      atomic.Int64
 	producerDone atomic.Bool
 	stopping     atomic.Bool
+	closeMetrics func()
 	sink         Sink
 	tracker      poison.DeliveryTracker
 	idem         idempotency.Store
@@ -157,7 +161,26 @@ func (r *run) do(ctx context.Context) error {
 	stopProgress := r.progress()
 	defer stopProgress()
 
-	pub, err := idempotency.NewPublisher(b.Publisher, idempotency.ProducerConfig{
+	tel, err := r.telemetry(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if r.closeMetrics != nil {
+			r.closeMetrics()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(sctx) // flushes spans still in the batch
+	}()
+	traced := func(p message.Publisher) (message.Publisher, error) {
+		return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(r.kind)})
+	}
+	tracedPub, err := traced(b.Publisher)
+	if err != nil {
+		return err
+	}
+	pub, err := idempotency.NewPublisher(tracedPub, idempotency.ProducerConfig{
 		Service: "hello-" + string(r.kind),
 		Key:     idempotency.FromMetadata(keyMetadata),
 	})
@@ -181,13 +204,19 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 	defer dlq.Close()
+	tracedDLQ, err := traced(dlq)
+	if err != nil {
+		return err
+	}
 	group := ""
 	if r.kind == adapters.KindKafka {
 		group = cfg.Kafka.ConsumerGroup
 	}
 	rt, err := router.New(router.Config{
 		Logger:     logger,
-		DeadLetter: middleware.DeadLetterConfig{Publisher: dlq, ConsumerGroup: group},
+		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(r.kind), ConsumerGroup: group},
+		Metrics:    middleware.MetricsConfig{MeterProvider: tel.MeterProvider},
+		DeadLetter: middleware.DeadLetterConfig{Publisher: tracedDLQ, ConsumerGroup: group},
 		Retry: middleware.RetryConfig{
 			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
 		},
@@ -231,6 +260,32 @@ func (r *run) do(ctx context.Context) error {
 	stopProgress()
 	r.summary()
 	return produceErr
+}
+
+// telemetry sets up traces (OTLP, from the OTEL_* env; off when no endpoint
+// is set) and metrics (OTLP from env, and Prometheus on --metrics-addr).
+func (r *run) telemetry(ctx context.Context) (*telemetry.Telemetry, error) {
+	tel, err := telemetry.Setup(ctx, telemetry.SetupConfig{ServiceName: "hello-" + string(r.kind), Prometheus: r.opts.MetricsAddr != ""})
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	if tel.TracesExported {
+		fmt.Fprintf(r.stderr, "exporting traces over OTLP (%s)\n", tel.Protocol)
+	}
+	if r.opts.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", r.opts.MetricsAddr)
+		if err != nil {
+			_ = tel.Shutdown(ctx)
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", tel.MetricsHandler)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		fmt.Fprintf(r.stderr, "metrics on http://%s/metrics\n", ln.Addr())
+		r.closeMetrics = func() { _ = srv.Close() }
+	}
+	return tel, nil
 }
 
 // produce publishes the messages in batches, publishConcurrency batches at a
