@@ -6,7 +6,7 @@
 // The stack, outermost first (see DESIGN.md for why this order):
 //
 //	Tracing → Metrics → [FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker
-//	  → [DelayedRetry] → Retry → [Idempotency] → Recover → handler
+//	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler
 //
 // (bracketed pieces are on when configured).
 // The breaker sits above DelayedRetry: a message moved to a retry stage is
@@ -95,6 +95,12 @@ type Config struct {
 	// its key so the retry runs. It sits below Retry, so each attempt claims
 	// again. Default: off.
 	Idempotency middleware.IdempotencyConfig
+
+	// Throttle limits the handlers' rate, per-key rate, concurrency or
+	// adaptive concurrency when any of them is set (ThrottleConfig.Enabled).
+	// Waits honour the message context, so shutdown never hangs on a token.
+	// Default: off.
+	Throttle middleware.ThrottleConfig
 
 	// FloodGuard, when set, reports (and with Drop, dead-letters) messages
 	// that arrive more than a threshold of times in a window, naming their
@@ -189,6 +195,13 @@ func New(cfg Config) (*message.Router, error) {
 				onDup(msg, key)
 			}
 		}
+		onWait := cfg.Throttle.OnWait
+		cfg.Throttle.OnWait = func(msg *message.Message, waited time.Duration) {
+			metrics.RecordThrottleWait(msg.Context(), "", waited)
+			if onWait != nil {
+				onWait(msg, waited)
+			}
+		}
 		onState := cfg.Breaker.OnStateChange
 		cfg.Breaker.OnStateChange = func(from, to string) {
 			metrics.RecordBreakerState(context.Background(), from, to)
@@ -223,6 +236,12 @@ func New(cfg Config) (*message.Router, error) {
 			cfg.Idempotency.Logger = cfg.Logger
 		}
 		if idem, err = middleware.NewIdempotency(cfg.Idempotency); err != nil {
+			return nil, fmt.Errorf("router: %w", err)
+		}
+	}
+	var throttle *middleware.Throttle
+	if cfg.Throttle.Enabled() {
+		if throttle, err = middleware.NewThrottle(cfg.Throttle); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
@@ -284,6 +303,9 @@ func New(cfg Config) (*message.Router, error) {
 	r.AddMiddleware(retry.Middleware)
 	if idem != nil {
 		r.AddMiddleware(idem.Middleware)
+	}
+	if throttle != nil {
+		r.AddMiddleware(throttle.Middleware)
 	}
 	r.AddMiddleware(middleware.Recover)
 	return r, nil

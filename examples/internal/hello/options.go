@@ -25,6 +25,7 @@ type Options struct {
 	DupEvery    int
 	IdemStore   string
 	MetricsAddr string
+	Rate        float64
 }
 
 // ParseFlags reads args (without the program name).
@@ -46,6 +47,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Tracker, "tracker", "memory", "crash-loop delivery counts: memory (lost on exit), postgres or redis (durable)")
 	fs.IntVar(&o.DupEvery, "duplicate-every", 0, "publish every Kth message twice with the same idempotency key (0: none)")
 	fs.StringVar(&o.IdemStore, "idempotency", "memory", "idempotency key store: memory (one process), postgres or redis (shared)")
+	fs.Float64Var(&o.Rate, "rate", 0, "throttle the handler to R messages/s (0: unlimited)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port), at /metrics")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -80,6 +82,9 @@ func (o Options) Validate() error {
 	case "memory", "postgres":
 	default:
 		errs = append(errs, fmt.Errorf("--sink %q: use memory or postgres", o.Sink))
+	}
+	if o.Rate < 0 {
+		errs = append(errs, fmt.Errorf("--rate %v: use a positive rate in messages/s, or 0 for none", o.Rate))
 	}
 	if o.DupEvery < 0 {
 		errs = append(errs, fmt.Errorf("--duplicate-every %d: use 0 (none) or more", o.DupEvery))

@@ -221,6 +221,7 @@ func (r *run) do(ctx context.Context) error {
 			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
 		},
 		Deliveries: middleware.DeliveriesConfig{Tracker: r.tracker},
+		Throttle:   middleware.ThrottleConfig{Rate: r.opts.Rate, Burst: 1},
 		Idempotency: middleware.IdempotencyConfig{
 			Store: r.idem,
 			OnDuplicate: func(m *message.Message, _ string) {

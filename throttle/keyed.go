@@ -1,0 +1,124 @@
+package throttle
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"golang.org/x/time/rate"
+)
+
+// DefaultMaxKeys is the KeyedConfig.MaxKeys used when it is 0.
+const DefaultMaxKeys = 10000
+
+// KeyedConfig configures a KeyedLimiter.
+type KeyedConfig struct {
+	// Rate is each key's sustained rate, in events per second. Required (> 0).
+	Rate float64
+
+	// Burst is each key's bucket size. Default 1.
+	Burst int
+
+	// MaxKeys bounds how many keys have a bucket; the least recently used
+	// key's bucket is dropped beyond it. Default 10,000 (roughly 100 bytes
+	// each). A key idle for longer than Burst/Rate loses nothing when
+	// dropped (its bucket was full again anyway), so MaxKeys only needs to
+	// exceed the number of keys active within that time; below that, a
+	// dropped key comes back with a full bucket and can briefly exceed Rate.
+	MaxKeys int
+}
+
+func (c *KeyedConfig) setDefaults() {
+	if c.Burst == 0 {
+		c.Burst = DefaultBurst
+	}
+	if c.MaxKeys == 0 {
+		c.MaxKeys = DefaultMaxKeys
+	}
+}
+
+// Validate reports a config that cannot work, naming the field and the fix.
+func (c KeyedConfig) Validate() error {
+	c.setDefaults()
+	var errs []error
+	if !(c.Rate > 0) {
+		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.Rate is %v: set each key's events per second, greater than 0", c.Rate))
+	}
+	if c.Burst < 1 {
+		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.Burst is %d: set 1 or more (0 picks the default %d)", c.Burst, DefaultBurst))
+	}
+	if c.MaxKeys < 1 {
+		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.MaxKeys is %d: set 1 or more (0 picks the default %d)", c.MaxKeys, DefaultMaxKeys))
+	}
+	return errors.Join(errs...)
+}
+
+// KeyedLimiter holds one token bucket per key, at most MaxKeys of them.
+type KeyedLimiter struct {
+	cfg KeyedConfig
+
+	mu      sync.Mutex
+	lru     list.List // of *keyedBucket; front = most recently used
+	buckets map[string]*list.Element
+	evicted uint64
+}
+
+type keyedBucket struct {
+	key string
+	lim *rate.Limiter
+}
+
+// NewKeyedLimiter validates cfg and returns a limiter with no buckets yet.
+func NewKeyedLimiter(cfg KeyedConfig) (*KeyedLimiter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	return &KeyedLimiter{cfg: cfg, buckets: make(map[string]*list.Element)}, nil
+}
+
+// Wait blocks until key's bucket has a token or ctx ends (the error then
+// wraps ctx.Err()). Keys are independent: a flooding key waits, the others
+// do not. The empty key is a key like any other.
+func (k *KeyedLimiter) Wait(ctx context.Context, key string) error {
+	return waitReservation(ctx, func() *rate.Reservation { return k.reserve(key) })
+}
+
+func (k *KeyedLimiter) reserve(key string) *rate.Reservation {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var b *keyedBucket
+	if e, ok := k.buckets[key]; ok {
+		k.lru.MoveToFront(e)
+		b = e.Value.(*keyedBucket)
+	} else {
+		b = &keyedBucket{key: key, lim: rate.NewLimiter(rate.Limit(k.cfg.Rate), k.cfg.Burst)}
+		k.buckets[key] = k.lru.PushFront(b)
+		for k.lru.Len() > k.cfg.MaxKeys {
+			last := k.lru.Back()
+			k.lru.Remove(last)
+			delete(k.buckets, last.Value.(*keyedBucket).key)
+			k.evicted++
+		}
+	}
+	// Reserving under the lock keeps the bucket from being evicted and
+	// recreated (full) between lookup and reservation.
+	return b.lim.Reserve()
+}
+
+// Len is the number of keys that have a bucket (at most MaxKeys).
+func (k *KeyedLimiter) Len() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lru.Len()
+}
+
+// Evicted is how many buckets were dropped to stay within MaxKeys. A count
+// that keeps growing means MaxKeys is below the number of active keys.
+func (k *KeyedLimiter) Evicted() uint64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.evicted
+}
