@@ -99,6 +99,12 @@ type KafkaConfig struct {
 	// redelivers up to a second of already processed messages.
 	SyncCommit bool `yaml:"sync_commit"`
 
+	// CommitInterval is how often Sarama commits acked offsets when
+	// SyncCommit is off. Default 1s. Shorter keeps the committed offset (and
+	// so the consumer lag that backpressure reads) closer to the truth and
+	// redelivers less after a crash, at one commit request per interval.
+	CommitInterval time.Duration `yaml:"commit_interval"`
+
 	// SessionTimeout is how long the group coordinator waits for a silent
 	// member before giving its partitions to others. Default 10s. Shorter
 	// means a crashed consumer's partitions move sooner; too short makes
@@ -156,6 +162,11 @@ type PostgresConfig struct {
 	// Default 30s; it must exceed the slowest handler.
 	AckDeadline time.Duration `yaml:"ack_deadline"`
 
+	// BatchSize is how many rows one subscriber query locks and hands out.
+	// Default 100. Larger is faster; the rows of a batch stay in the table
+	// (counted as backlog, redelivered after a crash) until the batch is done.
+	BatchSize int `yaml:"batch_size"`
+
 	// MaxConns of the pgx pool. Default 10.
 	MaxConns int32 `yaml:"max_conns"`
 }
@@ -199,6 +210,9 @@ func (c *Config) SetDefaults() {
 	if k.NackResendSleep == 0 {
 		k.NackResendSleep = 100 * time.Millisecond
 	}
+	if k.CommitInterval == 0 {
+		k.CommitInterval = time.Second
+	}
 	if k.SessionTimeout == 0 {
 		k.SessionTimeout = 10 * time.Second
 	}
@@ -230,6 +244,9 @@ func (c *Config) SetDefaults() {
 	}
 	if p.AckDeadline == 0 {
 		p.AckDeadline = 30 * time.Second
+	}
+	if p.BatchSize == 0 {
+		p.BatchSize = 100
 	}
 	if p.MaxConns == 0 {
 		p.MaxConns = 10
@@ -274,6 +291,9 @@ func (c Config) Validate() error {
 		if _, err := parseKafkaVersion(k.Version); err != nil {
 			bad("kafka.version", "%v; use a Kafka version such as 2.1.0", err)
 		}
+		if k.CommitInterval < 0 {
+			bad("kafka.commit_interval", "%s is negative; use a duration such as 1s", k.CommitInterval)
+		}
 		if k.SessionTimeout < time.Second {
 			bad("kafka.session_timeout", "%s is under 1s; use a duration such as 10s", k.SessionTimeout)
 		}
@@ -304,6 +324,9 @@ func (c Config) Validate() error {
 			if d <= 0 {
 				bad("postgres."+name, "%s is not positive; use a duration such as 1s", d)
 			}
+		}
+		if p.BatchSize < 1 {
+			bad("postgres.batch_size", "%d is less than 1; use 1 or more", p.BatchSize)
 		}
 		if p.MaxConns < 1 {
 			bad("postgres.max_conns", "%d is less than 1; use 1 or more", p.MaxConns)

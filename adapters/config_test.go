@@ -37,6 +37,9 @@ func TestValidateRejectsWithFieldAndFix(t *testing.T) {
 		{"postgres prefix", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.TablePrefix = "x; DROP" }, []string{"postgres.table_prefix", "letters, digits and underscores"}},
 		{"postgres poll", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.PollInterval = -1 }, []string{"postgres.poll_interval", "1s"}},
 		{"postgres conns", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.MaxConns = -1 }, []string{"postgres.max_conns"}},
+		{"kafka commit interval", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.CommitInterval = -time.Second }, []string{"kafka.commit_interval"}},
+		{"kafka session timeout", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.SessionTimeout = time.Millisecond }, []string{"kafka.session_timeout", "10s"}},
+		{"postgres batch", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.BatchSize = -1 }, []string{"postgres.batch_size"}},
 		{"memory buffer", func(c *adapters.Config) { c.Memory.OutputBuffer = -1 }, []string{"memory.output_buffer"}},
 	}
 	for _, tc := range cases {

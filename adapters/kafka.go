@@ -66,6 +66,7 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	}
 	// Without auto-commit, watermill-kafka commits synchronously after each ack.
 	sc.Consumer.Offsets.AutoCommit.Enable = !k.SyncCommit
+	sc.Consumer.Offsets.AutoCommit.Interval = k.CommitInterval
 	sc.Consumer.Group.Session.Timeout = k.SessionTimeout
 	sc.Consumer.Group.Heartbeat.Interval = k.SessionTimeout / 3
 	sc.Producer.Return.Successes = true

@@ -53,6 +53,7 @@ var EnvVars = []EnvVar{
 	{"ANTIDOTE_KAFKA_PARTITIONS", "kafka.partitions", "partitions of topics the adapter creates", func(c *Config, v string) error { return setInt(&c.Kafka.Partitions, v) }},
 	{"ANTIDOTE_KAFKA_INITIAL_OFFSET", "kafka.initial_offset", "oldest or newest", func(c *Config, v string) error { c.Kafka.InitialOffset = v; return nil }},
 	{"ANTIDOTE_KAFKA_VERSION", "kafka.version", "Kafka protocol version", func(c *Config, v string) error { c.Kafka.Version = v; return nil }},
+	{"ANTIDOTE_KAFKA_COMMIT_INTERVAL", "kafka.commit_interval", "how often acked offsets are committed", func(c *Config, v string) error { return setDuration(&c.Kafka.CommitInterval, v) }},
 	{"ANTIDOTE_KAFKA_SESSION_TIMEOUT", "kafka.session_timeout", "how long before a silent consumer's partitions move", func(c *Config, v string) error { return setDuration(&c.Kafka.SessionTimeout, v) }},
 	{"ANTIDOTE_KAFKA_EMBEDDED_ADDR", "kafka.embedded_addr", "listen address of the embedded broker", func(c *Config, v string) error { c.Kafka.EmbeddedAddr = v; return nil }},
 	{"ANTIDOTE_AMQP_URL", "amqp.url", "RabbitMQ URL", func(c *Config, v string) error { c.AMQP.URL = v; return nil }},
@@ -60,6 +61,7 @@ var EnvVars = []EnvVar{
 	{"ANTIDOTE_AMQP_PREFETCH", "amqp.prefetch", "consumer prefetch count", func(c *Config, v string) error { return setInt(&c.AMQP.Prefetch, v) }},
 	{"ANTIDOTE_POSTGRES_URL", "postgres.url", "PostgreSQL URL", func(c *Config, v string) error { c.Postgres.URL = v; return nil }},
 	{"ANTIDOTE_POSTGRES_TABLE_PREFIX", "postgres.table_prefix", "queue table name prefix", func(c *Config, v string) error { c.Postgres.TablePrefix = v; return nil }},
+	{"ANTIDOTE_POSTGRES_BATCH_SIZE", "postgres.batch_size", "rows one subscriber query locks", func(c *Config, v string) error { return setInt(&c.Postgres.BatchSize, v) }},
 	{"ANTIDOTE_POSTGRES_POLL_INTERVAL", "postgres.poll_interval", "poll interval when the queue is empty", func(c *Config, v string) error { return setDuration(&c.Postgres.PollInterval, v) }},
 }
 

@@ -25,6 +25,7 @@ func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.
 	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
 			GenerateMessagesTableName: table,
+			SubscribeBatchSize:        cfg.BatchSize,
 			GenerateWhereClause: func(wsql.GenerateWhereClauseParams) (string, []any) {
 				return postgresDueClause, nil
 			},
