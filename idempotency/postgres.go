@@ -7,12 +7,12 @@ import (
 	"hash/fnv"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/antidote-mq/antidote/internal/pgsweep"
 )
 
 // Defaults of PostgresStoreConfig.
@@ -125,15 +125,9 @@ type PostgresStore struct {
 	table    string // sanitized
 
 	claimSQL, statusSQL, completeSQL, releaseSQL string
-	txClaimSQL, txCompleteSQL, cleanupSQL        string
+	txClaimSQL, txCompleteSQL                    string
 
-	closed      atomic.Bool
-	mu          sync.Mutex // orders wg.Add against Close
-	wg          sync.WaitGroup
-	bgCtx       context.Context
-	bgCancel    context.CancelFunc
-	lastCleanup atomic.Int64 // unix nanos
-	cleaning    atomic.Bool
+	sweep *pgsweep.Sweeper
 }
 
 // NewPostgresStore validates cfg, opens a pool when cfg.URL is set and
@@ -182,8 +176,8 @@ ins AS (
 SELECT l.locked, EXISTS (SELECT 1 FROM ins) FROM l`
 	s.txCompleteSQL = `UPDATE ` + t + ` SET completed = true, result = $3, expires_at = now() + $4::bigint * interval '1 microsecond'
 WHERE key = $1 AND token = $2`
-	s.cleanupSQL = fmt.Sprintf(`DELETE FROM %s WHERE key IN (SELECT key FROM %s WHERE expires_at <= now() LIMIT %d)`, t, t, pgCleanupBatch)
-	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	s.sweep = pgsweep.New(s.pool, fmt.Sprintf(`DELETE FROM %s WHERE key IN (SELECT key FROM %s WHERE expires_at <= now() LIMIT %d)`, t, t, pgCleanupBatch),
+		pgCleanupBatch, s.cfg.CleanupInterval)
 
 	if !cfg.SkipCreateTable {
 		if err := s.createTable(ctx); err != nil {
@@ -227,13 +221,13 @@ func (s *PostgresStore) createTable(ctx context.Context) error {
 
 // Claim implements Store.
 func (s *PostgresStore) Claim(ctx context.Context, key string, lease time.Duration) (Claim, error) {
-	if s.closed.Load() {
+	if s.sweep.Closed() {
 		return Claim{}, fmt.Errorf("idempotency: claim %q: %w", key, ErrClosed)
 	}
 	if err := validLease(lease); err != nil {
 		return Claim{}, err
 	}
-	s.maybeCleanup()
+	s.sweep.Maybe()
 	for attempt := 0; attempt < pgClaimAttempts; attempt++ {
 		token := newToken()
 		var claimed bool
@@ -286,7 +280,7 @@ func (s *PostgresStore) Complete(ctx context.Context, c Claim, result []byte) er
 	if err := checkClaimed(c); err != nil {
 		return err
 	}
-	if s.closed.Load() {
+	if s.sweep.Closed() {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClosed)
 	}
 	var ok bool
@@ -305,7 +299,7 @@ func (s *PostgresStore) Release(ctx context.Context, c Claim) error {
 	if err := checkClaimed(c); err != nil {
 		return err
 	}
-	if s.closed.Load() {
+	if s.sweep.Closed() {
 		return fmt.Errorf("idempotency: release %q: %w", c.Key, ErrClosed)
 	}
 	if _, err := s.pool.Exec(ctx, s.releaseSQL, c.Key, c.Token); err != nil {
@@ -366,10 +360,10 @@ func ContextWithTx(ctx context.Context, tx pgx.Tx) context.Context {
 // through a transactional outbox in the same database (watermill-sql's
 // publisher on the transaction) or return them from the handler.
 func (s *PostgresStore) RunTx(ctx context.Context, key string, fn func(ctx context.Context) ([]byte, error)) (c Claim, err error) {
-	if s.closed.Load() {
+	if s.sweep.Closed() {
 		return Claim{}, fmt.Errorf("idempotency: run %q in a transaction: %w", key, ErrClosed)
 	}
-	s.maybeCleanup()
+	s.sweep.Maybe()
 	tx, err := s.pool.BeginTx(ctx, s.cfg.TxOptions)
 	if err != nil {
 		return Claim{}, fmt.Errorf("idempotency: postgres store: begin transaction for %q: %w", key, err)
@@ -439,59 +433,19 @@ func (s *PostgresStore) lockID(key string) int64 {
 // DeleteExpired deletes rows past their lease or retention, in batches, and
 // returns how many. The store calls it on its own every CleanupInterval.
 func (s *PostgresStore) DeleteExpired(ctx context.Context) (int64, error) {
-	var total int64
-	for {
-		tag, err := s.pool.Exec(ctx, s.cleanupSQL)
-		if err != nil {
-			return total, fmt.Errorf("idempotency: postgres store: delete expired: %w", err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < pgCleanupBatch {
-			return total, nil
-		}
+	n, err := s.sweep.DeleteExpired(ctx)
+	if err != nil {
+		return n, fmt.Errorf("idempotency: postgres store: delete expired: %w", err)
 	}
-}
-
-func (s *PostgresStore) maybeCleanup() {
-	if s.cfg.CleanupInterval < 0 {
-		return
-	}
-	now := time.Now().UnixNano()
-	if now-s.lastCleanup.Load() < int64(s.cfg.CleanupInterval) {
-		return
-	}
-	if !s.cleaning.CompareAndSwap(false, true) {
-		return
-	}
-	s.mu.Lock()
-	if s.closed.Load() {
-		s.mu.Unlock()
-		s.cleaning.Store(false)
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	s.lastCleanup.Store(now)
-	go func() {
-		defer s.wg.Done()
-		defer s.cleaning.Store(false)
-		// Errors are dropped: the next pass retries, and DeleteExpired
-		// reports them to callers who need to know.
-		_, _ = s.DeleteExpired(s.bgCtx)
-	}()
+	return n, nil
 }
 
 // Close cancels and waits for a running cleanup, then closes the pool if the
 // store opened it (never a Pool passed in the config). Idempotent.
 func (s *PostgresStore) Close() error {
-	s.mu.Lock()
-	already := s.closed.Swap(true)
-	s.mu.Unlock()
-	if already {
+	if !s.sweep.Close() {
 		return nil
 	}
-	s.bgCancel()
-	s.wg.Wait()
 	if s.ownsPool {
 		s.pool.Close()
 	}

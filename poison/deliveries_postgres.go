@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/antidote-mq/antidote/internal/pgsweep"
 )
 
 // Defaults of PostgresDeliveryTrackerConfig.
@@ -111,15 +111,9 @@ type PostgresDeliveryTracker struct {
 	ownsPool bool
 	table    string // sanitized, ready to splice into SQL
 
-	incrSQL, forgetSQL, cleanupSQL string
+	incrSQL, forgetSQL string
 
-	closed      atomic.Bool
-	mu          sync.Mutex // orders wg.Add against Close
-	wg          sync.WaitGroup
-	bgCtx       context.Context
-	bgCancel    context.CancelFunc
-	lastCleanup atomic.Int64 // unix nanos
-	cleaning    atomic.Bool
+	sweep *pgsweep.Sweeper
 }
 
 // NewPostgresDeliveryTracker validates cfg, opens a pool when cfg.URL is set,
@@ -148,9 +142,8 @@ ON CONFLICT (key) DO UPDATE SET
   updated_at = now()
 RETURNING count`
 	t.forgetSQL = `DELETE FROM ` + t.table + ` WHERE key = $1`
-	t.cleanupSQL = fmt.Sprintf(`DELETE FROM %s WHERE key IN (SELECT key FROM %s WHERE %s LIMIT %d)`,
-		t.table, t.table, expired, pgDeliveriesCleanupBatch)
-	t.bgCtx, t.bgCancel = context.WithCancel(context.Background())
+	t.sweep = pgsweep.New(t.pool, fmt.Sprintf(`DELETE FROM %s WHERE key IN (SELECT key FROM %s WHERE %s LIMIT %d)`,
+		t.table, t.table, expired, pgDeliveriesCleanupBatch), pgDeliveriesCleanupBatch, t.cfg.CleanupInterval)
 
 	if !cfg.SkipCreateTable {
 		if err := t.createTable(ctx); err != nil {
@@ -192,20 +185,20 @@ func (t *PostgresDeliveryTracker) createTable(ctx context.Context) error {
 
 // Incr counts one more delivery of key and returns the new count.
 func (t *PostgresDeliveryTracker) Incr(ctx context.Context, key string) (int, error) {
-	if t.closed.Load() {
+	if t.sweep.Closed() {
 		return 0, ErrDeliveryTrackerClosed
 	}
 	var n int
 	if err := t.pool.QueryRow(ctx, t.incrSQL, key).Scan(&n); err != nil {
 		return 0, fmt.Errorf("poison: postgres delivery tracker: incr %q: %w", key, err)
 	}
-	t.maybeCleanup()
+	t.sweep.Maybe()
 	return n, nil
 }
 
 // Forget deletes key's count.
 func (t *PostgresDeliveryTracker) Forget(ctx context.Context, key string) error {
-	if t.closed.Load() {
+	if t.sweep.Closed() {
 		return ErrDeliveryTrackerClosed
 	}
 	if _, err := t.pool.Exec(ctx, t.forgetSQL, key); err != nil {
@@ -218,59 +211,19 @@ func (t *PostgresDeliveryTracker) Forget(ctx context.Context, key string) error 
 // returns how many it deleted. The tracker calls it on its own every
 // CleanupInterval (see there); call it directly when that is disabled.
 func (t *PostgresDeliveryTracker) DeleteExpired(ctx context.Context) (int64, error) {
-	var total int64
-	for {
-		tag, err := t.pool.Exec(ctx, t.cleanupSQL)
-		if err != nil {
-			return total, fmt.Errorf("poison: postgres delivery tracker: delete expired: %w", err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < pgDeliveriesCleanupBatch {
-			return total, nil
-		}
+	n, err := t.sweep.DeleteExpired(ctx)
+	if err != nil {
+		return n, fmt.Errorf("poison: postgres delivery tracker: delete expired: %w", err)
 	}
-}
-
-func (t *PostgresDeliveryTracker) maybeCleanup() {
-	if t.cfg.CleanupInterval < 0 {
-		return
-	}
-	now := time.Now().UnixNano()
-	if now-t.lastCleanup.Load() < int64(t.cfg.CleanupInterval) {
-		return
-	}
-	if !t.cleaning.CompareAndSwap(false, true) {
-		return
-	}
-	t.mu.Lock()
-	if t.closed.Load() {
-		t.mu.Unlock()
-		t.cleaning.Store(false)
-		return
-	}
-	t.wg.Add(1)
-	t.mu.Unlock()
-	t.lastCleanup.Store(now)
-	go func() {
-		defer t.wg.Done()
-		defer t.cleaning.Store(false)
-		// Errors are dropped: the next pass retries, and DeleteExpired
-		// reports them to callers who need to know.
-		_, _ = t.DeleteExpired(t.bgCtx)
-	}()
+	return n, nil
 }
 
 // Close cancels and waits for a running cleanup, then closes the pool if the
 // tracker opened it (never a Pool passed in the config). Idempotent.
 func (t *PostgresDeliveryTracker) Close() error {
-	t.mu.Lock()
-	already := t.closed.Swap(true)
-	t.mu.Unlock()
-	if already {
+	if !t.sweep.Close() {
 		return nil
 	}
-	t.bgCancel()
-	t.wg.Wait()
 	if t.ownsPool {
 		t.pool.Close()
 	}
