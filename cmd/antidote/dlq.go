@@ -85,6 +85,17 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 	return h, filter, err
 }
 
+// list opens the hospital, lists the letters the filters select, and closes it.
+func (f *dlqFlags) list(ctx context.Context) ([]poison.Letter, string, error) {
+	h, filter, err := f.open(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer f.close(h)
+	letters, err := h.List(ctx, f.topic, filter)
+	return letters, h.DLQTopic(f.topic), err
+}
+
 // close releases the hospital and flushes telemetry.
 func (f *dlqFlags) close(h *dlq.Hospital) {
 	_ = h.Close()
@@ -208,12 +219,7 @@ func newDLQListCmd(f *dlqFlags) *cobra.Command {
 		Short: "List unresolved dead letters, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, filter, err := f.open(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer f.close(h)
-			letters, err := h.List(cmd.Context(), f.topic, filter)
+			letters, dlqTopic, err := f.list(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -231,7 +237,7 @@ func newDLQListCmd(f *dlqFlags) *cobra.Command {
 			for _, l := range letters {
 				fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", trunc(l.UUID, 36), trunc(string(l.Reason), 17), trunc(l.Handler, 12), age(l.LastFailedAt), trunc(l.Error, 27))
 			}
-			fmt.Fprintf(w, "%d letters in %s\n", len(letters), h.DLQTopic(f.topic))
+			fmt.Fprintf(w, "%d letters in %s\n", len(letters), dlqTopic)
 			return nil
 		},
 	}
@@ -243,12 +249,7 @@ func newDLQGroupCmd(f *dlqFlags) *cobra.Command {
 		Short: "Group dead letters by cause: handler, reason, error type, normalized error",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, filter, err := f.open(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer f.close(h)
-			letters, err := h.List(cmd.Context(), f.topic, filter)
+			letters, _, err := f.list(cmd.Context())
 			if err != nil {
 				return err
 			}
