@@ -92,6 +92,11 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 	clean.Headers = strHeaders
 	msg, err := t.Inner.Unmarshal(clean)
 	if err == nil {
+		if msg.UUID == "" {
+			// A foreign producer set no Watermill UUID header: fall back to
+			// the AMQP message-id, which survives redeliveries.
+			msg.UUID = d.MessageId
+		}
 		return msg, nil
 	}
 	uuid := d.MessageId

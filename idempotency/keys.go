@@ -133,5 +133,14 @@ func FirstOf(fns ...KeyFunc) KeyFunc {
 }
 
 // DefaultKey is the Idempotency-Key metadata when the producer set it,
-// otherwise the message UUID.
-func DefaultKey() KeyFunc { return FirstOf(FromMetadata(MetadataKey), FromUUID()) }
+// otherwise the message UUID. Written out rather than as FirstOf, which
+// would build an ErrNoKey error for every message without the metadata.
+func DefaultKey() KeyFunc {
+	uuid := FromUUID()
+	return func(msg *message.Message) (string, error) {
+		if v := msg.Metadata.Get(MetadataKey); v != "" {
+			return v, nil
+		}
+		return uuid(msg)
+	}
+}

@@ -263,6 +263,12 @@ func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if o.ConsumerGroup == "" {
 			o.ConsumerGroup = d.cfg.ConsumerGroup
 		}
+		// Without an offset or a UUID a message has no identity that
+		// survives a redelivery; counting it under a shared key would
+		// quarantine unrelated healthy messages. It runs unguarded.
+		if !o.HasOffset && msg.UUID == "" {
+			return h(msg)
+		}
 		if !d.mayBeRedelivery(ctx, msg, o) {
 			return h(msg)
 		}

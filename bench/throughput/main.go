@@ -1,0 +1,247 @@
+// Command throughput compares end-to-end consume throughput of a bare
+// Watermill router with the same router built by router.New (Antidote's
+// default stack with a DLQ publisher and an in-memory idempotency store), on
+// each broker adapters.Open supports, in the same run.
+//
+// For every round and variant it publishes N messages to a fresh topic,
+// then starts a router with one no-op handler on that topic and measures
+// from the first message handled to the last (so consumer-group joins,
+// queue declarations and polling start-up are left out; every message is
+// still consumed and acked through the router). Rounds alternate which
+// variant goes first.
+//
+//	go run ./bench/throughput                       # all four brokers
+//	go run ./bench/throughput -brokers memory,kafka -n 10000 -rounds 4
+//
+// Broker addresses come from the same env as adapters (ConfigFromEnv);
+// Kafka without ANTIDOTE_KAFKA_BROKERS uses the embedded broker.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/router"
+)
+
+func main() {
+	brokers := flag.String("brokers", "memory,kafka,amqp,postgres", "comma-separated brokers to run")
+	n := flag.Int("n", 0, "messages per measurement (default 20000 on memory, 5000 on brokers)")
+	rounds := flag.Int("rounds", 4, "measurements per variant; odd rounds run the variants in -variants order, even rounds in reverse")
+	variants := flag.String("variants", "bare,antidote", "variants to compare, the first is the reference: bare, antidote, antidote-noidem (router.New without the idempotency store)")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up on one measurement after this long")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	failed := false
+	for _, name := range strings.Split(*brokers, ",") {
+		kind := adapters.Kind(strings.TrimSpace(name))
+		count := *n
+		if count == 0 {
+			count = 5000
+			if kind == adapters.KindMemory {
+				count = 20000
+			}
+		}
+		if err := runBroker(kind, strings.Split(*variants, ","), count, *rounds, *timeout); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", kind, err)
+			failed = true
+		}
+	}
+	if failed {
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout time.Duration) error {
+	cfg, err := adapters.ConfigFromEnv("")
+	if err != nil {
+		return err
+	}
+	cfg.Broker = kind
+	ctx := context.Background()
+	b, err := adapters.Open(ctx, cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	fmt.Printf("%s (%s), %d messages per measurement, %d rounds\n", kind, b.Addr, n, rounds)
+
+	runID := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	rates := map[string][]float64{}
+	ref := variants[0]
+	for round := 1; round <= rounds; round++ {
+		order := append([]string(nil), variants...)
+		if round%2 == 0 {
+			for i, j := 0, len(order)-1; i < j; i, j = i+1, j-1 {
+				order[i], order[j] = order[j], order[i]
+			}
+		}
+		for _, variant := range order {
+			topic := fmt.Sprintf("bench_tp_%s_%d_%s", runID, round, strings.ReplaceAll(variant, "-", "_"))
+			rate, err := measure(ctx, b, variant, topic, n, timeout)
+			cleanup(ctx, b, topic)
+			if err != nil {
+				return fmt.Errorf("round %d %s: %w", round, variant, err)
+			}
+			rates[variant] = append(rates[variant], rate)
+			fmt.Printf("  round %d %-16s %9.0f msgs/s\n", round, variant, rate)
+		}
+		for _, v := range variants[1:] {
+			fmt.Printf("  round %d ratio %s/%s %.1f%%\n", round, v, ref, 100*rates[v][round-1]/rates[ref][round-1])
+		}
+	}
+	fmt.Printf("%s median of %d rounds:", kind, rounds)
+	for _, v := range variants {
+		fmt.Printf(" %s %.0f msgs/s;", v, median(rates[v]))
+	}
+	fmt.Println()
+	for _, v := range variants[1:] {
+		ratios := make([]float64, len(rates[v]))
+		for i := range ratios {
+			ratios[i] = 100 * rates[v][i] / rates[ref][i]
+		}
+		fmt.Printf("%s ratio %s/%s: median of per-round ratios %.1f%% (", kind, v, ref, median(ratios))
+		for i, r := range ratios {
+			if i > 0 {
+				fmt.Print(" ")
+			}
+			fmt.Printf("%.1f%%", r)
+		}
+		fmt.Printf("); ratio of medians %.1f%%\n", 100*median(rates[v])/median(rates[ref]))
+	}
+	fmt.Println()
+	return nil
+}
+
+func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n int, timeout time.Duration) (float64, error) {
+	payload := []byte(`{"user_id":1,"msg":"Hello World"}`)
+	const batch = 100
+	for i := 0; i < n; i += batch {
+		msgs := make([]*message.Message, 0, batch)
+		for j := i; j < i+batch && j < n; j++ {
+			m := message.NewMessage(watermill.NewUUID(), payload)
+			m.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+			msgs = append(msgs, m)
+		}
+		if err := b.Publisher.Publish(topic, msgs...); err != nil {
+			return 0, fmt.Errorf("publish: %w", err)
+		}
+	}
+
+	var r *message.Router
+	var err error
+	switch variant {
+	case "bare":
+		r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
+	case "antidote", "antidote-noidem":
+		cfg := router.Config{
+			CloseTimeout: 10 * time.Second,
+			DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
+		}
+		if variant == "antidote" {
+			cfg.Idempotency.Store = idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		}
+		r, err = router.New(cfg)
+	default:
+		return 0, fmt.Errorf("unknown variant %q (bare, antidote, antidote-noidem)", variant)
+	}
+	if err != nil {
+		return 0, err
+	}
+	var handled atomic.Int64
+	var first, last atomic.Int64
+	done := make(chan struct{})
+	r.AddConsumerHandler("bench-handler", topic, keepOpen{b.Subscriber}, func(*message.Message) error {
+		now := time.Now().UnixNano()
+		first.CompareAndSwap(0, now)
+		k := handled.Add(1)
+		if k == int64(n) {
+			last.Store(now)
+			close(done)
+		}
+		return nil
+	})
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(runCtx) }()
+
+	select {
+	case <-done:
+	case err := <-runErr:
+		return 0, fmt.Errorf("router stopped after %d of %d: %v", handled.Load(), n, err)
+	case <-time.After(timeout):
+		_ = r.Close()
+		return 0, fmt.Errorf("timeout: handled %d of %d", handled.Load(), n)
+	}
+	if err := r.Close(); err != nil {
+		return 0, fmt.Errorf("close: %w", err)
+	}
+	if got := handled.Load(); got != int64(n) {
+		return 0, fmt.Errorf("handled %d, want %d (duplicates?)", got, n)
+	}
+	elapsed := time.Duration(last.Load() - first.Load())
+	if elapsed <= 0 {
+		return 0, errors.New("no time elapsed")
+	}
+	return float64(n-1) / elapsed.Seconds(), nil
+}
+
+// keepOpen stops the router from closing the broker's shared subscriber
+// when it stops (Watermill closes a handler's subscriber on Close); the
+// subscription itself still ends with the router's context.
+type keepOpen struct{ message.Subscriber }
+
+func (keepOpen) Close() error { return nil }
+
+// cleanup drops what a measurement left on the broker: the PostgreSQL queue
+// table. (Kafka topics live in the embedded broker and go with it; RabbitMQ
+// queues are empty and are left.)
+func cleanup(ctx context.Context, b *adapters.Broker, topic string) {
+	if b.Kind != adapters.KindPostgres {
+		return
+	}
+	pool, err := adapters.OpenPostgresPool(ctx, b.Config)
+	if err != nil {
+		return
+	}
+	defer pool.Close()
+	_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+adapters.PostgresTable(b.Config.Postgres, topic))
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
