@@ -48,6 +48,12 @@ type DeadLetterConfig struct {
 	// publisher ignores the context and finishes later, the letter may then
 	// exist twice (same UUID) — a duplicate in the DLQ, never a loss.
 	PublishTimeout time.Duration
+	// FailedPublishPause is how long a message whose letter could not be
+	// published waits before it is nacked. Default 1s. Some brokers
+	// (RabbitMQ) redeliver a nacked message at once, so while the DLQ is
+	// down every poison message would otherwise loop as fast as the
+	// network allows. The pause honours the message context. Negative: none.
+	FailedPublishPause time.Duration
 	// Classifier tells reason "permanent" from "retries_exhausted" when the
 	// error did not come through Retry. Default poison.DefaultClassifier().
 	Classifier poison.Classifier
@@ -76,6 +82,9 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 	}
 	if cfg.PublishTimeout == 0 {
 		cfg.PublishTimeout = DefaultPublishTimeout
+	}
+	if cfg.FailedPublishPause == 0 {
+		cfg.FailedPublishPause = time.Second
 	}
 	if cfg.Topic == nil {
 		cfg.Topic = DefaultDLQTopic
@@ -134,6 +143,14 @@ func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
 			"message_uuid": msg.UUID,
 			"handler_err":  f.Err.Error(),
 		})
+		if d.cfg.FailedPublishPause > 0 {
+			t := time.NewTimer(d.cfg.FailedPublishPause)
+			select {
+			case <-t.C:
+			case <-msg.Context().Done():
+			}
+			t.Stop()
+		}
 		return fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, f.Err)
 	}
 	return nil
