@@ -322,10 +322,13 @@ func runBackpressure(t *testing.T, kind adapters.Kind, mode throttle.Backpressur
 	}
 	// What the publisher controls: the backlog as the broker reports it.
 	// (With the adapters' defaults that figure drops by a whole commit or
-	// batch at once, so only its top is checked there.)
+	// batch at once, so only its top is checked there. On the embedded Kafka
+	// broker it does even with 50ms commits: one commit covered up to ~55
+	// messages in CI runs, so there too only the top is checked, and the true
+	// backlog's floor below allows for the trailing.)
 	lo, hi, n := src.between(since, producedAt)
 	t.Logf("%s/%s: the broker's figure in steady state: min %d, max %d over %d readings", kind, mode, lo, hi, n)
-	if float64(hi) > bpHigh*1.1 || (exact && float64(lo) < bpLow*0.9) {
+	if float64(hi) > bpHigh*1.1 || (exact && kind != adapters.KindKafka && float64(lo) < bpLow*0.9) {
 		t.Errorf("the broker's backlog figure ranged %d..%d; want within %d..%d ± 10%%", lo, hi, bpLow, bpHigh)
 	}
 	// The true backlog: never above the high watermark.
