@@ -1,4 +1,4 @@
-package poisontest_test
+package hello_test
 
 import (
 	"errors"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote/examples/internal/hello"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/poisontest"
 	"github.com/antidote-mq/antidote/router"
@@ -37,14 +38,18 @@ func (r *recorder) Fatalf(format string, args ...any) {
 	r.fatal = append(r.fatal, fmt.Sprintf(format, args...))
 }
 
+// The poisontest kit on the examples' real validity rule (hello.Parse);
+// the tests live here because examples/internal cannot be imported from
+// poisontest.
+
 // store is the examples' sink in miniature: valid writes by UUID.
 type store struct {
 	mu   sync.Mutex
-	rows map[string]helloRow
+	rows map[string]hello.Hello
 }
 
 func (s *store) handler(msg *message.Message) error {
-	h, err := parseHello(msg.Payload)
+	h, err := hello.Parse(msg.Payload)
 	if err != nil {
 		return poison.Invalid(err)
 	}
@@ -54,10 +59,10 @@ func (s *store) handler(msg *message.Message) error {
 	return nil
 }
 
-var samples = [][]byte{helloPayload(1), helloPayload(42), []byte(`{"user_id":7,"msg":"héllo wörld"}`)}
+var samples = [][]byte{hello.Payload(1), hello.Payload(42), []byte(`{"user_id":7,"msg":"héllo wörld"}`)}
 
 func TestExamplesHandlerPassesTheKit(t *testing.T) {
-	s := &store{rows: map[string]helloRow{}}
+	s := &store{rows: map[string]hello.Hello{}}
 	rep := poisontest.Run(t, s.handler, poisontest.WithValid(samples...))
 	t.Logf("report:\n%s", rep)
 	if rep.Failed() {
@@ -96,9 +101,9 @@ func TestExamplesHandlerPassesTheKit(t *testing.T) {
 
 func TestBlockingHandlerFailsTheKit(t *testing.T) {
 	rec := &recorder{TB: t}
-	s := &store{rows: map[string]helloRow{}}
+	s := &store{rows: map[string]hello.Hello{}}
 	naive := func(msg *message.Message) error {
-		if _, err := parseHello(msg.Payload); err != nil {
+		if _, err := hello.Parse(msg.Payload); err != nil {
 			<-msg.Context().Done() // "wait for someone to fix it": holds the queue
 			return msg.Context().Err()
 		}
@@ -142,14 +147,14 @@ func TestValidSampleDeadLetteredFailsTheKit(t *testing.T) {
 func TestTransientForeverHandlerFailsTheKit(t *testing.T) {
 	rec := &recorder{TB: t}
 	swallow := func(msg *message.Message) error {
-		if _, err := parseHello(msg.Payload); err != nil {
+		if _, err := hello.Parse(msg.Payload); err != nil {
 			return poison.Transient(errors.New("try again later"))
 		}
 		return nil
 	}
 	rep := poisontest.Run(rec, swallow,
 		poisontest.WithoutBattery(),
-		poisontest.WithValid(helloPayload(1)),
+		poisontest.WithValid(hello.Payload(1)),
 		poisontest.WithInputs(poisontest.Input{Name: "truncated", Payload: []byte(`{"user_id":1`)}),
 		poisontest.WithTimeout(2*time.Second))
 	t.Logf("report:\n%s", rep)
