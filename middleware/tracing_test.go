@@ -332,9 +332,23 @@ func TestTracingDelayedRetryStagesStayInTheTrace(t *testing.T) {
 	<-done
 
 	processes := r.waitSpans(t, "orders process", 2)
-	publishes := r.waitSpans(t, "orders publish", 2) // the producer's, then the stage's
-	first, second := processes[0], processes[1]
-	stagePublish := publishes[1]
+	publishes := r.waitSpans(t, "orders publish", 2) // the producer's and the stage's
+	// Picked by the stage attribute, not by position: the spans end in an
+	// order the scheduler's timing decides.
+	byStage := func(spans []sdktrace.ReadOnlySpan) (without, with sdktrace.ReadOnlySpan) {
+		for _, sp := range spans {
+			if _, ok := attrs(sp)["antidote.retry_stage"]; ok {
+				with = sp
+			} else {
+				without = sp
+			}
+		}
+		require.NotNil(t, without)
+		require.NotNil(t, with)
+		return without, with
+	}
+	first, second := byStage(processes)
+	_, stagePublish := byStage(publishes)
 
 	assert.Equal(t, "retry_scheduled", attrs(first)["antidote.outcome"].AsString())
 	assert.Equal(t, codes.Unset, first.Status().Code, "moved to a stage is not a failure yet")
