@@ -1,0 +1,583 @@
+// Command poison measures what 0.1% poison messages cost the healthy ones
+// (issue 8, part 3), on each broker adapters.Open supports, comparing in the
+// same run:
+//
+//   - clean: router.New (Antidote's default stack, a memory idempotency
+//     store, the broker's publisher as DLQ publisher), no poison at all. The
+//     reference of every share.
+//   - blocking: the same router, with poison. router.New's default: the
+//     failing message is retried in place (Retry), holding its partition or
+//     queue during the backoff, then dead-lettered.
+//   - nonblocking: the same router with DelayedRetry on (the broker's
+//     Scheduler; router.AddRetryRelays on Kafka). Retry makes one attempt
+//     only and the retries go through the delayed stages instead, so the
+//     attempts and delays are the same as blocking's but nothing waits in
+//     the handler.
+//   - watermill: a bare Watermill router with Watermill's own
+//     middleware.PoisonQueue (outermost, topic "<topic>.poison") and
+//     middleware.Retry with the same attempts and delays (MaxRetries =
+//     attempts-1, InitialInterval, Multiplier, jitter 0.5 as Antidote's).
+//   - watermill-clean: the bare router without poison, the reference a
+//     Watermill user would compare watermill with.
+//
+// A poison message fails on every attempt with a plain error, which both
+// Antidote's classifier (unknown) and Watermill's Retry treat as retryable,
+// so the retry delays apply in every poison variant: with the defaults, 3
+// attempts with about 100ms and 200ms (jitter ±50%) between them; in
+// nonblocking, delayed stages of exactly 100ms and 200ms. Every message of a
+// variant with poison whose sequence number is 500 modulo 1000 is poison
+// (0.1%).
+//
+// Each measurement has two phases on one fresh topic and one router:
+//
+//  1. Throughput: N messages (-n) are published first, then the router
+//     starts; healthy messages per second are timed from the first message
+//     handled to the last healthy one (consumer-group joins and queue
+//     declarations left out). The phase ends once every poison message of
+//     it has been dead-lettered (counted on the DLQ publisher).
+//  2. Latency: a producer publishes at a fixed rate (-rate, in batches every
+//     10ms, each message stamped with its publish time in metadata) for
+//     -duration while the router consumes; the end-to-end latency of a
+//     healthy message is from that stamp to the start of its handler run.
+//     Reported as p50 and p99 over the healthy messages of the phase.
+//
+// The handler sleeps -work per healthy message (default 100µs: a small but
+// realistic handler that waits on I/O, e.g. one fast cache write; 0 makes
+// the consumer CPU-bound, where the router's own overhead dominates).
+// Rounds alternate the order of the variants (odd rounds in -variants
+// order, even rounds reversed); shares are taken per round against that
+// round's clean run and the median over rounds is reported.
+//
+// Watermill's router handles the messages of one subscription one at a
+// time (on Kafka one at a time per partition, 4 partitions here), so a
+// message retried in place holds everything behind it: that is what
+// blocking vs nonblocking shows. The issue's target: nonblocking keeps at
+// least 95% of clean's healthy throughput and its p99 is not raised by the
+// retry delays.
+//
+//	go run ./bench/poison                                       # all brokers, defaults
+//	go run ./bench/poison -brokers memory,kafka -n 3000 -duration 3s -rounds 1
+//
+// Broker addresses come from the same env as adapters (ConfigFromEnv);
+// Kafka without ANTIDOTE_KAFKA_BROKERS uses the embedded broker (in this
+// process).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/router"
+)
+
+const (
+	metaSeq    = "bench.seq"
+	metaPhase  = "bench.phase"
+	metaSentAt = "bench.sent_at"
+	metaPoison = "bench.poison"
+)
+
+var errPoison = errors.New("bench: this message cannot be processed")
+
+type params struct {
+	n        int
+	rate     int
+	duration time.Duration
+	work     time.Duration
+	sleep    bool
+	attempts int
+	delay    time.Duration
+	mult     float64
+	timeout  time.Duration
+	variants []string
+	rounds   int
+	runID    string
+}
+
+// stages are nonblocking's delayed-retry stages: the waits blocking's
+// Retry makes between its attempts (without jitter).
+func (p params) stages() []time.Duration {
+	var stages []time.Duration
+	for i, d := 1, p.delay; i < p.attempts; i, d = i+1, time.Duration(float64(d)*p.mult) {
+		stages = append(stages, d)
+	}
+	return stages
+}
+
+func main() {
+	brokers := flag.String("brokers", "memory,kafka,amqp,postgres", "comma-separated brokers to run")
+	n := flag.Int("n", 5000, "messages in the throughput phase (poison: every 1000th, at sequence 500 mod 1000)")
+	rate := flag.Int("rate", 500, "messages/s published in the latency phase (must be below every variant's capacity)")
+	duration := flag.Duration("duration", 6*time.Second, "length of the latency phase")
+	work := flag.Duration("work", 100*time.Microsecond, "handler cost per healthy message (a busy loop, or a sleep with -sleep); 0 for a no-op handler")
+	sleep := flag.Bool("sleep", false, "make -work a sleep (I/O wait) instead of a busy loop (CPU); sub-millisecond sleeps last ~1ms on Linux")
+	attempts := flag.Int("attempts", 3, "attempts per poison message, the same in every poison variant")
+	delay := flag.Duration("delay", 100*time.Millisecond, "wait before the second attempt")
+	mult := flag.Float64("multiplier", 2, "growth of the wait per attempt")
+	rounds := flag.Int("rounds", 2, "measurements per variant; odd rounds in -variants order, even rounds reversed")
+	variants := flag.String("variants", "clean,blocking,nonblocking,watermill,watermill-clean", "variants to compare; clean is the reference")
+	timeout := flag.Duration("timeout", 2*time.Minute, "give up on one phase after this long")
+	flag.Parse()
+	if *attempts < 2 {
+		fmt.Fprintln(os.Stderr, "-attempts must be 2 or more (the poison must be retried)")
+		os.Exit(2)
+	}
+	p := params{
+		n: *n, rate: *rate, duration: *duration, work: *work, sleep: *sleep, attempts: *attempts, delay: *delay, mult: *mult,
+		timeout: *timeout, rounds: *rounds, runID: fmt.Sprintf("%d", time.Now().UnixNano()%1e9),
+	}
+	for _, v := range strings.Split(*variants, ",") {
+		v = strings.TrimSpace(v)
+		switch v {
+		case "clean", "blocking", "nonblocking", "watermill", "watermill-clean":
+		default:
+			fmt.Fprintf(os.Stderr, "unknown variant %q (clean, blocking, nonblocking, watermill, watermill-clean)\n", v)
+			os.Exit(2)
+		}
+		p.variants = append(p.variants, v)
+	}
+	kindOfWork := "busy loop"
+	if p.sleep {
+		kindOfWork = "sleep"
+	}
+	fmt.Printf("poison impact: %d messages + %d/s for %s per measurement, 0.1%% poison, handler %s (%s), %d attempts, delays %s ×%g\n",
+		p.n, p.rate, p.duration, p.work, kindOfWork, p.attempts, p.delay, p.mult)
+	failed := false
+	for _, name := range strings.Split(*brokers, ",") {
+		if err := runBroker(adapters.Kind(strings.TrimSpace(name)), p); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			failed = true
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	rate     float64 // healthy msgs/s, throughput phase
+	p50, p99 time.Duration
+	dups     int64
+	pubRate  float64 // achieved in the latency phase
+}
+
+func runBroker(kind adapters.Kind, p params) error {
+	cfg, err := adapters.ConfigFromEnv("")
+	if err != nil {
+		return err
+	}
+	cfg.Broker = kind
+	ctx := context.Background()
+	b, err := adapters.Open(ctx, cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	fmt.Printf("\n%s (%s), %d rounds\n", kind, b.Addr, p.rounds)
+
+	res := map[string][]result{}
+	for round := 1; round <= p.rounds; round++ {
+		order := append([]string(nil), p.variants...)
+		if round%2 == 0 {
+			for i, j := 0, len(order)-1; i < j; i, j = i+1, j-1 {
+				order[i], order[j] = order[j], order[i]
+			}
+		}
+		for _, v := range order {
+			topic := fmt.Sprintf("bench_poison_%s_%d_%s", p.runID, round, strings.ReplaceAll(v, "-", "_"))
+			r, err := measure(ctx, b, v, topic, p)
+			cleanup(ctx, b, topic, p.stages())
+			if err != nil {
+				return fmt.Errorf("round %d %s: %w", round, v, err)
+			}
+			res[v] = append(res[v], r)
+			fmt.Printf("  round %d %-16s %8.0f healthy msgs/s   latency p50 %8s  p99 %8s", round, v, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
+			if r.pubRate < 0.95*float64(p.rate) {
+				fmt.Printf("   (producer reached only %.0f msgs/s: latency includes its lag)", r.pubRate)
+			}
+			if r.dups > 0 {
+				fmt.Printf("   (%d redelivered healthy messages)", r.dups)
+			}
+			fmt.Println()
+		}
+	}
+	// Summary: one line per variant.
+	fmt.Printf("%s summary (median of %d rounds; share = healthy throughput / clean's in the same round):\n", kind, p.rounds)
+	fmt.Printf("  %-16s %12s %10s %10s %10s %s\n", "variant", "msgs/s", "share", "p50", "p99", "per-round shares")
+	for _, v := range p.variants {
+		rates, p50s, p99s := []float64{}, []float64{}, []float64{}
+		for _, r := range res[v] {
+			rates = append(rates, r.rate)
+			p50s = append(p50s, float64(r.p50))
+			p99s = append(p99s, float64(r.p99))
+		}
+		share, per := "", ""
+		if ref, ok := res["clean"]; ok {
+			var shares []float64
+			for i, r := range res[v] {
+				shares = append(shares, 100*r.rate/ref[i].rate)
+				per += fmt.Sprintf(" %.1f%%", shares[i])
+			}
+			share = fmt.Sprintf("%.1f%%", median(shares))
+		}
+		fmt.Printf("  %-16s %12.0f %10s %10s %10s%s\n", v, median(rates), share,
+			time.Duration(median(p50s)).Round(10*time.Microsecond), time.Duration(median(p99s)).Round(10*time.Microsecond), per)
+	}
+	if w, ok := res["watermill"]; ok {
+		if ref, ok := res["watermill-clean"]; ok {
+			var shares []float64
+			for i := range w {
+				shares = append(shares, 100*w[i].rate/ref[i].rate)
+			}
+			fmt.Printf("  watermill / watermill-clean: %.1f%% (median of rounds)\n", median(shares))
+		}
+	}
+	return nil
+}
+
+// countingPublisher counts the messages published through it: the dead
+// letters (Antidote's DLQ, Watermill's poison queue). Close does not close
+// the broker's shared publisher.
+type countingPublisher struct {
+	message.Publisher
+	n atomic.Int64
+}
+
+func (c *countingPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := c.Publisher.Publish(topic, msgs...); err != nil {
+		return err
+	}
+	c.n.Add(int64(len(msgs)))
+	return nil
+}
+
+func (c *countingPublisher) Close() error { return nil }
+
+// keepOpen stops the router from closing the broker's shared subscriber
+// when it stops; the subscriptions still end with the router's context.
+type keepOpen struct{ message.Subscriber }
+
+func (keepOpen) Close() error { return nil }
+
+// work is the handler's cost: a busy loop of d (CPU, the default), or a
+// sleep (I/O; Go's timers on Linux make any sleep under 1ms last about 1ms).
+func work(d time.Duration, sleep bool) {
+	if d <= 0 {
+		return
+	}
+	if sleep {
+		time.Sleep(d)
+		return
+	}
+	for start := time.Now(); time.Since(start) < d; {
+	}
+}
+
+func isPoison(seq int) bool { return seq%1000 == 500 }
+
+func newMessage(seq int, phase string, withPoison bool) *message.Message {
+	m := message.NewMessage(watermill.NewUUID(), []byte(`{"user_id":1,"msg":"Hello World"}`))
+	m.Metadata.Set(metaSeq, strconv.Itoa(seq))
+	m.Metadata.Set(metaPhase, phase)
+	if withPoison && isPoison(seq) {
+		m.Metadata.Set(metaPoison, "1")
+	}
+	return m
+}
+
+func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p params) (result, error) {
+	withPoison := variant != "clean" && variant != "watermill-clean"
+	poisonIn := func(n int) int {
+		if !withPoison {
+			return 0
+		}
+		k := 0
+		for i := 0; i < n; i++ {
+			if isPoison(i) {
+				k++
+			}
+		}
+		return k
+	}
+	latN := int(float64(p.rate) * p.duration.Seconds())
+	tPoison, lPoison := poisonIn(p.n), poisonIn(latN)
+	tHealthy, lHealthy := p.n-tPoison, latN-lPoison
+
+	// Phase 1's backlog.
+	const batch = 100
+	for i := 0; i < p.n; i += batch {
+		msgs := make([]*message.Message, 0, batch)
+		for j := i; j < i+batch && j < p.n; j++ {
+			msgs = append(msgs, newMessage(j, "t", withPoison))
+		}
+		if err := b.Publisher.Publish(topic, msgs...); err != nil {
+			return result{}, fmt.Errorf("publish: %w", err)
+		}
+	}
+
+	dlq := &countingPublisher{Publisher: b.Publisher}
+	sub := keepOpen{b.Subscriber}
+	var r *message.Router
+	var err error
+	stages := p.stages()
+	retry := middleware.RetryConfig{MaxAttempts: p.attempts, InitialInterval: p.delay, Multiplier: p.mult}
+	switch variant {
+	case "clean", "blocking", "nonblocking":
+		cfg := router.Config{
+			CloseTimeout: 10 * time.Second,
+			DeadLetter:   middleware.DeadLetterConfig{Publisher: dlq},
+			Retry:        retry,
+		}
+		cfg.Idempotency.Store = idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		if variant == "nonblocking" {
+			cfg.Retry.MaxAttempts = 1
+			cfg.DelayedRetry = middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler()}
+		}
+		r, err = router.New(cfg)
+		if err == nil && variant == "nonblocking" {
+			// AddRetryRelays subscribes with the broker's subscriber; hand it
+			// one the router cannot close.
+			router.AddRetryRelays(r, &adapters.Broker{Kind: b.Kind, Publisher: b.Publisher, Subscriber: sub, Config: b.Config}, topic, stages)
+		}
+	case "watermill", "watermill-clean":
+		r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
+		if err == nil {
+			var pq message.HandlerMiddleware
+			if pq, err = wmiddleware.PoisonQueue(dlq, topic+".poison"); err == nil {
+				r.AddMiddleware(pq, wmiddleware.Retry{
+					MaxRetries:          p.attempts - 1,
+					InitialInterval:     p.delay,
+					MaxInterval:         10 * time.Second,
+					Multiplier:          p.mult,
+					RandomizationFactor: 0.5,
+				}.Middleware)
+			}
+		}
+	}
+	if err != nil {
+		return result{}, err
+	}
+
+	seen := make([]atomic.Bool, p.n)
+	lseen := make([]atomic.Bool, latN)
+	lat := make([]int64, latN)
+	var tCount, lCount, dups, first, last atomic.Int64
+	tDone, lDone := make(chan struct{}), make(chan struct{})
+	r.AddConsumerHandler("bench-poison", topic, sub, func(msg *message.Message) error {
+		start := time.Now()
+		if msg.Metadata.Get(metaPoison) == "1" {
+			return errPoison
+		}
+		work(p.work, p.sleep)
+		seq, _ := strconv.Atoi(msg.Metadata.Get(metaSeq))
+		if msg.Metadata.Get(metaPhase) == "t" {
+			if seq < 0 || seq >= len(seen) || seen[seq].Swap(true) {
+				dups.Add(1)
+				return nil
+			}
+			first.CompareAndSwap(0, start.UnixNano())
+			if tCount.Add(1) == int64(tHealthy) {
+				last.Store(time.Now().UnixNano())
+				close(tDone)
+			}
+			return nil
+		}
+		if seq < 0 || seq >= len(lseen) || lseen[seq].Swap(true) {
+			dups.Add(1)
+			return nil
+		}
+		sent, _ := strconv.ParseInt(msg.Metadata.Get(metaSentAt), 10, 64)
+		lat[seq] = start.UnixNano() - sent
+		if lCount.Add(1) == int64(lHealthy) {
+			close(lDone)
+		}
+		return nil
+	})
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(runCtx) }()
+	defer r.Close()
+
+	wait := func(what string, done <-chan struct{}) error {
+		select {
+		case <-done:
+			return nil
+		case err := <-runErr:
+			return fmt.Errorf("%s: router stopped: %v", what, err)
+		case <-time.After(p.timeout):
+			return fmt.Errorf("%s: timeout (throughput %d/%d, latency %d/%d healthy, %d dead letters)", what, tCount.Load(), tHealthy, lCount.Load(), lHealthy, dlq.n.Load())
+		}
+	}
+	lettered := func(k int) <-chan struct{} {
+		ch := make(chan struct{})
+		go func() {
+			for dlq.n.Load() < int64(k) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			close(ch)
+		}()
+		return ch
+	}
+
+	if err := wait("throughput phase", tDone); err != nil {
+		return result{}, err
+	}
+	if err := wait("throughput phase's dead letters", lettered(tPoison)); err != nil {
+		return result{}, err
+	}
+	var res result
+	if elapsed := time.Duration(last.Load() - first.Load()); elapsed > 0 {
+		res.rate = float64(tHealthy-1) / elapsed.Seconds()
+	}
+
+	// Phase 2: fixed-rate producer.
+	if latN > 0 {
+		achieved, err := produce(b.Publisher, topic, latN, p.rate, withPoison)
+		if err != nil {
+			return result{}, err
+		}
+		res.pubRate = achieved
+		if err := wait("latency phase", lDone); err != nil {
+			return result{}, err
+		}
+		if err := wait("latency phase's dead letters", lettered(tPoison+lPoison)); err != nil {
+			return result{}, err
+		}
+		var healthy []int64
+		for i := range lat {
+			if !(withPoison && isPoison(i)) {
+				healthy = append(healthy, lat[i])
+			}
+		}
+		sort.Slice(healthy, func(i, j int) bool { return healthy[i] < healthy[j] })
+		res.p50 = time.Duration(percentile(healthy, 0.50))
+		res.p99 = time.Duration(percentile(healthy, 0.99))
+	}
+	if err := r.Close(); err != nil {
+		return result{}, fmt.Errorf("close: %w", err)
+	}
+	if got := dlq.n.Load(); got != int64(tPoison+lPoison) {
+		return result{}, fmt.Errorf("%d dead letters, want %d", got, tPoison+lPoison)
+	}
+	res.dups = dups.Load()
+	return res, nil
+}
+
+// produce publishes n messages at rate per second, one message per Publish
+// call, from 4 goroutines (so one slow publish does not hold the schedule),
+// each message stamped just before its own Publish call. It returns the
+// rate it achieved.
+func produce(pub message.Publisher, topic string, n, rate int, withPoison bool) (float64, error) {
+	const workers = 4
+	start := time.Now()
+	seqs := make(chan int, n)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := range seqs {
+				m := newMessage(seq, "l", withPoison)
+				m.Metadata.Set(metaSentAt, strconv.FormatInt(time.Now().UnixNano(), 10))
+				if err := pub.Publish(topic, m); err != nil {
+					errs <- fmt.Errorf("publish: %w", err)
+					return
+				}
+			}
+		}()
+	}
+	for seq := 0; seq < n; seq++ {
+		if wait := time.Until(start.Add(time.Duration(float64(seq) / float64(rate) * float64(time.Second)))); wait > 0 {
+			time.Sleep(wait)
+		}
+		seqs <- seq
+	}
+	close(seqs)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return 0, err
+	default:
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func percentile(sorted []int64, q float64) int64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted))+0.5) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(sorted) {
+		i = len(sorted) - 1
+	}
+	return sorted[i]
+}
+
+// cleanup drops what a measurement left on the broker: PostgreSQL queue
+// tables and RabbitMQ queues (the topic's, its DLQ's, its poison queue's and
+// its delay queues). Kafka topics live in the embedded broker and go with it.
+func cleanup(ctx context.Context, b *adapters.Broker, topic string, stages []time.Duration) {
+	names := []string{topic, topic + ".dlq", topic + ".poison"}
+	switch b.Kind {
+	case adapters.KindPostgres:
+		pool, err := adapters.OpenPostgresPool(ctx, b.Config)
+		if err != nil {
+			return
+		}
+		defer pool.Close()
+		for _, t := range names {
+			_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+adapters.PostgresTable(b.Config.Postgres, t))
+		}
+	case adapters.KindAMQP:
+		for _, d := range stages {
+			names = append(names, adapters.AMQPDelayQueue(topic, d))
+		}
+		conn, err := amqp.Dial(b.Config.AMQP.URL)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		for _, q := range names {
+			// A channel per delete: deleting a queue that does not exist
+			// closes the channel.
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(q, false, false, false)
+				_ = ch.Close()
+			}
+		}
+	}
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
