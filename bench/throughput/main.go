@@ -13,6 +13,24 @@
 //	go run ./bench/throughput                       # all four brokers
 //	go run ./bench/throughput -brokers memory,kafka -n 10000 -rounds 4
 //
+// Idempotency stores end to end (issue 8, part 5), on the PostgreSQL broker:
+//
+//	go run ./bench/throughput -brokers postgres -variants antidote,antidote-pgidem,antidote-pgidem-tx -handler-row
+//
+// antidote-pgidem is router.New with idempotency.PostgresStore (Claim and
+// Complete, two autocommit statements per message) instead of the memory
+// store; antidote-pgidem-tx is the same store in transactional mode
+// (IdempotencyConfig.Transactional: PostgresStore.RunTx, the handler runs
+// inside the transaction) and its handler always inserts one row through
+// idempotency.TxFromContext. With -handler-row every other variant's handler
+// inserts the same row through the pool (autocommit), so all of them do the
+// same work and the comparison is of what exactly-once costs. The store's
+// table (bench_idempotency) and the rows' table (bench_throughput_rows) are
+// dropped after each measurement; store and handler share one pgx pool
+// (adapters' postgres.max_conns, 10).
+//
+// Scaling with consumers is bench/scaling.
+//
 // Broker addresses come from the same env as adapters (ConfigFromEnv);
 // Kafka without ANTIDOTE_KAFKA_BROKERS uses the embedded broker.
 package main
@@ -31,6 +49,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
@@ -42,7 +61,8 @@ func main() {
 	brokers := flag.String("brokers", "memory,kafka,amqp,postgres", "comma-separated brokers to run")
 	n := flag.Int("n", 0, "messages per measurement (default 20000 on memory, 5000 on brokers)")
 	rounds := flag.Int("rounds", 4, "measurements per variant; odd rounds run the variants in -variants order, even rounds in reverse")
-	variants := flag.String("variants", "bare,antidote", "variants to compare, the first is the reference: bare, antidote, antidote-noidem (router.New without the idempotency store)")
+	variants := flag.String("variants", "bare,antidote", "variants to compare, the first is the reference: bare, antidote, antidote-noidem (router.New without the idempotency store), antidote-pgidem (PostgreSQL store), antidote-pgidem-tx (PostgreSQL store, transactional; its handler writes a row)")
+	handlerRow := flag.Bool("handler-row", false, "every variant's handler inserts one row into PostgreSQL (autocommit; antidote-pgidem-tx's always does, in its transaction)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up on one measurement after this long")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
@@ -69,7 +89,7 @@ func main() {
 				count = 20000
 			}
 		}
-		if err := runBroker(kind, strings.Split(*variants, ","), count, *rounds, *timeout); err != nil {
+		if err := runBroker(kind, strings.Split(*variants, ","), count, *rounds, *timeout, *handlerRow); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", kind, err)
 			failed = true
 		}
@@ -80,7 +100,7 @@ func main() {
 	}
 }
 
-func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout time.Duration) error {
+func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout time.Duration, handlerRow bool) error {
 	cfg, err := adapters.ConfigFromEnv("")
 	if err != nil {
 		return err
@@ -106,7 +126,7 @@ func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout tim
 		}
 		for _, variant := range order {
 			topic := fmt.Sprintf("bench_tp_%s_%d_%s", runID, round, strings.ReplaceAll(variant, "-", "_"))
-			rate, err := measure(ctx, b, variant, topic, n, timeout)
+			rate, err := measure(ctx, b, variant, topic, n, timeout, handlerRow)
 			cleanup(ctx, b, topic)
 			if err != nil {
 				return fmt.Errorf("round %d %s: %w", round, variant, err)
@@ -141,7 +161,7 @@ func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout tim
 	return nil
 }
 
-func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n int, timeout time.Duration) (float64, error) {
+func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n int, timeout time.Duration, handlerRow bool) (float64, error) {
 	payload := []byte(`{"user_id":1,"msg":"Hello World"}`)
 	const batch = 100
 	for i := 0; i < n; i += batch {
@@ -156,22 +176,48 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 		}
 	}
 
+	// A PostgreSQL pool for the store and the handler's row, when needed.
+	var pool *pgxpool.Pool
+	pg := strings.HasPrefix(variant, "antidote-pgidem")
+	if pg || handlerRow {
+		var err error
+		if pool, err = adapters.OpenPostgresPool(ctx, b.Config); err != nil {
+			return 0, fmt.Errorf("postgres pool: %w", err)
+		}
+		defer pool.Close()
+		defer func() {
+			_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+rowsTable+", "+idemTable)
+		}()
+		if _, err := pool.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+rowsTable+" (id TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now())"); err != nil {
+			return 0, err
+		}
+	}
+
 	var r *message.Router
 	var err error
 	switch variant {
 	case "bare":
 		r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
-	case "antidote", "antidote-noidem":
+	case "antidote", "antidote-noidem", "antidote-pgidem", "antidote-pgidem-tx":
 		cfg := router.Config{
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 		}
-		if variant == "antidote" {
+		switch variant {
+		case "antidote":
 			cfg.Idempotency.Store = idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		case "antidote-pgidem", "antidote-pgidem-tx":
+			store, serr := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: idemTable})
+			if serr != nil {
+				return 0, fmt.Errorf("postgres store: %w", serr)
+			}
+			defer store.Close()
+			cfg.Idempotency.Store = store
+			cfg.Idempotency.Transactional = variant == "antidote-pgidem-tx"
 		}
 		r, err = router.New(cfg)
 	default:
-		return 0, fmt.Errorf("unknown variant %q (bare, antidote, antidote-noidem)", variant)
+		return 0, fmt.Errorf("unknown variant %q (bare, antidote, antidote-noidem, antidote-pgidem, antidote-pgidem-tx)", variant)
 	}
 	if err != nil {
 		return 0, err
@@ -179,7 +225,16 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 	var handled atomic.Int64
 	var first, last atomic.Int64
 	done := make(chan struct{})
-	r.AddConsumerHandler("bench-handler", topic, keepOpen{b.Subscriber}, func(*message.Message) error {
+	r.AddConsumerHandler("bench-handler", topic, keepOpen{b.Subscriber}, func(msg *message.Message) error {
+		if tx, ok := idempotency.TxFromContext(msg.Context()); ok {
+			if _, err := tx.Exec(msg.Context(), insertRow, msg.UUID); err != nil {
+				return err
+			}
+		} else if handlerRow {
+			if _, err := pool.Exec(msg.Context(), insertRow, msg.UUID); err != nil {
+				return err
+			}
+		}
 		now := time.Now().UnixNano()
 		first.CompareAndSwap(0, now)
 		k := handled.Add(1)
@@ -208,12 +263,28 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 	if got := handled.Load(); got != int64(n) {
 		return 0, fmt.Errorf("handled %d, want %d (duplicates?)", got, n)
 	}
+	if handlerRow || variant == "antidote-pgidem-tx" {
+		var rows int64
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+rowsTable).Scan(&rows); err != nil {
+			return 0, err
+		}
+		if rows != int64(n) {
+			return 0, fmt.Errorf("%d rows written, want %d", rows, n)
+		}
+	}
 	elapsed := time.Duration(last.Load() - first.Load())
 	if elapsed <= 0 {
 		return 0, errors.New("no time elapsed")
 	}
 	return float64(n-1) / elapsed.Seconds(), nil
 }
+
+// The tables of the PostgreSQL variants, dropped after each measurement.
+const (
+	rowsTable = "bench_throughput_rows"
+	idemTable = "bench_idempotency"
+	insertRow = "INSERT INTO " + rowsTable + " (id) VALUES ($1)"
+)
 
 // keepOpen stops the router from closing the broker's shared subscriber
 // when it stops (Watermill closes a handler's subscriber on Close); the
