@@ -42,11 +42,14 @@ func FromMetadata(name string) KeyFunc {
 	if name == "" {
 		name = MetadataKey
 	}
+	// Built once: a message without the key is common (DefaultKey falls
+	// back to the UUID), and an error per message would cost allocations.
+	errEmpty := fmt.Errorf("%w: metadata %q is empty", ErrNoKey, name)
 	return func(msg *message.Message) (string, error) {
 		if v := msg.Metadata.Get(name); v != "" {
 			return v, nil
 		}
-		return "", fmt.Errorf("%w: metadata %q is empty", ErrNoKey, name)
+		return "", errEmpty
 	}
 }
 
@@ -57,11 +60,13 @@ func FromMetadata(name string) KeyFunc {
 func FromUUID() KeyFunc {
 	return func(msg *message.Message) (string, error) {
 		if msg.UUID == "" {
-			return "", fmt.Errorf("%w: the message UUID is empty", ErrNoKey)
+			return "", errEmptyUUID
 		}
 		return msg.UUID, nil
 	}
 }
+
+var errEmptyUUID = fmt.Errorf("%w: the message UUID is empty", ErrNoKey)
 
 // FromJSONField reads the key from the JSON payload at a dot-separated path
 // ("order.id"; a numeric segment indexes an array: "items.0.sku"). Strings
@@ -118,6 +123,7 @@ func FromJSONField(path string) KeyFunc {
 // FirstOf tries each KeyFunc in order and returns the first key found; only
 // ErrNoKey moves on to the next. With none found it returns ErrNoKey.
 func FirstOf(fns ...KeyFunc) KeyFunc {
+	errNone := fmt.Errorf("%w: none of %d key functions found one", ErrNoKey, len(fns)) // built once
 	return func(msg *message.Message) (string, error) {
 		for _, f := range fns {
 			k, err := f(msg)
@@ -128,7 +134,7 @@ func FirstOf(fns ...KeyFunc) KeyFunc {
 				return "", err
 			}
 		}
-		return "", fmt.Errorf("%w: none of %d key functions found one", ErrNoKey, len(fns))
+		return "", errNone
 	}
 }
 

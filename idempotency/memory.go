@@ -1,10 +1,13 @@
 package idempotency
 
 import (
-	"container/list"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,18 +56,33 @@ type MemoryStore struct {
 	cfg MemoryStoreConfig
 	now func() time.Time
 
+	// Claim tokens are tokenPrefix (random, made once per store) followed
+	// by a per-store sequence number: unique within the store and across
+	// stores, without reading crypto/rand for every claim. The store is in
+	// process memory, so a token needs no secrecy.
+	tokenPrefix string
+	tokenSeq    atomic.Uint64
+
 	mu     sync.Mutex
-	keys   map[string]*list.Element // of *memEntry
-	lru    *list.List               // front: most recently used
+	keys   map[string]*memEntry
+	lru    memEntry  // sentinel of the LRU ring: lru.next is the most recently used
+	free   *memEntry // entries swept or evicted, reused by the next insert (singly linked by next)
+	nfree  int
 	closed bool
 }
 
+// memFreeMax bounds the entries kept for reuse.
+const memFreeMax = 2 * memorySweepPerCall
+
+// memEntry is one key, linked into the store's LRU ring (intrusive, so an
+// insert allocates no list element).
 type memEntry struct {
-	key       string
-	token     string
-	completed bool
-	result    []byte
-	expires   time.Time
+	prev, next *memEntry
+	key        string
+	token      string
+	completed  bool
+	result     []byte
+	expires    time.Time
 }
 
 // NewMemoryStore returns an in-process store. It panics if cfg.Validate
@@ -75,7 +93,23 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 		panic(err)
 	}
 	cfg.setDefaults()
-	return &MemoryStore{cfg: cfg, now: time.Now, keys: map[string]*list.Element{}, lru: list.New()}
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	s := &MemoryStore{cfg: cfg, now: time.Now, keys: map[string]*memEntry{}, tokenPrefix: hex.EncodeToString(b[:]) + "-"}
+	s.lru.prev, s.lru.next = &s.lru, &s.lru
+	return s
+}
+
+// NonBlocking reports true: the store's methods never wait on I/O, so
+// middleware.Idempotency settles keys without a timeout context.
+func (s *MemoryStore) NonBlocking() bool { return true }
+
+// newToken returns a claim token unique to this store (see tokenPrefix).
+func (s *MemoryStore) newToken() string {
+	var buf [48]byte
+	b := append(buf[:0], s.tokenPrefix...)
+	b = strconv.AppendUint(b, s.tokenSeq.Add(1), 36)
+	return string(b)
 }
 
 // Claim implements Store.
@@ -93,26 +127,71 @@ func (s *MemoryStore) Claim(ctx context.Context, key string, lease time.Duration
 		return Claim{}, fmt.Errorf("idempotency: claim %q: %w", key, ErrClosed)
 	}
 	s.sweepLocked(now)
-	if el, ok := s.keys[key]; ok {
-		e := el.Value.(*memEntry)
+	if e, ok := s.keys[key]; ok {
 		if now.Before(e.expires) {
-			s.lru.MoveToFront(el)
+			s.moveToFrontLocked(e)
 			if e.completed {
 				return Claim{Key: key, Status: StatusCompleted, Result: cloneBytes(e.result)}, nil
 			}
 			return Claim{Key: key, Status: StatusInProgress, LeaseLeft: e.expires.Sub(now)}, nil
 		}
 		// Expired claim or completion: take it over.
-		e.token, e.completed, e.result, e.expires = newToken(), false, nil, now.Add(lease)
-		s.lru.MoveToFront(el)
+		e.token, e.completed, e.result, e.expires = s.newToken(), false, nil, now.Add(lease)
+		s.moveToFrontLocked(e)
 		return Claim{Key: key, Status: StatusClaimed, Token: e.token}, nil
 	}
 	if len(s.keys) >= s.cfg.MaxKeys {
 		s.evictLocked()
 	}
-	e := &memEntry{key: key, token: newToken(), expires: now.Add(lease)}
-	s.keys[key] = s.lru.PushFront(e)
+	e := s.newEntryLocked()
+	e.key, e.token, e.expires = key, s.newToken(), now.Add(lease)
+	s.pushFrontLocked(e)
+	s.keys[key] = e
 	return Claim{Key: key, Status: StatusClaimed, Token: e.token}, nil
+}
+
+// newEntryLocked returns a zeroed entry, reusing a dropped one if any.
+func (s *MemoryStore) newEntryLocked() *memEntry {
+	if e := s.free; e != nil {
+		s.free, s.nfree = e.next, s.nfree-1
+		e.next = nil
+		return e
+	}
+	return &memEntry{}
+}
+
+// dropLocked unlinks e, removes its key and keeps e for reuse.
+func (s *MemoryStore) dropLocked(e *memEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	delete(s.keys, e.key)
+	if s.nfree >= memFreeMax {
+		return
+	}
+	*e = memEntry{next: s.free}
+	s.free = e
+	s.nfree++
+}
+
+func (s *MemoryStore) pushFrontLocked(e *memEntry) {
+	e.prev, e.next = &s.lru, s.lru.next
+	s.lru.next.prev = e
+	s.lru.next = e
+}
+
+func (s *MemoryStore) moveToFrontLocked(e *memEntry) {
+	if s.lru.next == e {
+		return
+	}
+	e.prev.next, e.next.prev = e.next, e.prev
+	s.pushFrontLocked(e)
+}
+
+// backLocked returns the least recently used entry, or nil.
+func (s *MemoryStore) backLocked() *memEntry {
+	if e := s.lru.prev; e != &s.lru {
+		return e
+	}
+	return nil
 }
 
 // sweepLocked drops up to memorySweepPerCall expired entries from the LRU
@@ -120,23 +199,17 @@ func (s *MemoryStore) Claim(ctx context.Context, key string, lease time.Duration
 // heuristic; eviction when full guarantees the bound.
 func (s *MemoryStore) sweepLocked(now time.Time) {
 	for i := 0; i < memorySweepPerCall; i++ {
-		el := s.lru.Back()
-		if el == nil {
+		e := s.backLocked()
+		if e == nil || now.Before(e.expires) {
 			return
 		}
-		e := el.Value.(*memEntry)
-		if now.Before(e.expires) {
-			return
-		}
-		s.lru.Remove(el)
-		delete(s.keys, e.key)
+		s.dropLocked(e)
 	}
 }
 
 func (s *MemoryStore) evictLocked() {
-	if el := s.lru.Back(); el != nil {
-		s.lru.Remove(el)
-		delete(s.keys, el.Value.(*memEntry).key)
+	if e := s.backLocked(); e != nil {
+		s.dropLocked(e)
 	}
 }
 
@@ -154,21 +227,22 @@ func (s *MemoryStore) Complete(ctx context.Context, c Claim, result []byte) erro
 	if s.closed {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClosed)
 	}
-	el, ok := s.keys[c.Key]
+	e, ok := s.keys[c.Key]
 	if !ok {
 		// Evicted or expired and swept: nobody holds it, so ours stands.
 		if len(s.keys) >= s.cfg.MaxKeys {
 			s.evictLocked()
 		}
-		el = s.lru.PushFront(&memEntry{key: c.Key, token: c.Token})
-		s.keys[c.Key] = el
+		e = s.newEntryLocked()
+		e.key, e.token = c.Key, c.Token
+		s.pushFrontLocked(e)
+		s.keys[c.Key] = e
 	}
-	e := el.Value.(*memEntry)
 	if e.token != c.Token {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClaimLost)
 	}
 	e.completed, e.result, e.expires = true, cloneBytes(result), now.Add(s.cfg.Retention)
-	s.lru.MoveToFront(el)
+	s.moveToFrontLocked(e)
 	return nil
 }
 
@@ -185,11 +259,8 @@ func (s *MemoryStore) Release(ctx context.Context, c Claim) error {
 	if s.closed {
 		return fmt.Errorf("idempotency: release %q: %w", c.Key, ErrClosed)
 	}
-	if el, ok := s.keys[c.Key]; ok {
-		if e := el.Value.(*memEntry); e.token == c.Token && !e.completed {
-			s.lru.Remove(el)
-			delete(s.keys, c.Key)
-		}
+	if e, ok := s.keys[c.Key]; ok && e.token == c.Token && !e.completed {
+		s.dropLocked(e)
 	}
 	return nil
 }
@@ -207,8 +278,9 @@ func (s *MemoryStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.keys = map[string]*list.Element{}
-	s.lru.Init()
+	s.keys = map[string]*memEntry{}
+	s.lru.prev, s.lru.next = &s.lru, &s.lru
+	s.free, s.nfree = nil, 0
 	return nil
 }
 
