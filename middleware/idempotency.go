@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -181,7 +182,20 @@ func (c IdempotencyConfig) Validate() error {
 type Idempotency struct {
 	cfg IdempotencyConfig
 	tx  idempotency.TxStore // set in Transactional mode
+	// nonBlocking: the store says its calls never wait (NonBlocking), so
+	// settling a key needs no timeout (no timer and contexts per message).
+	nonBlocking bool
+	// scopePrefix caches url.PathEscape(scope)+"/" for the last scope seen
+	// (the handler name, when Scope is empty): one handler per middleware
+	// instance is the common case.
+	scopePrefix atomic.Pointer[scopePrefix]
 }
+
+type scopePrefix struct{ scope, prefix string }
+
+// nonBlockingStore is implemented by stores whose calls return without
+// waiting on I/O (idempotency.MemoryStore).
+type nonBlockingStore interface{ NonBlocking() bool }
 
 // NewIdempotency validates cfg, fills defaults and returns the middleware.
 func NewIdempotency(cfg IdempotencyConfig) (*Idempotency, error) {
@@ -190,6 +204,9 @@ func NewIdempotency(cfg IdempotencyConfig) (*Idempotency, error) {
 	}
 	cfg.setDefaults()
 	m := &Idempotency{cfg: cfg}
+	if nb, ok := cfg.Store.(nonBlockingStore); ok && nb.NonBlocking() {
+		m.nonBlocking = true
+	}
 	if cfg.Transactional {
 		m.tx = cfg.Store.(idempotency.TxStore)
 	}
@@ -238,7 +255,12 @@ func (m *Idempotency) storeKey(msg *message.Message, key string) string {
 		sum := sha256.Sum256([]byte(key))
 		key = "sha256:" + hex.EncodeToString(sum[:])
 	}
-	return url.PathEscape(scope) + "/" + key
+	p := m.scopePrefix.Load()
+	if p == nil || p.scope != scope {
+		p = &scopePrefix{scope: scope, prefix: url.PathEscape(scope) + "/"}
+		m.scopePrefix.Store(p)
+	}
+	return p.prefix + key
 }
 
 // whenNotBusy calls try until the key is not held by another consumer,
@@ -248,7 +270,7 @@ func (m *Idempotency) storeKey(msg *message.Message, key string) string {
 // error wrapping the context's error, so Retry stops and DeadLetter nacks.
 func (m *Idempotency) whenNotBusy(msg *message.Message, key string, try func() (idempotency.Claim, error)) (idempotency.Claim, error) {
 	ctx := msg.Context()
-	deadline := time.Now().Add(m.cfg.BusyWait)
+	var deadline time.Time // set when the key is first found busy
 	pause := idempotencyPollMin
 	for {
 		c, err := try()
@@ -265,6 +287,9 @@ func (m *Idempotency) whenNotBusy(msg *message.Message, key string, try func() (
 		}
 		if c.Status != idempotency.StatusInProgress {
 			return c, nil
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(m.cfg.BusyWait)
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -396,9 +421,15 @@ func (m *Idempotency) release(msg *message.Message, key string, c idempotency.Cl
 
 // settleContext keeps the message's values but not its cancellation: a key
 // must be settled even when the router is shutting down.
+// A store that cannot block needs no StoreTimeout.
 func (m *Idempotency) settleContext(msg *message.Message) (context.Context, context.CancelFunc) {
+	if m.nonBlocking {
+		return context.WithoutCancel(msg.Context()), noCancel
+	}
 	return context.WithTimeout(context.WithoutCancel(msg.Context()), m.cfg.StoreTimeout)
 }
+
+func noCancel() {}
 
 // storedMessage is how handler output is kept with a completed key.
 type storedMessage struct {
