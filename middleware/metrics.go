@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -123,7 +124,9 @@ type Metrics struct {
 
 	// attribute sets are built once per label combination: a delivery
 	// then records without allocating them again.
-	opts sync.Map // metricsOptKey → metric.MeasurementOption
+	opts sync.Map // metricsOptKey → *metricOpts
+
+	noop bool // the MeterProvider is metric/noop's: Middleware adds nothing
 }
 
 type metricsOptKey struct {
@@ -139,6 +142,10 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 	cfg.setDefaults()
 	meter := cfg.MeterProvider.Meter(TracerName)
 	m := &Metrics{cfg: cfg}
+	switch cfg.MeterProvider.(type) {
+	case metricnoop.MeterProvider, *metricnoop.MeterProvider:
+		m.noop = true
+	}
 	var errs []error
 	counter := func(name, unit, desc string) metric.Int64Counter {
 		c, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -204,8 +211,13 @@ func (m *Metrics) Close() error {
 	return nil
 }
 
-// Middleware returns the counting handler.
+// Middleware returns the counting handler. With a no-op MeterProvider
+// (go.opentelemetry.io/otel/metric/noop) it returns h itself: nothing would
+// be recorded.
 func (m *Metrics) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	if m.noop {
+		return h
+	}
 	return func(msg *message.Message) ([]*message.Message, error) {
 		st, ctx := joinDelivery(msg.Context())
 		handler := message.HandlerNameFromCtx(ctx)
@@ -216,26 +228,41 @@ func (m *Metrics) Middleware(h message.HandlerFunc) message.HandlerFunc {
 
 		start := time.Now()
 		produced, err := h(msg)
-		elapsed := time.Since(start).Seconds()
-
-		outcome, reason := st.final(err)
-		// The message context may be cancelled by now (shutdown); the
-		// measurement must not be lost with it.
-		rec := context.WithoutCancel(ctx)
-		m.duration.Record(rec, elapsed, m.opt(metricsOptKey{kind: 'o', a: handler, b: string(outcome)}))
-		switch outcome {
-		case OutcomeProcessed:
-			m.processed.Add(rec, 1, m.handlerOpt(handler))
-		case OutcomeFailed, OutcomeDeferred:
-			m.failed.Add(rec, 1, m.opt(metricsOptKey{kind: 'o', a: handler, b: string(outcome)}))
-		case OutcomeDeadLettered:
-			m.deadLettered.Add(rec, 1, m.opt(metricsOptKey{kind: 'r', a: handler, b: string(reason)}))
-		case OutcomeRetryScheduled:
-			m.scheduled.Add(rec, 1, m.handlerOpt(handler))
-		}
-		// OutcomeDuplicate was counted by RecordDuplicate when it happened.
+		m.record(ctx, st, handler, time.Since(start).Seconds(), err)
 		return produced, err
 	}
+}
+
+// record counts one finished delivery (out of Middleware's closure, so the
+// frame that stays on the stack while the handler runs is small).
+func (m *Metrics) record(ctx context.Context, st *deliveryState, handler string, elapsed float64, err error) {
+	outcome, reason := st.final(err)
+	// The message context may be cancelled by now (shutdown); the
+	// measurement must not be lost with it.
+	rec := recordContext(ctx)
+	byOutcome := m.opt(metricsOptKey{kind: 'o', a: handler, b: string(outcome)})
+	m.duration.Record(rec, elapsed, byOutcome.rec...)
+	switch outcome {
+	case OutcomeProcessed:
+		m.processed.Add(rec, 1, m.handlerOpt(handler).add...)
+	case OutcomeFailed, OutcomeDeferred:
+		m.failed.Add(rec, 1, byOutcome.add...)
+	case OutcomeDeadLettered:
+		m.deadLettered.Add(rec, 1, m.opt(metricsOptKey{kind: 'r', a: handler, b: string(reason)}).add...)
+	case OutcomeRetryScheduled:
+		m.scheduled.Add(rec, 1, m.handlerOpt(handler).add...)
+	}
+	// OutcomeDuplicate was counted by RecordDuplicate when it happened.
+}
+
+// recordContext is ctx without its cancellation, so a measurement is not
+// lost when the message context ends (shutdown). A context that is not done
+// is used as it is: context.WithoutCancel would allocate per record.
+func recordContext(ctx context.Context) context.Context {
+	if ctx.Err() != nil {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 // RecordDuplicate counts a delivery skipped as a duplicate and, when ctx is
@@ -257,7 +284,7 @@ func (m *Metrics) RecordDuplicate(ctx context.Context, handler string) {
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		span.AddEvent(EventDuplicate)
 	}
-	m.duplicates.Add(context.WithoutCancel(ctx), 1, m.handlerOpt(handler))
+	m.duplicates.Add(recordContext(ctx), 1, m.handlerOpt(handler).add...)
 }
 
 // RecordThrottleWait adds the time one delivery waited for the throttle
@@ -273,7 +300,7 @@ func (m *Metrics) RecordThrottleWait(ctx context.Context, handler string, waited
 	if handler == "" {
 		handler = message.HandlerNameFromCtx(ctx)
 	}
-	m.throttleWait.Add(context.WithoutCancel(ctx), waited.Seconds(), m.handlerOpt(handler))
+	m.throttleWait.Add(recordContext(ctx), waited.Seconds(), m.handlerOpt(handler).add...)
 }
 
 // RecordBackpressureBlock counts one publish to topic that met producer
@@ -287,11 +314,11 @@ func (m *Metrics) RecordBackpressureBlock(ctx context.Context, topic string, wai
 	if m == nil {
 		return
 	}
-	rec := context.WithoutCancel(ctx)
+	rec := recordContext(ctx)
 	opt := m.opt(metricsOptKey{kind: 't', a: topic})
-	m.backpressure.Add(rec, 1, opt)
+	m.backpressure.Add(rec, 1, opt.add...)
 	if waited > 0 {
-		m.backpressureWait.Add(rec, waited.Seconds(), opt)
+		m.backpressureWait.Add(rec, waited.Seconds(), opt.add...)
 	}
 }
 
@@ -304,7 +331,7 @@ func (m *Metrics) RecordBreakerState(ctx context.Context, from, to string) {
 	if m == nil {
 		return
 	}
-	rec := context.WithoutCancel(ctx)
+	rec := recordContext(ctx)
 	var state int64
 	switch to {
 	case "half-open":
@@ -313,18 +340,26 @@ func (m *Metrics) RecordBreakerState(ctx context.Context, from, to string) {
 		state = 2
 	}
 	m.breakerState.Record(rec, state)
-	m.breakerChanges.Add(rec, 1, m.opt(metricsOptKey{kind: 'b', a: from, b: to}))
+	m.breakerChanges.Add(rec, 1, m.opt(metricsOptKey{kind: 'b', a: from, b: to}).add...)
 }
 
-func (m *Metrics) handlerOpt(handler string) metric.MeasurementOption {
+func (m *Metrics) handlerOpt(handler string) *metricOpts {
 	return m.opt(metricsOptKey{kind: 'h', a: handler})
 }
 
-// opt returns the cached attribute option for k. Label values are handler
+// metricOpts holds one attribute set as ready-made option slices: passing
+// a slice with opts... does not allocate, a single option would (the
+// variadic slice escapes through the instrument's interface).
+type metricOpts struct {
+	add []metric.AddOption
+	rec []metric.RecordOption
+}
+
+// opt returns the cached attribute options for k. Label values are handler
 // names, outcomes, reasons, topics and breaker states: a small, bounded set.
-func (m *Metrics) opt(k metricsOptKey) metric.MeasurementOption {
+func (m *Metrics) opt(k metricsOptKey) *metricOpts {
 	if v, ok := m.opts.Load(k); ok {
-		return v.(metric.MeasurementOption)
+		return v.(*metricOpts)
 	}
 	var set attribute.Set
 	switch k.kind {
@@ -339,6 +374,7 @@ func (m *Metrics) opt(k metricsOptKey) metric.MeasurementOption {
 	case 'b':
 		set = attribute.NewSet(MetricAttrFrom.String(k.a), MetricAttrTo.String(k.b))
 	}
-	v, _ := m.opts.LoadOrStore(k, metric.WithAttributeSet(set))
-	return v.(metric.MeasurementOption)
+	o := metric.WithAttributeSet(set)
+	v, _ := m.opts.LoadOrStore(k, &metricOpts{add: []metric.AddOption{o}, rec: []metric.RecordOption{o}})
+	return v.(*metricOpts)
 }

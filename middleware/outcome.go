@@ -74,9 +74,25 @@ func joinDelivery(ctx context.Context) (*deliveryState, context.Context) {
 	if st := deliveryStateOf(ctx); st != nil {
 		return st, ctx
 	}
-	st := &deliveryState{}
-	return st, context.WithValue(ctx, deliveryStateKey{}, st)
+	c := &deliveryCtx{Context: ctx}
+	return &c.st, c
 }
+
+// deliveryCtx is a context carrying a deliveryState: the state and the
+// context node are one allocation (context.WithValue would be a second).
+type deliveryCtx struct {
+	context.Context
+	st deliveryState
+}
+
+func (c *deliveryCtx) Value(key any) any {
+	if _, ok := key.(deliveryStateKey); ok {
+		return &c.st
+	}
+	return c.Context.Value(key)
+}
+
+func (c *deliveryCtx) String() string { return "antidote.deliveryCtx" }
 
 func (s *deliveryState) set(o Outcome, reason poison.Reason) {
 	s.mu.Lock()
@@ -180,7 +196,7 @@ func noteRetry(ctx context.Context, next int, delay time.Duration) {
 		m, handler := st.metrics, st.handler
 		st.mu.Unlock()
 		if m != nil {
-			m.retried.Add(context.WithoutCancel(ctx), 1, m.handlerOpt(handler))
+			m.retried.Add(recordContext(ctx), 1, m.handlerOpt(handler).add...)
 		}
 	}
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
