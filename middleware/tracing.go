@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -75,9 +76,15 @@ type Tracing struct {
 	cfg    TracingConfig
 	tracer trace.Tracer
 	names  sync.Map // topic → span name, so a delivery does not build it
+	// noop: the tracer is trace/noop's, whose Start only puts the parent's
+	// span context back into the context (or a span with none): the
+	// extracted context already carries it, so Start is skipped.
+	noop bool
 }
 
-var consumerSpanKind = trace.WithSpanKind(trace.SpanKindConsumer)
+// consumerSpanOpts is passed as opts... (a slice made per call would
+// escape through the Tracer interface: one allocation per delivery).
+var consumerSpanOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
 
 // spanName is "<topic> process", or "process" outside a router.
 func (t *Tracing) spanName(topic string) string {
@@ -98,18 +105,29 @@ func NewTracing(cfg TracingConfig) (*Tracing, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Tracing{cfg: cfg, tracer: cfg.TracerProvider.Tracer(TracerName)}, nil
+	t := &Tracing{cfg: cfg, tracer: cfg.TracerProvider.Tracer(TracerName)}
+	switch t.tracer.(type) {
+	case tracenoop.Tracer, *tracenoop.Tracer:
+		t.noop = true
+	}
+	return t, nil
 }
 
 // Middleware returns the tracing handler.
 func (t *Tracing) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) (produced []*message.Message, err error) {
 		parent := t.cfg.Propagator.Extract(msg.Context(), metadataCarrier(msg.Metadata))
+		if t.noop {
+			// Pass the (remote) span context down, so letters and retry
+			// stages keep the producer's trace.
+			msg.SetContext(parent)
+			return h(msg)
+		}
 		// Attributes and the replay link are added once the span is known
 		// to record: with tracing off (a no-op provider, a sampled-out
 		// trace) building them would be most of the cost. The trade-off: a
 		// sampler sees the span kind and name but not these attributes.
-		ctx, span := t.tracer.Start(parent, t.spanName(message.SubscribeTopicFromCtx(parent)), consumerSpanKind)
+		ctx, span := t.tracer.Start(parent, t.spanName(message.SubscribeTopicFromCtx(parent)), consumerSpanOpts...)
 		if !span.IsRecording() {
 			// Still pass the (remote) span context down, so letters and
 			// retry stages keep the producer's trace.
