@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -115,6 +116,9 @@ type Breaker struct {
 	cb    *gobreaker.CircuitBreaker[struct{}]
 	mu    sync.Mutex
 	holds map[string]time.Time // message UUID -> first hold; bounded
+	// nholds is len(holds), written under mu: with none held (the normal
+	// case) wasHeld and forget skip the lock.
+	nholds atomic.Int32
 }
 
 // maxTrackedHolds bounds the holds map; past it all are forgotten at once,
@@ -144,7 +148,8 @@ func NewBreaker(cfg BreakerConfig) (*Breaker, error) {
 		// Only transient failures are the environment's; a permanent one is
 		// the message's and says nothing about the database.
 		IsSuccessful: func(err error) bool { return err == nil || cfg.Classifier.Classify(err) == poison.ClassPermanent },
-		IsExcluded:   func(err error) bool { return errors.As(err, new(excludedErr)) },
+		// err != nil first: errors.As's target would be allocated per call.
+		IsExcluded: func(err error) bool { return err != nil && errors.As(err, new(excludedErr)) },
 	})
 	return b, nil
 }
@@ -217,6 +222,7 @@ func (b *Breaker) hold(msg *message.Message, err error) error {
 			clear(b.holds)
 		}
 		b.holds[msg.UUID] = time.Now()
+		b.nholds.Store(int32(len(b.holds)))
 	}
 	b.mu.Unlock()
 	t := time.NewTimer(b.cfg.Backoff)
@@ -237,6 +243,9 @@ func (b *Breaker) heldTooLong(uuid string) bool {
 }
 
 func (b *Breaker) wasHeld(uuid string) bool {
+	if b.nholds.Load() == 0 {
+		return false
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	_, ok := b.holds[uuid]
@@ -244,7 +253,11 @@ func (b *Breaker) wasHeld(uuid string) bool {
 }
 
 func (b *Breaker) forget(uuid string) {
+	if b.nholds.Load() == 0 {
+		return
+	}
 	b.mu.Lock()
 	delete(b.holds, uuid)
+	b.nholds.Store(int32(len(b.holds)))
 	b.mu.Unlock()
 }

@@ -195,7 +195,10 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		}
 		b.Reset()
 
-		start := time.Now()
+		var start time.Time // only MaxElapsedTime needs it
+		if r.cfg.MaxElapsedTime > 0 {
+			start = time.Now()
+		}
 		var firstFailed time.Time
 		for attempt := 1; ; attempt++ {
 			msg.SetContext(ctx)
