@@ -257,19 +257,29 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 		_ = r.Close()
 		return 0, fmt.Errorf("timeout: handled %d of %d", handled.Load(), n)
 	}
+	checkRows := handlerRow || variant == "antidote-pgidem-tx"
+	rows := func() int64 {
+		var k int64
+		_ = pool.QueryRow(ctx, "SELECT count(*) FROM "+rowsTable).Scan(&k)
+		return k
+	}
+	if checkRows {
+		// The last handler run may still be committing: Close cancels the
+		// message contexts, and RunTx commits with the message's context,
+		// so closing now would roll it back (and leave it for redelivery).
+		for wait := time.Now().Add(5 * time.Second); rows() < int64(n) && time.Now().Before(wait); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	if err := r.Close(); err != nil {
 		return 0, fmt.Errorf("close: %w", err)
 	}
 	if got := handled.Load(); got != int64(n) {
 		return 0, fmt.Errorf("handled %d, want %d (duplicates?)", got, n)
 	}
-	if handlerRow || variant == "antidote-pgidem-tx" {
-		var rows int64
-		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+rowsTable).Scan(&rows); err != nil {
-			return 0, err
-		}
-		if rows != int64(n) {
-			return 0, fmt.Errorf("%d rows written, want %d", rows, n)
+	if checkRows {
+		if k := rows(); k != int64(n) {
+			return 0, fmt.Errorf("%d rows written, want %d", k, n)
 		}
 	}
 	elapsed := time.Duration(last.Load() - first.Load())
