@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -66,7 +65,7 @@ func StartJaeger(t testing.TB) Jaeger {
 		}
 		t.Skip("ANTIDOTE_JAEGER_BIN is not set: run `export ANTIDOTE_JAEGER_BIN=$(scripts/jaeger)` to run the Jaeger end-to-end test")
 	}
-	ports := freePorts(t, 8)
+	ports := FreePorts(t, 8)
 	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
 	cmd := exec.Command(bin,
 		"--set=receivers.otlp.protocols.http.endpoint="+addr(0),
@@ -152,22 +151,4 @@ func (j Jaeger) fetch(traceID string) ([]JaegerSpan, error) {
 		out = append(out, d.Spans...)
 	}
 	return out, nil
-}
-
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var out []int
-	var ls []net.Listener
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		_ = l.Close()
-	}
-	return out
 }

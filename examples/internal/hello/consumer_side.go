@@ -38,13 +38,14 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 		redisAddr = "127.0.0.1:6379"
 	}
 	switch r.opts.IdemStore {
-	case "postgres":
+	case "postgres", "postgres-tx":
 		st, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{URL: cfg.Postgres.URL})
 		if err != nil {
 			return closeAll, errors.New("--idempotency postgres: " + err.Error())
 		}
 		closers = append(closers, func() { _ = st.Close() })
 		r.idem = st
+		r.idemTx = r.opts.IdemStore == "postgres-tx"
 	case "redis":
 		st, err := idempotency.NewRedisStore(idempotency.RedisStoreConfig{Addr: redisAddr})
 		if err != nil {

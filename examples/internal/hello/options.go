@@ -46,7 +46,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Sink, "sink", "memory", "where processed writes go: memory, or postgres (table hello_messages)")
 	fs.StringVar(&o.Tracker, "tracker", "memory", "crash-loop delivery counts: memory (lost on exit), postgres or redis (durable)")
 	fs.IntVar(&o.DupEvery, "duplicate-every", 0, "publish every Kth message twice with the same idempotency key (0: none)")
-	fs.StringVar(&o.IdemStore, "idempotency", "memory", "idempotency key store: memory (one process), postgres or redis (shared)")
+	fs.StringVar(&o.IdemStore, "idempotency", "memory", "idempotency key store: memory (one process), postgres or redis (shared), or postgres-tx: the PostgreSQL store in transactional mode, the sink write and the key commit together (needs --sink postgres)")
 	fs.Float64Var(&o.Rate, "rate", 0, "throttle the handler to R messages/s (0: unlimited)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port), at /metrics")
 	if err := fs.Parse(args); err != nil {
@@ -91,8 +91,12 @@ func (o Options) Validate() error {
 	}
 	switch o.IdemStore {
 	case "memory", "postgres", "redis":
+	case "postgres-tx":
+		if o.Sink != "postgres" {
+			errs = append(errs, fmt.Errorf("--idempotency postgres-tx commits the sink write with the key: add --sink postgres (got --sink %s)", o.Sink))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--idempotency %q: use memory, postgres or redis", o.IdemStore))
+		errs = append(errs, fmt.Errorf("--idempotency %q: use memory, postgres, redis or postgres-tx", o.IdemStore))
 	}
 	switch o.Tracker {
 	case "memory", "postgres", "redis":

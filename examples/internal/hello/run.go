@@ -101,6 +101,7 @@ type run struct {
 	sink         Sink
 	tracker      poison.DeliveryTracker
 	idem         idempotency.Store
+	idemTx       bool // --idempotency postgres-tx
 	duplicates   atomic.Int64
 	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
 }
@@ -223,7 +224,8 @@ func (r *run) do(ctx context.Context) error {
 		Deliveries: middleware.DeliveriesConfig{Tracker: r.tracker},
 		Throttle:   middleware.ThrottleConfig{Rate: r.opts.Rate, Burst: 1},
 		Idempotency: middleware.IdempotencyConfig{
-			Store: r.idem,
+			Store:         r.idem,
+			Transactional: r.idemTx,
 			OnDuplicate: func(m *message.Message, _ string) {
 				r.lastArrival.Store(time.Now().UnixNano())
 				r.count(m, &r.duplicates)

@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/antidote-mq/antidote/idempotency"
 )
 
 // Sink stores processed writes. Store must be idempotent per message UUID:
@@ -45,7 +47,14 @@ func (s *MemorySink) Close() error { return nil }
 // SinkTable is the PostgreSQL sink's table.
 const SinkTable = "hello_messages"
 
-// PostgresSink writes to the hello_messages table, one row per message UUID.
+// EffectsTable is where the PostgreSQL sink writes in transactional mode
+// (--idempotency postgres-tx): an append-only log with no unique key, so a
+// write that happened twice shows as two rows. Only the idempotency
+// transaction keeps it to one.
+const EffectsTable = "hello_effects"
+
+// PostgresSink writes to the hello_messages table, one row per message UUID;
+// inside an idempotency transaction it appends to hello_effects instead.
 type PostgresSink struct {
 	pool *pgxpool.Pool
 }
@@ -61,11 +70,27 @@ func NewPostgresSink(ctx context.Context, pool *pgxpool.Pool) (*PostgresSink, er
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", SinkTable, err)
 	}
+	_, err = pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+EffectsTable+` (
+		id BIGSERIAL PRIMARY KEY,
+		uuid TEXT NOT NULL,
+		user_id BIGINT NOT NULL,
+		msg TEXT NOT NULL,
+		stored_at TIMESTAMPTZ NOT NULL DEFAULT now()
+	)`)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", EffectsTable, err)
+	}
 	return &PostgresSink{pool: pool}, nil
 }
 
-// Store inserts the row; a redelivered message changes nothing.
+// Store inserts the row; a redelivered message changes nothing. In
+// transactional mode the write joins the idempotency transaction, which
+// commits it together with the key (or neither).
 func (s *PostgresSink) Store(ctx context.Context, uuid string, h Hello) error {
+	if tx, ok := idempotency.TxFromContext(ctx); ok {
+		_, err := tx.Exec(ctx, `INSERT INTO `+EffectsTable+` (uuid, user_id, msg) VALUES ($1, $2, $3)`, uuid, h.UserID, h.Msg)
+		return err
+	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO `+SinkTable+` (uuid, user_id, msg) VALUES ($1, $2, $3) ON CONFLICT (uuid) DO NOTHING`, uuid, h.UserID, h.Msg)
 	return err
 }

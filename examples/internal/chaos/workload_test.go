@@ -1,0 +1,204 @@
+package chaos_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/antidote-mq/antidote/examples/internal/hello"
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// kind is what a line of the workload is, and so what must become of it.
+type kind int
+
+const (
+	healthy    kind = iota // one effect in the sink, not in the DLQ
+	transient              // fails twice, then one effect
+	malformed              // DLQ, permanent
+	wrongTypes             // DLQ, permanent
+	panics                 // DLQ, panic
+	killer                 // kills the consumer process: DLQ, crash_loop
+)
+
+var kindNames = [...]string{"healthy", "transient", "malformed", "wrong-types", "panic", "process-killing"}
+
+func (k kind) String() string { return kindNames[k] }
+
+// wantReason is the DLQ reason a poison kind must carry ("" for kinds that
+// must take effect instead).
+func (k kind) wantReason() poison.Reason {
+	switch k {
+	case malformed, wrongTypes:
+		return poison.ReasonPermanent
+	case panics:
+		return poison.ReasonPanic
+	case killer:
+		return poison.ReasonCrashLoop
+	}
+	return ""
+}
+
+// killMarker in a payload makes the examples' consumer (--crash-on) exit.
+const killMarker = "CHAOS-KILL"
+
+// workload is the run's messages: line i (0-based) is user i+1's write.
+type workload struct {
+	payloads [][]byte
+	kinds    []kind
+	byText   map[string]int // payload -> line
+	dupEvery int
+}
+
+// newWorkload makes n writes: every 100th (1%) poison, rotating malformed,
+// wrong types, panic and transient; killers process-killing ones spread
+// evenly over the rest. The producer re-sends every dupEvery-th with the same
+// idempotency key.
+func newWorkload(n, killers, dupEvery int) *workload {
+	w := &workload{payloads: make([][]byte, n), kinds: make([]kind, n), byText: make(map[string]int, n), dupEvery: dupEvery}
+	rotation := [...]struct {
+		k    kind
+		kind int
+	}{{malformed, hello.KindMalformed}, {wrongTypes, hello.KindWrongTypes}, {panics, hello.KindPanic}, {transient, hello.KindTransient}}
+	for i := range n {
+		user := i + 1
+		w.payloads[i], w.kinds[i] = hello.Payload(user), healthy
+		if user%100 == 0 {
+			r := rotation[(user/100-1)%len(rotation)]
+			w.payloads[i], w.kinds[i] = hello.PoisonPayload(r.kind, user), r.k
+		}
+	}
+	for j := range killers {
+		i := (2*j + 1) * n / (2 * killers)
+		for w.kinds[i] != healthy {
+			i = (i + 1) % n
+		}
+		w.payloads[i], w.kinds[i] = fmt.Appendf(nil, `{"user_id":%d,"msg":%q}`, i+1, killMarker), killer
+	}
+	for i, p := range w.payloads {
+		w.byText[string(p)] = i
+	}
+	return w
+}
+
+func (w *workload) count(k kind) int {
+	n := 0
+	for _, got := range w.kinds {
+		if got == k {
+			n++
+		}
+	}
+	return n
+}
+
+// effects is how many lines must take effect (healthy and transient).
+func (w *workload) effects() int { return w.count(healthy) + w.count(transient) }
+
+// published is how many messages the producer sends, re-sends included.
+func (w *workload) published() int { return len(w.payloads) + len(w.payloads)/w.dupEvery }
+
+func (w *workload) writeInput(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, p := range w.payloads {
+		b.Write(p)
+		b.WriteByte('\n')
+	}
+	path := filepath.Join(t.TempDir(), "input.txt")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// letter is one dead letter as read back from the broker's DLQ.
+type letter struct {
+	uuid    string
+	payload string
+	reason  poison.Reason
+}
+
+// verdict is what the sink and the DLQ say about the run.
+type verdict struct {
+	effectsRows     int // rows in hello_effects
+	letters         int // dead letters read
+	dlqRepeats      int // letters beyond the first for a line: its re-send, or a kill between DLQ publish and ack
+	lost            int // lines neither in effect nor in the DLQ
+	doubled         int // lines that took effect more than once
+	problems        []string
+	deadLetteredBy  map[poison.Reason]int
+	effectsUnknown  int
+	healthyInDLQ    int
+	poisonInEffects int
+}
+
+// check holds the sink's effect counts per user and the DLQ's letters
+// against the workload.
+func (w *workload) check(effects map[int64]int, letters []letter) verdict {
+	v := verdict{letters: len(letters), deadLetteredBy: map[poison.Reason]int{}}
+	problem := func(format string, args ...any) {
+		if len(v.problems) < 20 {
+			v.problems = append(v.problems, fmt.Sprintf(format, args...))
+		}
+	}
+	for _, n := range effects {
+		v.effectsRows += n
+	}
+	lettersOf := make([][]letter, len(w.payloads))
+	for _, l := range letters {
+		i, ok := w.byText[l.payload]
+		if !ok {
+			problem("a dead letter (%s, %s) is none of the run's messages: %.80q", l.uuid, l.reason, l.payload)
+			continue
+		}
+		lettersOf[i] = append(lettersOf[i], l)
+	}
+	for i, k := range w.kinds {
+		user := int64(i + 1)
+		got, dead := effects[user], lettersOf[i]
+		delete(effects, user)
+		if len(dead) > 1 {
+			v.dlqRepeats += len(dead) - 1
+		}
+		if want := k.wantReason(); want == "" {
+			switch {
+			case len(dead) > 0:
+				v.healthyInDLQ++
+				problem("%s message of user %d was dead-lettered (%s)", k, user, dead[0].reason)
+			case got == 0:
+				v.lost++
+				problem("%s message of user %d is missing: no effect, no dead letter", k, user)
+			case got > 1:
+				v.doubled++
+				problem("%s message of user %d took effect %d times", k, user, got)
+			}
+			continue
+		}
+		if got > 0 {
+			v.poisonInEffects++
+			problem("%s message of user %d took effect %d times", k, user, got)
+		}
+		if len(dead) == 0 {
+			v.lost++
+			problem("%s message of user %d is missing from the DLQ", k, user)
+			continue
+		}
+		v.deadLetteredBy[dead[0].reason]++
+		if dead[0].reason != k.wantReason() {
+			problem("%s message of user %d dead-lettered as %s, want %s", k, user, dead[0].reason, k.wantReason())
+		}
+	}
+	var unknown []int64
+	for user := range effects {
+		unknown = append(unknown, user)
+		v.effectsUnknown++
+	}
+	sort.Slice(unknown, func(i, j int) bool { return unknown[i] < unknown[j] })
+	if len(unknown) > 0 {
+		problem("effects for users the run never sent: %v", unknown[:min(len(unknown), 10)])
+	}
+	return v
+}

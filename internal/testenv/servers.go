@@ -1,0 +1,260 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Private servers: a test that stops and starts its server (the chaos
+// test) gets one of its own, so it never disturbs the shared servers other
+// packages' tests use at the same time, nor a developer's own.
+
+// Postgres is a private PostgreSQL cluster started from the machine's
+// binaries (initdb, pg_ctl) in a temporary directory.
+type Postgres struct {
+	URL  string // postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable
+	Port int
+
+	bin, dir, data string
+	asUser         []string // runuser prefix when running as root
+}
+
+// StartPostgres initialises and starts a private cluster on a free port and
+// stops and removes it when t ends. The binaries come from
+// ANTIDOTE_PG_BIN (a directory), else initdb on PATH, else the newest
+// /usr/lib/postgresql/*/bin. Missing binaries skip the test, or fail it under
+// ANTIDOTE_REQUIRE_SERVICES=1.
+func StartPostgres(t testing.TB) *Postgres {
+	t.Helper()
+	bin := os.Getenv("ANTIDOTE_PG_BIN")
+	if bin == "" {
+		if p, err := exec.LookPath("initdb"); err == nil {
+			bin = filepath.Dir(p)
+		} else if dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin"); len(dirs) > 0 {
+			sort.Slice(dirs, func(i, j int) bool { return versionOf(dirs[i]) < versionOf(dirs[j]) })
+			bin = dirs[len(dirs)-1]
+		}
+	}
+	if _, err := os.Stat(filepath.Join(bin, "initdb")); bin == "" || err != nil {
+		missing(t, "PostgreSQL server binaries (initdb, pg_ctl)", "install postgresql or set ANTIDOTE_PG_BIN to their directory")
+	}
+	dir, err := os.MkdirTemp("", "antidote-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Postgres{bin: bin, dir: dir, data: filepath.Join(dir, "data"), Port: FreePorts(t, 1)[0]}
+	if os.Geteuid() == 0 {
+		// initdb refuses to run as root: run the cluster as postgres.
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			missing(t, "a postgres user to run a private cluster as (running as root)", "create the postgres system user")
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		p.asUser = []string{"runuser", "-u", "postgres", "--"}
+	}
+	t.Cleanup(func() {
+		_ = p.pgctl("stop", "-m", "immediate")
+		_ = os.RemoveAll(dir)
+	})
+	if out, err := p.run(filepath.Join(bin, "initdb"), "-D", p.data, "-A", "trust", "-U", "postgres", "--no-sync"); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.Port)
+	return p
+}
+
+// Stop stops the server the way a crash would (pg_ctl -m immediate: no
+// shutdown checkpoint, clients cut off); the next Start recovers from WAL.
+func (p *Postgres) Stop() error { return p.pgctl("stop", "-m", "immediate") }
+
+// Start starts the server and waits until it accepts connections.
+func (p *Postgres) Start() error {
+	return p.pgctl("start", "-l", filepath.Join(p.dir, "log"),
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", p.Port, p.dir))
+}
+
+func (p *Postgres) pgctl(args ...string) error {
+	args = append([]string{"-D", p.data, "-w", "-t", "60"}, args...)
+	out, err := p.run(filepath.Join(p.bin, "pg_ctl"), args...)
+	if err != nil {
+		return fmt.Errorf("pg_ctl %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func (p *Postgres) run(name string, args ...string) ([]byte, error) {
+	argv := append(append(append([]string{}, p.asUser...), name), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = p.dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.Bytes(), err
+}
+
+func versionOf(binDir string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return v
+}
+
+// RabbitMQ is a private RabbitMQ node (its own node name, ports and data
+// directory) started with the machine's rabbitmq-server.
+type RabbitMQ struct {
+	URL  string // amqp://guest:guest@127.0.0.1:PORT/
+	Node string
+
+	ctl string
+	env []string
+}
+
+// StartRabbitMQ starts a private node on free ports and shuts it down and
+// removes its files when t ends. Missing rabbitmq-server skips the test, or
+// fails it under ANTIDOTE_REQUIRE_SERVICES=1.
+func StartRabbitMQ(t testing.TB) *RabbitMQ {
+	t.Helper()
+	server, ctl := sbin("rabbitmq-server"), sbin("rabbitmqctl")
+	if server == "" || ctl == "" {
+		missing(t, "rabbitmq-server and rabbitmqctl", "install rabbitmq-server")
+	}
+	dir, err := os.MkdirTemp("", "antidote-rabbitmq-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server may drop to the rabbitmq user: let it write here.
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	ports := FreePorts(t, 2)
+	conf := filepath.Join(dir, "rabbitmq.conf")
+	plugins := filepath.Join(dir, "enabled_plugins")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, "listeners.tcp.local = 127.0.0.1:%d\n", ports[0]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(plugins, []byte("[].\n"), 0o644); err != nil { // no management listener to collide
+		t.Fatal(err)
+	}
+	r := &RabbitMQ{
+		Node: fmt.Sprintf("antidote-%d-%d@localhost", os.Getpid(), ports[0]),
+		URL:  fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", ports[0]),
+		ctl:  ctl,
+	}
+	r.env = append(os.Environ(),
+		"RABBITMQ_NODENAME="+r.Node,
+		"RABBITMQ_DIST_PORT="+strconv.Itoa(ports[1]),
+		"RABBITMQ_CONFIG_FILE="+conf,
+		"RABBITMQ_ENABLED_PLUGINS_FILE="+plugins,
+		"RABBITMQ_MNESIA_BASE="+filepath.Join(dir, "mnesia"),
+		"RABBITMQ_LOG_BASE="+filepath.Join(dir, "log"),
+		"RABBITMQ_PID_FILE="+filepath.Join(dir, "pid"),
+	)
+	t.Cleanup(func() {
+		_, _ = r.rabbitmqctl(60*time.Second, "shutdown")
+		_ = os.RemoveAll(dir)
+	})
+	start := exec.Command(server, "-detached")
+	start.Env = r.env
+	if out, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("rabbitmq-server -detached: %v\n%s", err, out)
+	}
+	// await_startup fails at once until the node has registered with epmd.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := r.rabbitmqctl(30*time.Second, "await_startup")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("private RabbitMQ node %s did not start: %v\n%s\nlogs in %s", r.Node, err, out, dir)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return r
+}
+
+// StopApp stops the RabbitMQ application (`rabbitmqctl stop_app`): clients
+// are disconnected, durable queues and persistent messages are kept.
+func (r *RabbitMQ) StopApp() error { return r.do("stop_app") }
+
+// StartApp starts it again (`rabbitmqctl start_app`).
+func (r *RabbitMQ) StartApp() error { return r.do("start_app") }
+
+func (r *RabbitMQ) do(cmd string) error {
+	if out, err := r.rabbitmqctl(2*time.Minute, cmd); err != nil {
+		return fmt.Errorf("rabbitmqctl -n %s %s: %w\n%s", r.Node, cmd, err, out)
+	}
+	return nil
+}
+
+func (r *RabbitMQ) rabbitmqctl(timeout time.Duration, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, r.ctl, append([]string{"-n", r.Node}, args...)...)
+	cmd.Env = r.env
+	return cmd.CombinedOutput()
+}
+
+func sbin(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin", "/usr/lib/rabbitmq/bin"} {
+		if p := filepath.Join(dir, name); fileExists(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func missing(t testing.TB, what, fix string) {
+	t.Helper()
+	if Required() {
+		t.Fatalf("%s required (ANTIDOTE_REQUIRE_SERVICES=1) but not found: %s", what, fix)
+	}
+	t.Skipf("%s not found (%s); set ANTIDOTE_REQUIRE_SERVICES=1 to make this a failure", what, fix)
+}
+
+// FreePorts returns n TCP ports on 127.0.0.1 that were free a moment ago.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var out []int
+	var ls []net.Listener
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		_ = l.Close()
+	}
+	return out
+}
