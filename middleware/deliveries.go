@@ -217,6 +217,10 @@ type Deliveries struct {
 	originOf func(*message.Message) poison.Origin                          // poison.OriginOf; tests replace it
 	send     func(context.Context, *message.Message, poison.Failure) error // DeadLetter.Send; tests replace it
 
+	// nonBlocking: the tracker never waits on I/O (the memory tracker), so
+	// forget needs no timeout (no timer and contexts per message).
+	nonBlocking bool
+
 	mu    sync.Mutex
 	parts map[deliveriesPartitionID]*deliveriesPartition
 }
@@ -246,12 +250,19 @@ func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Deliveries{
+	d := &Deliveries{
 		cfg:      cfg,
 		originOf: poison.OriginOf,
 		send:     cfg.DeadLetter.Send,
 		parts:    make(map[deliveriesPartitionID]*deliveriesPartition),
-	}, nil
+	}
+	switch t := cfg.Tracker.(type) {
+	case *poison.MemoryDeliveryTracker:
+		d.nonBlocking = true
+	case interface{ NonBlocking() bool }:
+		d.nonBlocking = t.NonBlocking()
+	}
+	return d, nil
 }
 
 // Middleware returns the guarded handler; pass d.Middleware to
@@ -320,8 +331,12 @@ func (d *Deliveries) quarantine(msg *message.Message, key string, n int) ([]*mes
 }
 
 func (d *Deliveries) forget(msg *message.Message, key string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), deliveriesForgetTimeout)
-	defer cancel()
+	ctx := context.WithoutCancel(msg.Context())
+	if !d.nonBlocking {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, deliveriesForgetTimeout)
+		defer cancel()
+	}
 	if err := d.cfg.Tracker.Forget(ctx, key); err != nil {
 		d.cfg.Logger.Error("Crash-loop guard could not forget a settled delivery; its count expires by TTL", err, watermill.LogFields{
 			"message_uuid": msg.UUID,
