@@ -138,11 +138,11 @@ func chain(h message.HandlerFunc, mws ...message.HandlerMiddleware) message.Hand
 
 // fullStack is router.New's default order with an idempotency store and the
 // breaker, throttle off, no flood guard, no delayed retries:
-// Recoverer → Tracing → Metrics → Deliveries → DeadLetter → Breaker → Retry
+// Recoverer → ReserveStack → Tracing → Metrics → Deliveries → DeadLetter → Breaker → Retry
 // → Idempotency → Recover → handler.
 func (p pieces) fullStack(deliveries message.HandlerMiddleware) message.HandlerFunc {
 	return chain(noopHandler,
-		wmiddleware.Recoverer, p.tracing, p.metrics, deliveries, p.deadLetter,
+		wmiddleware.Recoverer, middleware.ReserveStack, p.tracing, p.metrics, deliveries, p.deadLetter,
 		p.breaker, p.retry, p.idempotency, middleware.Recover)
 }
 
@@ -218,6 +218,39 @@ func BenchmarkOverheadDirect(b *testing.B) {
 			runDirect(b, routed, a.mw(p)(noopHandler))
 		})
 	}
+}
+
+// BenchmarkOverheadGoroutine calls the chain as Watermill's router does: in
+// a new goroutine per message, which starts on the minimal stack, so a deep
+// chain pays for growing (copying) that stack on every message; the
+// difference to BenchmarkOverheadDirect is mostly that growth (see
+// runtime.newstack in a CPU profile). One message at a time.
+func BenchmarkOverheadGoroutine(b *testing.B) {
+	routed := routedContext(b)
+	run := func(b *testing.B, h message.HandlerFunc) {
+		uuids := keyRing()
+		msg := message.NewMessage("", benchPayload)
+		msg.Metadata.Set("traceparent", benchTraceparent)
+		done := make(chan error)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			msg.UUID = uuids[i&(len(uuids)-1)]
+			msg.SetContext(routed)
+			go func() {
+				_, err := h(msg)
+				done <- err
+			}()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("handler-alone", func(b *testing.B) { run(b, noopHandler) })
+	b.Run("full-stack-cheap", func(b *testing.B) {
+		p := newPieces(b)
+		run(b, p.fullStack(p.deliveriesCheap))
+	})
 }
 
 // BenchmarkOverheadRouter runs a real message.Router on gochannel: b.N

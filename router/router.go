@@ -281,6 +281,9 @@ func New(cfg Config) (*message.Router, error) {
 	}
 	// Outermost: a bug in a middleware itself becomes a nack, not a crash.
 	r.AddMiddleware(wmiddleware.Recoverer)
+	// Grow the message goroutine's stack once, here, instead of step by
+	// step deep in the chain (see middleware.ReserveStack).
+	r.AddMiddleware(middleware.ReserveStack)
 	if tracing != nil {
 		r.AddMiddleware(tracing.Middleware)
 	}
