@@ -220,6 +220,10 @@ type Deliveries struct {
 	// nonBlocking: the tracker never waits on I/O (the memory tracker), so
 	// forget needs no timeout (no timer and contexts per message).
 	nonBlocking bool
+	// memoryTracker: the tracker is a *poison.MemoryDeliveryTracker, which
+	// reads nothing from a context but its cancellation: Forget runs under
+	// context.Background() (no context built per message).
+	memoryTracker bool
 
 	mu    sync.Mutex
 	parts map[deliveriesPartitionID]*deliveriesPartition
@@ -258,7 +262,7 @@ func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
 	}
 	switch t := cfg.Tracker.(type) {
 	case *poison.MemoryDeliveryTracker:
-		d.nonBlocking = true
+		d.nonBlocking, d.memoryTracker = true, true
 	case interface{ NonBlocking() bool }:
 		d.nonBlocking = t.NonBlocking()
 	}
@@ -331,7 +335,13 @@ func (d *Deliveries) quarantine(msg *message.Message, key string, n int) ([]*mes
 }
 
 func (d *Deliveries) forget(msg *message.Message, key string) {
-	ctx := context.WithoutCancel(msg.Context())
+	var ctx context.Context
+	switch {
+	case d.memoryTracker:
+		ctx = context.Background()
+	default:
+		ctx = context.WithoutCancel(msg.Context())
+	}
 	if !d.nonBlocking {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, deliveriesForgetTimeout)

@@ -185,6 +185,10 @@ type Idempotency struct {
 	// nonBlocking: the store says its calls never wait (NonBlocking), so
 	// settling a key needs no timeout (no timer and contexts per message).
 	nonBlocking bool
+	// memoryStore: the store is an *idempotency.MemoryStore, which reads
+	// nothing from a context but its cancellation: it is settled under
+	// context.Background(), which has none (no context built per message).
+	memoryStore bool
 	// scopePrefix caches url.PathEscape(scope)+"/" for the last scope seen
 	// (the handler name, when Scope is empty): one handler per middleware
 	// instance is the common case.
@@ -207,6 +211,7 @@ func NewIdempotency(cfg IdempotencyConfig) (*Idempotency, error) {
 	if nb, ok := cfg.Store.(nonBlockingStore); ok && nb.NonBlocking() {
 		m.nonBlocking = true
 	}
+	_, m.memoryStore = cfg.Store.(*idempotency.MemoryStore)
 	if cfg.Transactional {
 		m.tx = cfg.Store.(idempotency.TxStore)
 	}
@@ -423,6 +428,9 @@ func (m *Idempotency) release(msg *message.Message, key string, c idempotency.Cl
 // must be settled even when the router is shutting down.
 // A store that cannot block needs no StoreTimeout.
 func (m *Idempotency) settleContext(msg *message.Message) (context.Context, context.CancelFunc) {
+	if m.memoryStore {
+		return context.Background(), noCancel
+	}
 	if m.nonBlocking {
 		return context.WithoutCancel(msg.Context()), noCancel
 	}
