@@ -111,11 +111,23 @@ func (c BreakerConfig) Validate() error {
 // outcome after Retry's attempts, and its refusals are poison.Defer'd, which
 // DeadLetter nacks instead of dead-lettering. Built on sony/gobreaker/v2
 // with a rolling window.
+//
+// While closed, a message that still fails transiently after Retry is held
+// too, not dead-lettered at once: a window full of earlier successes says
+// nothing about whether the database died a second ago. It goes to the DLQ
+// (retries_exhausted) once it has been held twice and other messages
+// succeeded since its first hold (or, with DelayedRetry, once its stages
+// are spent while most outcomes in the window are successes), which shows
+// the failure is its own; with no other traffic it is held up to
+// MaxHoldTime.
 type Breaker struct {
 	cfg   BreakerConfig
 	cb    *gobreaker.CircuitBreaker[struct{}]
 	mu    sync.Mutex
-	holds map[string]time.Time // message UUID -> first hold; bounded
+	holds map[string]holdRecord // message UUID -> its holds; bounded
+	// successes counts successful runs, so a held message can tell whether
+	// others got through since its first hold.
+	successes atomic.Uint64
 	// nholds is len(holds), written under mu: with none held (the normal
 	// case) wasHeld and forget skip the lock.
 	nholds atomic.Int32
@@ -131,7 +143,7 @@ func NewBreaker(cfg BreakerConfig) (*Breaker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Breaker{cfg: cfg, holds: map[string]time.Time{}}
+	b := &Breaker{cfg: cfg, holds: map[string]holdRecord{}}
 	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         "antidote",
 		MaxRequests:  cfg.HalfOpenProbes,
@@ -180,6 +192,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
 			return nil, b.hold(msg, fmt.Errorf("%w (%s)", ErrCircuitOpen, b.cb.State()))
 		case herr == nil:
+			b.successes.Add(1)
 			b.forget(msg.UUID)
 			return produced, nil
 		case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred) || b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
@@ -193,9 +206,9 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if st := b.cb.State(); st != gobreaker.StateClosed {
 			return nil, b.hold(msg, fmt.Errorf("%w (%s): %w", ErrCircuitOpen, st, herr))
 		}
-		if c := b.cb.Counts(); outcomes(c) >= b.cfg.MinRequests && !b.cfg.failing(c) {
+		if b.judged(msg) {
 			b.forget(msg.UUID)
-			return nil, herr // most others succeed: the message's own problem
+			return nil, herr // others succeed while it keeps failing: the message's own problem
 		}
 		return nil, b.hold(msg, herr)
 	}
@@ -217,13 +230,16 @@ type excludedErr struct{ error }
 // hold pauses, then returns a Defer'd error so the message is nacked.
 func (b *Breaker) hold(msg *message.Message, err error) error {
 	b.mu.Lock()
-	if _, ok := b.holds[msg.UUID]; !ok {
+	r, ok := b.holds[msg.UUID]
+	if !ok {
 		if len(b.holds) >= maxTrackedHolds {
 			clear(b.holds)
 		}
-		b.holds[msg.UUID] = time.Now()
-		b.nholds.Store(int32(len(b.holds)))
+		r = holdRecord{first: time.Now(), successes: b.successes.Load()}
 	}
+	r.holds++
+	b.holds[msg.UUID] = r
+	b.nholds.Store(int32(len(b.holds)))
 	b.mu.Unlock()
 	t := time.NewTimer(b.cfg.Backoff)
 	defer t.Stop()
@@ -234,12 +250,48 @@ func (b *Breaker) hold(msg *message.Message, err error) error {
 	return poison.Defer(err)
 }
 
+// holdRecord is what the breaker remembers of a held message.
+type holdRecord struct {
+	first     time.Time // its first hold
+	successes uint64    // Breaker.successes at its first hold
+	holds     int
+}
+
+// verdictHolds is how often a transiently failing message is held before
+// it may be judged by others' successes. One hold is not enough: right after
+// an outage a redelivered message can still meet a stale connection while
+// others already get through.
+const verdictHolds = 2
+
+// judged reports whether a transient failure is shown to be the message's
+// own: it kept failing while others succeeded, seen either through its
+// holds here or through the delayed-retry stages it already went through.
+func (b *Breaker) judged(msg *message.Message) bool {
+	c := b.cb.Counts()
+	if b.cfg.failing(c) {
+		return false
+	}
+	return b.othersGotThrough(msg.UUID) || (Stage(msg) > 0 && outcomes(c) >= b.cfg.MinRequests)
+}
+
+// othersGotThrough reports whether uuid was held verdictHolds times and
+// other messages succeeded since its first hold: then its failures are its
+// own, not the environment's. Holding first, instead of trusting a window
+// full of successes from before, keeps the first messages of an outage out
+// of the DLQ.
+func (b *Breaker) othersGotThrough(uuid string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r, ok := b.holds[uuid]
+	return ok && r.holds >= verdictHolds && b.successes.Load() > r.successes
+}
+
 // heldTooLong reports whether uuid was first held more than MaxHoldTime ago.
 func (b *Breaker) heldTooLong(uuid string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	first, ok := b.holds[uuid]
-	return ok && time.Since(first) > b.cfg.MaxHoldTime
+	r, ok := b.holds[uuid]
+	return ok && time.Since(r.first) > b.cfg.MaxHoldTime
 }
 
 func (b *Breaker) wasHeld(uuid string) bool {

@@ -114,6 +114,100 @@ func TestBreakerOutageDeadLettersNothing(t *testing.T) {
 	t.Logf("%d failed handler runs during the outage for 50 messages", failures.Load())
 }
 
+// An outage that starts after a long run of successes: the window is full
+// of them, yet the first messages to fail are held, not dead-lettered (the
+// chaos test found the breaker sending them to the DLQ as
+// retries_exhausted while PostgreSQL restarted).
+func TestBreakerOutageAfterBusyWindowDeadLettersNothing(t *testing.T) {
+	var down atomic.Bool
+	var failures atomic.Int64
+	rig := newBreakerRig(t, time.Minute, func(*message.Message) error {
+		if down.Load() {
+			failures.Add(1)
+			return poison.Transient(errors.New("connection refused"))
+		}
+		return nil
+	})
+	rig.publish(t, 200, "warm")
+	waitCount(t, rig, 200)
+	down.Store(true)
+	rig.publish(t, 20, "m")
+	for failures.Load() < 10 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	down.Store(false)
+	waitCount(t, rig, 220)
+	select {
+	case l := <-rig.dlq:
+		t.Fatalf("dead-lettered during an outage that followed 200 successes: %s (%s)", l.UUID, l.Metadata.Get(poison.KeyReason))
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// A message that keeps failing transiently while other messages succeed
+// is its own problem: it reaches the DLQ after its holds, long before
+// MaxHoldTime.
+func TestBreakerTransientPoisonAmongSuccessesEndsInDLQ(t *testing.T) {
+	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+	b, err := middleware.NewBreaker(middleware.BreakerConfig{MinRequests: 5, Backoff: 5 * time.Millisecond, MaxHoldTime: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: ps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.AddMiddleware(dl.Middleware, b.Middleware)
+	var runs atomic.Int64
+	r.AddConsumerHandler("stuck", "in", ps, func(*message.Message) error {
+		runs.Add(1)
+		return poison.Transient(errors.New("timeout"))
+	})
+	r.AddConsumerHandler("healthy", "other", ps, func(*message.Message) error { return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	<-r.Running()
+	dlq, err := ps.Subscribe(ctx, "in.dlq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { // others keep succeeding
+		for i := 0; ctx.Err() == nil; i++ {
+			_ = ps.Publish("other", message.NewMessage(fmt.Sprintf("ok-%d", i), nil))
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := ps.Publish("in", message.NewMessage("stuck", nil)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l := <-dlq:
+		if l.UUID != "stuck" || l.Metadata.Get(poison.KeyReason) != string(poison.ReasonRetriesExhausted) {
+			t.Fatalf("letter %s %v", l.UUID, l.Metadata)
+		}
+		if n := runs.Load(); n != 3 {
+			t.Errorf("handler ran %d times, want 3 (the first failure and two holds)", n)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("never dead-lettered although others succeed (%d runs, breaker %s)", runs.Load(), b.State())
+	}
+}
+
+func waitCount(t *testing.T, rig *breakerRig, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); rig.count.Load() < n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("processed %d of %d", rig.count.Load(), n)
+		}
+	}
+}
+
 // Permanent failures are the messages' fault: the breaker stays closed and
 // they go to the DLQ at once.
 func TestBreakerIgnoresPermanentFailures(t *testing.T) {
