@@ -41,7 +41,19 @@
 //     healthy message is from that stamp to the start of its handler run.
 //     Reported as p50 and p99 over the healthy messages of the phase.
 //
-// The handler sleeps -work per healthy message (default 100µs: a small but
+// Throughout a measurement a trickle of healthy messages (-keepalive, 100/s,
+// excluded from every figure) keeps flowing, as in a live stream. It
+// matters for blocking: router.New's breaker does not dead-letter a message
+// that still fails transiently after Retry at once; it holds it (nacks it
+// after a 1s backoff) and dead-letters it only once it has been held twice
+// and other messages succeeded since its first hold, and with no other
+// traffic it holds it up to MaxHoldTime (5m). Each redelivery runs Retry's
+// attempts again, so in blocking a poison message runs 9 times and holds its
+// partition or queue for about 3 × 300ms + 2 × 1s, not 300ms. Without the
+// trickle the end of a backlog has no other traffic and the measurement
+// would wait the 5 minutes.
+//
+// The handler costs -work per healthy message (default 100µs: a small but
 // realistic handler that waits on I/O, e.g. one fast cache write; 0 makes
 // the consumer CPU-bound, where the router's own overhead dominates).
 // Rounds alternate the order of the variants (odd rounds in -variants
@@ -100,18 +112,19 @@ const (
 var errPoison = errors.New("bench: this message cannot be processed")
 
 type params struct {
-	n        int
-	rate     int
-	duration time.Duration
-	work     time.Duration
-	sleep    bool
-	attempts int
-	delay    time.Duration
-	mult     float64
-	timeout  time.Duration
-	variants []string
-	rounds   int
-	runID    string
+	keepalive int
+	n         int
+	rate      int
+	duration  time.Duration
+	work      time.Duration
+	sleep     bool
+	attempts  int
+	delay     time.Duration
+	mult      float64
+	timeout   time.Duration
+	variants  []string
+	rounds    int
+	runID     string
 }
 
 // stages are nonblocking's delayed-retry stages: the waits blocking's
@@ -136,7 +149,8 @@ func main() {
 	mult := flag.Float64("multiplier", 2, "growth of the wait per attempt")
 	rounds := flag.Int("rounds", 2, "measurements per variant; odd rounds in -variants order, even rounds reversed")
 	variants := flag.String("variants", "clean,blocking,nonblocking,watermill,watermill-clean", "variants to compare; clean is the reference")
-	timeout := flag.Duration("timeout", 2*time.Minute, "give up on one phase after this long")
+	timeout := flag.Duration("timeout", time.Minute, "give up on one phase after this long (the measurement is reported as stalled and the run goes on)")
+	keepalive := flag.Int("keepalive", 100, "messages/s of the healthy trickle that runs during every measurement (not counted)")
 	flag.Parse()
 	if *attempts < 2 {
 		fmt.Fprintln(os.Stderr, "-attempts must be 2 or more (the poison must be retried)")
@@ -144,7 +158,7 @@ func main() {
 	}
 	p := params{
 		n: *n, rate: *rate, duration: *duration, work: *work, sleep: *sleep, attempts: *attempts, delay: *delay, mult: *mult,
-		timeout: *timeout, rounds: *rounds, runID: fmt.Sprintf("%d", time.Now().UnixNano()%1e9),
+		timeout: *timeout, keepalive: *keepalive, rounds: *rounds, runID: fmt.Sprintf("%d", time.Now().UnixNano()%1e9),
 	}
 	for _, v := range strings.Split(*variants, ",") {
 		v = strings.TrimSpace(v)
@@ -179,6 +193,8 @@ type result struct {
 	p50, p99 time.Duration
 	dups     int64
 	pubRate  float64 // achieved in the latency phase
+	// runsPerPoison is how often the handler ran on each poison message.
+	runsPerPoison float64
 }
 
 func runBroker(kind adapters.Kind, p params) error {
@@ -195,7 +211,8 @@ func runBroker(kind adapters.Kind, p params) error {
 	defer b.Close()
 	fmt.Printf("\n%s (%s), %d rounds\n", kind, b.Addr, p.rounds)
 
-	res := map[string][]result{}
+	// res[variant][round-1]; nil when that measurement stalled.
+	res := map[string][]*result{}
 	for round := 1; round <= p.rounds; round++ {
 		order := append([]string(nil), p.variants...)
 		if round%2 == 0 {
@@ -207,11 +224,20 @@ func runBroker(kind adapters.Kind, p params) error {
 			topic := fmt.Sprintf("bench_poison_%s_%d_%s", p.runID, round, strings.ReplaceAll(v, "-", "_"))
 			r, err := measure(ctx, b, v, topic, p)
 			cleanup(ctx, b, topic, p.stages())
+			var st stalled
+			if errors.As(err, &st) {
+				res[v] = append(res[v], nil)
+				fmt.Printf("  round %d %-16s STALLED: %v\n", round, v, err)
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("round %d %s: %w", round, v, err)
 			}
-			res[v] = append(res[v], r)
+			res[v] = append(res[v], &r)
 			fmt.Printf("  round %d %-16s %8.0f healthy msgs/s   latency p50 %8s  p99 %8s", round, v, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
+			if r.runsPerPoison > 0 {
+				fmt.Printf("   %.1f runs per poison message", r.runsPerPoison)
+			}
 			if r.pubRate < 0.95*float64(p.rate) {
 				fmt.Printf("   (producer reached only %.0f msgs/s: latency includes its lag)", r.pubRate)
 			}
@@ -221,39 +247,65 @@ func runBroker(kind adapters.Kind, p params) error {
 			fmt.Println()
 		}
 	}
-	// Summary: one line per variant.
+	// Summary: one line per variant; shares per round against the round's
+	// reference, over the rounds where both finished.
+	sharesOf := func(v, ref string) []float64 {
+		var out []float64
+		for i, r := range res[v] {
+			if i < len(res[ref]) && r != nil && res[ref][i] != nil {
+				out = append(out, 100*r.rate/res[ref][i].rate)
+			}
+		}
+		return out
+	}
 	fmt.Printf("%s summary (median of %d rounds; share = healthy throughput / clean's in the same round):\n", kind, p.rounds)
-	fmt.Printf("  %-16s %12s %10s %10s %10s %s\n", "variant", "msgs/s", "share", "p50", "p99", "per-round shares")
+	fmt.Printf("| %-16s | %10s | %8s | %10s | %10s | %-22s | %s |\n", "variant", "msgs/s", "share", "p50", "p99", "runs per poison message", "per-round shares")
 	for _, v := range p.variants {
-		rates, p50s, p99s := []float64{}, []float64{}, []float64{}
+		var rates, p50s, p99s, runs []float64
+		stalls := 0
 		for _, r := range res[v] {
+			if r == nil {
+				stalls++
+				continue
+			}
 			rates = append(rates, r.rate)
 			p50s = append(p50s, float64(r.p50))
 			p99s = append(p99s, float64(r.p99))
+			runs = append(runs, r.runsPerPoison)
 		}
 		share, per := "", ""
-		if ref, ok := res["clean"]; ok {
-			var shares []float64
-			for i, r := range res[v] {
-				shares = append(shares, 100*r.rate/ref[i].rate)
-				per += fmt.Sprintf(" %.1f%%", shares[i])
+		if _, ok := res["clean"]; ok {
+			shares := sharesOf(v, "clean")
+			for _, x := range shares {
+				per += fmt.Sprintf(" %.1f%%", x)
 			}
-			share = fmt.Sprintf("%.1f%%", median(shares))
+			if len(shares) > 0 {
+				share = fmt.Sprintf("%.1f%%", median(shares))
+			}
 		}
-		fmt.Printf("  %-16s %12.0f %10s %10s %10s%s\n", v, median(rates), share,
-			time.Duration(median(p50s)).Round(10*time.Microsecond), time.Duration(median(p99s)).Round(10*time.Microsecond), per)
+		if stalls > 0 {
+			per += fmt.Sprintf(" (stalled in %d of %d rounds)", stalls, len(res[v]))
+		}
+		if len(rates) == 0 {
+			fmt.Printf("| %-16s | %10s | %8s | %10s | %10s | %-22s |%s |\n", v, "stalled", "", "", "", "", per)
+			continue
+		}
+		fmt.Printf("| %-16s | %10.0f | %8s | %10s | %10s | %-22.1f |%s |\n", v, median(rates), share,
+			time.Duration(median(p50s)).Round(10*time.Microsecond), time.Duration(median(p99s)).Round(10*time.Microsecond), median(runs), per)
 	}
-	if w, ok := res["watermill"]; ok {
-		if ref, ok := res["watermill-clean"]; ok {
-			var shares []float64
-			for i := range w {
-				shares = append(shares, 100*w[i].rate/ref[i].rate)
+	if _, ok := res["watermill"]; ok {
+		if _, ok := res["watermill-clean"]; ok {
+			if shares := sharesOf("watermill", "watermill-clean"); len(shares) > 0 {
+				fmt.Printf("watermill / watermill-clean: %.1f%% (median of rounds)\n", median(shares))
 			}
-			fmt.Printf("  watermill / watermill-clean: %.1f%% (median of rounds)\n", median(shares))
 		}
 	}
 	return nil
 }
+
+// stalled is a measurement that did not finish within -timeout: reported
+// as such, and the run goes on.
+type stalled struct{ error }
 
 // countingPublisher counts the messages published through it: the dead
 // letters (Antidote's DLQ, Watermill's poison queue). Close does not close
@@ -323,6 +375,24 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	tPoison, lPoison := poisonIn(p.n), poisonIn(latN)
 	tHealthy, lHealthy := p.n-tPoison, latN-lPoison
 
+	// The trickle, from before the router starts to the end.
+	trickleCtx, stopTrickle := context.WithCancel(ctx)
+	defer stopTrickle()
+	if p.keepalive > 0 {
+		go func() {
+			t := time.NewTicker(time.Second / time.Duration(p.keepalive))
+			defer t.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-trickleCtx.Done():
+					return
+				case <-t.C:
+				}
+				_ = b.Publisher.Publish(topic, newMessage(i, "k", false))
+			}
+		}()
+	}
+
 	// Phase 1's backlog.
 	const batch = 100
 	for i := 0; i < p.n; i += batch {
@@ -381,16 +451,20 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	seen := make([]atomic.Bool, p.n)
 	lseen := make([]atomic.Bool, latN)
 	lat := make([]int64, latN)
-	var tCount, lCount, dups, first, last atomic.Int64
+	var tCount, lCount, dups, first, last, poisonRuns atomic.Int64
 	tDone, lDone := make(chan struct{}), make(chan struct{})
 	r.AddConsumerHandler("bench-poison", topic, sub, func(msg *message.Message) error {
 		start := time.Now()
 		if msg.Metadata.Get(metaPoison) == "1" {
+			poisonRuns.Add(1)
 			return errPoison
 		}
 		work(p.work, p.sleep)
 		seq, _ := strconv.Atoi(msg.Metadata.Get(metaSeq))
-		if msg.Metadata.Get(metaPhase) == "t" {
+		switch msg.Metadata.Get(metaPhase) {
+		case "k":
+			return nil
+		case "t":
 			if seq < 0 || seq >= len(seen) || seen[seq].Swap(true) {
 				dups.Add(1)
 				return nil
@@ -426,7 +500,8 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		case err := <-runErr:
 			return fmt.Errorf("%s: router stopped: %v", what, err)
 		case <-time.After(p.timeout):
-			return fmt.Errorf("%s: timeout (throughput %d/%d, latency %d/%d healthy, %d dead letters)", what, tCount.Load(), tHealthy, lCount.Load(), lHealthy, dlq.n.Load())
+			return stalled{fmt.Errorf("%s: not done after %s: healthy handled %d/%d (throughput phase), %d/%d (latency phase); %d of %d dead letters; %d runs on poison messages",
+				what, p.timeout, tCount.Load(), tHealthy, lCount.Load(), lHealthy, dlq.n.Load(), tPoison+lPoison, poisonRuns.Load())}
 		}
 	}
 	lettered := func(k int) <-chan struct{} {
@@ -481,6 +556,9 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		return result{}, fmt.Errorf("%d dead letters, want %d", got, tPoison+lPoison)
 	}
 	res.dups = dups.Load()
+	if k := tPoison + lPoison; k > 0 {
+		res.runsPerPoison = float64(poisonRuns.Load()) / float64(k)
+	}
 	return res, nil
 }
 
