@@ -188,30 +188,42 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			}
 			return struct{}{}, herr
 		})
-		switch {
-		case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
-			return nil, b.hold(msg, fmt.Errorf("%w (%s)", ErrCircuitOpen, b.cb.State()))
-		case herr == nil:
+		if err == nil && herr == nil {
 			b.successes.Add(1)
 			b.forget(msg.UUID)
 			return produced, nil
-		case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred) || b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
-			return nil, herr
 		}
-		// A transient failure that outlived Retry.
-		if b.heldTooLong(msg.UUID) {
-			b.forget(msg.UUID)
-			return nil, herr // DeadLetter takes it: retries_exhausted
-		}
-		if st := b.cb.State(); st != gobreaker.StateClosed {
-			return nil, b.hold(msg, fmt.Errorf("%w (%s): %w", ErrCircuitOpen, st, herr))
-		}
-		if b.judged(msg) {
-			b.forget(msg.UUID)
-			return nil, herr // others succeed while it keeps failing: the message's own problem
-		}
-		return nil, b.hold(msg, herr)
+		return b.settle(msg, produced, herr, err)
 	}
+}
+
+// settle decides what a refused or failed run returns (out of
+// Middleware's closure, so the frame kept on the stack while the handler
+// runs is small). err is Execute's error, herr the handler's.
+func (b *Breaker) settle(msg *message.Message, produced []*message.Message, herr, err error) ([]*message.Message, error) {
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		return nil, b.hold(msg, fmt.Errorf("%w (%s)", ErrCircuitOpen, b.cb.State()))
+	case herr == nil:
+		b.successes.Add(1)
+		b.forget(msg.UUID)
+		return produced, nil
+	case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred) || b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
+		return nil, herr
+	}
+	// A transient failure that outlived Retry.
+	if b.heldTooLong(msg.UUID) {
+		b.forget(msg.UUID)
+		return nil, herr // DeadLetter takes it: retries_exhausted
+	}
+	if st := b.cb.State(); st != gobreaker.StateClosed {
+		return nil, b.hold(msg, fmt.Errorf("%w (%s): %w", ErrCircuitOpen, st, herr))
+	}
+	if b.judged(msg) {
+		b.forget(msg.UUID)
+		return nil, herr // others succeed while it keeps failing: the message's own problem
+	}
+	return nil, b.hold(msg, herr)
 }
 
 // outcomes counts finished, counted runs: gobreaker's Requests also holds

@@ -123,17 +123,29 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		if adapters.IsUndecodable(msg) {
-			return nil, d.settle(msg, poison.Failure{Reason: poison.ReasonUndecodable, Err: &poison.UndecodableError{Detail: msg.Metadata.Get(adapters.MetadataUndecodable)}, Attempts: 1})
+			return nil, d.settleUndecodable(msg)
 		}
 		produced, err := h(msg)
 		if err == nil {
 			return produced, nil
 		}
-		if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) {
-			return nil, err
-		}
-		return nil, d.settle(msg, d.failureOf(msg, err))
+		return nil, d.settleFailed(msg, err)
 	}
+}
+
+// settleUndecodable dead-letters a message the subscriber could not decode.
+func (d *DeadLetter) settleUndecodable(msg *message.Message) error {
+	return d.settle(msg, poison.Failure{Reason: poison.ReasonUndecodable, Err: &poison.UndecodableError{Detail: msg.Metadata.Get(adapters.MetadataUndecodable)}, Attempts: 1})
+}
+
+// settleFailed returns err as it is for a shutdown or a deferred message,
+// and otherwise dead-letters msg (out of Middleware's closure, so the frame
+// kept on the stack while the handler runs is small).
+func (d *DeadLetter) settleFailed(msg *message.Message, err error) error {
+	if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) {
+		return err
+	}
+	return d.settle(msg, d.failureOf(msg, err))
 }
 
 // settle dead-letters msg; a nil result acks it, an error nacks it.

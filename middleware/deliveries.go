@@ -273,38 +273,50 @@ func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
 // message.Router.AddMiddleware or AddHandler(...).AddMiddleware.
 func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		ctx := msg.Context()
-		o := d.originOf(msg)
-		if o.ConsumerGroup == "" {
-			o.ConsumerGroup = d.cfg.ConsumerGroup
-		}
-		// Without an offset or a UUID a message has no identity that
-		// survives a redelivery; counting it under a shared key would
-		// quarantine unrelated healthy messages. It runs unguarded.
-		if !o.HasOffset && msg.UUID == "" {
-			return h(msg)
-		}
-		if !d.mayBeRedelivery(ctx, msg, o) {
-			return h(msg)
-		}
-
-		key := poison.DeliveryKeyOf(o, msg.UUID)
-		n, err := d.cfg.Tracker.Incr(ctx, key)
-		if err != nil {
-			d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, watermill.LogFields{
-				"message_uuid": msg.UUID,
-				"delivery_key": key,
-			})
+		key, n, counted := d.count(msg)
+		if !counted {
 			return h(msg)
 		}
 		if n > d.cfg.MaxDeliveries {
 			return d.quarantine(msg, key, n)
 		}
-
 		produced, herr := h(msg)
 		d.forget(msg, key)
 		return produced, herr
 	}
+}
+
+// count counts this delivery of msg when it may be a redelivery, returning
+// its tracker key and count; counted is false when the message runs
+// unguarded (not counted, no identity, or the tracker failed). Out of
+// Middleware's closure, so the frame kept on the stack while the handler
+// runs is small.
+func (d *Deliveries) count(msg *message.Message) (key string, n int, counted bool) {
+	ctx := msg.Context()
+	o := d.originOf(msg)
+	if o.ConsumerGroup == "" {
+		o.ConsumerGroup = d.cfg.ConsumerGroup
+	}
+	// Without an offset or a UUID a message has no identity that survives
+	// a redelivery; counting it under a shared key would quarantine
+	// unrelated healthy messages. It runs unguarded.
+	if !o.HasOffset && msg.UUID == "" {
+		return "", 0, false
+	}
+	if !d.mayBeRedelivery(ctx, msg, o) {
+		return "", 0, false
+	}
+
+	key = poison.DeliveryKeyOf(o, msg.UUID)
+	n, err := d.cfg.Tracker.Incr(ctx, key)
+	if err != nil {
+		d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, watermill.LogFields{
+			"message_uuid": msg.UUID,
+			"delivery_key": key,
+		})
+		return "", 0, false
+	}
+	return key, n, true
 }
 
 func (d *Deliveries) quarantine(msg *message.Message, key string, n int) ([]*message.Message, error) {

@@ -222,23 +222,17 @@ func NewIdempotency(cfg IdempotencyConfig) (*Idempotency, error) {
 // message.Router.AddMiddleware or a handler's AddMiddleware.
 func (m *Idempotency) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		key, err := m.cfg.Key(msg)
-		if err == nil && key == "" {
-			err = idempotency.ErrNoKey
-		}
+		key, storeKey, err := m.keyOf(msg)
 		if err != nil {
-			if errors.Is(err, idempotency.ErrNoKey) && !m.cfg.RequireKey {
+			if err == errRunUnguarded {
 				return h(msg)
 			}
-			return nil, poison.Permanent(fmt.Errorf("antidote: idempotency key of message %s: %w", msg.UUID, err))
+			return nil, err
 		}
-		storeKey := m.storeKey(msg, key)
 		if m.tx != nil {
 			return m.runTx(msg, h, key, storeKey)
 		}
-		c, err := m.whenNotBusy(msg, key, func() (idempotency.Claim, error) {
-			return m.cfg.Store.Claim(msg.Context(), storeKey, m.cfg.Lease)
-		})
+		c, err := m.claim(msg, key, storeKey)
 		if err != nil {
 			return nil, err
 		}
@@ -247,6 +241,32 @@ func (m *Idempotency) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		}
 		return m.run(msg, h, key, c)
 	}
+}
+
+// errRunUnguarded: keyOf found no key and none is required.
+var errRunUnguarded = errors.New("antidote: run without deduplication")
+
+// keyOf returns msg's key and its store key, errRunUnguarded when it has
+// none and none is required, or the permanent error that rejects it.
+func (m *Idempotency) keyOf(msg *message.Message) (key, storeKey string, err error) {
+	key, err = m.cfg.Key(msg)
+	if err == nil && key == "" {
+		err = idempotency.ErrNoKey
+	}
+	if err != nil {
+		if errors.Is(err, idempotency.ErrNoKey) && !m.cfg.RequireKey {
+			return "", "", errRunUnguarded
+		}
+		return "", "", poison.Permanent(fmt.Errorf("antidote: idempotency key of message %s: %w", msg.UUID, err))
+	}
+	return key, m.storeKey(msg, key), nil
+}
+
+// claim claims storeKey, waiting while another consumer holds it.
+func (m *Idempotency) claim(msg *message.Message, key, storeKey string) (idempotency.Claim, error) {
+	return m.whenNotBusy(msg, key, func() (idempotency.Claim, error) {
+		return m.cfg.Store.Claim(msg.Context(), storeKey, m.cfg.Lease)
+	})
 }
 
 // storeKey scopes key and bounds its length. The scope is path-escaped, so
@@ -332,6 +352,13 @@ func (m *Idempotency) run(msg *message.Message, h message.HandlerFunc, key strin
 		m.release(msg, key, c)
 		return produced, err
 	}
+	m.complete(msg, key, c, produced)
+	return produced, nil
+}
+
+// complete marks c's key completed with the handler's output (out of run,
+// whose frame is on the stack while the handler runs).
+func (m *Idempotency) complete(msg *message.Message, key string, c idempotency.Claim, produced []*message.Message) {
 	ctx, cancel := m.settleContext(msg)
 	defer cancel()
 	if cerr := m.cfg.Store.Complete(ctx, c, m.encodeOutput(msg, produced)); cerr != nil {
@@ -345,7 +372,6 @@ func (m *Idempotency) run(msg *message.Message, h message.HandlerFunc, key strin
 			"lease":           m.cfg.Lease.String(),
 		})
 	}
-	return produced, nil
 }
 
 // runTx runs the handler inside the store's transaction (RunTx).

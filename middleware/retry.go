@@ -185,70 +185,86 @@ func (r *Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			msg.Metadata = message.Metadata{} // a hand-built Message may have none
 		}
 
-		// A fresh backoff per delivery: the struct is not thread-safe and
-		// its interval must start over for every message.
-		b := &backoff.ExponentialBackOff{
-			InitialInterval:     r.cfg.InitialInterval,
-			RandomizationFactor: r.cfg.RandomizationFactor,
-			Multiplier:          r.cfg.Multiplier,
-			MaxInterval:         r.cfg.MaxInterval,
-		}
-		b.Reset()
-
 		var start time.Time // only MaxElapsedTime needs it
 		if r.cfg.MaxElapsedTime > 0 {
 			start = time.Now()
 		}
-		var firstFailed time.Time
-		for attempt := 1; ; attempt++ {
+		// The first attempt (and the frame kept on the stack while the
+		// handler runs) stays small; retrying is out of line.
+		msg.Metadata.Set(poison.KeyAttempts, "1")
+		produced, err := h(msg)
+		if err == nil {
+			return produced, nil
+		}
+		return r.retry(msg, h, ctx, start, err)
+	}
+}
+
+// retry goes on after the first attempt failed with err: it classifies
+// err, waits and runs further attempts until one succeeds or it gives up.
+func (r *Retry) retry(msg *message.Message, h message.HandlerFunc, ctx context.Context, start time.Time, err error) ([]*message.Message, error) {
+	// A fresh backoff per delivery: the struct is not thread-safe and its
+	// interval must start over for every message.
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     r.cfg.InitialInterval,
+		RandomizationFactor: r.cfg.RandomizationFactor,
+		Multiplier:          r.cfg.Multiplier,
+		MaxInterval:         r.cfg.MaxInterval,
+	}
+	b.Reset()
+
+	var firstFailed time.Time
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 {
 			msg.SetContext(ctx)
 			msg.Metadata.Set(poison.KeyAttempts, strconv.Itoa(attempt))
-			produced, err := h(msg)
+			var produced []*message.Message
+			produced, err = h(msg)
 			if err == nil {
 				return produced, nil
 			}
-			now := time.Now()
-			if firstFailed.IsZero() {
-				firstFailed = now
-			}
-			class := r.cfg.Classifier.Classify(err)
-			// ctx carries the consumer span when Tracing is above: each
-			// failed attempt is an event on it, not a span of its own, so
-			// a poison pill's trace stays one span deep however often it
-			// was retried.
-			noteAttemptFailed(ctx, attempt, err, class)
-			giveUp := func() error {
-				return &RetryError{Attempts: attempt, FirstFailedAt: firstFailed, LastFailedAt: now, Err: err, Class: class}
-			}
-			if class == poison.ClassPermanent || attempt >= r.cfg.MaxAttempts {
-				return nil, giveUp()
-			}
-			if ctx.Err() != nil {
-				return nil, interrupted(ctx, attempt, err)
-			}
+		}
+		now := time.Now()
+		if firstFailed.IsZero() {
+			firstFailed = now
+		}
+		class := r.cfg.Classifier.Classify(err)
+		// ctx carries the consumer span when Tracing is above: each
+		// failed attempt is an event on it, not a span of its own, so a
+		// poison pill's trace stays one span deep however often it was
+		// retried.
+		noteAttemptFailed(ctx, attempt, err, class)
+		giveUp := func() error {
+			return &RetryError{Attempts: attempt, FirstFailedAt: firstFailed, LastFailedAt: now, Err: err, Class: class}
+		}
+		if class == poison.ClassPermanent || attempt >= r.cfg.MaxAttempts {
+			return nil, giveUp()
+		}
+		if ctx.Err() != nil {
+			return nil, interrupted(ctx, attempt, err)
+		}
 
-			// Exactly one NextBackOff per retry, so the waits grow by
-			// Multiplier per attempt as configured.
-			delay := b.NextBackOff()
-			if r.cfg.MaxElapsedTime > 0 && now.Sub(start)+delay > r.cfg.MaxElapsedTime {
-				return nil, giveUp()
-			}
-			if r.cfg.OnRetry != nil {
-				r.cfg.OnRetry(attempt, err, delay)
-			}
-			noteRetry(ctx, attempt+1, delay) // span event; Metrics counts it
-			r.cfg.Logger.Info("Handler failed, retrying", watermill.LogFields{
-				"message_uuid": msg.UUID,
-				"handler_name": message.HandlerNameFromCtx(ctx),
-				"attempt":      attempt,
-				"max_attempts": r.cfg.MaxAttempts,
-				"class":        class.String(),
-				"wait":         delay.String(),
-				"err":          err.Error(),
-			})
-			if !wait(ctx, delay) {
-				return nil, interrupted(ctx, attempt, err)
-			}
+		// Exactly one NextBackOff per retry, so the waits grow by
+		// Multiplier per attempt as configured.
+		delay := b.NextBackOff()
+		if r.cfg.MaxElapsedTime > 0 && now.Sub(start)+delay > r.cfg.MaxElapsedTime {
+			return nil, giveUp()
+		}
+		if r.cfg.OnRetry != nil {
+			r.cfg.OnRetry(attempt, err, delay)
+		}
+		noteRetry(ctx, attempt+1, delay) // span event; Metrics counts it
+		r.cfg.Logger.Info("Handler failed, retrying", watermill.LogFields{
+			"message_uuid": msg.UUID,
+			"handler_name": message.HandlerNameFromCtx(ctx),
+			"attempt":      attempt,
+			"max_attempts": r.cfg.MaxAttempts,
+			"class":        class.String(),
+			"wait":         delay.String(),
+			"err":          err.Error(),
+		})
+		if !wait(ctx, delay) {
+			return nil, interrupted(ctx, attempt, err)
 		}
 	}
 }

@@ -135,47 +135,54 @@ func (t *Tracing) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			defer span.End()
 			return h(msg)
 		}
-		span.SetAttributes(t.attributes(msg, poison.OriginOf(msg))...)
-		if link, ok := OriginalTraceLink(msg.Metadata); ok {
-			span.AddLink(link)
-		}
-		st, ctx := joinDelivery(ctx)
-		msg.SetContext(ctx)
-
-		defer func() {
-			// A panic above Recover (in a middleware) still ends the span,
-			// then goes on to the router's recoverer.
-			if v := recover(); v != nil {
-				span.SetStatus(codes.Error, "panic")
-				span.End()
-				panic(v)
-			}
-		}()
-		produced, err = h(msg)
-
-		outcome, _ := st.final(err)
-		span.SetAttributes(AttrOutcome.String(string(outcome)))
-		switch outcome {
-		case OutcomeFailed, OutcomeDeferred:
-			span.RecordError(err)
-			span.SetStatus(codes.Error, traceErrorText(err))
-		case OutcomeDeadLettered:
-			// The cause is in the "attempt failed" and "dead-lettered"
-			// events; the status says where the message went.
-			span.SetStatus(codes.Error, "dead-lettered")
-		}
-		span.End()
-
-		// Messages the handler produced are published by the router after
-		// this returns; parent them on this span so a decorated publisher
-		// keeps them in the trace (unless the handler chose a context).
-		for _, p := range produced {
-			if p != nil && !trace.SpanContextFromContext(p.Context()).IsValid() {
-				p.SetContext(trace.ContextWithSpan(p.Context(), span))
-			}
-		}
-		return produced, err
+		return t.traced(msg, h, ctx, span)
 	}
+}
+
+// traced runs h under a recording span (out of Middleware's closure, so the
+// frame that stays on the stack while the handler runs is small when
+// tracing is off).
+func (t *Tracing) traced(msg *message.Message, h message.HandlerFunc, ctx context.Context, span trace.Span) (produced []*message.Message, err error) {
+	span.SetAttributes(t.attributes(msg, poison.OriginOf(msg))...)
+	if link, ok := OriginalTraceLink(msg.Metadata); ok {
+		span.AddLink(link)
+	}
+	st, ctx := joinDelivery(ctx)
+	msg.SetContext(ctx)
+
+	defer func() {
+		// A panic above Recover (in a middleware) still ends the span,
+		// then goes on to the router's recoverer.
+		if v := recover(); v != nil {
+			span.SetStatus(codes.Error, "panic")
+			span.End()
+			panic(v)
+		}
+	}()
+	produced, err = h(msg)
+
+	outcome, _ := st.final(err)
+	span.SetAttributes(AttrOutcome.String(string(outcome)))
+	switch outcome {
+	case OutcomeFailed, OutcomeDeferred:
+		span.RecordError(err)
+		span.SetStatus(codes.Error, traceErrorText(err))
+	case OutcomeDeadLettered:
+		// The cause is in the "attempt failed" and "dead-lettered"
+		// events; the status says where the message went.
+		span.SetStatus(codes.Error, "dead-lettered")
+	}
+	span.End()
+
+	// Messages the handler produced are published by the router after
+	// this returns; parent them on this span so a decorated publisher
+	// keeps them in the trace (unless the handler chose a context).
+	for _, p := range produced {
+		if p != nil && !trace.SpanContextFromContext(p.Context()).IsValid() {
+			p.SetContext(trace.ContextWithSpan(p.Context(), span))
+		}
+	}
+	return produced, err
 }
 
 func (t *Tracing) attributes(msg *message.Message, o poison.Origin) []attribute.KeyValue {
