@@ -30,11 +30,14 @@
 //
 // Each measurement has two phases on one fresh topic and one router:
 //
-//  1. Throughput: N messages (-n) are published first, then the router
-//     starts; healthy messages per second are timed from the first message
-//     handled to the last healthy one (consumer-group joins and queue
-//     declarations left out). The phase ends once every poison message of
-//     it has been dead-lettered (counted on the DLQ publisher).
+//  1. Throughput: the router starts (with the trickle below), and once the
+//     trickle reaches the handler and -warmup (1s) has passed, so that every
+//     subscription has joined (on Kafka the retry relays join the same
+//     consumer group, which rebalances it), N messages (-n) are published
+//     while the handler holds them at a gate. Healthy messages per second
+//     are timed from the gate's opening to the last healthy one handled.
+//     The phase ends once every poison message of it has been
+//     dead-lettered (counted on the DLQ publisher).
 //  2. Latency: a producer publishes at a fixed rate (-rate, in batches every
 //     10ms, each message stamped with its publish time in metadata) for
 //     -duration while the router consumes; the end-to-end latency of a
@@ -112,6 +115,7 @@ const (
 var errPoison = errors.New("bench: this message cannot be processed")
 
 type params struct {
+	warmup    time.Duration
 	keepalive int
 	n         int
 	rate      int
@@ -150,6 +154,7 @@ func main() {
 	rounds := flag.Int("rounds", 2, "measurements per variant; odd rounds in -variants order, even rounds reversed")
 	variants := flag.String("variants", "clean,blocking,nonblocking,watermill,watermill-clean", "variants to compare; clean is the reference")
 	timeout := flag.Duration("timeout", time.Minute, "give up on one phase after this long (the measurement is reported as stalled and the run goes on)")
+	warmup := flag.Duration("warmup", time.Second, "after the trickle reaches the handler, wait this long before the backlog (other subscriptions join)")
 	keepalive := flag.Int("keepalive", 100, "messages/s of the healthy trickle that runs during every measurement (not counted)")
 	flag.Parse()
 	if *attempts < 2 {
@@ -158,7 +163,7 @@ func main() {
 	}
 	p := params{
 		n: *n, rate: *rate, duration: *duration, work: *work, sleep: *sleep, attempts: *attempts, delay: *delay, mult: *mult,
-		timeout: *timeout, keepalive: *keepalive, rounds: *rounds, runID: fmt.Sprintf("%d", time.Now().UnixNano()%1e9),
+		timeout: *timeout, keepalive: *keepalive, warmup: *warmup, rounds: *rounds, runID: fmt.Sprintf("%d", time.Now().UnixNano()%1e9),
 	}
 	for _, v := range strings.Split(*variants, ",") {
 		v = strings.TrimSpace(v)
@@ -393,18 +398,6 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		}()
 	}
 
-	// Phase 1's backlog.
-	const batch = 100
-	for i := 0; i < p.n; i += batch {
-		msgs := make([]*message.Message, 0, batch)
-		for j := i; j < i+batch && j < p.n; j++ {
-			msgs = append(msgs, newMessage(j, "t", withPoison))
-		}
-		if err := b.Publisher.Publish(topic, msgs...); err != nil {
-			return result{}, fmt.Errorf("publish: %w", err)
-		}
-	}
-
 	dlq := &countingPublisher{Publisher: b.Publisher}
 	sub := keepOpen{b.Subscriber}
 	var r *message.Router
@@ -451,9 +444,14 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	seen := make([]atomic.Bool, p.n)
 	lseen := make([]atomic.Bool, latN)
 	lat := make([]int64, latN)
-	var tCount, lCount, dups, first, last, poisonRuns atomic.Int64
+	var tCount, lCount, dups, last, poisonRuns atomic.Int64
 	tDone, lDone := make(chan struct{}), make(chan struct{})
+	gate := make(chan struct{})
+	var kCount atomic.Int64
 	r.AddConsumerHandler("bench-poison", topic, sub, func(msg *message.Message) error {
+		if msg.Metadata.Get(metaPhase) == "t" {
+			<-gate
+		}
 		start := time.Now()
 		if msg.Metadata.Get(metaPoison) == "1" {
 			poisonRuns.Add(1)
@@ -463,13 +461,13 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		seq, _ := strconv.Atoi(msg.Metadata.Get(metaSeq))
 		switch msg.Metadata.Get(metaPhase) {
 		case "k":
+			kCount.Add(1)
 			return nil
 		case "t":
 			if seq < 0 || seq >= len(seen) || seen[seq].Swap(true) {
 				dups.Add(1)
 				return nil
 			}
-			first.CompareAndSwap(0, start.UnixNano())
 			if tCount.Add(1) == int64(tHealthy) {
 				last.Store(time.Now().UnixNano())
 				close(tDone)
@@ -515,6 +513,32 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		return ch
 	}
 
+	// Warm-up: the trickle reaches the handler (the subscription is up),
+	// then -warmup for the other subscriptions (Kafka's retry relays join
+	// the same consumer group, and each join rebalances it).
+	for deadline := time.Now().Add(p.timeout); kCount.Load() == 0 && p.keepalive > 0; {
+		if time.Now().After(deadline) {
+			close(gate)
+			return result{}, errors.New("warm-up: the trickle never reached the handler")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(p.warmup)
+	// Phase 1's backlog, published while the handler holds its messages at
+	// the gate; timing starts when the gate opens.
+	const batch = 100
+	for i := 0; i < p.n; i += batch {
+		msgs := make([]*message.Message, 0, batch)
+		for j := i; j < i+batch && j < p.n; j++ {
+			msgs = append(msgs, newMessage(j, "t", withPoison))
+		}
+		if err := b.Publisher.Publish(topic, msgs...); err != nil {
+			close(gate)
+			return result{}, fmt.Errorf("publish: %w", err)
+		}
+	}
+	gateOpened := time.Now()
+	close(gate)
 	if err := wait("throughput phase", tDone); err != nil {
 		return result{}, err
 	}
@@ -522,8 +546,8 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		return result{}, err
 	}
 	var res result
-	if elapsed := time.Duration(last.Load() - first.Load()); elapsed > 0 {
-		res.rate = float64(tHealthy-1) / elapsed.Seconds()
+	if elapsed := time.Duration(last.Load() - gateOpened.UnixNano()); elapsed > 0 {
+		res.rate = float64(tHealthy) / elapsed.Seconds()
 	}
 
 	// Phase 2: fixed-rate producer.
