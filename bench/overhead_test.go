@@ -84,6 +84,7 @@ func (c *detachedContext) Value(key any) any           { return c.parent.Value(k
 type pieces struct {
 	tracing, metrics, deliveriesCheap, deliveriesDefault,
 	deadLetter, breaker, retry, idempotency message.HandlerMiddleware
+	tracingGlobal, metricsGlobal message.HandlerMiddleware
 }
 
 func newPieces(b *testing.B) pieces {
@@ -96,6 +97,10 @@ func newPieces(b *testing.B) pieces {
 	tr, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: tracenoop.NewTracerProvider()})
 	must(err)
 	me, err := middleware.NewMetrics(middleware.MetricsConfig{MeterProvider: metricnoop.NewMeterProvider()})
+	must(err)
+	trG, err := middleware.NewTracing(middleware.TracingConfig{})
+	must(err)
+	meG, err := middleware.NewMetrics(middleware.MetricsConfig{})
 	must(err)
 	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: discardPublisher{}})
 	must(err)
@@ -124,7 +129,8 @@ func newPieces(b *testing.B) pieces {
 		tracing: tr.Middleware, metrics: me.Middleware,
 		deliveriesCheap: cheap.Middleware, deliveriesDefault: def.Middleware,
 		deadLetter: dl.Middleware, breaker: br.Middleware, retry: re.Middleware,
-		idempotency: id.Middleware,
+		idempotency:   id.Middleware,
+		tracingGlobal: trG.Middleware, metricsGlobal: meG.Middleware,
 	}
 }
 
@@ -211,6 +217,12 @@ func BenchmarkOverheadDirect(b *testing.B) {
 		{"Retry", func(p pieces) message.HandlerMiddleware { return p.retry }},
 		{"Idempotency-memory", func(p pieces) message.HandlerMiddleware { return p.idempotency }},
 		{"Recover", func(pieces) message.HandlerMiddleware { return middleware.Recover }},
+		{"ReserveStack", func(pieces) message.HandlerMiddleware { return middleware.ReserveStack }},
+		// router.New's defaults when the program sets no provider: the
+		// global ones, which cannot be told from real ones (one may be
+		// installed later), so nothing is skipped.
+		{"Tracing-global", func(p pieces) message.HandlerMiddleware { return p.tracingGlobal }},
+		{"Metrics-global", func(p pieces) message.HandlerMiddleware { return p.metricsGlobal }},
 	}
 	for _, a := range alone {
 		b.Run("routed/alone/"+a.name, func(b *testing.B) {
