@@ -28,7 +28,12 @@ type cutProxy struct {
 
 func startCutProxy(t *testing.T, target string) *cutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startCutProxyAt(t, "127.0.0.1:0", target)
+}
+
+func startCutProxyAt(t *testing.T, listen, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}

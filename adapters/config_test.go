@@ -3,6 +3,7 @@ package adapters_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
 )
 
 func valid(kind adapters.Kind) adapters.Config {
@@ -152,6 +154,45 @@ func TestYAMLRejectsUnknownKeys(t *testing.T) {
 }
 
 // An address where nothing listens must fail fast, naming broker and address.
+// A broker that comes up while Open waits (a consumer restarted during the
+// broker's restart) is connected to, not reported unreachable: exiting at
+// once would make a supervisor restart the consumer in a hot loop.
+func TestOpenWaitsForABrokerStartingLate(t *testing.T) {
+	for _, kind := range []adapters.Kind{adapters.KindAMQP, adapters.KindPostgres} {
+		t.Run(string(kind), func(t *testing.T) {
+			target, mk := "", func(string) adapters.Config { return adapters.Config{} }
+			switch kind {
+			case adapters.KindAMQP:
+				u, _ := url.Parse(testenv.AMQPURL(t))
+				target = u.Host
+				mk = func(addr string) adapters.Config {
+					u.Host = addr
+					return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: u.String()}}
+				}
+			case adapters.KindPostgres:
+				u, _ := url.Parse(testenv.PostgresURL(t))
+				target = u.Host
+				mk = func(addr string) adapters.Config {
+					u.Host = addr
+					return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: u.String()}}
+				}
+			}
+			addr := freeClosedPort(t)
+			cfg := mk(addr)
+			cfg.ConnectTimeout = 20 * time.Second
+			go func() {
+				time.Sleep(time.Second)
+				startCutProxyAt(t, addr, target)
+			}()
+			b, err := adapters.Open(context.Background(), cfg, nil)
+			if err != nil {
+				t.Fatalf("Open gave up on a broker that came up after 1s: %v", err)
+			}
+			_ = b.Close()
+		})
+	}
+}
+
 func TestUnreachableBrokerFailsWithinTimeout(t *testing.T) {
 	ln := freeClosedPort(t)
 	cases := []adapters.Config{

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
 )
 
 // ErrUnreachable is wrapped by Open's error when a broker does not answer
@@ -86,14 +87,31 @@ func Open(ctx context.Context, cfg Config, logger watermill.LoggerAdapter) (*Bro
 	return b, nil
 }
 
-// dialCheck fails fast, with the broker and address named, when nothing
-// listens at addr; client libraries would otherwise retry for much longer.
+// dialCheck waits up to timeout for something to listen at addr, dialing
+// again with backoff while the connection is refused: a consumer restarted
+// while its broker restarts connects once the broker is back instead of
+// exiting at once (a supervisor would restart it in a hot loop). Past the
+// timeout it fails with the broker and address named; client libraries
+// would otherwise retry for much longer.
 func dialCheck(ctx context.Context, kind Kind, addr string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	var lastErr error
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			lastErr = err
+			return struct{}{}, err
+		}
+		return struct{}{}, conn.Close()
+	}, backoff.WithBackOff(&backoff.ExponentialBackOff{
+		InitialInterval: 50 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: time.Second,
+	}), backoff.WithMaxElapsedTime(timeout))
 	if err != nil {
-		return fmt.Errorf("%w: %s at %s did not answer within %s: %v; check that it runs and the address is right", ErrUnreachable, kind, addr, timeout, err)
+		if lastErr == nil {
+			lastErr = err
+		}
+		return fmt.Errorf("%w: %s at %s did not answer within %s: %v; check that it runs and the address is right", ErrUnreachable, kind, addr, timeout, lastErr)
 	}
-	return conn.Close()
+	return nil
 }

@@ -37,6 +37,8 @@ type supervisor struct {
 	started                           time.Time
 	killed                            map[int]bool // pids SIGKILLed by the test
 	lives, kills, crashes, unexpected int
+	exits                             []exit // the unexpected ones
+	start                             time.Time
 	final                             hello.Summary
 	lastLog                           string
 }
@@ -79,7 +81,7 @@ func (s *supervisor) run(ctx context.Context) error {
 		s.mu.Lock()
 		s.cur = nil
 		pid := cmd.Process.Pid
-		var exit *exec.ExitError
+		var exitErr *exec.ExitError
 		switch {
 		case s.killed[pid]:
 			s.kills++
@@ -89,13 +91,29 @@ func (s *supervisor) run(ctx context.Context) error {
 				return fmt.Errorf("consumer exited 0 without its summary: %w", err)
 			}
 			return nil
-		case errors.As(waitErr, &exit) && exit.ExitCode() == 3:
+		case errors.As(waitErr, &exitErr) && exitErr.ExitCode() == 3:
 			s.crashes++ // --crash-on: a process-killing message
 		default:
 			s.unexpected++
+			s.exits = append(s.exits, exit{at: time.Since(s.start), err: waitErr, log: logPath})
 		}
 		s.mu.Unlock()
 	}
+}
+
+// exit is a consumer exit the test did not cause.
+type exit struct {
+	at  time.Duration // since the run's start
+	err error
+	log string
+}
+
+func (e exit) stderr() string {
+	b, _ := os.ReadFile(e.log)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
 }
 
 // kill SIGKILLs the running consumer once it has lived at least minUp; it
@@ -257,7 +275,7 @@ func readDLQ(cfg adapters.Config, topic string, w *workload) ([]letter, error) {
 			if !ok {
 				return out, errors.New("DLQ subscription closed")
 			}
-			out = append(out, letter{uuid: m.UUID, payload: string(m.Payload), reason: poison.Reason(m.Metadata.Get(poison.KeyReason))})
+			out = append(out, letter{uuid: m.UUID, payload: string(m.Payload), reason: poison.Reason(m.Metadata.Get(poison.KeyReason)), err: m.Metadata.Get(poison.KeyError), meta: m.Metadata})
 			if i, ok := w.byText[string(m.Payload)]; ok {
 				covered[i] = true
 			}

@@ -119,6 +119,8 @@ type letter struct {
 	uuid    string
 	payload string
 	reason  poison.Reason
+	err     string // the envelope's error text
+	meta    map[string]string
 }
 
 // verdict is what the sink and the DLQ say about the run.
@@ -167,7 +169,7 @@ func (w *workload) check(effects map[int64]int, letters []letter) verdict {
 			switch {
 			case len(dead) > 0:
 				v.healthyInDLQ++
-				problem("%s message of user %d was dead-lettered (%s)", k, user, dead[0].reason)
+				problem("%s message of user %d was dead-lettered (%s): %.300s %v", k, user, dead[0].reason, dead[0].err, dead[0].meta)
 			case got == 0:
 				v.lost++
 				problem("%s message of user %d is missing: no effect, no dead letter", k, user)
