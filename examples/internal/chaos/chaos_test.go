@@ -226,8 +226,8 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	}
 	t.Logf("%s: faults: %s; consumer lives %d: %d SIGKILLed, %d exited by a process-killing message, %d exited during a server restart (restarted like a supervisor would)",
 		kind, strings.Join(firedAt, ", "), sup.lives, sup.kills, sup.crashes, outageExits)
-	t.Logf("%s: sink %d effects for %d expected (doubled %d); DLQ %d letters (%v), %d repeats; lost %d, healthy dead-lettered %d, poison took effect %d",
-		kind, v.effectsRows, w.effects(), v.doubled, v.letters, v.deadLetteredBy, v.dlqRepeats, v.lost, v.healthyInDLQ, v.poisonInEffects)
+	t.Logf("%s: sink %d effects for %d expected (doubled %d); DLQ %d letters (%v), %d repeats (%d re-sent poison, %d redelivered letters); lost %d, healthy dead-lettered %d, poison took effect %d",
+		kind, v.effectsRows, w.effects(), v.doubled, v.letters, v.deadLetteredBy, v.dlqRepeats, v.dlqResent, v.dlqRepeats-v.dlqResent, v.lost, v.healthyInDLQ, v.poisonInEffects)
 	for _, p := range v.problems {
 		t.Error(p)
 	}

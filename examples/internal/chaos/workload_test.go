@@ -128,6 +128,7 @@ type verdict struct {
 	effectsRows     int // rows in hello_effects
 	letters         int // dead letters read
 	dlqRepeats      int // letters beyond the first for a line: its re-send, or a kill between DLQ publish and ack
+	dlqResent       int // of dlqRepeats, re-sends of a poison message (a new message with the same key)
 	lost            int // lines neither in effect nor in the DLQ
 	doubled         int // lines that took effect more than once
 	problems        []string
@@ -164,6 +165,9 @@ func (w *workload) check(effects map[int64]int, letters []letter) verdict {
 		delete(effects, user)
 		if len(dead) > 1 {
 			v.dlqRepeats += len(dead) - 1
+			if (i+1)%w.dupEvery == 0 {
+				v.dlqResent++
+			}
 		}
 		if want := k.wantReason(); want == "" {
 			switch {
