@@ -144,3 +144,70 @@ func TestPostgresVanishingMidPublishLosesNothingSilently(t *testing.T) {
 		}
 	}
 }
+
+// The same on RabbitMQ: publishes after the cut fail (none hangs, none
+// reports success), and every publish RabbitMQ confirmed before the cut is
+// in the queue, read back over a direct connection.
+func TestAMQPVanishingMidPublishLosesNothingSilently(t *testing.T) {
+	direct := testenv.AMQPURL(t)
+	u, err := url.Parse(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startCutProxy(t, u.Host)
+	viaProxy := *u
+	viaProxy.Host = proxy.ln.Addr().String()
+	b, err := adapters.Open(context.Background(), adapters.Config{Broker: adapters.KindAMQP, ConnectTimeout: 2 * time.Second,
+		AMQP: adapters.AMQPConfig{URL: viaProxy.String()}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	topic := "vanish_" + watermill.NewShortUUID()
+	acked := map[string]bool{}
+	var failed int
+	for i := range 40 {
+		if i == 20 {
+			proxy.cut()
+		}
+		id := watermill.NewUUID()
+		done := make(chan error, 1)
+		go func() { done <- b.Publisher.Publish(topic, message.NewMessage(id, []byte(`{"n":1}`))) }()
+		select {
+		case err := <-done:
+			if err == nil {
+				acked[id] = true
+			} else {
+				failed++
+			}
+			if i >= 20 && err == nil {
+				t.Fatalf("publish %d reported success with the broker gone", i)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("publish %d hung after the broker vanished", i)
+		}
+	}
+	if len(acked) != 20 || failed != 20 {
+		t.Fatalf("acked %d, failed %d; want 20 and 20", len(acked), failed)
+	}
+	reader, err := adapters.Open(context.Background(), adapters.Config{Broker: adapters.KindAMQP, AMQP: adapters.AMQPConfig{URL: direct}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msgs, err := reader.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(acked) > 0 {
+		select {
+		case m := <-msgs:
+			delete(acked, m.UUID)
+			m.Ack()
+		case <-ctx.Done():
+			t.Fatalf("%d messages confirmed to the producer are not in the queue: %v", len(acked), acked)
+		}
+	}
+}
