@@ -102,6 +102,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
 
@@ -198,6 +199,9 @@ type result struct {
 	p50, p99 time.Duration
 	dups     int64
 	pubRate  float64 // achieved in the latency phase
+	// healthyLettered counts healthy messages that reached the DLQ.
+	healthyLettered int64
+	whyLettered     string
 	// runsPerPoison is how often the handler ran on each poison message.
 	runsPerPoison float64
 }
@@ -209,6 +213,17 @@ func runBroker(kind adapters.Kind, p params) error {
 	}
 	cfg.Broker = kind
 	ctx := context.Background()
+	if kind == adapters.KindKafka && len(cfg.Kafka.Brokers) == 0 {
+		// One embedded broker for the run; each measurement opens its own
+		// client in a consumer group of its own (below), so one
+		// measurement's members leaving do not rebalance the next one's.
+		k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: cfg.Kafka.Partitions})
+		if err != nil {
+			return err
+		}
+		defer k.Close()
+		cfg.Kafka.Brokers = k.Addrs()
+	}
 	b, err := adapters.Open(ctx, cfg, nil)
 	if err != nil {
 		return err
@@ -227,7 +242,18 @@ func runBroker(kind adapters.Kind, p params) error {
 		}
 		for _, v := range order {
 			topic := fmt.Sprintf("bench_poison_%s_%d_%s", p.runID, round, strings.ReplaceAll(v, "-", "_"))
-			r, err := measure(ctx, b, v, topic, p)
+			mb := b
+			if kind == adapters.KindKafka {
+				mcfg := cfg
+				mcfg.Kafka.ConsumerGroup = "bench-poison-" + topic
+				if mb, err = adapters.Open(ctx, mcfg, nil); err != nil {
+					return err
+				}
+			}
+			r, err := measure(ctx, mb, v, topic, p)
+			if mb != b {
+				_ = mb.Close()
+			}
 			cleanup(ctx, b, topic, p.stages())
 			var st stalled
 			if errors.As(err, &st) {
@@ -248,6 +274,9 @@ func runBroker(kind adapters.Kind, p params) error {
 			}
 			if r.dups > 0 {
 				fmt.Printf("   (%d redelivered healthy messages)", r.dups)
+			}
+			if r.healthyLettered > 0 {
+				fmt.Printf("   (%d HEALTHY messages dead-lettered; first: %s)", r.healthyLettered, r.whyLettered)
 			}
 			fmt.Println()
 		}
@@ -318,6 +347,8 @@ type stalled struct{ error }
 type countingPublisher struct {
 	message.Publisher
 	n atomic.Int64
+	// why is the reason given for the first healthy message dead-lettered.
+	why atomic.Value
 }
 
 func (c *countingPublisher) Publish(topic string, msgs ...*message.Message) error {
@@ -325,6 +356,12 @@ func (c *countingPublisher) Publish(topic string, msgs ...*message.Message) erro
 		return err
 	}
 	c.n.Add(int64(len(msgs)))
+	for _, m := range msgs {
+		if m.Metadata.Get(metaPoison) != "1" {
+			why := m.Metadata.Get(wmiddleware.ReasonForPoisonedKey) + m.Metadata.Get(poison.KeyError)
+			c.why.CompareAndSwap(nil, fmt.Sprintf("message %s (phase %s): %s", m.Metadata.Get(metaSeq), m.Metadata.Get(metaPhase), why))
+		}
+	}
 	return nil
 }
 
@@ -381,10 +418,13 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	tHealthy, lHealthy := p.n-tPoison, latN-lPoison
 
 	// The trickle, from before the router starts to the end.
+	var trickleSent atomic.Int64
+	trickleDone := make(chan struct{})
 	trickleCtx, stopTrickle := context.WithCancel(ctx)
 	defer stopTrickle()
 	if p.keepalive > 0 {
 		go func() {
+			defer close(trickleDone)
 			t := time.NewTicker(time.Second / time.Duration(p.keepalive))
 			defer t.Stop()
 			for i := 0; ; i++ {
@@ -393,7 +433,9 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 					return
 				case <-t.C:
 				}
-				_ = b.Publisher.Publish(topic, newMessage(i, "k", false))
+				if b.Publisher.Publish(topic, newMessage(i, "k", false)) == nil {
+					trickleSent.Add(1)
+				}
 			}
 		}()
 	}
@@ -573,11 +615,31 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		res.p50 = time.Duration(percentile(healthy, 0.50))
 		res.p99 = time.Duration(percentile(healthy, 0.99))
 	}
+	// Stop the trickle and let its last messages through before closing:
+	// a message in flight when the router closes is not part of the test
+	// (though Watermill's Retry + PoisonQueue would dead-letter it: Retry
+	// returns the cancelled context's error, PoisonQueue takes it for a
+	// failure).
+	stopTrickle()
+	if p.keepalive > 0 {
+		<-trickleDone
+	}
+	for wait := time.Now().Add(5 * time.Second); kCount.Load() < trickleSent.Load() && time.Now().Before(wait); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if err := r.Close(); err != nil {
 		return result{}, fmt.Errorf("close: %w", err)
 	}
-	if got := dlq.n.Load(); got != int64(tPoison+lPoison) {
+	switch got := dlq.n.Load(); {
+	case got < int64(tPoison+lPoison):
 		return result{}, fmt.Errorf("%d dead letters, want %d", got, tPoison+lPoison)
+	case got > int64(tPoison+lPoison):
+		// Healthy messages dead-lettered: Watermill's Retry returns the
+		// message context's error without running the handler when that
+		// context is cancelled (a rebalance, a shutdown), and PoisonQueue
+		// takes it for a failure.
+		res.healthyLettered = got - int64(tPoison+lPoison)
+		res.whyLettered, _ = dlq.why.Load().(string)
 	}
 	res.dups = dups.Load()
 	if k := tPoison + lPoison; k > 0 {
