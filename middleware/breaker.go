@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -17,6 +18,9 @@ import (
 // ErrCircuitOpen is matched (errors.Is) by the error the breaker returns for
 // a message it refused to run; the message is nacked, not dead-lettered.
 var ErrCircuitOpen = errors.New("antidote: circuit open, handler's dependencies are failing")
+
+// DefaultMaxHoldTime is BreakerConfig.MaxHoldTime when zero.
+const DefaultMaxHoldTime = time.Minute
 
 // BreakerConfig configures Breaker. Every zero field takes its default.
 type BreakerConfig struct {
@@ -41,14 +45,24 @@ type BreakerConfig struct {
 	Backoff time.Duration
 	// MaxHoldTime bounds how long one message failing transiently is held
 	// back (nacked instead of dead-lettered), counted from its first hold.
-	// Default 5m. A head-of-line consumer sees only the message at the head
-	// while it is held, so it cannot tell a dead database from a message
-	// that always times out; after MaxHoldTime the message goes to the DLQ
-	// as retries_exhausted and the queue moves on. In an outage longer than
-	// this, at most one message per partition per MaxHoldTime reaches the
-	// DLQ: a trickle, not a storm. Longer tolerates longer outages and lets
-	// a truly bad message hold its partition longer.
+	// Default 1m. A head-of-line consumer sees only the message at the head
+	// while it is held, so without a HealthCheck it cannot tell a dead
+	// database from a message that always times out; after MaxHoldTime the
+	// message goes to the DLQ as retries_exhausted and the queue moves on.
+	// In an outage longer than this, at most one message per partition per
+	// MaxHoldTime reaches the DLQ: a trickle, not a storm. Longer tolerates
+	// longer outages and lets a truly bad message hold its partition longer.
 	MaxHoldTime time.Duration
+	// HealthCheck, when set, answers what the breaker cannot see: whether
+	// the handler's dependencies are up (e.g. a pgxpool.Pool's Ping). It is
+	// called, within Backoff, for a message that fails transiently again
+	// after a hold: nil means they are up, so the failure is the message's
+	// own and it goes to the DLQ (retries_exhausted) at once; an error
+	// means an outage and the message is held. Default nil: the breaker
+	// judges by other messages' successes alone, and on an ordered queue
+	// with nothing else flowing holds the message up to MaxHoldTime. It
+	// must not depend on the message.
+	HealthCheck func(ctx context.Context) error
 	// Classifier tells transient from permanent failures. Permanent ones are
 	// the message's fault and count as healthy outcomes. Default
 	// poison.DefaultClassifier().
@@ -80,7 +94,7 @@ func (c *BreakerConfig) setDefaults() {
 		c.Backoff = time.Second
 	}
 	if c.MaxHoldTime == 0 {
-		c.MaxHoldTime = 5 * time.Minute
+		c.MaxHoldTime = DefaultMaxHoldTime
 	}
 	if c.Classifier == nil {
 		c.Classifier = poison.DefaultClassifier()
@@ -276,12 +290,18 @@ type holdRecord struct {
 const verdictHolds = 2
 
 // judged reports whether a transient failure is shown to be the message's
-// own: it kept failing while others succeeded, seen either through its
-// holds here or through the delayed-retry stages it already went through.
+// own: it kept failing while its dependencies are up (HealthCheck) or while
+// others succeeded, seen either through its holds here or through the
+// delayed-retry stages it already went through.
 func (b *Breaker) judged(msg *message.Message) bool {
 	c := b.cb.Counts()
 	if b.cfg.failing(c) {
 		return false
+	}
+	if b.cfg.HealthCheck != nil && b.wasHeld(msg.UUID) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), b.cfg.Backoff)
+		defer cancel()
+		return b.cfg.HealthCheck(ctx) == nil
 	}
 	return b.othersGotThrough(msg.UUID) || (Stage(msg) > 0 && outcomes(c) >= b.cfg.MinRequests)
 }

@@ -314,3 +314,85 @@ func TestBreakerOpensOnDistinctFailuresAndRecovers(t *testing.T) {
 		t.Fatalf("state %s after a successful probe", b.State())
 	}
 }
+
+// With a HealthCheck the breaker needs no other traffic: on an ordered
+// queue a message that keeps failing while the dependency answers is
+// dead-lettered after one hold; while the dependency is down it is held, and
+// processed once it is back.
+func TestBreakerHealthCheckJudgesAlone(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		healthy bool
+	}{{"dependency up: the message's own failure", true}, {"dependency down: an outage", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+			var up atomic.Bool
+			up.Store(tc.healthy)
+			b, err := middleware.NewBreaker(middleware.BreakerConfig{Backoff: 5 * time.Millisecond, MaxHoldTime: time.Minute,
+				HealthCheck: func(context.Context) error {
+					if up.Load() {
+						return nil
+					}
+					return errors.New("connection refused")
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: ps})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.AddMiddleware(dl.Middleware, b.Middleware)
+			var runs, done atomic.Int64
+			r.AddConsumerHandler("h", "in", ps, func(*message.Message) error {
+				runs.Add(1)
+				if tc.healthy || !up.Load() {
+					return poison.Transient(errors.New("timeout"))
+				}
+				done.Add(1)
+				return nil
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = r.Run(ctx) }()
+			<-r.Running()
+			dlq, err := ps.Subscribe(ctx, "in.dlq")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ps.Publish("in", message.NewMessage("m", nil)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.healthy {
+				select {
+				case l := <-dlq:
+					if n := runs.Load(); n != 2 {
+						t.Errorf("handler ran %d times, want 2 (the failure and one after a hold)", n)
+					}
+					l.Ack()
+				case <-time.After(10 * time.Second):
+					t.Fatalf("not dead-lettered although the dependency is up (%d runs)", runs.Load())
+				}
+				return
+			}
+			for runs.Load() < 10 {
+				time.Sleep(time.Millisecond)
+			}
+			up.Store(true)
+			for deadline := time.Now().Add(10 * time.Second); done.Load() == 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("not processed after the dependency came back")
+				}
+			}
+			select {
+			case l := <-dlq:
+				t.Fatalf("dead-lettered during the outage: %v", l.Metadata)
+			case <-time.After(50 * time.Millisecond):
+			}
+		})
+	}
+}

@@ -30,6 +30,7 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 			return closeAll, err
 		}
 		r.sink = sink
+		r.health = sink.Ping
 	} else {
 		r.sink = NewMemorySink()
 	}

@@ -101,7 +101,8 @@ type run struct {
 	sink         Sink
 	tracker      poison.DeliveryTracker
 	idem         idempotency.Store
-	idemTx       bool // --idempotency postgres-tx
+	idemTx       bool                        // --idempotency postgres-tx
+	health       func(context.Context) error // the breaker's HealthCheck: the sink's database
 	duplicates   atomic.Int64
 	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
 }
@@ -218,6 +219,7 @@ func (r *run) do(ctx context.Context) error {
 		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(r.kind), ConsumerGroup: group},
 		Metrics:    middleware.MetricsConfig{MeterProvider: tel.MeterProvider},
 		DeadLetter: middleware.DeadLetterConfig{Publisher: tracedDLQ, ConsumerGroup: group},
+		Breaker:    middleware.BreakerConfig{HealthCheck: r.health},
 		Retry: middleware.RetryConfig{
 			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
 		},

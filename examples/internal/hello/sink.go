@@ -97,3 +97,8 @@ func (s *PostgresSink) Store(ctx context.Context, uuid string, h Hello) error {
 
 // Close does nothing: the pool belongs to the caller.
 func (s *PostgresSink) Close() error { return nil }
+
+// Ping reports whether the database answers: the breaker's HealthCheck, so
+// a write that keeps failing while the database is up is dead-lettered
+// instead of held like an outage.
+func (s *PostgresSink) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
