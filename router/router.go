@@ -8,7 +8,9 @@
 //	Tracing → Metrics → [FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker
 //	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler
 //
-// (bracketed pieces are on when configured).
+// (bracketed pieces are on when configured). Above Tracing sit Watermill's
+// Recoverer and middleware.ReserveStack, which grows each message
+// goroutine's stack once instead of step by step deep in the chain.
 // The breaker sits above DelayedRetry: a message moved to a retry stage is
 // settled, not failed, so only a message that exhausted every stage counts
 // against the breaker, and only that one is ever held back.
