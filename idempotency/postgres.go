@@ -37,6 +37,11 @@ const pgClaimAttempts = 5
 // context is cancelled.
 const pgTxRollbackTimeout = 5 * time.Second
 
+// pgTxCommitTimeout bounds the completion and commit of a transaction whose
+// handler has finished, which run even when the caller's context is
+// cancelled.
+const pgTxCommitTimeout = 10 * time.Second
+
 var pgIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$`)
 
 // PostgresStoreConfig configures NewPostgresStore. Set exactly one of Pool
@@ -406,14 +411,18 @@ func (s *PostgresStore) RunTx(ctx context.Context, key string, fn func(ctx conte
 	if ferr != nil {
 		return c, ferr
 	}
-	tag, err := tx.Exec(ctx, s.txCompleteSQL, key, token, result, s.cfg.Retention.Microseconds())
+	// fn is done: complete and commit even if ctx was cancelled meanwhile
+	// (a router closing), or the finished work is rolled back and redone.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pgTxCommitTimeout)
+	defer cancel()
+	tag, err := tx.Exec(sctx, s.txCompleteSQL, key, token, result, s.cfg.Retention.Microseconds())
 	if err != nil {
 		return c, fmt.Errorf("idempotency: postgres store: complete %q in the transaction: %w", key, err)
 	}
 	if tag.RowsAffected() != 1 {
 		return c, fmt.Errorf("idempotency: postgres store: complete %q in the transaction: %w", key, ErrClaimLost)
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := tx.Commit(sctx); err != nil {
 		return c, fmt.Errorf("idempotency: postgres store: commit %q: %w", key, err)
 	}
 	committed = true

@@ -85,6 +85,17 @@ func TestPostgresRunTx(t *testing.T) {
 		assert.Equal(t, 1, countRows(t, pool, effects, "b"))
 	})
 
+	t.Run("a handler that finished commits although the context was cancelled meanwhile", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		_, err := s.RunTx(cctx, "k", func(txCtx context.Context) ([]byte, error) {
+			r, err := write("k")(txCtx)
+			cancel() // the router closes while the handler finishes
+			return r, err
+		})
+		require.NoError(t, err)
+		assert.Equal(t, 1, countRows(t, pool, effects, "k"), "the finished work was committed, not rolled back")
+	})
+
 	t.Run("a panic rolls back and frees the key", func(t *testing.T) {
 		assert.Panics(t, func() {
 			_, _ = s.RunTx(ctx, "p", func(ctx context.Context) ([]byte, error) {
