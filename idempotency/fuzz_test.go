@@ -21,6 +21,7 @@ import (
 func FuzzFromJSONField(f *testing.F) {
 	f.Add("order.id", []byte(`{"order":{"id":"o-1"}}`))
 	f.Add("items.0.sku", []byte(`{"items":[{"sku":42}]}`))
+	f.Add("id", []byte(`{"id":"a"} trailing garbage`))
 	f.Fuzz(func(t *testing.T, path string, payload []byte) {
 		if path == "" {
 			return
@@ -34,6 +35,9 @@ func FuzzFromJSONField(f *testing.F) {
 		}
 		if key == "" {
 			t.Fatal("empty key without error")
+		}
+		if !json.Valid(payload) {
+			t.Fatalf("key %q from a payload that is not one JSON value: %q", key, payload)
 		}
 		// The key is the field's value: walk the same path independently.
 		dec := json.NewDecoder(strings.NewReader(string(payload)))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
@@ -86,6 +87,11 @@ func FromJSONField(path string) KeyFunc {
 		var doc any
 		if err := dec.Decode(&doc); err != nil {
 			return "", fmt.Errorf("idempotency: key field %q: payload is not JSON: %w", path, err)
+		}
+		// One JSON value and nothing after it: `{"id":"a"} garbage` is not a
+		// payload to take a key from.
+		if _, err := dec.Token(); err != io.EOF {
+			return "", fmt.Errorf("idempotency: key field %q: payload is not JSON: data after the top-level value", path)
 		}
 		v := doc
 		for i, seg := range segments {
