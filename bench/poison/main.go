@@ -8,6 +8,10 @@
 //   - blocking: the same router, with poison. router.New's default: the
 //     failing message is retried in place (Retry), holding its partition or
 //     queue during the backoff, then dead-lettered.
+//   - blocking-hc: blocking with a Breaker.HealthCheck that answers (the
+//     handler's dependencies are up, as a pool.Ping would say): a message
+//     that fails again after one hold is dead-lettered without waiting for
+//     others to succeed.
 //   - nonblocking: the same router with DelayedRetry on (the broker's
 //     Scheduler; router.AddRetryRelays on Kafka). Retry makes one attempt
 //     only and the retries go through the delayed stages instead, so the
@@ -50,11 +54,11 @@
 // that still fails transiently after Retry at once; it holds it (nacks it
 // after a 1s backoff) and dead-letters it only once it has been held twice
 // and other messages succeeded since its first hold, and with no other
-// traffic it holds it up to MaxHoldTime (5m). Each redelivery runs Retry's
+// traffic it holds it up to MaxHoldTime (1m). Each redelivery runs Retry's
 // attempts again, so in blocking a poison message runs 9 times and holds its
-// partition or queue for about 3 × 300ms + 2 × 1s, not 300ms. Without the
-// trickle the end of a backlog has no other traffic and the measurement
-// would wait the 5 minutes.
+// partition or queue for about 3 × 300ms + 2 × 1s, not 300ms (blocking-hc:
+// 6 runs, 2 × 300ms + 1s). Without the trickle the end of a backlog has no
+// other traffic and the measurement would wait the minute.
 //
 // The handler costs -work per healthy message (default 100µs: a small but
 // realistic handler that waits on I/O, e.g. one fast cache write; 0 makes
@@ -153,7 +157,7 @@ func main() {
 	delay := flag.Duration("delay", 100*time.Millisecond, "wait before the second attempt")
 	mult := flag.Float64("multiplier", 2, "growth of the wait per attempt")
 	rounds := flag.Int("rounds", 2, "measurements per variant; odd rounds in -variants order, even rounds reversed")
-	variants := flag.String("variants", "clean,blocking,nonblocking,watermill,watermill-clean", "variants to compare; clean is the reference")
+	variants := flag.String("variants", "clean,blocking,blocking-hc,nonblocking,watermill,watermill-clean", "variants to compare; clean is the reference")
 	timeout := flag.Duration("timeout", time.Minute, "give up on one phase after this long (the measurement is reported as stalled and the run goes on)")
 	warmup := flag.Duration("warmup", time.Second, "after the trickle reaches the handler, wait this long before the backlog (other subscriptions join)")
 	keepalive := flag.Int("keepalive", 100, "messages/s of the healthy trickle that runs during every measurement (not counted)")
@@ -169,9 +173,9 @@ func main() {
 	for _, v := range strings.Split(*variants, ",") {
 		v = strings.TrimSpace(v)
 		switch v {
-		case "clean", "blocking", "nonblocking", "watermill", "watermill-clean":
+		case "clean", "blocking", "blocking-hc", "nonblocking", "watermill", "watermill-clean":
 		default:
-			fmt.Fprintf(os.Stderr, "unknown variant %q (clean, blocking, nonblocking, watermill, watermill-clean)\n", v)
+			fmt.Fprintf(os.Stderr, "unknown variant %q (clean, blocking, blocking-hc, nonblocking, watermill, watermill-clean)\n", v)
 			os.Exit(2)
 		}
 		p.variants = append(p.variants, v)
@@ -447,13 +451,16 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	stages := p.stages()
 	retry := middleware.RetryConfig{MaxAttempts: p.attempts, InitialInterval: p.delay, Multiplier: p.mult}
 	switch variant {
-	case "clean", "blocking", "nonblocking":
+	case "clean", "blocking", "blocking-hc", "nonblocking":
 		cfg := router.Config{
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: dlq},
 			Retry:        retry,
 		}
 		cfg.Idempotency.Store = idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		if variant == "blocking-hc" {
+			cfg.Breaker.HealthCheck = func(context.Context) error { return nil }
+		}
 		if variant == "nonblocking" {
 			cfg.Retry.MaxAttempts = 1
 			cfg.DelayedRetry = middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler()}
