@@ -24,12 +24,13 @@ import (
 
 // scale is the run's size, from env, so CI runs it small and a person large.
 type scale struct {
-	messages int     // ANTIDOTE_CHAOS_MESSAGES, default 2000
-	killers  int     // ANTIDOTE_CHAOS_KILLERS: process-killing messages, default 1 per 10,000 (at least 1)
-	kills    int     // ANTIDOTE_CHAOS_KILLS: SIGKILLs at random moments, default 3
-	dupEvery int     // ANTIDOTE_CHAOS_DUPLICATE_EVERY: re-send every Kth with the same key, default 30
-	rate     float64 // ANTIDOTE_CHAOS_RATE: consumer msgs/s, default messages/8 (so CI's run lasts long enough for every fault)
-	seed     uint64  // ANTIDOTE_CHAOS_SEED: the fault schedule's seed, default random (logged)
+	messages int           // ANTIDOTE_CHAOS_MESSAGES, default 2000
+	killers  int           // ANTIDOTE_CHAOS_KILLERS: process-killing messages, default 1 per 10,000 (at least 1)
+	kills    int           // ANTIDOTE_CHAOS_KILLS: SIGKILLs at random moments, default 3
+	dupEvery int           // ANTIDOTE_CHAOS_DUPLICATE_EVERY: re-send every Kth with the same key, default 30
+	rate     float64       // ANTIDOTE_CHAOS_RATE: consumer msgs/s, default messages/8 (so CI's run lasts long enough for every fault)
+	seed     uint64        // ANTIDOTE_CHAOS_SEED: the fault schedule's seed, default random (logged)
+	timeout  time.Duration // ANTIDOTE_CHAOS_TIMEOUT: one broker's consumer run, default 5m + 20ms per message
 	brokers  []adapters.Kind
 }
 
@@ -58,6 +59,14 @@ func scaleFromEnv(t *testing.T) scale {
 	}
 	s.rate = float64(num("ANTIDOTE_CHAOS_RATE", max(100, s.messages/8)))
 	s.seed = uint64(num("ANTIDOTE_CHAOS_SEED", int(time.Now().UnixNano()%1e9)))
+	s.timeout = 5*time.Minute + time.Duration(s.messages)*20*time.Millisecond
+	if v := os.Getenv("ANTIDOTE_CHAOS_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("ANTIDOTE_CHAOS_TIMEOUT=%q: use a duration such as 30m", v)
+		}
+		s.timeout = d
+	}
 	for _, b := range strings.Split(envOr("ANTIDOTE_CHAOS_BROKERS", "kafka,amqp,postgres"), ",") {
 		switch k := adapters.Kind(strings.TrimSpace(b)); k {
 		case adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres:
@@ -177,7 +186,7 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 			"--tracker", "postgres", "--crash-on", killMarker, "--idle", idle, "--rate", strconv.FormatFloat(sc.rate, 'f', -1, 64), "--json"},
 		killed: map[int]bool{},
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute+time.Duration(sc.messages)*5*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), sc.timeout)
 	defer cancel()
 	start := time.Now()
 	sup.start = start
