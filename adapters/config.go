@@ -118,6 +118,15 @@ type KafkaConfig struct {
 	// empty. Default "127.0.0.1:0" (a free port).
 	EmbeddedAddr string `yaml:"embedded_addr"`
 
+	// MaxMessageBytes is the largest record the publisher sends, counted as
+	// Kafka counts it (value, key, headers and record overhead). Default
+	// 1048576 (1 MiB, what a Kafka broker's message.max.bytes allows by
+	// default). A larger message is refused at Publish with an error naming
+	// its size, this limit and this setting. Raise it only together with the
+	// topics' max.message.bytes. Dead letters may exceed it by
+	// LetterHeadroom: the DLQ topics the adapter creates allow that much more.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+
 	// Unmarshaler replaces Watermill's default record decoding (code only,
 	// not YAML). Whatever it is, it is wrapped in TolerantKafkaUnmarshaler,
 	// so a record it rejects is dead-lettered instead of blocking the partition.
@@ -137,6 +146,14 @@ type AMQPConfig struct {
 	// Prefetch is the consumer's QoS prefetch count. Default 10. Higher means
 	// more throughput and more messages redelivered after a crash.
 	Prefetch int `yaml:"prefetch"`
+
+	// MaxMessageBytes is the largest message body the publisher sends.
+	// Default 134217728 (128 MiB, RabbitMQ 3.x's max_message_size; RabbitMQ
+	// 4 lowered its default to 16 MiB: set this to the server's value). A
+	// larger body is refused at Publish with an error naming its size, this
+	// limit and this setting, instead of RabbitMQ closing the channel.
+	// Headers have a limit of their own: they must fit in one AMQP frame.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
 }
 
 // PostgresConfig configures watermill-sql/v4 with pgx and its PostgreSQL queue
@@ -169,6 +186,14 @@ type PostgresConfig struct {
 
 	// MaxConns of the pgx pool. Default 10.
 	MaxConns int32 `yaml:"max_conns"`
+
+	// MaxMessageBytes is the largest message (payload plus metadata as JSON)
+	// the publisher inserts. Default 67108864 (64 MiB). PostgreSQL itself
+	// takes up to 1 GB per field, but the subscriber holds a whole batch of
+	// rows in memory (BatchSize); a larger message is refused at Publish with
+	// an error naming its size, this limit and this setting. Dead letters may
+	// exceed it by LetterHeadroom.
+	MaxMessageBytes int `yaml:"max_message_bytes"`
 }
 
 // Defaults used by SetDefaults.
@@ -178,6 +203,10 @@ const (
 	DefaultAMQPURL        = "amqp://guest:guest@127.0.0.1:5672/"
 	DefaultPostgresURL    = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	DefaultKafkaVersion   = "2.1.0"
+
+	DefaultKafkaMaxMessageBytes    = 1 << 20
+	DefaultAMQPMaxMessageBytes     = 128 << 20
+	DefaultPostgresMaxMessageBytes = 64 << 20
 )
 
 // SetDefaults fills every unset field with its documented default.
@@ -222,12 +251,18 @@ func (c *Config) SetDefaults() {
 	if k.EmbeddedAddr == "" {
 		k.EmbeddedAddr = "127.0.0.1:0"
 	}
+	if k.MaxMessageBytes == 0 {
+		k.MaxMessageBytes = DefaultKafkaMaxMessageBytes
+	}
 	a := &c.AMQP
 	if a.URL == "" {
 		a.URL = DefaultAMQPURL
 	}
 	if a.Prefetch == 0 {
 		a.Prefetch = 10
+	}
+	if a.MaxMessageBytes == 0 {
+		a.MaxMessageBytes = DefaultAMQPMaxMessageBytes
 	}
 	p := &c.Postgres
 	if p.URL == "" {
@@ -250,6 +285,9 @@ func (c *Config) SetDefaults() {
 	}
 	if p.MaxConns == 0 {
 		p.MaxConns = 10
+	}
+	if p.MaxMessageBytes == 0 {
+		p.MaxMessageBytes = DefaultPostgresMaxMessageBytes
 	}
 }
 
@@ -300,6 +338,9 @@ func (c Config) Validate() error {
 		if k.NackResendSleep < 0 {
 			bad("kafka.nack_resend_sleep", "%s is negative; use a positive duration", k.NackResendSleep)
 		}
+		if k.MaxMessageBytes < 1 {
+			bad("kafka.max_message_bytes", "%d is less than 1; use the topics' max.message.bytes, e.g. 1048576", k.MaxMessageBytes)
+		}
 		if len(k.Brokers) == 0 {
 			if err := checkHostPort(k.EmbeddedAddr); err != nil {
 				bad("kafka.embedded_addr", "%q is not host:port (%v); use e.g. 127.0.0.1:9092", k.EmbeddedAddr, err)
@@ -311,6 +352,9 @@ func (c Config) Validate() error {
 		}
 		if c.AMQP.Prefetch < 1 {
 			bad("amqp.prefetch", "%d is less than 1; use 1 or more", c.AMQP.Prefetch)
+		}
+		if c.AMQP.MaxMessageBytes < 1 {
+			bad("amqp.max_message_bytes", "%d is less than 1; use the server's max_message_size, e.g. 134217728", c.AMQP.MaxMessageBytes)
 		}
 	case KindPostgres:
 		p := c.Postgres
@@ -330,6 +374,9 @@ func (c Config) Validate() error {
 		}
 		if p.MaxConns < 1 {
 			bad("postgres.max_conns", "%d is less than 1; use 1 or more", p.MaxConns)
+		}
+		if p.MaxMessageBytes < 1 {
+			bad("postgres.max_message_bytes", "%d is less than 1; use e.g. 67108864 (64 MiB)", p.MaxMessageBytes)
 		}
 	}
 	if c.Memory.OutputBuffer < 0 {

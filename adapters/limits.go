@@ -1,0 +1,126 @@
+package adapters
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Broker limits. Every adapter refuses what its broker cannot hold with one
+// of the errors below, at the first moment it can know: a topic whose name
+// (or a name derived from it: its DLQ, retry stages, delay queues, tables)
+// cannot exist is refused by Subscribe and Publish; a message that cannot
+// fit is refused by Publish, naming its size, the limit and the setting.
+// Never a silent truncation, never a loop.
+
+// ErrMessageTooLarge is matched (errors.Is) by the error a publisher returns
+// for a message larger than the broker takes. The error is a *TooLargeError.
+var ErrMessageTooLarge = errors.New("message too large for the broker")
+
+// TooLargeError says which message did not fit, by how much, and which
+// setting holds the limit.
+type TooLargeError struct {
+	Broker Kind
+	Topic  string
+	UUID   string
+	// What exceeded the limit: "message" (payload and metadata as the broker
+	// counts them), "metadata" (AMQP: the headers, which must fit in one
+	// frame) or "metadata key".
+	What  string
+	Size  int
+	Limit int
+	// Setting names the configuration that holds Limit, e.g.
+	// "kafka.max_message_bytes" or "the broker's frame_max".
+	Setting string
+}
+
+func (e *TooLargeError) Error() string {
+	what := e.What
+	if what == "" {
+		what = "message"
+	}
+	return fmt.Sprintf("%s: %s %s to %q is %d bytes, over the limit of %d bytes (%s); send less, or raise the limit where the broker allows it",
+		e.Broker, what, e.UUID, e.Topic, e.Size, e.Limit, e.Setting)
+}
+
+// Is makes errors.Is(err, ErrMessageTooLarge) true.
+func (e *TooLargeError) Is(target error) bool { return target == ErrMessageTooLarge }
+
+// ErrInvalidTopic is matched (errors.Is) by the error Subscribe, Publish and
+// CheckTopic return for a topic whose name, or a name derived from it,
+// cannot exist on the broker. The error is a *TopicError.
+var ErrInvalidTopic = errors.New("topic name not allowed by the broker")
+
+// TopicError names the topic, the derived name that breaks the rule (the
+// DLQ topic, a queue table, a delay queue) and the rule.
+type TopicError struct {
+	Broker Kind
+	Topic  string
+	// Name is the broker-side name that breaks Rule: the topic itself or a
+	// name derived from it (e.g. the table "antidote_queue_<topic>.dlq").
+	Name string
+	// Rule says what the broker allows, e.g. "PostgreSQL identifiers are at
+	// most 63 bytes".
+	Rule string
+}
+
+func (e *TopicError) Error() string {
+	if e.Name == "" || e.Name == e.Topic {
+		return fmt.Sprintf("%s: topic %q cannot be used: %s", e.Broker, e.Topic, e.Rule)
+	}
+	return fmt.Sprintf("%s: topic %q cannot be used: its name %q breaks a limit: %s", e.Broker, e.Topic, e.Name, e.Rule)
+}
+
+// Is makes errors.Is(err, ErrInvalidTopic) true.
+func (e *TopicError) Is(target error) bool { return target == ErrInvalidTopic }
+
+// TopicChecker is implemented by the publishers, subscribers and schedulers
+// Open returns: CheckTopic reports, without touching the broker, whether
+// topic and every name the adapter derives from it for Antidote can exist.
+// Wrappers (telemetry, decorators) should forward it.
+type TopicChecker interface {
+	CheckTopic(topic string) error
+}
+
+// StageChecker is implemented by the schedulers Broker.Scheduler returns:
+// CheckStages reports whether every name the scheduler derives from topic
+// for the given delays (Kafka retry topics, RabbitMQ delay queues) can
+// exist on the broker.
+type StageChecker interface {
+	CheckStages(topic string, stages []time.Duration) error
+}
+
+// CheckTopic reports whether topic, its default DLQ topic and every name
+// the adapter derives from them can exist on b's broker.
+func (b *Broker) CheckTopic(topic string) error {
+	if c, ok := b.Publisher.(TopicChecker); ok {
+		return c.CheckTopic(topic)
+	}
+	return nil
+}
+
+// DeadLetterSuffix is what the default DLQ naming appends to a topic.
+const DeadLetterSuffix = ".dlq"
+
+type letterKey struct{}
+
+// WithLetter marks ctx as the context of a dead letter's publish. A letter
+// is its original plus the envelope, so it may be larger than the original
+// by up to LetterHeadroom: adapters whose size limit is their own (not the
+// server's) allow that much more for it, so the DLQ accepts every message
+// its source accepted. middleware.DeadLetter sets it.
+func WithLetter(ctx context.Context) context.Context {
+	return context.WithValue(ctx, letterKey{}, true)
+}
+
+// IsLetter reports whether ctx was marked by WithLetter.
+func IsLetter(ctx context.Context) bool {
+	v, _ := ctx.Value(letterKey{}).(bool)
+	return v
+}
+
+// LetterHeadroom is the extra size a dead letter may have over the limit of
+// its broker's ordinary messages: the envelope's free text is bounded (error
+// 4 KiB, stack 8 KiB) and its other keys take well under 1 KiB.
+const LetterHeadroom = 64 << 10
