@@ -74,6 +74,9 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	// A publish is done only when every in-sync replica has it.
 	sc.Producer.RequiredAcks = sarama.WaitForAll
 	sc.Producer.Retry.Max = 10
+	// Also the most Sarama packs into one batch: a batch over the topic's
+	// max.message.bytes would be refused whole.
+	sc.Producer.MaxMessageBytes = k.MaxMessageBytes
 	return sc, nil
 }
 
@@ -117,8 +120,9 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	if err != nil {
 		return fmt.Errorf("%w: kafka at %s: %v", ErrUnreachable, b.Addr, err)
 	}
-	b.Publisher = pub
-	b.onClose(pub.Close)
+	kpub := &kafkaPublisher{Publisher: pub, cfg: cfg, marshaler: marshaler, logger: logger}
+	b.Publisher = kpub
+	b.onClose(kpub.Close)
 
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
 		Brokers:               k.Brokers,
@@ -134,7 +138,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	if err != nil {
 		return fmt.Errorf("kafka subscriber: %w", err)
 	}
-	b.Subscriber = sub
+	b.Subscriber = kafkaSubscriber{Subscriber: sub}
 	b.onClose(sub.Close)
 	return nil
 }

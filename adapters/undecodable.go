@@ -57,6 +57,7 @@ func (t TolerantKafkaUnmarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*messa
 	if msg.UUID == "" {
 		msg.UUID = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)
 	}
+	applyMetadataRule(msg)
 	return msg, nil
 }
 

@@ -54,6 +54,14 @@ type DeadLetterConfig struct {
 	// down every poison message would otherwise loop as fast as the
 	// network allows. The pause honours the message context. Negative: none.
 	FailedPublishPause time.Duration
+	// ClaimCheck stores the payload and metadata of a letter that does not
+	// fit the DLQ even with its envelope shrunk (a message at the broker's
+	// limit, or one the source broker took above kafka.max_message_bytes);
+	// the letter then carries a reference (poison.KeyClaimCheck) and the
+	// hospital reads it back. Default nil: such a letter cannot be written,
+	// so the message is nacked with an error saying to configure one. Use
+	// claimcheck.NewPostgresStore or claimcheck.NewRedisStore.
+	ClaimCheck poison.ClaimCheck
 	// Classifier tells reason "permanent" from "retries_exhausted" when the
 	// error did not come through Retry. Default poison.DefaultClassifier().
 	Classifier poison.Classifier
@@ -258,21 +266,18 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	// ctx is our own (not msg.Context()), but the letter belongs to the
 	// message's trace: carry its consumer span, so a decorated publisher
 	// (telemetry.NewPublisher) makes the DLQ publish a child of it, and
-	// point the letter's traceparent there.
-	ctx = withTraceOf(ctx, msg.Context())
+	// point the letter's traceparent there. WithLetter lets the adapter
+	// give the envelope room over its ordinary size limit.
+	ctx = adapters.WithLetter(withTraceOf(ctx, msg.Context()))
 	stampTraceparent(ctx, letter.Metadata)
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.PublishTimeout)
 	defer cancel()
 	// Publishers that honour the message context (SQL, AMQP) stop at the
-	// deadline; for the others the select below enforces it.
+	// deadline; for the others publish enforces it.
 	letter.SetContext(ctx)
-	done := make(chan error, 1) // buffered: the goroutine never blocks, even after a timeout
-	go func() { done <- d.cfg.Publisher.Publish(topic, letter) }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		err = ctx.Err()
+	err := d.publish(ctx, topic, letter)
+	if errors.Is(err, adapters.ErrMessageTooLarge) {
+		letter, err = d.publishTooLarge(ctx, topic, letter, err)
 	}
 	if err != nil {
 		return fmt.Errorf("antidote: publishing message %s to DLQ topic %q: %w", msg.UUID, topic, err)
@@ -292,4 +297,39 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	}
 	d.cfg.Logger.Info("Message dead-lettered", fields)
 	return nil
+}
+
+// publish publishes letter within ctx's deadline.
+func (d *DeadLetter) publish(ctx context.Context, topic string, letter *message.Message) error {
+	done := make(chan error, 1) // buffered: the goroutine never blocks, even after a timeout
+	go func() { done <- d.cfg.Publisher.Publish(topic, letter) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// publishTooLarge publishes a letter the broker refused as too large:
+// shrunk first (no stack, short error), then, if that is still too large,
+// with its payload and metadata in the claim check. It returns the letter
+// that was published.
+func (d *DeadLetter) publishTooLarge(ctx context.Context, topic string, letter *message.Message, tooLarge error) (*message.Message, error) {
+	shrunk := poison.ShrinkEnvelope(letter)
+	err := d.publish(ctx, topic, shrunk)
+	if !errors.Is(err, adapters.ErrMessageTooLarge) {
+		return shrunk, err
+	}
+	if d.cfg.ClaimCheck == nil {
+		return nil, fmt.Errorf("%w; even with its envelope shrunk the letter does not fit, and DeadLetterConfig.ClaimCheck is nil: configure a claim-check store (claimcheck.NewPostgresStore or NewRedisStore) to keep such payloads beside the DLQ", err)
+	}
+	key, data, claimed, err := poison.ClaimLetter(shrunk)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.cfg.ClaimCheck.Put(ctx, key, data); err != nil {
+		return nil, fmt.Errorf("store the letter's payload in the claim check (the letter is too large for the DLQ: %v): %w", tooLarge, err)
+	}
+	return claimed, d.publish(ctx, topic, claimed)
 }

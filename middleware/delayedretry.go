@@ -129,6 +129,15 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		ctx, cancel := context.WithTimeout(traced, d.cfg.ScheduleTimeout)
 		defer cancel()
 		if serr := d.cfg.Scheduler.Schedule(ctx, topic, next, after); serr != nil {
+			if errors.Is(serr, adapters.ErrMessageTooLarge) || errors.Is(serr, adapters.ErrInvalidTopic) {
+				// It can never be moved (the stage's metadata pushes it over
+				// the broker's limit, or the stage cannot exist): holding it
+				// would loop. DeadLetter takes it as it is.
+				d.cfg.Logger.Error("Message cannot move to a delayed retry stage; dead-lettering it instead", serr, watermill.LogFields{
+					"message_uuid": msg.UUID, "topic": topic, "stage": stage + 1,
+				})
+				return nil, err
+			}
 			// Not moved: keep it where it is (nack), never drop it.
 			return nil, poison.Defer(fmt.Errorf("antidote: moving message %s to retry stage %d failed: %w (handler error: %w)", msg.UUID, stage+1, serr, err))
 		}

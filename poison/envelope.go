@@ -74,7 +74,7 @@ const truncatedMarker = "\n...[truncated]"
 var failureKeys = []string{
 	KeyOriginalTopic, KeyOriginalPartition, KeyOriginalOffset, KeyHandler,
 	KeyConsumerGroup, KeyReason, KeyError, KeyErrorType, KeyStack,
-	KeyFirstFailedAt, KeyLastFailedAt,
+	KeyFirstFailedAt, KeyLastFailedAt, KeyShrunk,
 }
 
 // Origin is where a message was consumed from.

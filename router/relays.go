@@ -1,6 +1,7 @@
 package router
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -22,13 +23,19 @@ func AddRetryRelays(r *message.Router, b *adapters.Broker, topic string, stages 
 	}
 	for _, after := range stages {
 		src := adapters.KafkaRetryTopic(topic, after)
-		r.AddConsumerHandler("antidote-relay-"+src, src, b.Subscriber, relay(b.Publisher))
+		r.AddConsumerHandler("antidote-relay-"+src, src, b.Subscriber, relay(b.Publisher, topic, after))
 	}
 }
 
-func relay(pub message.Publisher) message.NoPublishHandlerFunc {
+// relay forwards each message of one retry topic to topic once it is due.
+// It trusts nothing in the message to decide where or how long: a record
+// on a retry topic may come from anyone, and a far-future or malformed due
+// time must not hold the partition, nor a forged target send it elsewhere.
+// So the wait is at most the stage's delay, and the target is the topic
+// the relay was registered for.
+func relay(pub message.Publisher, topic string, after time.Duration) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
-		if wait := time.Until(adapters.DueAt(msg)); wait > 0 {
+		if wait := min(time.Until(adapters.DueAt(msg)), after); wait > 0 {
 			t := time.NewTimer(wait)
 			defer t.Stop()
 			select {
@@ -37,13 +44,13 @@ func relay(pub message.Publisher) message.NoPublishHandlerFunc {
 				return poison.Defer(msg.Context().Err())
 			}
 		}
-		target := msg.Metadata.Get(adapters.MetadataRetryTopic)
-		if target == "" {
-			return poison.Permanent(fmt.Errorf("retry relay: message %s has no %s", msg.UUID, adapters.MetadataRetryTopic))
-		}
 		out := msg.Copy() // same UUID, payload and metadata; a fresh context
-		if err := pub.Publish(target, out); err != nil {
-			return poison.Defer(fmt.Errorf("retry relay: forward %s to %q: %w", msg.UUID, target, err))
+		if err := pub.Publish(topic, out); err != nil {
+			if errors.Is(err, adapters.ErrMessageTooLarge) || errors.Is(err, adapters.ErrInvalidTopic) {
+				// Forwarding can never succeed: to the relay's DLQ.
+				return poison.Permanent(fmt.Errorf("retry relay: forward %s to %q: %w", msg.UUID, topic, err))
+			}
+			return poison.Defer(fmt.Errorf("retry relay: forward %s to %q: %w", msg.UUID, topic, err))
 		}
 		return nil
 	}

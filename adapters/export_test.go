@@ -1,0 +1,4 @@
+package adapters
+
+// Internals the external tests measure against.
+var KafkaRecordSize = kafkaRecordSize

@@ -1,0 +1,295 @@
+package adapters
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// kafkaMaxTopicLen is Kafka's limit on topic names.
+const kafkaMaxTopicLen = 249
+
+// checkKafkaName reports whether name can be a Kafka topic.
+func checkKafkaName(topic, name string) error {
+	bad := func(rule string) error {
+		return &TopicError{Broker: KindKafka, Topic: topic, Name: name, Rule: rule}
+	}
+	switch {
+	case name == "":
+		return bad("a topic name cannot be empty")
+	case name == "." || name == "..":
+		return bad(`Kafka does not allow the topic names "." and ".."`)
+	case len(name) > kafkaMaxTopicLen:
+		return bad(fmt.Sprintf("Kafka topic names are at most %d characters; this one has %d (the topic itself may have at most %d, so that its DLQ topic %q fits)",
+			kafkaMaxTopicLen, len(name), kafkaMaxTopicLen-len(DeadLetterSuffix), "<topic>"+DeadLetterSuffix))
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return bad(fmt.Sprintf("Kafka topic names may contain only ASCII letters, digits, '.', '_' and '-'; byte %d is %q", i, c))
+		}
+	}
+	return nil
+}
+
+// checkKafkaTopic checks topic and its default DLQ topic.
+func checkKafkaTopic(topic string) error {
+	if err := checkKafkaName(topic, topic); err != nil {
+		return err
+	}
+	return checkKafkaName(topic, topic+DeadLetterSuffix)
+}
+
+// kafkaBatchOverhead is the record batch header (v2) a broker counts
+// against max.message.bytes on top of the records.
+const kafkaBatchOverhead = 61
+
+// kafkaRecordSize is an upper bound of what a broker counts against
+// max.message.bytes for msg sent alone as the adapter's marshaler encodes it:
+// Sarama's ProducerMessage.ByteSize (value, key, the UUID header, one header
+// per metadata entry, maximal varint overheads) plus the batch header,
+// computed without encoding anything. A broker at its default
+// message.max.bytes (1048588) takes every message this counts at 1 MiB or
+// less.
+func kafkaRecordSize(msg *message.Message, partitionKey string) int {
+	const recordOverhead = 5*binary.MaxVarintLen32 + binary.MaxVarintLen64 + 1
+	const headerOverhead = 2 * binary.MaxVarintLen32
+	size := kafkaBatchOverhead + recordOverhead + len(msg.Payload)
+	size += len(kafka.UUIDHeaderKey) + len(msg.UUID) + headerOverhead
+	for k, v := range msg.Metadata {
+		size += len(k) + len(v) + headerOverhead
+	}
+	size += len(msg.Metadata.Get(partitionKey))
+	return size
+}
+
+// kafkaPublisher is the publisher Open returns for Kafka: watermill-kafka's,
+// with every limit checked before anything is sent, so a batch is refused
+// whole instead of half sent, and with a broker's MESSAGE_TOO_LARGE turned
+// into a *TooLargeError.
+//
+// Letters (WithLetter) may be LetterHeadroom larger than MaxMessageBytes.
+// They go through a producer of their own, started on the first letter:
+// Sarama packs messages into batches up to its Producer.MaxMessageBytes,
+// and a batch over the topic's limit is refused whole, so the ordinary
+// producer's must stay at the ordinary limit. The first letter to a topic
+// also makes sure the topic accepts letters (see ensureLetterTopic).
+type kafkaPublisher struct {
+	*kafka.Publisher
+	cfg       Config
+	marshaler kafka.Marshaler
+	logger    watermill.LoggerAdapter
+
+	lettersOnce sync.Once
+	letters     *kafka.Publisher
+	lettersErr  error
+
+	adminOnce sync.Once
+	admin     sarama.ClusterAdmin
+	adminErr  error
+	mu        sync.Mutex
+	ready     map[string]bool // letter topics checked
+}
+
+func (p *kafkaPublisher) CheckTopic(topic string) error { return checkKafkaTopic(topic) }
+
+func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := checkKafkaName(topic, topic); err != nil {
+		return err
+	}
+	letters := false
+	for _, msg := range msgs {
+		limit := p.cfg.Kafka.MaxMessageBytes
+		setting := "kafka.max_message_bytes"
+		if IsLetter(msg.Context()) {
+			limit += LetterHeadroom
+			setting = "kafka.max_message_bytes + LetterHeadroom for dead letters"
+			letters = true
+		}
+		if size := kafkaRecordSize(msg, p.cfg.Kafka.PartitionKey); size > limit {
+			return &TooLargeError{Broker: KindKafka, Topic: topic, UUID: msg.UUID, What: "message", Size: size, Limit: limit, Setting: setting}
+		}
+	}
+	pub := p.Publisher
+	if letters {
+		var err error
+		if pub, err = p.letterPublisher(); err != nil {
+			return err
+		}
+		p.ensureLetterTopic(topic)
+	}
+	err := pub.Publish(topic, msgs...)
+	if errors.Is(err, sarama.ErrMessageSizeTooLarge) {
+		// The topic's own limit is lower than ours.
+		size := 0
+		for _, msg := range msgs {
+			size = max(size, kafkaRecordSize(msg, p.cfg.Kafka.PartitionKey))
+		}
+		return fmt.Errorf("%w (%v)", &TooLargeError{Broker: KindKafka, Topic: topic, What: "message", Size: size, Limit: p.topicLimit(topic),
+			Setting: "the topic's max.message.bytes on the broker (kafka.max_message_bytes must not exceed it)"}, err)
+	}
+	return err
+}
+
+// letterPublisher starts the letters' producer on first use.
+func (p *kafkaPublisher) letterPublisher() (*kafka.Publisher, error) {
+	p.lettersOnce.Do(func() {
+		sc, err := SaramaConfig(p.cfg)
+		if err != nil {
+			p.lettersErr = err
+			return
+		}
+		sc.Producer.MaxMessageBytes = p.cfg.Kafka.MaxMessageBytes + LetterHeadroom
+		p.letters, p.lettersErr = kafka.NewPublisher(kafka.PublisherConfig{
+			Brokers:               p.cfg.Kafka.Brokers,
+			Marshaler:             p.marshaler,
+			OverwriteSaramaConfig: sc,
+		}, p.logger)
+		if p.lettersErr != nil {
+			p.lettersErr = fmt.Errorf("kafka: start the dead letters' producer: %w", p.lettersErr)
+		}
+	})
+	return p.letters, p.lettersErr
+}
+
+func (p *kafkaPublisher) Close() error {
+	err := p.Publisher.Close()
+	p.lettersOnce.Do(func() {}) // no producer starts after Close
+	if p.letters != nil {
+		err = errors.Join(err, p.letters.Close())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.adminOnce.Do(func() {})
+	if p.admin != nil {
+		err = errors.Join(err, p.admin.Close())
+		p.admin = nil
+	}
+	return err
+}
+
+func (p *kafkaPublisher) clusterAdmin() (sarama.ClusterAdmin, error) {
+	p.adminOnce.Do(func() {
+		sc, err := SaramaConfig(p.cfg)
+		if err != nil {
+			p.adminErr = err
+			return
+		}
+		p.admin, p.adminErr = sarama.NewClusterAdmin(p.cfg.Kafka.Brokers, sc)
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.admin == nil && p.adminErr == nil {
+		return nil, errors.New("kafka: publisher closed")
+	}
+	return p.admin, p.adminErr
+}
+
+// letterTopicBytes is the max.message.bytes a DLQ topic needs.
+func (p *kafkaPublisher) letterTopicBytes() int {
+	// The broker counts a record batch: the record plus the batch header.
+	return p.cfg.Kafka.MaxMessageBytes + LetterHeadroom + 1024
+}
+
+// ensureLetterTopic makes sure a topic that receives dead letters accepts
+// every letter of a message its source accepted: it creates the topic with
+// max.message.bytes raised by LetterHeadroom, or, when it exists with a
+// lower limit, says so once (a letter that then does not fit fails with a
+// *TooLargeError, and DeadLetter shrinks it or moves its payload to a
+// claim check). Best effort: an error is logged, the publish goes on.
+func (p *kafkaPublisher) ensureLetterTopic(topic string) {
+	p.mu.Lock()
+	done := p.ready[topic]
+	if !done {
+		if p.ready == nil {
+			p.ready = map[string]bool{}
+		}
+		p.ready[topic] = true
+	}
+	p.mu.Unlock()
+	if done {
+		return
+	}
+	admin, err := p.clusterAdmin()
+	if err != nil {
+		p.logger.Error("Cannot check the DLQ topic's max.message.bytes", err, watermill.LogFields{"topic": topic})
+		return
+	}
+	want := p.letterTopicBytes()
+	v := strconv.Itoa(want)
+	err = admin.CreateTopic(topic, &sarama.TopicDetail{
+		NumPartitions:     int32(p.cfg.Kafka.Partitions),
+		ReplicationFactor: int16(p.cfg.Kafka.ReplicationFactor),
+		ConfigEntries:     map[string]*string{"max.message.bytes": &v},
+	}, false)
+	if err == nil {
+		p.logger.Info("Created the DLQ topic with room for the envelope", watermill.LogFields{"topic": topic, "max.message.bytes": want})
+		return
+	}
+	if !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+		p.logger.Error("Cannot create the DLQ topic", err, watermill.LogFields{"topic": topic})
+		return
+	}
+	if got := p.topicLimit(topic); got > 0 && got < want {
+		p.logger.Info("The DLQ topic exists with a max.message.bytes below kafka.max_message_bytes + the envelope's headroom: a letter of a message near the limit will be shrunk or claim-checked; raise the topic's max.message.bytes to avoid that", watermill.LogFields{
+			"topic": topic, "max.message.bytes": got, "wanted": want,
+		})
+	}
+}
+
+// topicLimit reads the topic's max.message.bytes; 0 when unknown.
+func (p *kafkaPublisher) topicLimit(topic string) int {
+	admin, err := p.clusterAdmin()
+	if err != nil {
+		return 0
+	}
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"max.message.bytes"}})
+	if err != nil {
+		return 0
+	}
+	for _, e := range entries {
+		if e.Name == "max.message.bytes" {
+			n, _ := strconv.Atoi(e.Value)
+			return n
+		}
+	}
+	return 0
+}
+
+// kafkaSubscriber refuses topics that cannot exist before subscribing.
+type kafkaSubscriber struct {
+	*kafka.Subscriber
+}
+
+func (s kafkaSubscriber) CheckTopic(topic string) error { return checkKafkaTopic(topic) }
+
+func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if err := checkKafkaTopic(topic); err != nil {
+		return nil, err
+	}
+	return s.Subscriber.Subscribe(ctx, topic)
+}
+
+// CheckStages checks the retry topics "<topic>.retry.<delay>" and their DLQ
+// topics (the relays dead-letter what they cannot forward).
+func (s kafkaScheduler) CheckStages(topic string, stages []time.Duration) error {
+	for _, d := range stages {
+		if err := checkKafkaTopic(KafkaRetryTopic(topic, d)); err != nil {
+			var te *TopicError
+			if errors.As(err, &te) {
+				te.Topic = topic
+			}
+			return err
+		}
+	}
+	return nil
+}

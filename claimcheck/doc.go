@@ -1,0 +1,23 @@
+// Package claimcheck stores what does not fit in a dead letter: when a
+// letter (its original plus the envelope) is over the DLQ broker's limit
+// even with its envelope shrunk, middleware.DeadLetter puts the original's
+// payload and metadata here and publishes the letter with a reference
+// (poison.KeyClaimCheck); the hospital (package dlq, `antidote dlq show` and
+// `replay`) reads them back, so nothing of the message is lost.
+//
+// Stores: NewPostgresStore (a table), NewRedisStore (one key per claim),
+// NewMemoryStore (in the process only: tests). Keys are content hashes, so
+// storing a claim again after a failed publish writes nothing new.
+//
+// Claims are kept until deleted: a claim that expired before its letter
+// would lose the message. `antidote dlq purge` deletes the claims of the
+// letters it purges.
+package claimcheck
+
+import "github.com/antidote-mq/antidote/poison"
+
+var (
+	_ poison.ClaimCheck = (*MemoryStore)(nil)
+	_ poison.ClaimCheck = (*PostgresStore)(nil)
+	_ poison.ClaimCheck = (*RedisStore)(nil)
+)
