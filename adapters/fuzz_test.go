@@ -11,8 +11,10 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/IBM/sarama"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
@@ -198,7 +200,8 @@ func (r rejecting) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, err
 }
 
 // FuzzTolerantKafkaHeaders: any record decodes without error and with a
-// non-empty UUID; the value and headers are kept; a record the inner
+// non-empty UUID; the value is kept, headers by the metadata rule (valid
+// UTF-8, invalid sequences as U+FFFD); a record the inner
 // unmarshaler rejects is marked undecodable.
 func FuzzTolerantKafkaHeaders(f *testing.F) {
 	f.Add("partition_key", []byte("k"), true, []byte("uuid-1"), []byte(`{"user_id":1}`), int32(0), int64(5))
@@ -216,14 +219,24 @@ func FuzzTolerantKafkaHeaders(f *testing.F) {
 		if msg.UUID == "" {
 			t.Fatal("empty UUID")
 		}
-		if withUUID && len(uuid) > 0 && msg.UUID != string(uuid) {
-			t.Fatalf("UUID %q, want %q", msg.UUID, uuid)
+		// The metadata rule: valid UTF-8, invalid sequences as U+FFFD.
+		valid := func(b []byte) string { return strings.ToValidUTF8(string(b), "\uFFFD") }
+		if withUUID && len(uuid) > 0 && msg.UUID != valid(uuid) {
+			t.Fatalf("UUID %q, want %q", msg.UUID, valid(uuid))
+		}
+		if !utf8.ValidString(msg.UUID) {
+			t.Fatalf("UUID %q is not valid UTF-8", msg.UUID)
 		}
 		if string(msg.Payload) != string(body) {
 			t.Fatal("value not kept")
 		}
-		if key != kafka.UUIDHeaderKey && msg.Metadata.Get(key) != string(value) && key != MetadataUndecodable {
-			t.Fatalf("header %q: %q, want %q", key, msg.Metadata.Get(key), value)
+		if key != kafka.UUIDHeaderKey && msg.Metadata.Get(valid([]byte(key))) != valid(value) && key != MetadataUndecodable {
+			t.Fatalf("header %q: %q, want %q", key, msg.Metadata.Get(valid([]byte(key))), valid(value))
+		}
+		for k, v := range msg.Metadata {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				t.Fatalf("metadata %q=%q is not valid UTF-8", k, v)
+			}
 		}
 		if rejected := len(body) > 0 && body[0] == '!'; rejected != IsUndecodable(msg) && key != MetadataUndecodable {
 			t.Fatalf("rejected=%t undecodable=%t", rejected, IsUndecodable(msg))
