@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,9 +20,9 @@ import (
 const kafkaMaxTopicLen = 249
 
 // checkKafkaName reports whether name can be a Kafka topic.
-func checkKafkaName(topic, name string) error {
+func checkKafkaName(name string) error {
 	bad := func(rule string) error {
-		return &TopicError{Broker: KindKafka, Topic: topic, Name: name, Rule: rule}
+		return &TopicError{Broker: KindKafka, Topic: name, Name: name, Rule: rule}
 	}
 	switch {
 	case name == "":
@@ -29,8 +30,7 @@ func checkKafkaName(topic, name string) error {
 	case name == "." || name == "..":
 		return bad(`Kafka does not allow the topic names "." and ".."`)
 	case len(name) > kafkaMaxTopicLen:
-		return bad(fmt.Sprintf("Kafka topic names are at most %d characters; this one has %d (the topic itself may have at most %d, so that its DLQ topic %q fits)",
-			kafkaMaxTopicLen, len(name), kafkaMaxTopicLen-len(DeadLetterSuffix), "<topic>"+DeadLetterSuffix))
+		return bad(fmt.Sprintf("Kafka topic names are at most %d characters; this one has %d", kafkaMaxTopicLen, len(name)))
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -39,14 +39,6 @@ func checkKafkaName(topic, name string) error {
 		}
 	}
 	return nil
-}
-
-// checkKafkaTopic checks topic and its default DLQ topic.
-func checkKafkaTopic(topic string) error {
-	if err := checkKafkaName(topic, topic); err != nil {
-		return err
-	}
-	return checkKafkaName(topic, topic+DeadLetterSuffix)
 }
 
 // kafkaBatchOverhead is the record batch header (v2) a broker counts
@@ -100,10 +92,10 @@ type kafkaPublisher struct {
 	ready     map[string]bool // letter topics checked
 }
 
-func (p *kafkaPublisher) CheckTopic(topic string) error { return checkKafkaTopic(topic) }
+func (p *kafkaPublisher) CheckName(name string) error { return checkKafkaName(name) }
 
 func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := checkKafkaName(topic, topic); err != nil {
+	if err := checkKafkaName(topic); err != nil {
 		return err
 	}
 	letters := false
@@ -270,20 +262,24 @@ type kafkaSubscriber struct {
 	*kafka.Subscriber
 }
 
-func (s kafkaSubscriber) CheckTopic(topic string) error { return checkKafkaTopic(topic) }
+func (s kafkaSubscriber) CheckName(name string) error { return checkKafkaName(name) }
 
 func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	if err := checkKafkaTopic(topic); err != nil {
+	if err := checkTopic(checkKafkaName, topic); err != nil {
 		return nil, err
 	}
 	return s.Subscriber.Subscribe(ctx, topic)
 }
 
 // CheckStages checks the retry topics "<topic>.retry.<delay>" and their DLQ
-// topics (the relays dead-letter what they cannot forward).
+// topics (the relays dead-letter what they cannot forward). A retry topic
+// has no stages of its own: its relay only forwards.
 func (s kafkaScheduler) CheckStages(topic string, stages []time.Duration) error {
+	if isKafkaRetryTopic(topic) {
+		return nil
+	}
 	for _, d := range stages {
-		if err := checkKafkaTopic(KafkaRetryTopic(topic, d)); err != nil {
+		if err := checkTopic(checkKafkaName, KafkaRetryTopic(topic, d)); err != nil {
 			var te *TopicError
 			if errors.As(err, &te) {
 				te.Topic = topic
@@ -292,4 +288,14 @@ func (s kafkaScheduler) CheckStages(topic string, stages []time.Duration) error 
 		}
 	}
 	return nil
+}
+
+// isKafkaRetryTopic reports whether topic is named like KafkaRetryTopic's.
+func isKafkaRetryTopic(topic string) bool {
+	i := strings.LastIndex(topic, ".retry.")
+	if i < 0 {
+		return false
+	}
+	_, err := time.ParseDuration(topic[i+len(".retry."):])
+	return err == nil
 }

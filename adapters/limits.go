@@ -47,8 +47,8 @@ func (e *TooLargeError) Error() string {
 // Is makes errors.Is(err, ErrMessageTooLarge) true.
 func (e *TooLargeError) Is(target error) bool { return target == ErrMessageTooLarge }
 
-// ErrInvalidTopic is matched (errors.Is) by the error Subscribe, Publish and
-// CheckTopic return for a topic whose name, or a name derived from it,
+// ErrInvalidTopic is matched (errors.Is) by the error Subscribe, Publish,
+// CheckName and CheckTopic return for a topic whose name, or a name derived from it,
 // cannot exist on the broker. The error is a *TopicError.
 var ErrInvalidTopic = errors.New("topic name not allowed by the broker")
 
@@ -75,12 +75,16 @@ func (e *TopicError) Error() string {
 // Is makes errors.Is(err, ErrInvalidTopic) true.
 func (e *TopicError) Is(target error) bool { return target == ErrInvalidTopic }
 
-// TopicChecker is implemented by the publishers, subscribers and schedulers
-// Open returns: CheckTopic reports, without touching the broker, whether
-// topic and every name the adapter derives from it for Antidote can exist.
-// Wrappers (telemetry, decorators) should forward it.
-type TopicChecker interface {
-	CheckTopic(topic string) error
+// NameChecker is implemented by the publishers and subscribers Open returns:
+// CheckName reports, without touching the broker, whether name can exist
+// there as a topic (Kafka), a queue (RabbitMQ) or a queue table
+// (PostgreSQL), with a *TopicError naming the rule when it cannot. Publish
+// checks the name it publishes to; Subscribe checks the topic and its
+// default DLQ topic (CheckTopic). Wrappers (telemetry.NewPublisher, your
+// decorators) should forward it, so router.New can check the DLQ topics
+// before consuming.
+type NameChecker interface {
+	CheckName(name string) error
 }
 
 // StageChecker is implemented by the schedulers Broker.Scheduler returns:
@@ -91,11 +95,28 @@ type StageChecker interface {
 	CheckStages(topic string, stages []time.Duration) error
 }
 
-// CheckTopic reports whether topic, its default DLQ topic and every name
-// the adapter derives from them can exist on b's broker.
+// CheckTopic reports whether topic and its default DLQ topic (topic +
+// DeadLetterSuffix) can exist on b's broker: what Subscribe checks.
 func (b *Broker) CheckTopic(topic string) error {
-	if c, ok := b.Publisher.(TopicChecker); ok {
-		return c.CheckTopic(topic)
+	c, ok := b.Publisher.(NameChecker)
+	if !ok {
+		return nil
+	}
+	return checkTopic(c.CheckName, topic)
+}
+
+// checkTopic checks topic and its default DLQ topic with check.
+func checkTopic(check func(string) error, topic string) error {
+	if err := check(topic); err != nil {
+		return err
+	}
+	if err := check(topic + DeadLetterSuffix); err != nil {
+		var te *TopicError
+		if errors.As(err, &te) {
+			te.Topic = topic
+			te.Rule += "; the topic's DLQ topic must fit too"
+		}
+		return err
 	}
 	return nil
 }
