@@ -2,11 +2,13 @@ package middleware
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -70,7 +72,17 @@ type BreakerConfig struct {
 	// OnStateChange, when set, is called on every state change ("closed",
 	// "open", "half-open"), for metrics. It must not block.
 	OnStateChange func(from, to string)
-	// Logger gets one line per state change. Default watermill.NopLogger.
+	// OnHold, when set, is called with held true when a message starts being
+	// held and with held false exactly once when that hold ends, however it
+	// ends (released, dead-lettered, or no longer counted: see Breaker), with
+	// the handler's name, for the gauge antidote.breaker.held
+	// (Metrics.RecordBreakerHold). It is called under the breaker's lock, so
+	// that calls for one message never cross: it must not block nor call the
+	// Breaker. Default nil: nothing is called.
+	OnHold func(handler string, held bool)
+	// Logger gets one line per state change, one when a message starts being
+	// held and one when its hold ends (not one per redelivery). Default
+	// watermill.NopLogger.
 	Logger watermill.LoggerAdapter
 }
 
@@ -134,22 +146,64 @@ func (c BreakerConfig) Validate() error {
 // are spent while most outcomes in the window are successes), which shows
 // the failure is its own; with no other traffic it is held up to
 // MaxHoldTime.
+//
+// A hold is remembered per handler, topic and message (its Kafka partition
+// and offset, else its UUID, keyed by its SHA-256 when longer than 128
+// bytes), from its first hold to its end, and logged twice, not once per
+// redelivery: "Message held by the breaker" (held_since; decide_by, which
+// is held_since + MaxHoldTime; and why it is held) and "Message no longer
+// held by the breaker" (outcome released or dead_lettered, why, held_for,
+// holds). Each held delivery adds the span event "antidote.held" (EventHeld)
+// to the consumer span, and OnHold keeps a gauge of the messages held.
+// A message not delivered again for a minute plus ten Backoffs (settled by
+// another consumer, or above the breaker) stops counting as held, with one
+// line for all such, and counts again, with its first hold kept, if it
+// comes back. Past 10,000 holds at once all are forgotten (at worst
+// restarting some messages' MaxHoldTime), with one line saying so.
+//
+// A message with neither a UUID nor a Kafka offset cannot be told from its
+// redeliveries nor from others like it, so it is not tracked: refused while
+// the circuit is open like any other, but a transient failure of its own is
+// judged at once, by the HealthCheck (failing: held; passing: DLQ) or,
+// without one, sent to the DLQ after its attempts; its failures feed the
+// window, so holding it on the window's word could hold it forever.
 type Breaker struct {
 	cfg   BreakerConfig
 	cb    *gobreaker.CircuitBreaker[struct{}]
 	mu    sync.Mutex
-	holds map[string]holdRecord // message UUID -> its holds; bounded
+	holds map[holdKey]holdRecord // bounded by maxHolds
 	// successes counts successful runs, so a held message can tell whether
 	// others got through since its first hold.
 	successes atomic.Uint64
 	// nholds is len(holds), written under mu: with none held (the normal
-	// case) wasHeld and forget skip the lock.
+	// case) wasHeld and end skip the lock.
 	nholds atomic.Int32
+
+	// maxHolds is maxTrackedHolds, staleAfter heldStaleAfter plus ten
+	// Backoffs (fields so that tests can shrink them).
+	maxHolds   int
+	staleAfter time.Duration
+	// sweeper stops counting holds whose message was not seen for
+	// staleAfter; armed (under mu) while any hold is counted.
+	sweeper    *time.Timer
+	sweepArmed bool
+
+	originOf func(*message.Message) poison.Origin // poison.OriginOf; tests replace it
 }
 
 // maxTrackedHolds bounds the holds map; past it all are forgotten at once,
 // which at worst restarts some messages' MaxHoldTime.
 const maxTrackedHolds = 10_000
+
+// heldStaleAfter (plus ten Backoffs) is how long a held message may go
+// undelivered before it stops counting as held: a held message comes back
+// after about one Backoff, unless another consumer or a middleware above
+// the breaker settled it.
+const heldStaleAfter = time.Minute
+
+// maxKeyUUIDBytes is the longest UUID kept as it is in the holds map and
+// the logs; a longer one is keyed by its SHA-256 and cut in the logs.
+const maxKeyUUIDBytes = 128
 
 // NewBreaker checks cfg and returns the breaker.
 func NewBreaker(cfg BreakerConfig) (*Breaker, error) {
@@ -157,7 +211,7 @@ func NewBreaker(cfg BreakerConfig) (*Breaker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Breaker{cfg: cfg, holds: map[string]holdRecord{}}
+	b := &Breaker{cfg: cfg, holds: map[holdKey]holdRecord{}, maxHolds: maxTrackedHolds, staleAfter: heldStaleAfter + 10*cfg.Backoff, originOf: poison.OriginOf}
 	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         "antidote",
 		MaxRequests:  cfg.HalfOpenProbes,
@@ -192,7 +246,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		// new about the environment, and counting them would let one bad
 		// message in a quiet stream open the breaker for good. Probes
 		// (half-open) always count.
-		repeat := b.wasHeld(msg.UUID) && b.cb.State() == gobreaker.StateClosed
+		repeat := b.wasHeld(msg) && b.cb.State() == gobreaker.StateClosed
 		_, err := b.cb.Execute(func() (struct{}, error) {
 			produced, herr = h(msg)
 			// Deferred (a key busy elsewhere, a failed schedule) says nothing
@@ -204,7 +258,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		})
 		if err == nil && herr == nil {
 			b.successes.Add(1)
-			b.forget(msg.UUID)
+			b.release(msg)
 			return produced, nil
 		}
 		return b.settle(msg, produced, herr, err)
@@ -217,27 +271,65 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 func (b *Breaker) settle(msg *message.Message, produced []*message.Message, herr, err error) ([]*message.Message, error) {
 	switch {
 	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
-		return nil, b.hold(msg, fmt.Errorf("%w (%s)", ErrCircuitOpen, b.cb.State()))
+		st := b.cb.State()
+		return nil, b.hold(msg, fmt.Errorf("%w (%s)", ErrCircuitOpen, st), refusedWhy(st))
 	case herr == nil:
 		b.successes.Add(1)
-		b.forget(msg.UUID)
+		b.release(msg)
 		return produced, nil
-	case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred) || b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
+	case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred):
+		return nil, herr // delivered again: a hold goes on
+	case b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
+		b.end(msg, holdDeadLettered, "it failed permanently")
 		return nil, herr
 	}
 	// A transient failure that outlived Retry.
-	if b.heldTooLong(msg.UUID) {
-		b.forget(msg.UUID)
+	k, tracked := b.keyOf(msg)
+	if !tracked {
+		return b.settleUntracked(msg, herr)
+	}
+	if b.heldTooLong(k) {
+		b.end(msg, holdDeadLettered, "held longer than MaxHoldTime")
 		return nil, herr // DeadLetter takes it: retries_exhausted
 	}
 	if st := b.cb.State(); st != gobreaker.StateClosed {
-		return nil, b.hold(msg, fmt.Errorf("%w (%s): %w", ErrCircuitOpen, st, herr))
+		return nil, b.hold(msg, fmt.Errorf("%w (%s): %w", ErrCircuitOpen, st, herr), "circuit "+st.String())
 	}
-	if b.judged(msg) {
-		b.forget(msg.UUID)
+	own, why := b.judged(msg, k)
+	if own {
+		b.end(msg, holdDeadLettered, why)
 		return nil, herr // others succeed while it keeps failing: the message's own problem
 	}
-	return nil, b.hold(msg, herr)
+	return nil, b.hold(msg, herr, why)
+}
+
+// settleUntracked judges at once a transient failure of a message the
+// breaker cannot tell from its redeliveries (no UUID, no Kafka offset).
+// Holding it until a later verdict could hold it forever, and its own
+// failures feed the window, so only the HealthCheck, which it cannot
+// influence, may hold it; without one it goes to the DLQ after its attempts.
+func (b *Breaker) settleUntracked(msg *message.Message, herr error) ([]*message.Message, error) {
+	why := "it has no UUID to track its holds by, and there is no HealthCheck"
+	if b.cfg.HealthCheck != nil {
+		if err := b.healthCheck(msg); err != nil {
+			return nil, b.hold(msg, herr, "health check failing: "+err.Error())
+		}
+		why = "it fails while the health check passes"
+	}
+	b.cfg.Logger.Info("Message without a UUID not held by the breaker: its holds cannot be tracked", watermill.LogFields{
+		"topic":        message.SubscribeTopicFromCtx(msg.Context()),
+		"handler_name": message.HandlerNameFromCtx(msg.Context()),
+		"err":          traceErrorText(herr),
+		"why":          why,
+	})
+	return nil, herr
+}
+
+func refusedWhy(st gobreaker.State) string {
+	if st == gobreaker.StateHalfOpen {
+		return "circuit half-open, its probes are busy"
+	}
+	return "circuit " + st.String()
 }
 
 // outcomes counts finished, counted runs: gobreaker's Requests also holds
@@ -253,20 +345,132 @@ func (c BreakerConfig) failing(n gobreaker.Counts) bool {
 // excludedErr marks a failure gobreaker must not count.
 type excludedErr struct{ error }
 
-// hold pauses, then returns a Defer'd error so the message is nacked.
-func (b *Breaker) hold(msg *message.Message, err error) error {
+// holdKey identifies a held message: the same message delivered to two
+// handlers (or topics) is held twice, independently.
+type holdKey struct {
+	handler, topic string
+	kind           holdKeyKind
+	id             string // the UUID, or its SHA-256 (kind keyHash)
+	partition      int32  // kind keyOffset
+	offset         int64
+}
+
+type holdKeyKind uint8
+
+const (
+	keyUUID holdKeyKind = iota
+	keyHash             // so that no UUID can collide with a hash
+	keyOffset
+)
+
+// keyOf returns msg's key: on Kafka its partition and offset, which
+// identify it even when its producer gave it no UUID, or the same one as
+// to other messages; elsewhere its UUID, hashed when longer than
+// maxKeyUUIDBytes. ok is false for a message without either, which
+// cannot be told from an unrelated one.
+func (b *Breaker) keyOf(msg *message.Message) (k holdKey, ok bool) {
+	o := b.originOf(msg)
+	k = holdKey{handler: o.Handler, topic: o.Topic}
+	switch {
+	case o.HasOffset:
+		k.kind, k.partition, k.offset = keyOffset, o.Partition, o.Offset
+	case msg.UUID == "":
+		return holdKey{}, false
+	case len(msg.UUID) > maxKeyUUIDBytes:
+		sum := sha256.Sum256([]byte(msg.UUID))
+		k.kind, k.id = keyHash, string(sum[:])
+	default:
+		k.id = msg.UUID
+	}
+	return k, true
+}
+
+// logFields are the fields naming a held message in the breaker's lines.
+func (k holdKey) logFields(msg *message.Message) watermill.LogFields {
+	f := watermill.LogFields{"message_uuid": logUUID(msg.UUID), "topic": k.topic, "handler_name": k.handler}
+	if k.kind == keyOffset {
+		f["partition"], f["offset"] = k.partition, k.offset
+	}
+	return f
+}
+
+// logUUID is msg's UUID as logged: cut when it is longer than
+// maxKeyUUIDBytes (a foreign producer's 100 KB "UUID").
+func logUUID(uuid string) string {
+	if len(uuid) <= maxKeyUUIDBytes {
+		return uuid
+	}
+	cut := maxKeyUUIDBytes
+	for cut > 0 && !utf8.RuneStart(uuid[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s...[truncated, %d bytes]", uuid[:cut], len(uuid))
+}
+
+// logTime formats a time for the logs and span events.
+func logTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// hold records a hold, pauses, then returns a Defer'd error so the message
+// is nacked. why says why it is held.
+func (b *Breaker) hold(msg *message.Message, err error, why string) error {
+	k, tracked := b.keyOf(msg)
+	if !tracked {
+		b.cfg.Logger.Debug("Message without a UUID held by the breaker; its holds are not tracked", watermill.LogFields{
+			"topic": message.SubscribeTopicFromCtx(msg.Context()), "handler_name": message.HandlerNameFromCtx(msg.Context()), "why": why,
+		})
+		noteHeld(msg.Context(), time.Time{}, 0, time.Time{}, why)
+		return b.pause(msg, err)
+	}
+	now := time.Now()
 	b.mu.Lock()
-	r, ok := b.holds[msg.UUID]
+	r, ok := b.holds[k]
+	forgot := 0
 	if !ok {
-		if len(b.holds) >= maxTrackedHolds {
-			clear(b.holds)
+		if len(b.holds) >= b.maxHolds {
+			forgot = b.forgetAllLocked()
 		}
-		r = holdRecord{first: time.Now(), successes: b.successes.Load()}
+		r = holdRecord{first: now, successes: b.successes.Load()}
 	}
 	r.holds++
-	b.holds[msg.UUID] = r
+	r.last = now
+	resumed := ok && !r.counted
+	if !r.counted {
+		r.counted = true
+		b.onHold(k.handler, true)
+		b.armSweepLocked()
+	}
+	b.holds[k] = r
 	b.nholds.Store(int32(len(b.holds)))
 	b.mu.Unlock()
+
+	if forgot > 0 {
+		b.cfg.Logger.Info("Breaker forgot every held message: too many held at once", watermill.LogFields{
+			"forgotten": forgot, "max_tracked": b.maxHolds,
+		})
+	}
+	decideBy := r.first.Add(b.cfg.MaxHoldTime)
+	if !ok || resumed {
+		fields := k.logFields(msg).Add(watermill.LogFields{
+			"err":           traceErrorText(err),
+			"why":           traceText(why),
+			"held_since":    logTime(r.first),
+			"decide_by":     logTime(decideBy),
+			"max_hold_time": b.cfg.MaxHoldTime.String(),
+		})
+		msgText := "Message held by the breaker: nacked after a backoff, not dead-lettered; a transient failure after decide_by sends it to the DLQ"
+		if resumed {
+			fields["holds"] = r.holds
+			msgText = "Message held by the breaker again after it was not delivered for a while"
+		}
+		b.cfg.Logger.Info(msgText, fields)
+	}
+	noteHeld(msg.Context(), r.first, r.holds, decideBy, why)
+	return b.pause(msg, err)
+}
+
+// pause waits Backoff (or until the message context ends) and returns err
+// Defer'd, so DeadLetter nacks the message.
+func (b *Breaker) pause(msg *message.Message, err error) error {
 	t := time.NewTimer(b.cfg.Backoff)
 	defer t.Stop()
 	select {
@@ -279,8 +483,134 @@ func (b *Breaker) hold(msg *message.Message, err error) error {
 // holdRecord is what the breaker remembers of a held message.
 type holdRecord struct {
 	first     time.Time // its first hold
+	last      time.Time // its latest hold
 	successes uint64    // Breaker.successes at its first hold
 	holds     int
+	// counted: reported held through OnHold; false once it went stale.
+	counted bool
+}
+
+// How a hold ends, as logged.
+const (
+	holdReleased     = "released"
+	holdDeadLettered = "dead_lettered"
+)
+
+const whyWindowFailing = "most outcomes in the window are transient failures: an outage"
+
+// onHold calls OnHold; under mu.
+func (b *Breaker) onHold(handler string, held bool) {
+	if b.cfg.OnHold != nil {
+		b.cfg.OnHold(handler, held)
+	}
+}
+
+// release ends msg's hold, if any, after the chain below settled it.
+func (b *Breaker) release(msg *message.Message) {
+	if b.nholds.Load() == 0 {
+		return
+	}
+	why := string(OutcomeProcessed)
+	if st := deliveryStateOf(msg.Context()); st != nil {
+		st.mu.Lock()
+		if st.outcome != "" {
+			why = string(st.outcome) // retry_scheduled, duplicate
+		}
+		st.mu.Unlock()
+	}
+	b.end(msg, holdReleased, why)
+}
+
+// end forgets msg's hold, if any, and logs how it ended.
+func (b *Breaker) end(msg *message.Message, how, why string) {
+	if b.nholds.Load() == 0 {
+		return
+	}
+	k, ok := b.keyOf(msg)
+	if !ok {
+		return
+	}
+	b.mu.Lock()
+	r, found := b.holds[k]
+	if found {
+		delete(b.holds, k)
+		b.nholds.Store(int32(len(b.holds)))
+		if r.counted {
+			b.onHold(k.handler, false)
+		}
+	}
+	b.mu.Unlock()
+	if !found {
+		return
+	}
+	b.cfg.Logger.Info("Message no longer held by the breaker", k.logFields(msg).Add(watermill.LogFields{
+		"outcome":    how,
+		"why":        traceText(why),
+		"held_since": logTime(r.first),
+		"held_for":   time.Since(r.first).String(),
+		"holds":      r.holds,
+	}))
+}
+
+// forgetAllLocked drops every hold, reporting the counted ones as no longer
+// held; under mu. It returns how many it dropped.
+func (b *Breaker) forgetAllLocked() int {
+	n := len(b.holds)
+	for k, r := range b.holds {
+		if r.counted {
+			b.onHold(k.handler, false)
+		}
+	}
+	clear(b.holds)
+	b.nholds.Store(0)
+	return n
+}
+
+// armSweepLocked makes sure a sweep will run; under mu.
+func (b *Breaker) armSweepLocked() {
+	if b.sweepArmed {
+		return
+	}
+	b.sweepArmed = true
+	if b.sweeper == nil {
+		b.sweeper = time.AfterFunc(b.staleAfter, b.sweep)
+		return
+	}
+	b.sweeper.Reset(b.staleAfter)
+}
+
+// sweep stops counting the holds whose message was not delivered for
+// staleAfter, and runs again while any hold is counted (at most four times
+// per staleAfter). The records stay, so a message that comes back keeps its
+// first hold, and so its MaxHoldTime.
+func (b *Breaker) sweep() {
+	now := time.Now()
+	stale := 0
+	b.mu.Lock()
+	next := time.Duration(0)
+	for k, r := range b.holds {
+		if !r.counted {
+			continue
+		}
+		if age := now.Sub(r.last); age >= b.staleAfter {
+			r.counted = false
+			b.holds[k] = r
+			b.onHold(k.handler, false)
+			stale++
+		} else if d := b.staleAfter - age; next == 0 || d < next {
+			next = d
+		}
+	}
+	b.sweepArmed = next > 0
+	if b.sweepArmed {
+		b.sweeper.Reset(max(next, b.staleAfter/4))
+	}
+	b.mu.Unlock()
+	if stale > 0 {
+		b.cfg.Logger.Info("Held messages not delivered again no longer count as held (settled by another consumer or above the breaker?)", watermill.LogFields{
+			"messages": stale, "not_delivered_for": b.staleAfter.String(),
+		})
+	}
 }
 
 // verdictHolds is how often a transiently failing message is held before
@@ -292,56 +622,74 @@ const verdictHolds = 2
 // judged reports whether a transient failure is shown to be the message's
 // own: it kept failing while its dependencies are up (HealthCheck) or while
 // others succeeded, seen either through its holds here or through the
-// delayed-retry stages it already went through.
-func (b *Breaker) judged(msg *message.Message) bool {
+// delayed-retry stages it already went through. why says what decided, or
+// why it is held.
+func (b *Breaker) judged(msg *message.Message, k holdKey) (own bool, why string) {
 	c := b.cb.Counts()
 	if b.cfg.failing(c) {
-		return false
+		return false, whyWindowFailing
 	}
-	if b.cfg.HealthCheck != nil && b.wasHeld(msg.UUID) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), b.cfg.Backoff)
-		defer cancel()
-		return b.cfg.HealthCheck(ctx) == nil
+	if b.cfg.HealthCheck != nil && b.wasHeldKey(k) {
+		if err := b.healthCheck(msg); err != nil {
+			return false, "health check failing: " + err.Error()
+		}
+		return true, "it fails while the health check passes"
 	}
-	return b.othersGotThrough(msg.UUID) || (Stage(msg) > 0 && outcomes(c) >= b.cfg.MinRequests)
+	if b.othersGotThrough(k) {
+		return true, "it keeps failing while other messages succeed"
+	}
+	if Stage(msg) > 0 && outcomes(c) >= b.cfg.MinRequests {
+		return true, "its retry stages are spent while most outcomes in the window succeed"
+	}
+	if b.cfg.HealthCheck != nil {
+		return false, "first failure: the health check judges its next one"
+	}
+	return false, "waiting for other messages to succeed"
 }
 
-// othersGotThrough reports whether uuid was held verdictHolds times and
+// healthCheck runs HealthCheck within Backoff.
+func (b *Breaker) healthCheck(msg *message.Message) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(msg.Context()), b.cfg.Backoff)
+	defer cancel()
+	return b.cfg.HealthCheck(ctx)
+}
+
+// othersGotThrough reports whether k was held verdictHolds times and
 // other messages succeeded since its first hold: then its failures are its
 // own, not the environment's. Holding first, instead of trusting a window
 // full of successes from before, keeps the first messages of an outage out
 // of the DLQ.
-func (b *Breaker) othersGotThrough(uuid string) bool {
+func (b *Breaker) othersGotThrough(k holdKey) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	r, ok := b.holds[uuid]
+	r, ok := b.holds[k]
 	return ok && r.holds >= verdictHolds && b.successes.Load() > r.successes
 }
 
-// heldTooLong reports whether uuid was first held more than MaxHoldTime ago.
-func (b *Breaker) heldTooLong(uuid string) bool {
+// heldTooLong reports whether k was first held more than MaxHoldTime ago.
+func (b *Breaker) heldTooLong(k holdKey) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	r, ok := b.holds[uuid]
+	r, ok := b.holds[k]
 	return ok && time.Since(r.first) > b.cfg.MaxHoldTime
 }
 
-func (b *Breaker) wasHeld(uuid string) bool {
+// wasHeld reports whether msg is held (in the common case, none is, and it
+// takes no lock).
+func (b *Breaker) wasHeld(msg *message.Message) bool {
+	if b.nholds.Load() == 0 {
+		return false
+	}
+	k, ok := b.keyOf(msg)
+	return ok && b.wasHeldKey(k)
+}
+
+func (b *Breaker) wasHeldKey(k holdKey) bool {
 	if b.nholds.Load() == 0 {
 		return false
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	_, ok := b.holds[uuid]
+	_, ok := b.holds[k]
 	return ok
-}
-
-func (b *Breaker) forget(uuid string) {
-	if b.nholds.Load() == 0 {
-		return
-	}
-	b.mu.Lock()
-	delete(b.holds, uuid)
-	b.nholds.Store(int32(len(b.holds)))
-	b.mu.Unlock()
 }

@@ -36,6 +36,7 @@ const (
 	MetricBackpressureWait = "antidote.backpressure.wait"
 	MetricBreakerState     = "antidote.breaker.state"
 	MetricBreakerChanges   = "antidote.breaker.transitions"
+	MetricBreakerHeld      = "antidote.breaker.held"
 	MetricDLQDepth         = "antidote.dlq.depth"
 )
 
@@ -105,6 +106,7 @@ func (c MetricsConfig) Validate() error {
 //	ThrottleConfig.OnWait              → RecordThrottleWait
 //	throttle.BackpressureConfig.OnWait → RecordBackpressureBlock
 //	BreakerConfig.OnStateChange        → RecordBreakerState
+//	BreakerConfig.OnHold               → RecordBreakerHold
 //
 // Do not wire RetryConfig.OnRetry to anything here: Retry reports to
 // Metrics through the message context, with the handler name.
@@ -119,6 +121,7 @@ type Metrics struct {
 	throttleWait, backpressureWait                                  metric.Float64Counter
 	duration                                                        metric.Float64Histogram
 	breakerState                                                    metric.Int64Gauge
+	breakerHeld                                                     metric.Int64UpDownCounter
 
 	registration metric.Registration // the DLQ depth callback, if any
 
@@ -174,6 +177,9 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 	errs = append(errs, err)
 	m.breakerState, err = meter.Int64Gauge(MetricBreakerState, metric.WithUnit("{state}"),
 		metric.WithDescription("DLQ-storm breaker state: 0 closed, 1 half-open, 2 open."))
+	errs = append(errs, err)
+	m.breakerHeld, err = meter.Int64UpDownCounter(MetricBreakerHeld, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages the DLQ-storm breaker holds back now (nacked after a backoff instead of dead-lettered), by handler."))
 	errs = append(errs, err)
 	if cfg.DLQDepth != nil {
 		depth, err := meter.Int64ObservableGauge(MetricDLQDepth, metric.WithUnit("{message}"),
@@ -341,6 +347,22 @@ func (m *Metrics) RecordBreakerState(ctx context.Context, from, to string) {
 	}
 	m.breakerState.Record(rec, state)
 	m.breakerChanges.Add(rec, 1, m.opt(metricsOptKey{kind: 'b', a: from, b: to}).add...)
+}
+
+// RecordBreakerHold moves the gauge antidote.breaker.held (messages the
+// breaker holds back now, by handler) up when held, down when not. Wire it
+// to BreakerConfig.OnHold, which reports each hold's start and end once:
+//
+//	OnHold: func(handler string, held bool) { m.RecordBreakerHold(context.Background(), handler, held) }
+func (m *Metrics) RecordBreakerHold(ctx context.Context, handler string, held bool) {
+	if m == nil {
+		return
+	}
+	var d int64 = -1
+	if held {
+		d = 1
+	}
+	m.breakerHeld.Add(recordContext(ctx), d, m.handlerOpt(handler).add...)
 }
 
 func (m *Metrics) handlerOpt(handler string) *metricOpts {

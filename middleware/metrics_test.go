@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/router"
 )
 
 func collect(t *testing.T, reader *sdkmetric.ManualReader) metricdata.ResourceMetrics {
@@ -46,7 +48,7 @@ func matches(set attribute.Set, want map[string]string) bool {
 	}
 	for k, v := range want {
 		got, ok := set.Value(attribute.Key(k))
-		if !ok || got.Emit() != v {
+		if !ok || got.String() != v {
 			return false
 		}
 	}
@@ -260,6 +262,10 @@ func TestMetricsHooksAndDLQDepth(t *testing.T) {
 	metrics.RecordBackpressureBlock(ctx, "orders", 0) // refused at once: a block, no wait
 	metrics.RecordBreakerState(ctx, "closed", "open")
 	metrics.RecordDuplicate(ctx, "orders-handler")
+	metrics.RecordBreakerHold(ctx, "orders-handler", true)
+	metrics.RecordBreakerHold(ctx, "orders-handler", true)
+	metrics.RecordBreakerHold(ctx, "payments-handler", true)
+	metrics.RecordBreakerHold(ctx, "orders-handler", false)
 
 	rm := collect(t, reader)
 	assert.Equal(t, 2.0, value(t, rm, middleware.MetricThrottleWait, map[string]string{"handler": "orders-handler"}))
@@ -268,6 +274,8 @@ func TestMetricsHooksAndDLQDepth(t *testing.T) {
 	assert.Equal(t, 2.0, value(t, rm, middleware.MetricBreakerState, map[string]string{}), "open")
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricBreakerChanges, map[string]string{"from": "closed", "to": "open"}))
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricDuplicates, map[string]string{"handler": "orders-handler"}))
+	assert.Equal(t, 1.0, value(t, rm, middleware.MetricBreakerHeld, map[string]string{"handler": "orders-handler"}))
+	assert.Equal(t, 1.0, value(t, rm, middleware.MetricBreakerHeld, map[string]string{"handler": "payments-handler"}))
 	assert.Equal(t, 7.0, value(t, rm, middleware.MetricDLQDepth, map[string]string{"topic": "orders.dlq"}))
 	assert.Equal(t, 1, depthCalls)
 
@@ -285,7 +293,66 @@ func TestMetricsHooksAndDLQDepth(t *testing.T) {
 	none.RecordThrottleWait(ctx, "h", time.Second)
 	none.RecordBackpressureBlock(ctx, "t", time.Second)
 	none.RecordBreakerState(ctx, "closed", "open")
+	none.RecordBreakerHold(ctx, "h", true)
 	assert.NoError(t, none.Close())
+}
+
+// router.New wires BreakerConfig.OnHold to the gauge antidote.breaker.held
+// (keeping the caller's own OnHold): messages held show up by handler while
+// the health check fails, and the gauge returns to 0 once they are
+// processed.
+func TestMetricsBreakerHeldThroughRouter(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+	defer ps.Close()
+	var up atomic.Bool
+	var userHolds atomic.Int64
+	r, err := router.New(router.Config{
+		DeadLetter:     middleware.DeadLetterConfig{Publisher: ps},
+		Metrics:        middleware.MetricsConfig{MeterProvider: mp},
+		DisableTracing: true,
+		Retry:          middleware.RetryConfig{InitialInterval: time.Millisecond, MaxAttempts: 1},
+		Breaker: middleware.BreakerConfig{
+			Backoff: time.Millisecond, MaxHoldTime: time.Hour,
+			HealthCheck: func(context.Context) error {
+				if up.Load() {
+					return nil
+				}
+				return errors.New("database down")
+			},
+			OnHold: func(_ string, held bool) {
+				if held {
+					userHolds.Add(1)
+				}
+			},
+		},
+	})
+	require.NoError(t, err)
+	var processed atomic.Int64
+	r.AddConsumerHandler("orders-handler", "orders", ps, func(*message.Message) error {
+		if !up.Load() {
+			return poison.Transient(errors.New("connection refused"))
+		}
+		processed.Add(1)
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	<-r.Running()
+	for range 3 {
+		require.NoError(t, ps.Publish("orders", message.NewMessage(watermill.NewUUID(), nil)))
+	}
+	h := map[string]string{"handler": "orders-handler"}
+	require.Eventually(t, func() bool { return value(t, collect(t, reader), middleware.MetricBreakerHeld, h) == 3 },
+		10*time.Second, 5*time.Millisecond, "three messages held while the health check fails")
+	up.Store(true)
+	require.Eventually(t, func() bool { return processed.Load() == 3 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return value(t, collect(t, reader), middleware.MetricBreakerHeld, h) == 0 },
+		10*time.Second, 5*time.Millisecond, "no message held once they are processed")
+	assert.Equal(t, int64(3), userHolds.Load(), "the caller's OnHold is still called")
 }
 
 func TestMetricsConfigValidate(t *testing.T) {

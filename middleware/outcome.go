@@ -132,6 +132,10 @@ const (
 	EventRetryScheduled = "retry scheduled"
 	// EventDuplicate is added by Metrics.RecordDuplicate.
 	EventDuplicate = "duplicate skipped"
+	// EventHeld is added by Breaker to each delivery it holds back (nacks
+	// after a backoff instead of dead-lettering), with AttrHold,
+	// AttrHeldSince, AttrDecideBy and AttrHoldReason.
+	EventHeld = "antidote.held"
 )
 
 // Span attribute keys of Antidote's own (the messaging.* ones are OTel's).
@@ -146,6 +150,17 @@ const (
 	AttrRetryStage  = attribute.Key("antidote.retry_stage")
 	AttrReplayCount = attribute.Key("antidote.replay_count")
 	AttrLinkType    = attribute.Key("antidote.link")
+	// AttrHold is which hold of the message this is (1 for the first); 0
+	// for a message without a UUID, whose holds are not tracked (it then
+	// has no AttrHeldSince nor AttrDecideBy).
+	AttrHold = attribute.Key("antidote.hold")
+	// AttrHeldSince is the message's first hold (RFC 3339, UTC).
+	AttrHeldSince = attribute.Key("antidote.held_since")
+	// AttrDecideBy is AttrHeldSince + MaxHoldTime: a transient failure
+	// after it sends the message to the DLQ (RFC 3339, UTC).
+	AttrDecideBy = attribute.Key("antidote.decide_by")
+	// AttrHoldReason says why the breaker holds the message.
+	AttrHoldReason = attribute.Key("antidote.hold_reason")
 )
 
 // Exception attribute keys, as the OTel exception semantic conventions name
@@ -159,8 +174,10 @@ const (
 // whole payload must not turn every span into megabytes.
 const maxTraceErrorBytes = 1 << 10
 
-func traceErrorText(err error) string {
-	s := err.Error()
+func traceErrorText(err error) string { return traceText(err.Error()) }
+
+// traceText cuts s to maxTraceErrorBytes.
+func traceText(s string) string {
 	if len(s) <= maxTraceErrorBytes {
 		return s
 	}
@@ -228,6 +245,20 @@ func noteRetryScheduled(ctx context.Context, stage int, after time.Duration, err
 		attrs := append(errorAttrs(err), AttrRetryStage.Int(stage), AttrRetryDelay.String(after.String()))
 		span.AddEvent(EventRetryScheduled, trace.WithAttributes(attrs...))
 	}
+}
+
+// noteHeld records on the consumer span that the breaker holds this
+// delivery back; hold 0 is an untracked message (no UUID).
+func noteHeld(ctx context.Context, since time.Time, hold int, decideBy time.Time, why string) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	attrs := []attribute.KeyValue{AttrHold.Int(hold), AttrHoldReason.String(traceText(why))}
+	if hold > 0 {
+		attrs = append(attrs, AttrHeldSince.String(logTime(since)), AttrDecideBy.String(logTime(decideBy)))
+	}
+	span.AddEvent(EventHeld, trace.WithAttributes(attrs...))
 }
 
 // withTraceOf returns ctx carrying the span and baggage of from when ctx has

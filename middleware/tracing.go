@@ -62,8 +62,9 @@ func (c TracingConfig) Validate() error { return nil }
 //
 // The span goes into msg.Context(), so everything below sees it: Retry adds
 // an "attempt failed" event per failed attempt and a "retry" event per
-// retry, DeadLetter a "dead-lettered" event and DelayedRetry a "retry
-// scheduled" event; their publishes (the letter, the retry-stage message)
+// retry, DeadLetter a "dead-lettered" event, DelayedRetry a "retry
+// scheduled" event and Breaker an "antidote.held" event per delivery it
+// holds back; their publishes (the letter, the retry-stage message)
 // carry the span as their parent, so a publisher decorated with
 // telemetry.NewPublisher / telemetry.NewScheduler adds producer spans to the
 // same trace. The span status is Error when the delivery failed (nacked) or

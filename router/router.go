@@ -211,6 +211,13 @@ func New(cfg Config) (*message.Router, error) {
 				onState(from, to)
 			}
 		}
+		onHold := cfg.Breaker.OnHold
+		cfg.Breaker.OnHold = func(handler string, held bool) {
+			metrics.RecordBreakerHold(context.Background(), handler, held)
+			if onHold != nil {
+				onHold(handler, held)
+			}
+		}
 	}
 	dl, err := middleware.NewDeadLetter(cfg.DeadLetter)
 	if err != nil {
