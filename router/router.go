@@ -288,6 +288,10 @@ func New(cfg Config) (*message.Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
+	// Before consuming a topic, make sure every name derived from it can
+	// exist: a DLQ or retry stage that cannot would turn each failure into
+	// a loop at run time.
+	r.AddSubscriberDecorators(checkNames(cfg))
 	// Outermost: a bug in a middleware itself becomes a nack, not a crash.
 	r.AddMiddleware(wmiddleware.Recoverer)
 	// Grow the message goroutine's stack once, here, instead of step by

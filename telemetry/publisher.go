@@ -178,6 +178,16 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // Close closes the inner publisher.
 func (p *Publisher) Close() error { return p.pub.Close() }
 
+// CheckName forwards to the inner publisher's adapters.NameChecker, so
+// router.New can check DLQ topic names through the decoration; nil when the
+// inner publisher does not check names.
+func (p *Publisher) CheckName(name string) error {
+	if c, ok := p.pub.(adapters.NameChecker); ok {
+		return c.CheckName(name)
+	}
+	return nil
+}
+
 // Scheduler decorates an adapters.Scheduler (DelayedRetry's way to move a
 // message to its next retry stage) with a producer span "<topic> publish"
 // carrying antidote.retry_stage and antidote.retry_delay, the child of the
@@ -202,6 +212,15 @@ func NewScheduler(s adapters.Scheduler, cfg PublisherConfig) (*Scheduler, error)
 }
 
 var _ adapters.Scheduler = (*Scheduler)(nil)
+
+// CheckStages forwards to the inner scheduler's adapters.StageChecker; nil
+// when it does not check.
+func (s *Scheduler) CheckStages(topic string, stages []time.Duration) error {
+	if c, ok := s.s.(adapters.StageChecker); ok {
+		return c.CheckStages(topic, stages)
+	}
+	return nil
+}
 
 // Schedule starts the span, injects it and calls the inner scheduler.
 func (s *Scheduler) Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error {

@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/antidote-mq/antidote/adapters"
 )
 
 // Letter is one line of --dlq-out. Payload holds the bytes as text when
@@ -38,6 +40,15 @@ func newLetterPublisher(p message.Publisher, path string, onLetter func(*message
 		lp.out = f
 	}
 	return lp, nil
+}
+
+// CheckName forwards to the broker's publisher, so router.New checks the
+// DLQ topic names.
+func (p *letterPublisher) CheckName(name string) error {
+	if c, ok := p.Publisher.(adapters.NameChecker); ok {
+		return c.CheckName(name)
+	}
+	return nil
 }
 
 func (p *letterPublisher) Publish(topic string, msgs ...*message.Message) error {
