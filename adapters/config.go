@@ -31,10 +31,12 @@ var Kinds = []Kind{KindMemory, KindKafka, KindAMQP, KindPostgres}
 var ErrInvalidConfig = errors.New("invalid adapters config")
 
 // Config selects a broker and holds one section per broker. Only the section
-// of the selected Broker is used. The zero value (after defaults) is the
-// memory broker.
+// of the selected Broker is used. Broker must be set; every other field has
+// a default.
 type Config struct {
-	// Broker picks the broker. Default "memory".
+	// Broker picks the broker. Required: there is no default, since the
+	// only broker that needs nothing (memory) keeps messages in the process
+	// and loses them on exit; choose it explicitly for tests and demos.
 	Broker Kind `yaml:"broker"`
 
 	// ConnectTimeout bounds how long Open waits for an unreachable broker
@@ -58,10 +60,15 @@ type MemoryConfig struct {
 
 // KafkaConfig configures watermill-kafka (Sarama).
 type KafkaConfig struct {
-	// Brokers are the bootstrap addresses (host:port). Empty starts an
-	// embedded Kafka-protocol broker in process (kfake), stopped on Close:
-	// nothing to install, nothing kept after the process exits.
+	// Brokers are the bootstrap addresses (host:port). Required unless
+	// Embedded.
 	Brokers []string `yaml:"brokers"`
+
+	// Embedded starts a Kafka-protocol broker in the process (franz-go's
+	// kfake) instead of connecting to Brokers: nothing to install, and
+	// nothing kept after the process exits, so it is an explicit choice
+	// for tests and demos, logged as not durable. Default false.
+	Embedded bool `yaml:"embedded"`
 
 	// ConsumerGroup the subscriber joins. Default "antidote". Offsets are
 	// committed per group, and only for acked messages.
@@ -114,8 +121,8 @@ type KafkaConfig struct {
 	// ClientID identifies this process to the brokers. Default "antidote".
 	ClientID string `yaml:"client_id"`
 
-	// EmbeddedAddr is where the embedded broker listens when Brokers is
-	// empty. Default "127.0.0.1:0" (a free port).
+	// EmbeddedAddr is where the embedded broker listens (Embedded only).
+	// Default "127.0.0.1:0" (a free port).
 	EmbeddedAddr string `yaml:"embedded_addr"`
 
 	// MaxMessageBytes is the largest record the publisher sends, counted as
@@ -211,9 +218,6 @@ const (
 
 // SetDefaults fills every unset field with its documented default.
 func (c *Config) SetDefaults() {
-	if c.Broker == "" {
-		c.Broker = KindMemory
-	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -300,6 +304,8 @@ func (c Config) Validate() error {
 	}
 	switch c.Broker {
 	case KindMemory, KindKafka, KindAMQP, KindPostgres:
+	case "":
+		bad("broker", "is not set; choose one of %s (memory keeps messages in this process only: for tests and demos)", kindList())
 	default:
 		bad("broker", "unknown broker %q; use one of %s", c.Broker, kindList())
 	}
@@ -311,8 +317,14 @@ func (c Config) Validate() error {
 		k := c.Kafka
 		for i, b := range k.Brokers {
 			if err := checkHostPort(b); err != nil {
-				bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port (%v); write it like 127.0.0.1:9092, or leave brokers empty for the embedded broker", b, err)
+				bad(fmt.Sprintf("kafka.brokers[%d]", i), "%q is not host:port (%v); write it like 127.0.0.1:9092", b, err)
 			}
+		}
+		switch {
+		case len(k.Brokers) == 0 && !k.Embedded:
+			bad("kafka.brokers", "is empty; list the bootstrap brokers (host:port), or set kafka.embedded: true (ANTIDOTE_KAFKA_EMBEDDED=true) for an in-process test broker that keeps nothing after exit")
+		case len(k.Brokers) > 0 && k.Embedded:
+			bad("kafka.embedded", "is true while kafka.brokers lists %d brokers; set only one", len(k.Brokers))
 		}
 		if strings.TrimSpace(k.ConsumerGroup) == "" {
 			bad("kafka.consumer_group", "is blank; name the consumer group, e.g. my-service")
@@ -341,7 +353,7 @@ func (c Config) Validate() error {
 		if k.MaxMessageBytes < 1 {
 			bad("kafka.max_message_bytes", "%d is less than 1; use the topics' max.message.bytes, e.g. 1048576", k.MaxMessageBytes)
 		}
-		if len(k.Brokers) == 0 {
+		if k.Embedded {
 			if err := checkHostPort(k.EmbeddedAddr); err != nil {
 				bad("kafka.embedded_addr", "%q is not host:port (%v); use e.g. 127.0.0.1:9092", k.EmbeddedAddr, err)
 			}

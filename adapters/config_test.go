@@ -43,6 +43,16 @@ func TestValidateRejectsWithFieldAndFix(t *testing.T) {
 		{"kafka session timeout", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.SessionTimeout = time.Millisecond }, []string{"kafka.session_timeout", "10s"}},
 		{"postgres batch", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.BatchSize = -1 }, []string{"postgres.batch_size"}},
 		{"memory buffer", func(c *adapters.Config) { c.Memory.OutputBuffer = -1 }, []string{"memory.output_buffer"}},
+		{"no broker", func(c *adapters.Config) { c.Broker = "" }, []string{"broker", "is not set", "memory keeps messages in this process only"}},
+		{"kafka without brokers", func(c *adapters.Config) { c.Broker = "kafka" }, []string{"kafka.brokers", "is empty", "kafka.embedded: true"}},
+		{"kafka embedded and brokers", func(c *adapters.Config) {
+			c.Broker = "kafka"
+			c.Kafka.Embedded = true
+			c.Kafka.Brokers = []string{"h:9092"}
+		}, []string{"kafka.embedded", "set only one"}},
+		{"kafka max message bytes", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.MaxMessageBytes = -1 }, []string{"kafka.max_message_bytes"}},
+		{"amqp max message bytes", func(c *adapters.Config) { c.Broker = "amqp"; c.AMQP.MaxMessageBytes = -1 }, []string{"amqp.max_message_bytes"}},
+		{"postgres max message bytes", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.MaxMessageBytes = -1 }, []string{"postgres.max_message_bytes"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -73,7 +83,9 @@ func TestValidateRejectsWithFieldAndFix(t *testing.T) {
 
 func TestDefaultsAreValid(t *testing.T) {
 	for _, k := range adapters.Kinds {
-		if err := valid(k).Validate(); err != nil {
+		c := valid(k)
+		c.Kafka.Embedded = k == adapters.KindKafka
+		if err := c.Validate(); err != nil {
 			t.Errorf("%s defaults invalid: %v", k, err)
 		}
 	}

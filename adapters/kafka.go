@@ -82,15 +82,17 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 
 func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.LoggerAdapter) error {
 	k := &cfg.Kafka
-	if len(k.Brokers) == 0 {
+	if k.Embedded {
 		emb, err := StartEmbeddedKafka(EmbeddedKafkaConfig{Addr: k.EmbeddedAddr, Partitions: k.Partitions})
 		if err != nil {
 			return err
 		}
 		b.onClose(func() error { emb.Close(); return nil })
-		k.Brokers = emb.Addrs()
+		// From here on the config says how to reach it: another Open of
+		// b.Config connects to this broker instead of starting one.
+		k.Brokers, k.Embedded = emb.Addrs(), false
 		b.Embedded = true
-		logger.Info("No Kafka brokers configured: started an embedded Kafka-protocol broker (kfake) in this process; it stops, and its data is gone, on Close", watermill.LogFields{"addr": strings.Join(k.Brokers, ",")})
+		logger.Error("Embedded Kafka broker (kafka.embedded): an in-process Kafka-protocol broker (kfake) that stops, its data gone, on Close", ErrNotDurable, watermill.LogFields{"addr": strings.Join(k.Brokers, ",")})
 	}
 	b.Config = cfg
 	b.Addr = strings.Join(k.Brokers, ",")

@@ -48,7 +48,8 @@ type EnvVar struct {
 var EnvVars = []EnvVar{
 	{"ANTIDOTE_BROKER", "broker", "memory, kafka, amqp or postgres", func(c *Config, v string) error { c.Broker = Kind(v); return nil }},
 	{"ANTIDOTE_CONNECT_TIMEOUT", "connect_timeout", "how long to wait for an unreachable broker (Go duration)", func(c *Config, v string) error { return setDuration(&c.ConnectTimeout, v) }},
-	{"ANTIDOTE_KAFKA_BROKERS", "kafka.brokers", "comma-separated host:port; empty starts the embedded broker", func(c *Config, v string) error { c.Kafka.Brokers = splitList(v); return nil }},
+	{"ANTIDOTE_KAFKA_BROKERS", "kafka.brokers", "comma-separated host:port", func(c *Config, v string) error { c.Kafka.Brokers = splitList(v); return nil }},
+	{"ANTIDOTE_KAFKA_EMBEDDED", "kafka.embedded", "true: an in-process test broker, nothing kept after exit", func(c *Config, v string) error { return setBool(&c.Kafka.Embedded, v) }},
 	{"ANTIDOTE_KAFKA_CONSUMER_GROUP", "kafka.consumer_group", "consumer group", func(c *Config, v string) error { c.Kafka.ConsumerGroup = v; return nil }},
 	{"ANTIDOTE_KAFKA_PARTITIONS", "kafka.partitions", "partitions of topics the adapter creates", func(c *Config, v string) error { return setInt(&c.Kafka.Partitions, v) }},
 	{"ANTIDOTE_KAFKA_INITIAL_OFFSET", "kafka.initial_offset", "oldest or newest", func(c *Config, v string) error { c.Kafka.InitialOffset = v; return nil }},
@@ -81,9 +82,11 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	return errors.Join(errs...)
 }
 
-// ConfigFromEnv loads path (skipped when empty), applies the process
-// environment over it, fills defaults and validates.
-func ConfigFromEnv(path string) (Config, error) {
+// LoadConfig loads path (skipped when empty) and applies the process
+// environment over it, without defaults or validation: for programs that
+// set some fields themselves (e.g. the broker) before Open, which fills
+// defaults and validates.
+func LoadConfig(path string) (Config, error) {
 	var c Config
 	if path != "" {
 		var err error
@@ -92,6 +95,15 @@ func ConfigFromEnv(path string) (Config, error) {
 		}
 	}
 	if err := c.ApplyEnv(os.LookupEnv); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// ConfigFromEnv is LoadConfig, then SetDefaults and Validate.
+func ConfigFromEnv(path string) (Config, error) {
+	c, err := LoadConfig(path)
+	if err != nil {
 		return Config{}, err
 	}
 	c.SetDefaults()

@@ -17,6 +17,12 @@ import (
 // within Config.ConnectTimeout.
 var ErrUnreachable = errors.New("broker unreachable")
 
+// ErrNotDurable is the error of the log line written when a program opts in
+// to something that keeps messages or counts only in its own memory (the
+// memory broker, the embedded Kafka broker, an in-memory crash-loop
+// tracker): it works, and it loses everything when the process exits.
+var ErrNotDurable = errors.New("not durable: everything it holds is lost when the process exits; for tests and demos only")
+
 // Broker is an opened broker: a Publisher, a Subscriber and everything they
 // started (connections, pools, an embedded Kafka broker), released by Close.
 type Broker struct {
@@ -27,12 +33,13 @@ type Broker struct {
 	// Addr is where the broker is, for logs: host:port list or redacted URL.
 	Addr string
 
-	// Embedded is true when Open started an in-process Kafka broker (no
-	// brokers configured); it stops, with its data, on Close.
+	// Embedded is true when Open started an in-process Kafka broker
+	// (kafka.embedded); it stops, with its data, on Close.
 	Embedded bool
 
 	// Config is the validated configuration the broker was opened with. For
-	// Kafka without brokers, Kafka.Brokers holds the embedded broker's address.
+	// an embedded Kafka broker, Kafka.Brokers holds its address (and
+	// Kafka.Embedded is false), so Open(b.Config) connects to it.
 	Config Config
 
 	closeOnce sync.Once
@@ -72,6 +79,7 @@ func Open(ctx context.Context, cfg Config, logger watermill.LoggerAdapter) (*Bro
 	var err error
 	switch cfg.Broker {
 	case KindMemory:
+		logger.Error("Memory broker: messages live in this process only", ErrNotDurable, nil)
 		err = openMemory(b, cfg.Memory, logger)
 	case KindKafka:
 		err = openKafka(ctx, b, cfg, logger)

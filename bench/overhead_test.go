@@ -280,7 +280,7 @@ func BenchmarkOverheadRouter(b *testing.B) {
 			if variant == "bare" {
 				r, err = message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 			} else {
-				r, err = router.New(router.Config{
+				r, err = router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 					DeadLetter:  middleware.DeadLetterConfig{Publisher: pubSub},
 					Idempotency: middleware.IdempotencyConfig{Store: idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})},
 				})

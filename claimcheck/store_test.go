@@ -59,8 +59,10 @@ func TestClaimRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(claimed.Payload) != 0 || claimed.Metadata.Get("big") != "" || claimed.Metadata.Get(poison.KeyReason) != "permanent" {
-				t.Fatalf("claimed letter keeps %d bytes, big=%d, reason %q", len(claimed.Payload), len(claimed.Metadata.Get("big")), claimed.Metadata.Get(poison.KeyReason))
+			if len(claimed.Payload) != 0 || claimed.Metadata.Get("big") != "" || claimed.Metadata.Get(poison.KeyReason) != "permanent" ||
+				claimed.Metadata.Get("partition_key") != "k" {
+				t.Fatalf("claimed letter keeps %d bytes, big=%d, reason %q, partition_key %q (small entries stay)", len(claimed.Payload),
+					len(claimed.Metadata.Get("big")), claimed.Metadata.Get(poison.KeyReason), claimed.Metadata.Get("partition_key"))
 			}
 			for i := 0; i < 2; i++ {
 				if err := cc.Put(ctx, key, data); err != nil {

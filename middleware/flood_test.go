@@ -153,7 +153,7 @@ func TestFloodGuardConfigValidation(t *testing.T) {
 func TestSweeperIncidentReplayed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b, err := adapters.Open(ctx, adapters.Config{Broker: adapters.KindKafka}, nil)
+	b, err := adapters.Open(ctx, adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Embedded: true}}, nil)
 	require.NoError(t, err)
 	defer b.Close()
 	topic := "sweeper_incident"

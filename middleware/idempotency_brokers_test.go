@@ -35,7 +35,7 @@ func idemBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 	case adapters.KindPostgres:
 		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond, ResendInterval: 50 * time.Millisecond}}
 	default:
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{NackResendSleep: 50 * time.Millisecond}}
+		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true, NackResendSleep: 50 * time.Millisecond}}
 	}
 }
 

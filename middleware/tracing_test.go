@@ -457,7 +457,7 @@ func TestTracingKafkaPartitionAndOffset(t *testing.T) {
 		t.Skip("starts an in-process Kafka broker")
 	}
 	r := newTraceRig(t)
-	cfg := adapters.Config{Broker: adapters.KindKafka}
+	cfg := adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Embedded: true}}
 	cfg.Kafka.Partitions = 1
 	b, err := adapters.Open(context.Background(), cfg, watermill.NopLogger{})
 	require.NoError(t, err)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -35,9 +36,17 @@ const (
 // ShrunkErrorBytes bounds KeyError on a shrunk letter.
 const ShrunkErrorBytes = 256
 
-// maxKeptValueBytes bounds each metadata value a claim-checked letter keeps
-// itself; longer ones go into the claim with the rest.
-const maxKeptValueBytes = 1024
+// What a claim-checked letter keeps of its metadata: the envelope keys up
+// to maxKeptValueBytes each, and other entries of at most
+// maxKeptEntryBytes (key and value), in key order, up to
+// maxKeptOtherBytes in all: the partition key, the idempotency key, the
+// producer stay readable (and route the letter as before); a flood of
+// entries or a huge one goes into the claim.
+const (
+	maxKeptValueBytes = 1024
+	maxKeptEntryBytes = 256
+	maxKeptOtherBytes = 4096
+)
 
 // ClaimCheck stores what does not fit in a dead letter. Keys are content
 // hashes (ClaimLetter), so Put is idempotent: a letter whose publish failed
@@ -91,19 +100,32 @@ func keptInClaimedLetter(key string) bool {
 	return false
 }
 
-// ClaimLetter moves letter's payload and its metadata other than the
-// envelope keys (and any value over 1 KiB) into a claim. It returns the
-// claim's key (a SHA-256 of its content), the bytes to store under it, and
-// the letter that refers to it: empty payload, the kept keys, KeyClaimCheck
-// and KeyClaimCheckBytes. letter is not modified.
+// ClaimLetter moves letter's payload, and the metadata a small letter cannot
+// keep, into a claim: the letter keeps the envelope keys and a few small
+// entries (partition key, idempotency key: 4 KiB at most in all), the
+// claim takes the rest. It returns the claim's key (a SHA-256 of its
+// content), the bytes to store under it, and the letter that refers to it:
+// empty payload, the kept keys, KeyClaimCheck and KeyClaimCheckBytes.
+// letter is not modified.
 func ClaimLetter(letter *message.Message) (key string, data []byte, claimed *message.Message, err error) {
 	c := claim{Payload: letter.Payload, Metadata: map[string]string{}}
 	claimed = message.NewMessage(letter.UUID, nil)
 	claimed.SetContext(letter.Context())
-	for k, v := range letter.Metadata {
-		if keptInClaimedLetter(k) && len(v) <= maxKeptValueBytes {
+	keys := make([]string, 0, len(letter.Metadata))
+	for k := range letter.Metadata {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	other := 0
+	for _, k := range keys {
+		v := letter.Metadata[k]
+		switch {
+		case keptInClaimedLetter(k) && len(v) <= maxKeptValueBytes:
 			claimed.Metadata.Set(k, v)
-		} else {
+		case !keptInClaimedLetter(k) && len(k)+len(v) <= maxKeptEntryBytes && other+len(k)+len(v) <= maxKeptOtherBytes:
+			other += len(k) + len(v)
+			claimed.Metadata.Set(k, v)
+		default:
 			c.Metadata[k] = v
 		}
 	}

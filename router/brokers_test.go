@@ -41,7 +41,7 @@ func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 	case adapters.KindPostgres:
 		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond, ResendInterval: 50 * time.Millisecond}}
 	default:
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{NackResendSleep: 50 * time.Millisecond}}
+		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true, NackResendSleep: 50 * time.Millisecond}}
 	}
 }
 
@@ -61,7 +61,7 @@ func TestDLQOutageLosesNothing(t *testing.T) {
 			var mu sync.Mutex
 			processed := map[string]int{}
 			topic := "dlq_outage_" + watermill.NewShortUUID()
-			r, err := router.New(router.Config{CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: dlqPub, FailedPublishPause: 100 * time.Millisecond}})
+			r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: dlqPub, FailedPublishPause: 100 * time.Millisecond}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -184,7 +184,7 @@ func TestSinkOutageDeadLettersNothing(t *testing.T) {
 			defer b.Close()
 			var states []string
 			var mu sync.Mutex
-			r, err := router.New(router.Config{
+			r, err := router.New(router.Config{Deliveries: memGuard(),
 				CloseTimeout: 5 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 				Retry:        middleware.RetryConfig{InitialInterval: 5 * time.Millisecond},
@@ -261,7 +261,7 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 			}
 			defer b.Close()
 			var scheduled atomic.Int64
-			r, err := router.New(router.Config{
+			r, err := router.New(router.Config{Deliveries: memGuard(),
 				CloseTimeout: 5 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 				Retry:        middleware.RetryConfig{MaxAttempts: 1},
@@ -350,4 +350,9 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 			t.Logf("%s: processing order %v", kind, order)
 		})
 	}
+}
+
+// memGuard opts the tests in to the in-memory crash-loop tracker.
+func memGuard() middleware.DeliveriesConfig {
+	return middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
 }

@@ -40,13 +40,13 @@ func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
 		want  error
 		says  string
 	}{
-		{"topic over 249", strings.Repeat("y", 250), router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, adapters.ErrInvalidTopic, "249"},
-		{"its DLQ topic over 249", long + "z", router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, adapters.ErrInvalidTopic, "249"},
-		{"custom DLQ topic", "orders_" + watermill.NewShortUUID(), router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
+		{"topic over 249", strings.Repeat("y", 250), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, adapters.ErrInvalidTopic, "249"},
+		{"its DLQ topic over 249", long + "z", router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, adapters.ErrInvalidTopic, "249"},
+		{"custom DLQ topic", "orders_" + watermill.NewShortUUID(), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
 			Topic: func(string) string { return "dead letters" }}}, adapters.ErrInvalidTopic, "dead letters"},
-		{"retry stage", long, router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
+		{"retry stage", long, router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
 			DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{10 * time.Second}, Scheduler: b.Scheduler()}}, adapters.ErrInvalidTopic, ".retry.10s"},
-		{"DLQ is the topic", "loop_" + watermill.NewShortUUID(), router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
+		{"DLQ is the topic", "loop_" + watermill.NewShortUUID(), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
 			Topic: func(s string) string { return s }}}, middleware.ErrDeadLetterLoop, "loop_"},
 	}
 	for _, tc := range cases {
@@ -66,7 +66,7 @@ func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
 		})
 	}
 	// The longest topic whose names all fit runs.
-	r, err := router.New(router.Config{CloseTimeout: time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+	r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestRetryRelayTrustsNoMetadata(t *testing.T) {
 	const stage = 500 * time.Millisecond
 	topic := "relay_" + watermill.NewShortUUID()
 	elsewhere := "relay_elsewhere_" + watermill.NewShortUUID()
-	r, err := router.New(router.Config{CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+	r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 	if err != nil {
 		t.Fatal(err)
 	}

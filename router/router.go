@@ -31,6 +31,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
+	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -76,10 +77,11 @@ type Config struct {
 	Retry middleware.RetryConfig
 
 	// Deliveries configures the crash-loop guard. DeadLetter is filled by New.
-	// Tracker default: an in-memory tracker, which does not survive the
-	// process and so only catches in-process loops; give a
-	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker in
-	// production. MaxDeliveries default 3.
+	// Tracker is required (unless DisableCrashLoopGuard): a durable
+	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker.
+	// poison.NewMemoryDeliveryTracker is an explicit opt-in, logged as not
+	// durable: it forgets on exit, so a handler that kills the process
+	// loops forever. MaxDeliveries default 3.
 	Deliveries middleware.DeliveriesConfig
 
 	// DisableCrashLoopGuard leaves Deliveries out of the stack. Default false.
@@ -161,6 +163,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.CloseTimeout < 0 {
 		errs = append(errs, fmt.Errorf("router: CloseTimeout %s is negative; use a positive duration such as 30s", c.CloseTimeout))
+	}
+	if c.Deliveries.Tracker == nil && !c.DisableCrashLoopGuard {
+		errs = append(errs, errors.New("router: Deliveries.Tracker is nil; pass a durable tracker (poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker), opt in to poison.NewMemoryDeliveryTracker (lost on exit: tests and demos), or set DisableCrashLoopGuard"))
 	}
 	if c.DeadLetter.Publisher == nil {
 		errs = append(errs, errors.New("router: DeadLetter.Publisher is nil; pass the publisher of the broker the DLQ topics live on (adapters.Broker.Publisher)"))
@@ -277,8 +282,8 @@ func New(cfg Config) (*message.Router, error) {
 	if !cfg.DisableCrashLoopGuard {
 		dc := cfg.Deliveries
 		dc.DeadLetter = dl
-		if dc.Tracker == nil {
-			dc.Tracker = poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+		if _, inMemory := dc.Tracker.(*poison.MemoryDeliveryTracker); inMemory {
+			cfg.Logger.Error("Crash-loop guard with an in-memory tracker: a message that kills the process is redelivered forever", adapters.ErrNotDurable, nil)
 		}
 		if guard, err = middleware.NewDeliveries(dc); err != nil {
 			return nil, fmt.Errorf("router: %w", err)

@@ -24,9 +24,10 @@ func TestNewValidates(t *testing.T) {
 		cfg  router.Config
 		want string
 	}{
-		{router.Config{}, "DeadLetter.Publisher"},
-		{router.Config{CloseTimeout: -time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "CloseTimeout"},
-		{router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Retry: middleware.RetryConfig{MaxAttempts: -1}}, "MaxAttempts"},
+		{router.Config{Deliveries: memGuard()}, "DeadLetter.Publisher"},
+		{router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "Deliveries.Tracker is nil; pass a durable tracker"},
+		{router.Config{Deliveries: memGuard(), CloseTimeout: -time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "CloseTimeout"},
+		{router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Retry: middleware.RetryConfig{MaxAttempts: -1}}, "MaxAttempts"},
 	} {
 		if _, err := router.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err = %v, want mention of %s", err, tc.want)
@@ -41,7 +42,7 @@ func TestStackSettlesEveryKindOfPoison(t *testing.T) {
 	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 	var retries int
 	var mu sync.Mutex
-	r, err := router.New(router.Config{
+	r, err := router.New(router.Config{Deliveries: memGuard(),
 		DeadLetter: middleware.DeadLetterConfig{Publisher: ps, ConsumerGroup: "g"},
 		Breaker:    middleware.BreakerConfig{Backoff: time.Millisecond, MaxHoldTime: time.Nanosecond},
 		Retry: middleware.RetryConfig{InitialInterval: time.Millisecond, OnRetry: func(int, error, time.Duration) {

@@ -60,7 +60,7 @@ func ExampleNewBackpressurePublisher() {
 // depth, PostgreSQL queue rows). Blocked producers wait for the consumer.
 func ExampleOpenLagSource() {
 	ctx := context.Background()
-	b, err := adapters.Open(ctx, adapters.Config{Broker: adapters.KindKafka}, nil)
+	b, err := adapters.Open(ctx, adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Embedded: true}}, nil)
 	if err != nil {
 		panic(err)
 	}

@@ -170,7 +170,7 @@ type result struct {
 }
 
 func brokerConfig(kind adapters.Kind, o opts) (adapters.Config, error) {
-	cfg, err := adapters.ConfigFromEnv("")
+	cfg, err := adapters.LoadConfig("")
 	if err != nil {
 		return cfg, err
 	}

@@ -80,7 +80,7 @@
 //	go run ./bench/poison                                       # all brokers, defaults
 //	go run ./bench/poison -brokers memory,kafka -n 3000 -duration 3s -rounds 1
 //
-// Broker addresses come from the same env as adapters (ConfigFromEnv);
+// Broker addresses come from the same env as adapters (LoadConfig);
 // Kafka without ANTIDOTE_KAFKA_BROKERS uses the embedded broker (in this
 // process).
 package main
@@ -211,7 +211,7 @@ type result struct {
 }
 
 func runBroker(kind adapters.Kind, p params) error {
-	cfg, err := adapters.ConfigFromEnv("")
+	cfg, err := adapters.LoadConfig("")
 	if err != nil {
 		return err
 	}
@@ -452,7 +452,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	retry := middleware.RetryConfig{MaxAttempts: p.attempts, InitialInterval: p.delay, Multiplier: p.mult}
 	switch variant {
 	case "clean", "blocking", "blocking-hc", "nonblocking":
-		cfg := router.Config{
+		cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: dlq},
 			Retry:        retry,

@@ -54,6 +54,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
 
@@ -116,7 +117,7 @@ func main() {
 }
 
 func runBroker(kind adapters.Kind, p *params) error {
-	cfg, err := adapters.ConfigFromEnv("")
+	cfg, err := adapters.LoadConfig("")
 	if err != nil {
 		return err
 	}
@@ -250,7 +251,7 @@ func measure(ctx context.Context, cfg adapters.Config, pub *adapters.Broker, var
 		if variant == "bare" {
 			r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
 		} else {
-			r, err = router.New(router.Config{
+			r, err = router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 				CloseTimeout: 10 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 				Idempotency:  middleware.IdempotencyConfig{Store: idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})},

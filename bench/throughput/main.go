@@ -31,7 +31,7 @@
 //
 // Scaling with consumers is bench/scaling.
 //
-// Broker addresses come from the same env as adapters (ConfigFromEnv);
+// Broker addresses come from the same env as adapters (LoadConfig);
 // Kafka without ANTIDOTE_KAFKA_BROKERS uses the embedded broker.
 package main
 
@@ -54,6 +54,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
 
@@ -101,11 +102,13 @@ func main() {
 }
 
 func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout time.Duration, handlerRow bool) error {
-	cfg, err := adapters.ConfigFromEnv("")
+	cfg, err := adapters.LoadConfig("")
 	if err != nil {
 		return err
 	}
 	cfg.Broker = kind
+	// Without brokers, opt in to the embedded one.
+	cfg.Kafka.Embedded = kind == adapters.KindKafka && len(cfg.Kafka.Brokers) == 0
 	ctx := context.Background()
 	b, err := adapters.Open(ctx, cfg, nil)
 	if err != nil {
@@ -199,7 +202,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 	case "bare":
 		r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
 	case "antidote", "antidote-noidem", "antidote-pgidem", "antidote-pgidem-tx":
-		cfg := router.Config{
+		cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 		}

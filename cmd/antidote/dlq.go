@@ -64,7 +64,7 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 	if err != nil {
 		return nil, filter, err
 	}
-	cfg, err := adapters.ConfigFromEnv(f.config)
+	cfg, err := adapters.LoadConfig(f.config)
 	if err != nil {
 		return nil, filter, err
 	}

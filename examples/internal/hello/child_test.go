@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 // watermillChild consumes topic with Watermill's recommended poison setup
 // and a handler that exits the process on a payload containing CRASH.
 func watermillChild(kind adapters.Kind, topic string) int {
-	cfg, err := adapters.ConfigFromEnv("")
+	cfg, err := adapters.LoadConfig("")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -99,7 +99,11 @@ func (o Options) Validate() error {
 		errs = append(errs, fmt.Errorf("--idempotency %q: use memory, postgres, redis or postgres-tx", o.IdemStore))
 	}
 	switch o.Tracker {
-	case "memory", "postgres", "redis":
+	case "memory":
+		if o.CrashOn != "" {
+			errs = append(errs, fmt.Errorf("--crash-on %q with --tracker memory would crash-loop forever: the in-memory tracker forgets its counts when the process dies; add --tracker postgres or --tracker redis", o.CrashOn))
+		}
+	case "postgres", "redis":
 	default:
 		errs = append(errs, fmt.Errorf("--tracker %q: use memory, postgres or redis", o.Tracker))
 	}

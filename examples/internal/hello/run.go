@@ -130,17 +130,21 @@ func (l quietOnStop) With(fields watermill.LogFields) watermill.LoggerAdapter {
 }
 
 func (r *run) do(ctx context.Context) error {
-	cfg, err := adapters.ConfigFromEnv(r.opts.Config)
+	cfg, err := adapters.LoadConfig(r.opts.Config)
 	if err != nil {
 		return err
 	}
 	cfg.Broker = r.kind
+	if r.kind == adapters.KindKafka && len(cfg.Kafka.Brokers) == 0 {
+		if r.opts.Role != "all" {
+			return errors.New("--role " + r.opts.Role + " needs a broker that outlives this process: run `go run ./cmd/antidote devkafka` and set ANTIDOTE_KAFKA_BROKERS=127.0.0.1:9092")
+		}
+		// The demo opts in to a broker in this process: nothing to install.
+		cfg.Kafka.Embedded = true
+	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
-	}
-	if r.kind == adapters.KindKafka && len(cfg.Kafka.Brokers) == 0 && r.opts.Role != "all" {
-		return errors.New("--role " + r.opts.Role + " needs a broker that outlives this process: run `go run ./cmd/antidote devkafka` and set ANTIDOTE_KAFKA_BROKERS=127.0.0.1:9092")
 	}
 	r.start = time.Now()
 	logger := r.logger()
