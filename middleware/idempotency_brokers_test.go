@@ -188,7 +188,7 @@ func openIdemBrokers(t *testing.T, kind adapters.Kind, n int) []*adapters.Broker
 		out = append(out, b)
 		if kind == adapters.KindKafka {
 			// The second consumer joins the first one's embedded broker.
-			cfg.Kafka.Brokers = b.Config.Kafka.Brokers
+			cfg.Kafka.Brokers, cfg.Kafka.Embedded = b.Config.Kafka.Brokers, false
 		}
 	}
 	return out

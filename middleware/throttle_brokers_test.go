@@ -22,7 +22,7 @@ func throttleBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 	case adapters.KindPostgres:
 		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond}}
 	default:
-		return adapters.Config{Broker: kind}
+		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true}}
 	}
 }
 

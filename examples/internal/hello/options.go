@@ -17,6 +17,7 @@ type Options struct {
 	JSON        bool
 	Config      string
 	PoisonEvery int
+	StuckEvery  int
 	Input       string
 	CrashOn     string
 	DLQOut      string
@@ -40,6 +41,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.BoolVar(&o.JSON, "json", false, "print the summary as one JSON object, the last line on stdout")
 	fs.StringVar(&o.Config, "config", "", "adapters YAML config file (env ANTIDOTE_* overrides it)")
 	fs.IntVar(&o.PoisonEvery, "poison-every", 0, "make every Kth message poison, rotating: malformed JSON, wrong types, a handler panic, transient twice then fine (0: none)")
+	fs.IntVar(&o.StuckEvery, "stuck-every", 0, "make every Kth message fail transiently on every attempt: the breaker holds it, then dead-letters it as retries_exhausted (0: none)")
 	fs.StringVar(&o.Input, "input", "", "publish each line of FILE as one payload, raw bytes (instead of --messages generated ones)")
 	fs.StringVar(&o.CrashOn, "crash-on", "", "the handler calls os.Exit(3) on a payload containing this, to show crash-loop quarantine")
 	fs.StringVar(&o.DLQOut, "dlq-out", "", "append every dead letter to FILE as a JSON line {uuid, payload, metadata}")
@@ -77,6 +79,9 @@ func (o Options) Validate() error {
 	}
 	if o.PoisonEvery < 0 {
 		errs = append(errs, fmt.Errorf("--poison-every %d: use 0 (none) or more", o.PoisonEvery))
+	}
+	if o.StuckEvery < 0 {
+		errs = append(errs, fmt.Errorf("--stuck-every %d: use 0 (none) or more", o.StuckEvery))
 	}
 	switch o.Sink {
 	case "memory", "postgres":

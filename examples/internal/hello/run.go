@@ -108,25 +108,39 @@ type run struct {
 }
 
 func (r *run) logger() watermill.LoggerAdapter {
-	l := watermill.NewSlogLogger(slog.New(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	return quietOnStop{LoggerAdapter: l, stopping: &r.stopping}
+	sl := slog.New(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return quietOnStop{LoggerAdapter: watermill.NewSlogLogger(sl), slog: sl, stopping: &r.stopping}
 }
 
 // quietOnStop drops error logs once shutdown began: subscribers report their
 // cancelled queries then, which is expected and would only alarm the reader.
+// The library's "not durable" lines (adapters.ErrNotDurable: what the demo
+// opted in to) are warnings, not errors.
 type quietOnStop struct {
 	watermill.LoggerAdapter
+	slog     *slog.Logger
 	stopping *atomic.Bool
 }
 
 func (l quietOnStop) Error(msg string, err error, fields watermill.LogFields) {
-	if !l.stopping.Load() {
+	switch {
+	case errors.Is(err, adapters.ErrNotDurable):
+		attrs := []any{"why", err.Error()}
+		for k, v := range fields {
+			attrs = append(attrs, k, v)
+		}
+		l.slog.Warn(msg, attrs...)
+	case !l.stopping.Load():
 		l.LoggerAdapter.Error(msg, err, fields)
 	}
 }
 
 func (l quietOnStop) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return quietOnStop{LoggerAdapter: l.LoggerAdapter.With(fields), stopping: l.stopping}
+	attrs := make([]any, 0, 2*len(fields))
+	for k, v := range fields {
+		attrs = append(attrs, k, v)
+	}
+	return quietOnStop{LoggerAdapter: l.LoggerAdapter.With(fields), slog: l.slog.With(attrs...), stopping: l.stopping}
 }
 
 func (r *run) do(ctx context.Context) error {
@@ -362,7 +376,7 @@ func (r *run) produce(ctx context.Context, pub message.Publisher, payloads func(
 // becomes the number of lines.
 func (r *run) payloads() (func(i int) []byte, error) {
 	if r.opts.Input == "" {
-		return func(i int) []byte { return payloadFor(i, r.opts.PoisonEvery) }, nil
+		return func(i int) []byte { return payloadFor(i, r.opts.PoisonEvery, r.opts.StuckEvery) }, nil
 	}
 	data, err := os.ReadFile(r.opts.Input)
 	if err != nil {
@@ -395,6 +409,8 @@ func (r *run) handle(msg *message.Message) error {
 		if n.(*atomic.Int32).Add(1) <= 2 {
 			return poison.Transient(errors.New("sink busy (simulated): try again"))
 		}
+	case StuckMsg:
+		return poison.Transient(fmt.Errorf("sink times out on user %d every time (simulated --stuck-every)", h.UserID))
 	}
 	if err := r.sink.Store(msg.Context(), msg.UUID, h); err != nil {
 		return fmt.Errorf("store user %d: %w", h.UserID, err)
