@@ -371,3 +371,22 @@ func TestAMQPBatchWithOneTooLargeMessagePublishesNothing(t *testing.T) {
 		t.Fatalf("%d messages in the queue, want only the first ordinary one", len(got))
 	}
 }
+
+// amqp.max_message_bytes set above the server's max_message_size (128 MiB
+// on RabbitMQ 3.x): RabbitMQ closes the channel; Publish fails with its
+// reason and the next publish gets a fresh channel.
+func TestAMQPBodyOverServerMaxMessageSize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 128 MiB")
+	}
+	rb := newRabbit(t)
+	b := openAMQP(t, func(c *adapters.AMQPConfig) { c.MaxMessageBytes = 256 << 20 })
+	topic := "antidote_test_server_max_" + watermill.NewShortUUID()
+	rb.cleanup(topic)
+	r := receiveAMQP(t, b, topic)
+	err := b.Publisher.Publish(topic, message.NewMessage(watermill.NewUUID(), make([]byte, 128<<20+1)))
+	if err == nil || !strings.Contains(err.Error(), "max size") {
+		t.Fatalf("body over the server's max_message_size: %v", err)
+	}
+	normalGoesThrough(t, b, topic, r)
+}

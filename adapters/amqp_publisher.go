@@ -72,6 +72,21 @@ const (
 type amqpPubChannel struct {
 	ch      *amqp.Channel
 	returns chan amqp.Return
+	closed  chan *amqp.Error
+}
+
+// why says why pc's publish failed: RabbitMQ's reason when it closed the
+// channel (e.g. a body over its max_message_size), else a nack.
+func (pc *amqpPubChannel) why() string {
+	select {
+	case e, ok := <-pc.closed:
+		if ok && e != nil {
+			return "RabbitMQ closed the channel: " + e.Error()
+		}
+		return "the channel was closed"
+	default:
+		return "RabbitMQ nacked it"
+	}
 }
 
 // amqpQueue is a queue as the publisher declares it.
@@ -273,7 +288,8 @@ func (p *amqpPublisher) open() (*amqpPubChannel, error) {
 	// Room for every return of a window: amqp091-go drops a notification
 	// its listener does not take within 5s.
 	returns := ch.NotifyReturn(make(chan amqp.Return, amqpWindow))
-	return &amqpPubChannel{ch: ch, returns: returns}, nil
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	return &amqpPubChannel{ch: ch, returns: returns, closed: closed}, nil
 }
 
 // release gives pc back to the pool, or closes it when a publish on it was
@@ -361,7 +377,7 @@ func (p *amqpPublisher) sendWindow(pc *amqpPubChannel, queue string, items []amq
 			}
 		}
 		if !dc.Acked() {
-			return nil, fmt.Errorf("amqp: RabbitMQ did not confirm message %s for queue %q (nack or channel closed)", items[i].msg.UUID, queue)
+			return nil, fmt.Errorf("amqp: message %s for queue %q was not confirmed: %s", items[i].msg.UUID, queue, pc.why())
 		}
 	}
 	// RabbitMQ sends a message's basic.return before its basic.ack, and
