@@ -25,9 +25,9 @@ import (
 //   - the body may not exceed the server's max_message_size (RabbitMQ
 //     closes the channel), which AMQPConfig.MaxMessageBytes mirrors.
 
-// AMQPMaxNameBytes is the longest queue name or header field name AMQP
+// amqpMaxNameBytes is the longest queue name or header field name AMQP
 // allows (shortstr).
-const AMQPMaxNameBytes = 255
+const amqpMaxNameBytes = 255
 
 const (
 	// A frame's header (type, channel, size: 7 bytes) and end octet.
@@ -43,8 +43,8 @@ func amqpCheckQueueName(topic, name string) error {
 	switch {
 	case name == "":
 		rule = "RabbitMQ queue names cannot be empty (an empty name asks RabbitMQ to invent one)"
-	case len(name) > AMQPMaxNameBytes:
-		rule = fmt.Sprintf("RabbitMQ queue names are at most %d bytes (AMQP shortstr); this one is %d", AMQPMaxNameBytes, len(name))
+	case len(name) > amqpMaxNameBytes:
+		rule = fmt.Sprintf("RabbitMQ queue names are at most %d bytes (AMQP shortstr); this one is %d", amqpMaxNameBytes, len(name))
 	case strings.HasPrefix(name, "amq."):
 		rule = `RabbitMQ reserves queue names starting with "amq."`
 	default:
@@ -87,7 +87,7 @@ func amqpCheckStages(topic string, stages []time.Duration, queueName func(string
 	target := queueName(topic)
 	for _, d := range stages {
 		if d < 0 {
-			return &TopicError{Broker: KindAMQP, Topic: topic, Name: AMQPDelayQueue(target, d), Rule: fmt.Sprintf("a delay cannot be negative (%s)", d)}
+			return fmt.Errorf("amqp: delay %s for topic %q is negative; RabbitMQ cannot hold a message for it", d, topic)
 		}
 		if err := amqpCheckQueueName(topic, AMQPDelayQueue(target, d)); err != nil {
 			return err
@@ -145,7 +145,7 @@ func amqpHeaderBudget(frameMax, props int, letter bool) (bytes, entries int) {
 // pub is a dead letter, which may use the room kept for its envelope.
 func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing, maxBody, frameMax int, letter bool) error {
 	uuid := msg.UUID
-	if len(uuid) > AMQPMaxNameBytes {
+	if len(uuid) > amqpMaxNameBytes {
 		// The error names the message; a huge UUID would make a huge error.
 		uuid = uuid[:64] + fmt.Sprintf("...(%d bytes)", len(uuid))
 	}
@@ -156,8 +156,8 @@ func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing
 		return tooLarge("message", len(pub.Body), maxBody, "amqp.max_message_bytes")
 	}
 	for k := range pub.Headers {
-		if len(k) > AMQPMaxNameBytes {
-			return tooLarge("metadata key", len(k), AMQPMaxNameBytes, fmt.Sprintf("AMQP header names are shortstr; key %q", truncateName(k)))
+		if len(k) > amqpMaxNameBytes {
+			return tooLarge("metadata key", len(k), amqpMaxNameBytes, fmt.Sprintf("AMQP header names are shortstr; key %q", truncateName(k)))
 		}
 	}
 	props, err := amqpOtherPropertiesSize(pub)
@@ -212,8 +212,8 @@ func amqpOtherPropertiesSize(pub amqp.Publishing) (int, error) {
 		if s.v == "" {
 			continue
 		}
-		if len(s.v) > AMQPMaxNameBytes {
-			return 0, fmt.Errorf("AMQP property %s is %d bytes, over the %d bytes of a shortstr", s.name, len(s.v), AMQPMaxNameBytes)
+		if len(s.v) > amqpMaxNameBytes {
+			return 0, fmt.Errorf("AMQP property %s is %d bytes, over the %d bytes of a shortstr", s.name, len(s.v), amqpMaxNameBytes)
 		}
 		n += 1 + len(s.v)
 	}
@@ -234,8 +234,8 @@ func amqpOtherPropertiesSize(pub amqp.Publishing) (int, error) {
 func amqpTableSize(t amqp.Table) (int, error) {
 	n := 4
 	for k, v := range t {
-		if len(k) > AMQPMaxNameBytes {
-			return 0, fmt.Errorf("field name %q is %d bytes, over the %d bytes of a shortstr", truncateName(k), len(k), AMQPMaxNameBytes)
+		if len(k) > amqpMaxNameBytes {
+			return 0, fmt.Errorf("field name %q is %d bytes, over the %d bytes of a shortstr", truncateName(k), len(k), amqpMaxNameBytes)
 		}
 		f, err := amqpFieldSize(v)
 		if err != nil {
