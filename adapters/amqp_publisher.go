@@ -363,6 +363,9 @@ func (p *amqpPublisher) sendWindow(pc *amqpPubChannel, queue string, items []amq
 		confirms[i] = dc
 	}
 	var rets []amqp.Return
+	// amqp091-go closes the listener when the channel closes, after
+	// handing it every return it read: nil stops reading then.
+	returns := pc.returns
 	for i, dc := range confirms {
 		ctx := items[i].msg.Context()
 	wait:
@@ -370,7 +373,11 @@ func (p *amqpPublisher) sendWindow(pc *amqpPubChannel, queue string, items []amq
 			select {
 			case <-dc.Done():
 				break wait
-			case r := <-pc.returns:
+			case r, ok := <-returns:
+				if !ok {
+					returns = nil
+					continue
+				}
 				rets = append(rets, r)
 			case <-ctx.Done():
 				return nil, fmt.Errorf("amqp: confirm of %s for queue %q: %w", items[i].msg.UUID, queue, ctx.Err())
@@ -385,7 +392,10 @@ func (p *amqpPublisher) sendWindow(pc *amqpPubChannel, queue string, items []amq
 	// return of this window is in the buffer now.
 	for {
 		select {
-		case r := <-pc.returns:
+		case r, ok := <-returns:
+			if !ok {
+				return rets, nil
+			}
 			rets = append(rets, r)
 		default:
 			return rets, nil
