@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -16,8 +15,11 @@ import (
 
 // AMQPConfigFor returns the watermill-amqp configuration Open uses: a durable
 // queue per topic on the default exchange, persistent messages, publisher
-// confirms (Publish returns only once RabbitMQ has the message), and the
-// QoS prefetch of cfg. Deliveries are decoded by TolerantAMQPMarshaler. With Quorum, queues are declared as quorum queues.
+// confirms, and the QoS prefetch of cfg. Deliveries are decoded by
+// TolerantAMQPMarshaler. With Quorum, queues are declared as quorum queues.
+// Open's subscriber is watermill-amqp's; its publisher is the adapter's own
+// (mandatory publishes whose returns fail or repeat the publish, limits
+// checked before sending), built from the same configuration.
 func AMQPConfigFor(cfg Config) wamqp.Config {
 	a := cfg.AMQP
 	c := wamqp.NewDurableQueueConfig(a.URL)
@@ -61,57 +63,44 @@ func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.Logge
 		return fmt.Errorf("%w: amqp at %s: connection refused by RabbitMQ (check user, password and vhost)", ErrUnreachable, b.Addr)
 	}
 	b.onClose(conn.Close)
-	pub, err := wamqp.NewPublisherWithConnection(wc, logger, conn)
+	pub, err := newAMQPPublisher(wc, cfg.AMQP.MaxMessageBytes, logger)
 	if err != nil {
-		return fmt.Errorf("amqp publisher at %s: %w", b.Addr, err)
+		return err
 	}
-	b.Publisher = &declaringPublisher{Publisher: pub, conn: conn, cfg: wc}
+	b.Publisher = pub
 	b.onClose(pub.Close)
 	sub, err := wamqp.NewSubscriberWithConnection(wc, logger, conn)
 	if err != nil {
 		return fmt.Errorf("amqp subscriber at %s: %w", b.Addr, err)
 	}
-	b.Subscriber = sub
+	b.Subscriber = &amqpSubscriber{Subscriber: sub, queueName: wc.Queue.GenerateName}
 	b.onClose(sub.Close)
 	return nil
 }
 
-// declaringPublisher declares a topic's queue before the first publish to it.
-// RabbitMQ silently drops a message routed to a queue that does not exist
-// yet, and watermill-amqp declares queues only when subscribing: a message
-// published before any consumer (or to a DLQ nobody consumes) would be lost.
-type declaringPublisher struct {
-	*wamqp.Publisher
-	conn     *wamqp.ConnectionWrapper
-	cfg      wamqp.Config
-	declared sync.Map // queue name -> struct{}
+// amqpSubscriber refuses, before touching RabbitMQ, a topic whose queue
+// (or DLQ queue) RabbitMQ cannot declare.
+type amqpSubscriber struct {
+	*wamqp.Subscriber
+	queueName func(string) string
 }
 
-func (p *declaringPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := p.declare(topic); err != nil {
+// CheckTopic implements TopicChecker.
+func (s *amqpSubscriber) CheckTopic(topic string) error {
+	return amqpCheckTopic(topic, s.queueName)
+}
+
+func (s *amqpSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if err := s.CheckTopic(topic); err != nil {
+		return nil, err
+	}
+	return s.Subscriber.Subscribe(ctx, topic)
+}
+
+// SubscribeInitialize declares topic's queue without consuming.
+func (s *amqpSubscriber) SubscribeInitialize(topic string) error {
+	if err := s.CheckTopic(topic); err != nil {
 		return err
 	}
-	return p.Publisher.Publish(topic, msgs...)
-}
-
-func (p *declaringPublisher) declare(topic string) error {
-	name := p.cfg.Queue.GenerateName(topic)
-	if _, ok := p.declared.Load(name); ok {
-		return nil
-	}
-	conn := p.conn.Connection()
-	if conn == nil || conn.IsClosed() {
-		return fmt.Errorf("amqp: declare queue %q: not connected", name)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("amqp: declare queue %q: open channel: %w", name, err)
-	}
-	defer ch.Close()
-	q := p.cfg.Queue
-	if _, err := ch.QueueDeclare(name, q.Durable, q.AutoDelete, q.Exclusive, q.NoWait, q.Arguments); err != nil {
-		return fmt.Errorf("amqp: declare queue %q: %w", name, err)
-	}
-	p.declared.Store(name, struct{}{})
-	return nil
+	return s.Subscriber.SubscribeInitialize(topic)
 }

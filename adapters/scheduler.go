@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
@@ -100,68 +99,59 @@ func (s kafkaScheduler) Schedule(_ context.Context, topic string, msg *message.M
 }
 
 type amqpScheduler struct {
-	b        *Broker
-	mu       sync.Mutex
-	declared map[string]bool
+	b *Broker
 }
 
-func (s *amqpScheduler) Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error {
-	dp, ok := s.b.Publisher.(*declaringPublisher)
+func (s *amqpScheduler) publisher() (*amqpPublisher, error) {
+	p, ok := s.b.Publisher.(*amqpPublisher)
 	if !ok {
-		return errors.New("amqp scheduler: broker publisher is not the adapter's")
+		return nil, errors.New("amqp scheduler: broker publisher is not the adapter's")
 	}
-	conn := dp.conn.Connection()
-	if conn == nil || conn.IsClosed() {
-		return errors.New("amqp scheduler: not connected")
-	}
-	ch, err := conn.Channel()
+	return p, nil
+}
+
+// CheckTopic implements TopicChecker.
+func (s *amqpScheduler) CheckTopic(topic string) error {
+	p, err := s.publisher()
 	if err != nil {
-		return fmt.Errorf("amqp scheduler: channel: %w", err)
-	}
-	defer ch.Close()
-	target := dp.cfg.Queue.GenerateName(topic)
-	// The target queue must exist for the expired message to land somewhere.
-	if err := dp.declare(topic); err != nil {
 		return err
 	}
-	queue := AMQPDelayQueue(target, after)
-	s.mu.Lock()
-	done := s.declared[queue]
-	s.mu.Unlock()
-	if !done {
-		_, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{
-			"x-message-ttl":             after.Milliseconds(),
-			"x-dead-letter-exchange":    "",
-			"x-dead-letter-routing-key": target,
-		})
-		if err != nil {
-			return fmt.Errorf("amqp scheduler: declare delay queue %q: %w", queue, err)
-		}
-		s.mu.Lock()
-		if s.declared == nil {
-			s.declared = map[string]bool{}
-		}
-		s.declared[queue] = true
-		s.mu.Unlock()
+	return p.CheckTopic(topic)
+}
+
+// CheckStages implements StageChecker: the delay queue
+// "<queue>.delay.<delay>" of each stage must be a name RabbitMQ can declare.
+func (s *amqpScheduler) CheckStages(topic string, stages []time.Duration) error {
+	p, err := s.publisher()
+	if err != nil {
+		return err
 	}
+	return amqpCheckStages(topic, stages, p.cfg.Queue.GenerateName)
+}
+
+// Schedule publishes msg to the delay queue of topic for after, declaring
+// it (and topic's queue, where the message goes when it expires) first.
+// The publish is mandatory and confirmed like every publish of the
+// adapter: a delay queue deleted while the service runs is declared again,
+// never confirmed into nowhere.
+func (s *amqpScheduler) Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error {
+	p, err := s.publisher()
+	if err != nil {
+		return err
+	}
+	if err := amqpCheckStages(topic, []time.Duration{after}, p.cfg.Queue.GenerateName); err != nil {
+		return err
+	}
+	target := p.queue(topic)
+	delayQueue := amqpQueue{name: AMQPDelayQueue(target.name, after), args: amqp.Table{
+		"x-message-ttl":             after.Milliseconds(),
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": target.name,
+	}}
 	stampDue(msg, after)
-	pub, err := dp.cfg.Marshaler.Marshal(msg)
-	if err != nil {
-		return fmt.Errorf("amqp scheduler: marshal: %w", err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		return fmt.Errorf("amqp scheduler: confirm mode: %w", err)
-	}
-	conf, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
-	if err != nil {
-		return fmt.Errorf("amqp scheduler: publish to %q: %w", queue, err)
-	}
-	ok, err = conf.WaitContext(ctx)
-	if err != nil {
-		return fmt.Errorf("amqp scheduler: confirm of %q: %w", queue, err)
-	}
-	if !ok {
-		return fmt.Errorf("amqp scheduler: RabbitMQ refused the message for %q", queue)
+	msg.SetContext(ctx)
+	if err := p.publish(ctx, topic, delayQueue, []amqpQueue{target}, []*message.Message{msg}); err != nil {
+		return fmt.Errorf("amqp scheduler: %w", err)
 	}
 	return nil
 }

@@ -3,8 +3,11 @@ package adapters
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/IBM/sarama"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
@@ -83,11 +86,22 @@ func (t TolerantAMQPMarshaler) Marshal(msg *message.Message) (amqp.Publishing, e
 	return t.Inner.Marshal(msg)
 }
 
-// Unmarshal implements amqp.Marshaler.
+// Unmarshal implements amqp.Marshaler. Metadata keys and values and the
+// UUID reach the handler as valid UTF-8: each invalid byte sequence
+// becomes U+FFFD (NUL is valid and kept). Two header names that differ
+// only in invalid bytes become one key; the first in byte order wins.
 func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, error) {
+	names := make([]string, 0, len(d.Headers))
+	for k := range d.Headers {
+		names = append(names, k)
+	}
+	sort.Strings(names)
 	strHeaders := make(amqp.Table, len(d.Headers))
-	for k, v := range d.Headers {
-		strHeaders[k] = headerString(v)
+	for _, k := range names {
+		key := amqpValidUTF8(k)
+		if _, dup := strHeaders[key]; !dup {
+			strHeaders[key] = amqpValidUTF8(headerString(d.Headers[k]))
+		}
 	}
 	clean := d
 	clean.Headers = strHeaders
@@ -98,7 +112,7 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 			// the AMQP message-id, which survives redeliveries.
 			msg.UUID = d.MessageId
 		}
-		return msg, nil
+		return amqpValidMessage(msg), nil
 	}
 	uuid := d.MessageId
 	if v, ok := strHeaders[wamqp.DefaultMessageUUIDHeaderKey].(string); ok && v != "" {
@@ -114,7 +128,46 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 		}
 	}
 	msg.Metadata.Set(MetadataUndecodable, "amqp delivery: "+err.Error())
-	return msg, nil
+	return amqpValidMessage(msg), nil
+}
+
+// amqpValidUTF8 replaces each invalid UTF-8 sequence of s with U+FFFD.
+func amqpValidUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// amqpValidMessage makes msg's UUID and metadata valid UTF-8, whatever the
+// inner marshaler left there (the message-id, the routing key, its own
+// decoding).
+func amqpValidMessage(msg *message.Message) *message.Message {
+	msg.UUID = amqpValidUTF8(msg.UUID)
+	valid := true
+	for k, v := range msg.Metadata {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			valid = false
+			break
+		}
+	}
+	if valid {
+		return msg
+	}
+	keys := make([]string, 0, len(msg.Metadata))
+	for k := range msg.Metadata {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	md := make(message.Metadata, len(keys))
+	for _, k := range keys {
+		key := amqpValidUTF8(k)
+		if _, dup := md[key]; !dup {
+			md[key] = amqpValidUTF8(msg.Metadata[k])
+		}
+	}
+	msg.Metadata = md
+	return msg
 }
 
 func headerString(v any) string {
