@@ -85,13 +85,13 @@ type amqpSubscriber struct {
 	queueName func(string) string
 }
 
-// CheckTopic implements TopicChecker.
-func (s *amqpSubscriber) CheckTopic(topic string) error {
-	return amqpCheckTopic(topic, s.queueName)
+// CheckName implements NameChecker.
+func (s *amqpSubscriber) CheckName(name string) error {
+	return amqpCheckName(name, s.queueName)
 }
 
 func (s *amqpSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	if err := s.CheckTopic(topic); err != nil {
+	if err := checkTopic(s.CheckName, topic); err != nil {
 		return nil, err
 	}
 	return s.Subscriber.Subscribe(ctx, topic)
@@ -99,7 +99,7 @@ func (s *amqpSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 
 // SubscribeInitialize declares topic's queue without consuming.
 func (s *amqpSubscriber) SubscribeInitialize(topic string) error {
-	if err := s.CheckTopic(topic); err != nil {
+	if err := checkTopic(s.CheckName, topic); err != nil {
 		return err
 	}
 	return s.Subscriber.SubscribeInitialize(topic)

@@ -60,28 +60,17 @@ func truncateName(s string) string {
 	return s[:40] + "..."
 }
 
-// amqpCheckTopic checks the queue of topic and, unless topic is itself a
-// DLQ (it ends in DeadLetterSuffix, and nothing dead-letters a DLQ by
-// default), the queue of its DLQ, so that every message the topic accepts
-// can also be dead-lettered. queueName maps a topic to its queue.
-func amqpCheckTopic(topic string, queueName func(string) string) error {
-	if topic == "" {
-		return &TopicError{Broker: KindAMQP, Topic: topic, Rule: "the topic is empty; RabbitMQ queue names cannot be empty"}
+// amqpCheckName checks that the queue of name can be declared.
+func amqpCheckName(name string, queueName func(string) string) error {
+	if name == "" {
+		return &TopicError{Broker: KindAMQP, Topic: name, Rule: "the topic is empty; RabbitMQ queue names cannot be empty"}
 	}
-	if err := amqpCheckQueueName(topic, queueName(topic)); err != nil {
-		return err
-	}
-	if !strings.HasSuffix(topic, DeadLetterSuffix) {
-		if err := amqpCheckQueueName(topic, queueName(topic+DeadLetterSuffix)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return amqpCheckQueueName(name, queueName(name))
 }
 
 // amqpCheckStages checks the delay queue names of topic for each stage.
 func amqpCheckStages(topic string, stages []time.Duration, queueName func(string) string) error {
-	if err := amqpCheckTopic(topic, queueName); err != nil {
+	if err := checkTopic(func(n string) error { return amqpCheckName(n, queueName) }, topic); err != nil {
 		return err
 	}
 	target := queueName(topic)

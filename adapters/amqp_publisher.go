@@ -150,10 +150,10 @@ func (p *amqpPublisher) connection() (*amqp.Connection, error) {
 	return conn, nil
 }
 
-// CheckTopic implements TopicChecker: the topic's queue and its DLQ queue
-// must be names RabbitMQ can declare.
-func (p *amqpPublisher) CheckTopic(topic string) error {
-	return amqpCheckTopic(topic, p.cfg.Queue.GenerateName)
+// CheckName implements NameChecker: name's queue must be one RabbitMQ can
+// declare.
+func (p *amqpPublisher) CheckName(name string) error {
+	return amqpCheckName(name, p.cfg.Queue.GenerateName)
 }
 
 func (p *amqpPublisher) queue(topic string) amqpQueue {
@@ -163,7 +163,7 @@ func (p *amqpPublisher) queue(topic string) amqpQueue {
 // Publish publishes msgs to topic's queue; it returns nil only once
 // RabbitMQ has confirmed every message into the queue.
 func (p *amqpPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := p.CheckTopic(topic); err != nil {
+	if err := checkTopic(p.CheckName, topic); err != nil {
 		return err
 	}
 	if len(msgs) == 0 {

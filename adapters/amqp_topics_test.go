@@ -113,9 +113,6 @@ func TestAMQPDelayQueueNames(t *testing.T) {
 	if !ok {
 		t.Fatal("the AMQP scheduler is not a StageChecker")
 	}
-	if _, ok := s.(adapters.TopicChecker); !ok {
-		t.Fatal("the AMQP scheduler is not a TopicChecker")
-	}
 	stages := []time.Duration{time.Second, 30 * time.Second, 10 * time.Minute}
 	// ".delay.10m0s" is 12 bytes.
 	fits := topicOfLen(255 - len(".delay.10m0s"))

@@ -157,7 +157,8 @@ func amqpValue(kind uint8, s string, i int64, fl float64, b bool) any {
 
 // FuzzTolerantAMQPHeaders: any mix of header types decodes without error;
 // each header becomes its string form in metadata, the UUID header the
-// message UUID, and the body is kept.
+// message UUID, both by the metadata rule (valid UTF-8), and the body is
+// kept.
 func FuzzTolerantAMQPHeaders(f *testing.F) {
 	f.Add("x-delivery-count", uint8(3), "s", int64(2), 1.5, true, uint8(0), "uuid-1", []byte("body"))
 	f.Add("x-death", uint8(12), "rejected", int64(1), math.NaN(), false, uint8(2), "", []byte{})
@@ -174,15 +175,25 @@ func FuzzTolerantAMQPHeaders(f *testing.F) {
 		if string(msg.Payload) != string(body) {
 			t.Fatal("body not kept")
 		}
+		// The metadata rule: valid UTF-8, invalid sequences as U+FFFD.
+		valid := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 		for k, v := range headers {
 			if k == wamqp.DefaultMessageUUIDHeaderKey {
-				if msg.UUID != headerString(v) {
-					t.Fatalf("UUID %q, want %q", msg.UUID, headerString(v))
+				if want := valid(headerString(v)); want != "" && msg.UUID != want {
+					t.Fatalf("UUID %q, want %q", msg.UUID, want)
 				}
 				continue
 			}
-			if got, ok := msg.Metadata[k]; !ok || got != headerString(v) {
-				t.Fatalf("header %q = %#v: metadata %q (present %t), want %q", k, v, got, ok, headerString(v))
+			if got, ok := msg.Metadata[valid(k)]; !ok || got != valid(headerString(v)) {
+				t.Fatalf("header %q = %#v: metadata %q (present %t), want %q", k, v, got, ok, valid(headerString(v)))
+			}
+		}
+		if !utf8.ValidString(msg.UUID) {
+			t.Fatalf("UUID %q is not valid UTF-8", msg.UUID)
+		}
+		for k, v := range msg.Metadata {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) {
+				t.Fatalf("metadata %q=%q is not valid UTF-8", k, v)
 			}
 		}
 	})

@@ -95,7 +95,7 @@ type kafkaPublisher struct {
 func (p *kafkaPublisher) CheckName(name string) error { return checkKafkaName(name) }
 
 func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := checkKafkaName(topic); err != nil {
+	if err := checkTopic(checkKafkaName, topic); err != nil {
 		return err
 	}
 	letters := false

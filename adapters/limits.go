@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -79,8 +80,9 @@ func (e *TopicError) Is(target error) bool { return target == ErrInvalidTopic }
 // CheckName reports, without touching the broker, whether name can exist
 // there as a topic (Kafka), a queue (RabbitMQ) or a queue table
 // (PostgreSQL), with a *TopicError naming the rule when it cannot. Publish
-// checks the name it publishes to; Subscribe checks the topic and its
-// default DLQ topic (CheckTopic). Wrappers (telemetry.NewPublisher, your
+// and Subscribe check the topic and its default DLQ topic (CheckTopic), so
+// a topic that could not be dead-lettered is refused before anything is
+// sent to it. Wrappers (telemetry.NewPublisher, your
 // decorators) should forward it, so router.New can check the DLQ topics
 // before consuming.
 type NameChecker interface {
@@ -96,7 +98,8 @@ type StageChecker interface {
 }
 
 // CheckTopic reports whether topic and its default DLQ topic (topic +
-// DeadLetterSuffix) can exist on b's broker: what Subscribe checks.
+// DeadLetterSuffix; not for a topic that is a DLQ itself) can exist on b's
+// broker: what Subscribe checks.
 func (b *Broker) CheckTopic(topic string) error {
 	c, ok := b.Publisher.(NameChecker)
 	if !ok {
@@ -105,10 +108,14 @@ func (b *Broker) CheckTopic(topic string) error {
 	return checkTopic(c.CheckName, topic)
 }
 
-// checkTopic checks topic and its default DLQ topic with check.
+// checkTopic checks topic and, unless topic is itself a DLQ topic (nothing
+// dead-letters into a DLQ's DLQ by default), its default DLQ topic.
 func checkTopic(check func(string) error, topic string) error {
 	if err := check(topic); err != nil {
 		return err
+	}
+	if strings.HasSuffix(topic, DeadLetterSuffix) {
+		return nil
 	}
 	if err := check(topic + DeadLetterSuffix); err != nil {
 		var te *TopicError

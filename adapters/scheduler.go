@@ -110,15 +110,6 @@ func (s *amqpScheduler) publisher() (*amqpPublisher, error) {
 	return p, nil
 }
 
-// CheckTopic implements TopicChecker.
-func (s *amqpScheduler) CheckTopic(topic string) error {
-	p, err := s.publisher()
-	if err != nil {
-		return err
-	}
-	return p.CheckTopic(topic)
-}
-
 // CheckStages implements StageChecker: the delay queue
 // "<queue>.delay.<delay>" of each stage must be a name RabbitMQ can declare.
 func (s *amqpScheduler) CheckStages(topic string, stages []time.Duration) error {
