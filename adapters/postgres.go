@@ -18,9 +18,10 @@ func PostgresTable(cfg PostgresConfig, topic string) string {
 
 // PostgresQueueSchema returns the watermill-sql queue schema and offsets
 // adapter Open uses: one table per topic, BYTEA payloads (any bytes, not only
-// valid JSON), rows deleted when acked, rows decoded by
-// TolerantPostgresQueueSchema, rows delayed by the Scheduler skipped until due.
-func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.PostgreSQLQueueOffsetsAdapter) {
+// valid JSON), rows deleted when acked (only those, see
+// PostgresQueueOffsetsAdapter), rows decoded by TolerantPostgresQueueSchema,
+// rows delayed by the Scheduler skipped until due.
+func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, PostgresQueueOffsetsAdapter) {
 	table := func(topic string) string { return PostgresTable(cfg, topic) }
 	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
@@ -29,10 +30,42 @@ func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.
 			GenerateWhereClause: func(wsql.GenerateWhereClauseParams) (string, []any) {
 				return postgresDueClause, nil
 			},
-		}}, wsql.PostgreSQLQueueOffsetsAdapter{
+		}}, PostgresQueueOffsetsAdapter{wsql.PostgreSQLQueueOffsetsAdapter{
 			DeleteOnAck:               true,
 			GenerateMessagesTableName: table,
+		}}
+}
+
+// PostgresQueueOffsetsAdapter acks (deletes) only the rows whose messages
+// were acked.
+//
+// watermill-sql's subscriber (v4.1.2) locks a batch of rows, hands them out
+// one at a time and stops at the first message that is not acked: its ack
+// deadline passed, or the subscriber is closing. It then runs the ack query
+// with LastRow, the last acked row, but also Rows, the whole batch, and
+// PostgreSQLQueueOffsetsAdapter deletes every row in Rows: the messages
+// after the one that timed out were deleted without ever being delivered.
+// Rows are handed out in order and the first unacked one ends the batch, so
+// the acked rows are exactly those up to and including LastRow.
+type PostgresQueueOffsetsAdapter struct {
+	wsql.PostgreSQLQueueOffsetsAdapter
+}
+
+// AckMessageQuery implements sql.OffsetsAdapter.
+func (a PostgresQueueOffsetsAdapter) AckMessageQuery(params wsql.AckMessageQueryParams) (wsql.Query, error) {
+	params.Rows = ackedRows(params.Rows, params.LastRow)
+	return a.PostgreSQLQueueOffsetsAdapter.AckMessageQuery(params)
+}
+
+// ackedRows is the prefix of rows up to and including last; none when last
+// is not among them (nothing was acked).
+func ackedRows(rows []wsql.Row, last wsql.Row) []wsql.Row {
+	for i, r := range rows {
+		if r.Offset == last.Offset {
+			return rows[:i+1]
 		}
+	}
+	return nil
 }
 
 // OpenPostgresPool connects a pgx pool to cfg.Postgres.URL and checks that

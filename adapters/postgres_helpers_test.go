@@ -1,0 +1,73 @@
+package adapters_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
+)
+
+// pgOpen opens a PostgreSQL broker on the test server with short intervals,
+// after mod has adjusted the section; it is closed when the test ends.
+func pgOpen(t *testing.T, mod func(*adapters.PostgresConfig)) *adapters.Broker {
+	t.Helper()
+	cfg := adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{
+		URL:            testenv.PostgresURL(t),
+		PollInterval:   10 * time.Millisecond,
+		ResendInterval: 50 * time.Millisecond,
+	}}
+	if mod != nil {
+		mod(&cfg.Postgres)
+	}
+	b, err := adapters.Open(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// pgConn is a direct connection to the test server, for inspecting and
+// seeding queue tables; it drops the tables of topics when the test ends
+// (after the broker, which was opened earlier, is closed).
+func pgConn(t *testing.T, b *adapters.Broker, topics ...string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), b.Config.Postgres.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = b.Close()
+		for _, topic := range topics {
+			_, _ = conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+adapters.PostgresTable(b.Config.Postgres, topic))
+		}
+		_ = conn.Close(context.Background())
+	})
+	return conn
+}
+
+// pgRows counts the rows of topic's queue table.
+func pgRows(t *testing.T, conn *pgx.Conn, b *adapters.Broker, topic string) int {
+	t.Helper()
+	var n int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM "+adapters.PostgresTable(b.Config.Postgres, topic)).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// pgWait polls cond until it holds or limit passes, then fails with what.
+func pgWait(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("within %s: %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
