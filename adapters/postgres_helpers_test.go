@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/antidote-mq/antidote/adapters"
@@ -70,4 +71,29 @@ func pgWait(t *testing.T, limit time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// pgReceive subscribes to topic, acks n messages and returns them; the
+// subscription stays open until the test ends, so the batch's ack (the
+// rows' deletion, run after the last message of a batch) is not cut off.
+func pgReceive(t *testing.T, b *adapters.Broker, topic string, n int) []*message.Message {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch, err := b.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*message.Message
+	deadline := time.After(30 * time.Second)
+	for len(out) < n {
+		select {
+		case m := <-ch:
+			m.Ack()
+			out = append(out, m)
+		case <-deadline:
+			t.Fatalf("received %d of %d messages: the queue is blocked", len(out), n)
+		}
+	}
+	return out
 }
