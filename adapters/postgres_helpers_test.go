@@ -97,3 +97,13 @@ func pgReceive(t *testing.T, b *adapters.Broker, topic string, n int) []*message
 	}
 	return out
 }
+
+// pgTableExists reports whether topic's queue table exists.
+func pgTableExists(t *testing.T, conn *pgx.Conn, b *adapters.Broker, topic string) bool {
+	t.Helper()
+	var exists bool
+	if err := conn.QueryRow(context.Background(), "SELECT to_regclass($1) IS NOT NULL", adapters.PostgresTable(b.Config.Postgres, topic)).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	return exists
+}

@@ -8,6 +8,27 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
+// postgresPublisher checks what watermill-sql would otherwise get wrong
+// before anything reaches the database: the topic (checkPostgresTopic).
+type postgresPublisher struct {
+	cfg   PostgresConfig
+	inner *schemaSafePublisher
+}
+
+// CheckTopic implements TopicChecker.
+func (p *postgresPublisher) CheckTopic(topic string) error { return checkPostgresTopic(p.cfg, topic) }
+
+// Publish inserts msgs into topic's table, once topic is checked.
+func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.CheckTopic(topic); err != nil {
+		return err
+	}
+	return p.inner.Publish(topic, msgs...)
+}
+
+// Close closes the watermill-sql publisher.
+func (p *postgresPublisher) Close() error { return p.inner.Close() }
+
 // schemaSafePublisher serialises the first publish to each topic.
 // watermill-sql creates a topic's table on its first publish, and two
 // concurrent CREATE TABLE IF NOT EXISTS of the same table make PostgreSQL

@@ -81,6 +81,15 @@ type postgresScheduler struct{ pub message.Publisher }
 // still RFC 3339, so Watermill's own readers parse it.
 const PostgresDueLayout = "2006-01-02T15:04:05.000000000Z"
 
+// CheckTopic implements TopicChecker: the scheduler writes into topic's
+// own table, so it allows what the broker's publisher allows.
+func (s postgresScheduler) CheckTopic(topic string) error {
+	if c, ok := s.pub.(TopicChecker); ok {
+		return c.CheckTopic(topic)
+	}
+	return nil
+}
+
 func (s postgresScheduler) Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error {
 	due := stampDue(msg, after)
 	// watermill's delay keys, with sub-second precision (delay.Message
