@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -15,7 +17,8 @@ import (
 // postgresPublisher checks what watermill-sql would otherwise get wrong
 // before anything reaches the database (no table is created, no row
 // inserted): the topic (checkPostgresTopic), each message's size and UUID
-// (checkPostgresMessage).
+// (checkPostgresMessage). It also makes UUIDs and metadata valid UTF-8
+// (validUTF8Message).
 //
 // A batch is all or nothing. watermill-sql inserts it with one INSERT, which
 // PostgreSQL applies whole or not at all, and a batch holding one message
@@ -37,15 +40,46 @@ func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) erro
 	if err := p.CheckTopic(topic); err != nil {
 		return err
 	}
+	out := make([]*message.Message, len(msgs))
 	for i, msg := range msgs {
-		if err := checkPostgresMessage(p.cfg, topic, msg); err != nil {
+		out[i] = validUTF8Message(msg)
+		if err := checkPostgresMessage(p.cfg, topic, out[i]); err != nil {
 			if len(msgs) > 1 {
 				return fmt.Errorf("message %d of the %d in this Publish (none of them was published): %w", i+1, len(msgs), err)
 			}
 			return err
 		}
 	}
-	return p.inner.Publish(topic, msgs...)
+	return p.inner.Publish(topic, out...)
+}
+
+// validUTF8Message is msg with its UUID and metadata keys and values made
+// valid UTF-8, each run of invalid bytes replaced by one U+FFFD
+// (strings.ToValidUTF8) and NUL kept: the rule every adapter keeps. It is
+// msg itself when nothing needs replacing; otherwise a new message with the
+// same payload and context, and the caller's message is left as it is.
+//
+// encoding/json alone would replace each invalid byte with its own U+FFFD,
+// and the uuid column (text) would make PostgreSQL refuse the whole INSERT.
+// Two keys that differ only in invalid bytes become one key: the value of
+// the key that sorts last wins.
+func validUTF8Message(msg *message.Message) *message.Message {
+	valid := utf8.ValidString(msg.UUID)
+	for k, v := range msg.Metadata {
+		if !valid {
+			break
+		}
+		valid = utf8.ValidString(k) && utf8.ValidString(v)
+	}
+	if valid {
+		return msg
+	}
+	out := message.NewMessage(strings.ToValidUTF8(msg.UUID, "\uFFFD"), msg.Payload)
+	for _, k := range slices.Sorted(maps.Keys(msg.Metadata)) {
+		out.Metadata.Set(strings.ToValidUTF8(k, "\uFFFD"), strings.ToValidUTF8(msg.Metadata[k], "\uFFFD"))
+	}
+	out.SetContext(msg.Context())
+	return out
 }
 
 // PostgresUUIDColumn is the type of watermill-sql's uuid column.
@@ -54,10 +88,10 @@ const PostgresUUIDColumn = "VARCHAR(36)"
 // postgresMaxUUID is how many characters PostgresUUIDColumn holds.
 const postgresMaxUUID = 36
 
-// checkPostgresMessage refuses a message the queue table cannot hold, or
-// that is larger than postgres.max_message_bytes allows: its payload plus
-// its metadata as JSON (what is inserted), with LetterHeadroom more for a
-// dead letter.
+// checkPostgresMessage refuses a message (made valid UTF-8 by
+// validUTF8Message) the queue table cannot hold, or that is larger than
+// postgres.max_message_bytes allows: its payload plus its metadata as JSON
+// (what is inserted), with LetterHeadroom more for a dead letter.
 func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message) error {
 	if strings.IndexByte(msg.UUID, 0) >= 0 {
 		return fmt.Errorf("%s: message %q to %q cannot be published: its UUID holds a NUL byte, which no PostgreSQL text column can store; use a UUID without NUL",
