@@ -5,22 +5,114 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // PostgresTable is the quoted table name that holds topic's queue.
 func PostgresTable(cfg PostgresConfig, topic string) string {
-	return strconv.Quote(cfg.TablePrefix + topic)
+	return pgx.Identifier{cfg.TablePrefix + topic}.Sanitize()
+}
+
+// PostgresMaxIdentifier is the longest identifier PostgreSQL keeps, in
+// bytes (NAMEDATALEN-1 in a default build); a longer one is silently cut.
+const PostgresMaxIdentifier = 63
+
+// PostgresMaxTopic is the longest topic the table prefix leaves room for:
+// the topic's table, <prefix><topic>, and its DLQ's,
+// <prefix><topic>.dlq, must both be at most PostgresMaxIdentifier bytes.
+// Below 1, no topic fits.
+func PostgresMaxTopic(cfg PostgresConfig) int {
+	return PostgresMaxIdentifier - len(cfg.TablePrefix) - len(DeadLetterSuffix)
+}
+
+// checkPostgresTopic reports whether topic can name a queue table: not
+// empty, only ASCII letters, digits, '.', '_' and '-' (what watermill-sql
+// allows, less ':' and '$', which no topic needs), and short enough that
+// neither <prefix><topic> nor <prefix><topic>.dlq is cut to 63 bytes.
+// PostgreSQL cuts longer names without a word, so a topic and its DLQ
+// became one table: each letter was written back into the source, to be
+// consumed and dead-lettered again, thousands of times a second.
+//
+// A topic that already ends in .dlq is a DLQ: only its own table must fit,
+// so a topic at the limit can be dead-lettered and its DLQ read. Letters of
+// its letters (<topic>.dlq.dlq) are then refused at Publish, never cut.
+func checkPostgresTopic(cfg PostgresConfig, topic string) error {
+	bad := func(name, rule string) error {
+		return &TopicError{Broker: KindPostgres, Topic: topic, Name: name, Rule: rule}
+	}
+	const allowed = "a topic names a table, so it may hold only ASCII letters, digits, '.', '_' and '-'"
+	if topic == "" {
+		return bad("", "the topic is empty; "+allowed)
+	}
+	for i := 0; i < len(topic); {
+		r, size := utf8.DecodeRuneInString(topic[i:])
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		case r == utf8.RuneError && size == 1:
+			return bad("", fmt.Sprintf("%s; byte 0x%02x at %d is not valid UTF-8", allowed, topic[i], i))
+		default:
+			return bad("", fmt.Sprintf("%s; %q is not allowed", allowed, r))
+		}
+		i += size
+	}
+	names := []string{cfg.TablePrefix + topic}
+	if !strings.HasSuffix(topic, DeadLetterSuffix) {
+		names = append(names, cfg.TablePrefix+topic+DeadLetterSuffix)
+	}
+	for _, name := range names {
+		if len(name) <= PostgresMaxIdentifier {
+			continue
+		}
+		most := PostgresMaxTopic(cfg)
+		room := fmt.Sprintf("with table_prefix %q a topic may be at most %d bytes (%d if it is a DLQ topic, ending in %s), so that <prefix><topic>%s fits too",
+			cfg.TablePrefix, most, most+len(DeadLetterSuffix), DeadLetterSuffix, DeadLetterSuffix)
+		if most < 1 {
+			room = fmt.Sprintf("table_prefix %q (%d bytes) leaves no room for a topic; shorten it", cfg.TablePrefix, len(cfg.TablePrefix))
+		}
+		return bad(name, fmt.Sprintf("PostgreSQL identifiers are at most %d bytes and this one is %d (a longer name is cut, so a topic and its DLQ could share one table); %s",
+			PostgresMaxIdentifier, len(name), room))
+	}
+	return nil
+}
+
+// postgresSubscriber refuses topics checkPostgresTopic refuses before
+// watermill-sql creates their table.
+type postgresSubscriber struct {
+	*closeWaitSubscriber
+	cfg PostgresConfig
+}
+
+// CheckTopic implements TopicChecker.
+func (s *postgresSubscriber) CheckTopic(topic string) error { return checkPostgresTopic(s.cfg, topic) }
+
+func (s *postgresSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if err := s.CheckTopic(topic); err != nil {
+		return nil, err
+	}
+	return s.closeWaitSubscriber.Subscribe(ctx, topic)
+}
+
+// SubscribeInitialize creates topic's table once the topic is checked.
+func (s *postgresSubscriber) SubscribeInitialize(topic string) error {
+	if err := s.CheckTopic(topic); err != nil {
+		return err
+	}
+	return s.closeWaitSubscriber.SubscribeInitialize(topic)
 }
 
 // PostgresQueueSchema returns the watermill-sql queue schema and offsets
 // adapter Open uses: one table per topic, BYTEA payloads (any bytes, not only
-// valid JSON), rows deleted when acked, rows decoded by
-// TolerantPostgresQueueSchema, rows delayed by the Scheduler skipped until due.
-func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.PostgreSQLQueueOffsetsAdapter) {
+// valid JSON), rows deleted when acked (only those, see
+// PostgresQueueOffsetsAdapter), rows decoded by TolerantPostgresQueueSchema,
+// rows delayed by the Scheduler skipped until due.
+func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, PostgresQueueOffsetsAdapter) {
 	table := func(topic string) string { return PostgresTable(cfg, topic) }
 	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
@@ -29,10 +121,42 @@ func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, wsql.
 			GenerateWhereClause: func(wsql.GenerateWhereClauseParams) (string, []any) {
 				return postgresDueClause, nil
 			},
-		}}, wsql.PostgreSQLQueueOffsetsAdapter{
+		}}, PostgresQueueOffsetsAdapter{wsql.PostgreSQLQueueOffsetsAdapter{
 			DeleteOnAck:               true,
 			GenerateMessagesTableName: table,
+		}}
+}
+
+// PostgresQueueOffsetsAdapter acks (deletes) only the rows whose messages
+// were acked.
+//
+// watermill-sql's subscriber (v4.1.2) locks a batch of rows, hands them out
+// one at a time and stops at the first message that is not acked: its ack
+// deadline passed, or the subscriber is closing. It then runs the ack query
+// with LastRow, the last acked row, but also Rows, the whole batch, and
+// PostgreSQLQueueOffsetsAdapter deletes every row in Rows: the messages
+// after the one that timed out were deleted without ever being delivered.
+// Rows are handed out in order and the first unacked one ends the batch, so
+// the acked rows are exactly those up to and including LastRow.
+type PostgresQueueOffsetsAdapter struct {
+	wsql.PostgreSQLQueueOffsetsAdapter
+}
+
+// AckMessageQuery implements sql.OffsetsAdapter.
+func (a PostgresQueueOffsetsAdapter) AckMessageQuery(params wsql.AckMessageQueryParams) (wsql.Query, error) {
+	params.Rows = ackedRows(params.Rows, params.LastRow)
+	return a.PostgreSQLQueueOffsetsAdapter.AckMessageQuery(params)
+}
+
+// ackedRows is the prefix of rows up to and including last; none when last
+// is not among them (nothing was acked).
+func ackedRows(rows []wsql.Row, last wsql.Row) []wsql.Row {
+	for i, r := range rows {
+		if r.Offset == last.Offset {
+			return rows[:i+1]
 		}
+	}
+	return nil
 }
 
 // OpenPostgresPool connects a pgx pool to cfg.Postgres.URL and checks that
@@ -78,7 +202,7 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	if err != nil {
 		return fmt.Errorf("postgres publisher: %w", err)
 	}
-	b.Publisher = &schemaSafePublisher{Publisher: pub}
+	b.Publisher = &postgresPublisher{cfg: p, inner: &schemaSafePublisher{Publisher: pub}}
 	b.onClose(pub.Close)
 	ack := p.AckDeadline
 	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
@@ -92,7 +216,7 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	if err != nil {
 		return fmt.Errorf("postgres subscriber: %w", err)
 	}
-	wrapped := newCloseWaitSubscriber(sub)
+	wrapped := &postgresSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), cfg: p}
 	b.Subscriber = wrapped
 	b.onClose(wrapped.Close)
 	return nil

@@ -1,12 +1,141 @@
 package adapters
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// postgresPublisher checks what watermill-sql would otherwise get wrong
+// before anything reaches the database (no table is created, no row
+// inserted): the topic (checkPostgresTopic), each message's size and UUID
+// (checkPostgresMessage). It also makes UUIDs and metadata valid UTF-8
+// (validUTF8Message).
+//
+// A batch is all or nothing. watermill-sql inserts it with one INSERT, which
+// PostgreSQL applies whole or not at all, and a batch holding one message
+// that cannot be published is refused whole, before the INSERT, with an
+// error naming that message: nothing of it is in the queue, so the caller
+// can fix or drop that message and publish the batch again without
+// duplicating the others.
+type postgresPublisher struct {
+	cfg   PostgresConfig
+	inner *schemaSafePublisher
+}
+
+// CheckTopic implements TopicChecker.
+func (p *postgresPublisher) CheckTopic(topic string) error { return checkPostgresTopic(p.cfg, topic) }
+
+// Publish inserts msgs into topic's table, once topic and every message are
+// checked.
+func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.CheckTopic(topic); err != nil {
+		return err
+	}
+	out := make([]*message.Message, len(msgs))
+	for i, msg := range msgs {
+		out[i] = validUTF8Message(msg)
+		if err := checkPostgresMessage(p.cfg, topic, out[i]); err != nil {
+			if len(msgs) > 1 {
+				return fmt.Errorf("message %d of the %d in this Publish (none of them was published): %w", i+1, len(msgs), err)
+			}
+			return err
+		}
+	}
+	return p.inner.Publish(topic, out...)
+}
+
+// validUTF8Message is msg with its UUID and metadata keys and values made
+// valid UTF-8, each run of invalid bytes replaced by one U+FFFD
+// (strings.ToValidUTF8) and NUL kept: the rule every adapter keeps. It is
+// msg itself when nothing needs replacing; otherwise a new message with the
+// same payload and context, and the caller's message is left as it is.
+//
+// encoding/json alone would replace each invalid byte with its own U+FFFD,
+// and the uuid column (text) would make PostgreSQL refuse the whole INSERT.
+// Two keys that differ only in invalid bytes become one key: the value of
+// the key that sorts last wins.
+func validUTF8Message(msg *message.Message) *message.Message {
+	valid := utf8.ValidString(msg.UUID)
+	for k, v := range msg.Metadata {
+		if !valid {
+			break
+		}
+		valid = utf8.ValidString(k) && utf8.ValidString(v)
+	}
+	if valid {
+		return msg
+	}
+	out := message.NewMessage(strings.ToValidUTF8(msg.UUID, "\uFFFD"), msg.Payload)
+	for _, k := range slices.Sorted(maps.Keys(msg.Metadata)) {
+		out.Metadata.Set(strings.ToValidUTF8(k, "\uFFFD"), strings.ToValidUTF8(msg.Metadata[k], "\uFFFD"))
+	}
+	out.SetContext(msg.Context())
+	return out
+}
+
+// PostgresUUIDColumn is the type of watermill-sql's uuid column.
+const PostgresUUIDColumn = "VARCHAR(36)"
+
+// postgresMaxUUID is how many characters PostgresUUIDColumn holds.
+const postgresMaxUUID = 36
+
+// checkPostgresMessage refuses a message (made valid UTF-8 by
+// validUTF8Message) the queue table cannot hold, or that is larger than
+// postgres.max_message_bytes allows: its payload plus its metadata as JSON
+// (what is inserted), with LetterHeadroom more for a dead letter.
+func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message) error {
+	if strings.IndexByte(msg.UUID, 0) >= 0 {
+		return fmt.Errorf("%s: message %q to %q cannot be published: its UUID holds a NUL byte, which no PostgreSQL text column can store; use a UUID without NUL",
+			KindPostgres, shortUUID(msg.UUID), topic)
+	}
+	if n := utf8.RuneCountInString(msg.UUID); n > postgresMaxUUID {
+		err := error(&TooLargeError{Broker: KindPostgres, Topic: topic, UUID: shortUUID(msg.UUID), What: "uuid",
+			Size: n, Limit: postgresMaxUUID, Setting: "the queue table's uuid column (" + PostgresUUIDColumn + ")"})
+		if n != len(msg.UUID) {
+			err = fmt.Errorf("%w (counted in characters, as %s counts)", err, PostgresUUIDColumn)
+		}
+		return err
+	}
+	meta, err := json.Marshal(msg.Metadata)
+	if err != nil { // a map of strings always marshals
+		return fmt.Errorf("%s: message %q to %q: metadata: %w", KindPostgres, msg.UUID, topic, err)
+	}
+	size, limit, setting := len(msg.Payload)+len(meta), cfg.MaxMessageBytes, "postgres.max_message_bytes"
+	if IsLetter(msg.Context()) {
+		limit += LetterHeadroom
+		setting += fmt.Sprintf(", plus %d bytes for a dead letter", LetterHeadroom)
+	}
+	if size > limit {
+		return &TooLargeError{Broker: KindPostgres, Topic: topic, UUID: msg.UUID, What: "message",
+			Size: size, Limit: limit, Setting: setting}
+	}
+	return nil
+}
+
+// shortUUID keeps an error about a huge UUID readable.
+func shortUUID(uuid string) string {
+	const keep = 64
+	if len(uuid) <= keep {
+		return uuid
+	}
+	cut := keep
+	for cut > 0 && !utf8.RuneStart(uuid[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", uuid[:cut], len(uuid))
+}
+
+// Close closes the watermill-sql publisher.
+func (p *postgresPublisher) Close() error { return p.inner.Close() }
 
 // schemaSafePublisher serialises the first publish to each topic.
 // watermill-sql creates a topic's table on its first publish, and two

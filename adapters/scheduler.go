@@ -74,21 +74,66 @@ func stampDue(msg *message.Message, after time.Duration) time.Time {
 
 type postgresScheduler struct{ pub message.Publisher }
 
+// PostgresDueLayout is how the PostgreSQL scheduler writes watermill's
+// _watermill_delayed_until: UTC, always nine fractional digits, so that the
+// subscriber's query compares it as text (see postgresDueClause). It is
+// still RFC 3339, so Watermill's own readers parse it.
+const PostgresDueLayout = "2006-01-02T15:04:05.000000000Z"
+
+// CheckTopic implements TopicChecker: the scheduler writes into topic's
+// own table, so it allows what the broker's publisher allows.
+func (s postgresScheduler) CheckTopic(topic string) error {
+	if c, ok := s.pub.(TopicChecker); ok {
+		return c.CheckTopic(topic)
+	}
+	return nil
+}
+
 func (s postgresScheduler) Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error {
 	due := stampDue(msg, after)
 	// watermill's delay keys, with sub-second precision (delay.Message
 	// writes whole seconds, which would make short delays vanish).
-	msg.Metadata.Set(delay.DelayedUntilKey, due.Format(time.RFC3339Nano))
+	msg.Metadata.Set(delay.DelayedUntilKey, due.UTC().Format(PostgresDueLayout))
 	msg.Metadata.Set(delay.DelayedForKey, after.String())
 	msg.SetContext(ctx)
 	return s.pub.Publish(topic, msg)
 }
 
-// postgresDueClause hides rows that carry watermill's delay metadata and are
-// not due yet. A malformed value (a foreign producer) counts as due rather
-// than failing the query, which would block the whole queue.
-const postgresDueClause = `(CASE WHEN (metadata->>'` + delay.DelayedUntilKey + `') ~ '^\d{4}-\d{2}-\d{2}T'
-	THEN (metadata->>'` + delay.DelayedUntilKey + `')::timestamptz <= NOW() ELSE TRUE END)`
+// postgresDueClause hides rows whose metadata says, under watermill's
+// _watermill_delayed_until, that they are not due yet. No metadata can make
+// it fail, which would fail the subscriber's query and block the queue:
+//
+//   - It never parses the JSON. PostgreSQL's json operators (->, ->>, #>)
+//     de-escape every string of the document, and fail on \u0000 or a lone
+//     surrogate (\ud800) in any key or value; ::timestamptz fails on
+//     2024-13-45. Here the column's text (json keeps it verbatim) is
+//     searched with a regular expression and the time compared as text.
+//   - The key counts only as a whole JSON string (the quote before it not
+//     escaped: an even run of backslashes) followed by a colon, and its
+//     value only as a string of the form
+//     YYYY-MM-DDTHH:MM:SS[.fraction of 1-9 digits](Z|±hh:mm) with the
+//     fields in range (month 01-12, day 01-31, hour 00-23, ...). Anything
+//     else, a number, null, an object, another format, an escaped
+//     character, counts as due.
+//   - The date and time are compared, with the fraction padded to nine
+//     digits, in byte order against NOW() written the same way at the
+//     value's own offset. A key nested in an object value would also count.
+//
+// strpos keeps the regular expression off rows that lack the key.
+const postgresDueClause = `(SELECT CASE WHEN d.m IS NULL THEN TRUE
+	ELSE (d.m[2] || '.' || rpad(COALESCE(d.m[3], ''), 9, '0')) COLLATE "C"
+		<= to_char(NOW() AT TIME ZONE (CASE WHEN d.m[4] = 'Z' THEN '+00:00' ELSE d.m[4] END)::interval, 'YYYY-MM-DD"T"HH24:MI:SS.US') || '999' END
+	FROM (SELECT CASE WHEN strpos(metadata::text, '"` + delay.DelayedUntilKey + `"') > 0 THEN
+		(SELECT m FROM regexp_matches(metadata::text, $re$` + postgresDuePattern + `$re$, 'g') AS m WHERE length(m[1]) % 2 = 0 LIMIT 1)
+	END AS m) AS d)`
+
+// postgresDuePattern captures the backslashes before the key, the date and
+// time to the second, the fraction's digits and the offset. The clause
+// dollar-quotes it, so its backslashes mean the same whatever
+// standard_conforming_strings says.
+const postgresDuePattern = `(\\*)"` + delay.DelayedUntilKey + `"\s*:\s*"` +
+	`(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60))` +
+	`(?:\.(\d{1,9}))?(Z|[+-](?:0\d|1[0-5]):[0-5]\d)"`
 
 type kafkaScheduler struct{ pub message.Publisher }
 
