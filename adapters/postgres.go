@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -44,6 +43,11 @@ func PostgresMaxTopic(cfg PostgresConfig) int {
 // so a topic at the limit can be dead-lettered and its DLQ read. Letters of
 // its letters (<topic>.dlq.dlq) are then refused at Publish, never cut.
 func checkPostgresTopic(cfg PostgresConfig, topic string) error {
+	return checkTopic(func(name string) error { return checkPostgresName(cfg, name) }, topic)
+}
+
+// checkPostgresName checks that name can name a queue table.
+func checkPostgresName(cfg PostgresConfig, topic string) error {
 	bad := func(name, rule string) error {
 		return &TopicError{Broker: KindPostgres, Topic: topic, Name: name, Rule: rule}
 	}
@@ -62,24 +66,18 @@ func checkPostgresTopic(cfg PostgresConfig, topic string) error {
 		}
 		i += size
 	}
-	names := []string{cfg.TablePrefix + topic}
-	if !strings.HasSuffix(topic, DeadLetterSuffix) {
-		names = append(names, cfg.TablePrefix+topic+DeadLetterSuffix)
+	name := cfg.TablePrefix + topic
+	if len(name) <= PostgresMaxIdentifier {
+		return nil
 	}
-	for _, name := range names {
-		if len(name) <= PostgresMaxIdentifier {
-			continue
-		}
-		most := PostgresMaxTopic(cfg)
-		room := fmt.Sprintf("with table_prefix %q a topic may be at most %d bytes (%d if it is a DLQ topic, ending in %s), so that <prefix><topic>%s fits too",
-			cfg.TablePrefix, most, most+len(DeadLetterSuffix), DeadLetterSuffix, DeadLetterSuffix)
-		if most < 1 {
-			room = fmt.Sprintf("table_prefix %q (%d bytes) leaves no room for a topic; shorten it", cfg.TablePrefix, len(cfg.TablePrefix))
-		}
-		return bad(name, fmt.Sprintf("PostgreSQL identifiers are at most %d bytes and this one is %d (a longer name is cut, so a topic and its DLQ could share one table); %s",
-			PostgresMaxIdentifier, len(name), room))
+	most := PostgresMaxTopic(cfg)
+	room := fmt.Sprintf("with table_prefix %q a topic may be at most %d bytes (%d if it is a DLQ topic, ending in %s), so that <prefix><topic>%s fits too",
+		cfg.TablePrefix, most, most+len(DeadLetterSuffix), DeadLetterSuffix, DeadLetterSuffix)
+	if most < 1 {
+		room = fmt.Sprintf("table_prefix %q (%d bytes) leaves no room for a topic; shorten it", cfg.TablePrefix, len(cfg.TablePrefix))
 	}
-	return nil
+	return bad(name, fmt.Sprintf("PostgreSQL identifiers are at most %d bytes and this one is %d (a longer name is cut, so a topic and its DLQ could share one table); %s",
+		PostgresMaxIdentifier, len(name), room))
 }
 
 // postgresSubscriber refuses topics checkPostgresTopic refuses before
@@ -89,11 +87,11 @@ type postgresSubscriber struct {
 	cfg PostgresConfig
 }
 
-// CheckTopic implements TopicChecker.
-func (s *postgresSubscriber) CheckTopic(topic string) error { return checkPostgresTopic(s.cfg, topic) }
+// CheckName implements NameChecker.
+func (s *postgresSubscriber) CheckName(name string) error { return checkPostgresName(s.cfg, name) }
 
 func (s *postgresSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	if err := s.CheckTopic(topic); err != nil {
+	if err := checkPostgresTopic(s.cfg, topic); err != nil {
 		return nil, err
 	}
 	return s.closeWaitSubscriber.Subscribe(ctx, topic)
@@ -101,7 +99,7 @@ func (s *postgresSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 
 // SubscribeInitialize creates topic's table once the topic is checked.
 func (s *postgresSubscriber) SubscribeInitialize(topic string) error {
-	if err := s.CheckTopic(topic); err != nil {
+	if err := checkPostgresTopic(s.cfg, topic); err != nil {
 		return err
 	}
 	return s.closeWaitSubscriber.SubscribeInitialize(topic)

@@ -146,7 +146,7 @@ func TestPostgresAckDeadlineRouterBreakerLosesNothing(t *testing.T) {
 	dlqTopic := middleware.DefaultDLQTopic(topic)
 	conn := pgConn(t, b, topic, dlqTopic)
 
-	r, err := router.New(router.Config{
+	r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 		CloseTimeout: 5 * time.Second,
 		DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 		Retry:        middleware.RetryConfig{InitialInterval: 5 * time.Millisecond},

@@ -31,13 +31,13 @@ type postgresPublisher struct {
 	inner *schemaSafePublisher
 }
 
-// CheckTopic implements TopicChecker.
-func (p *postgresPublisher) CheckTopic(topic string) error { return checkPostgresTopic(p.cfg, topic) }
+// CheckName implements NameChecker.
+func (p *postgresPublisher) CheckName(name string) error { return checkPostgresName(p.cfg, name) }
 
 // Publish inserts msgs into topic's table, once topic and every message are
 // checked.
 func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) error {
-	if err := p.CheckTopic(topic); err != nil {
+	if err := checkPostgresTopic(p.cfg, topic); err != nil {
 		return err
 	}
 	out := make([]*message.Message, len(msgs))

@@ -49,7 +49,7 @@ func TestPostgresTopicAtTheLimit(t *testing.T) {
 		t.Fatal("the topic and its DLQ share a table")
 	}
 
-	r, err := router.New(router.Config{CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+	r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}, CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,13 +129,18 @@ func TestPostgresCheckTopic(t *testing.T) {
 	b := pgOpen(t, func(p *adapters.PostgresConfig) { p.TablePrefix = "q_" })
 	limit := 63 - 2 - 4
 	at := strings.Repeat("a", limit)
-	checkers := map[string]adapters.TopicChecker{}
-	for name, v := range map[string]any{"publisher": b.Publisher, "subscriber": b.Subscriber, "scheduler": b.Scheduler()} {
-		c, ok := v.(adapters.TopicChecker)
-		if !ok {
-			t.Fatalf("the %s is not a TopicChecker", name)
+	for name, v := range map[string]any{"publisher": b.Publisher, "subscriber": b.Subscriber} {
+		if _, ok := v.(adapters.NameChecker); !ok {
+			t.Fatalf("the %s is not a NameChecker", name)
 		}
-		checkers[name] = c
+	}
+	sc, ok := b.Scheduler().(adapters.StageChecker)
+	if !ok {
+		t.Fatal("the scheduler is not a StageChecker")
+	}
+	checkers := map[string]func(string) error{
+		"broker":    b.CheckTopic,
+		"scheduler": func(topic string) error { return sc.CheckStages(topic, []time.Duration{time.Second}) },
 	}
 	for _, tc := range []struct {
 		topic, errHas string
@@ -157,7 +162,7 @@ func TestPostgresCheckTopic(t *testing.T) {
 		{"a\xffb", "letters, digits"},
 	} {
 		for name, c := range checkers {
-			err := c.CheckTopic(tc.topic)
+			err := c(tc.topic)
 			if tc.errHas == "" {
 				if err != nil {
 					t.Errorf("%s.CheckTopic(%q): %v", name, tc.topic, err)

@@ -80,11 +80,11 @@ type postgresScheduler struct{ pub message.Publisher }
 // still RFC 3339, so Watermill's own readers parse it.
 const PostgresDueLayout = "2006-01-02T15:04:05.000000000Z"
 
-// CheckTopic implements TopicChecker: the scheduler writes into topic's
+// CheckStages implements StageChecker: the scheduler writes into topic's
 // own table, so it allows what the broker's publisher allows.
-func (s postgresScheduler) CheckTopic(topic string) error {
-	if c, ok := s.pub.(TopicChecker); ok {
-		return c.CheckTopic(topic)
+func (s postgresScheduler) CheckStages(topic string, _ []time.Duration) error {
+	if c, ok := s.pub.(NameChecker); ok {
+		return checkTopic(c.CheckName, topic)
 	}
 	return nil
 }
