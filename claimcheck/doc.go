@@ -10,8 +10,8 @@
 // storing a claim again after a failed publish writes nothing new.
 //
 // Claims are kept until deleted: a claim that expired before its letter
-// would lose the message. `antidote dlq purge` deletes the claims of the
-// letters it purges.
+// would lose the message. Purging a letter keeps its claim (two identical
+// letters share one); delete claims of purged letters yourself when needed.
 package claimcheck
 
 import "github.com/antidote-mq/antidote/poison"

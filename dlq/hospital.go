@@ -51,6 +51,13 @@ type Config struct {
 	// none: replays are published as they are, and the consumer span of a
 	// replay still links to the original trace.
 	WrapPublisher func(message.Publisher) (message.Publisher, error)
+	// ClaimCheck is the claim-check store DeadLetter moved too-large
+	// letters' payloads to (DeadLetterConfig.ClaimCheck). Show and Replay
+	// read the claim back, so a claim-checked letter is shown and replayed
+	// whole. If nil, such a letter is listed as it is, Show says where its
+	// payload is, and Replay refuses it (replaying its empty payload would
+	// lose the message). Claims are kept when letters are purged.
+	ClaimCheck poison.ClaimCheck
 	// Logger. Default none.
 	Logger watermill.LoggerAdapter
 	// Now stamps replays. Default time.Now.
@@ -168,10 +175,10 @@ func (h *Hospital) List(ctx context.Context, topic string, f Filter) ([]poison.L
 
 // Show returns the letter with uuid, or an error wrapping ErrNotFound.
 func (h *Hospital) Show(ctx context.Context, topic, uuid string) (poison.Letter, error) {
-	var found *poison.Letter
+	var found *message.Message
 	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
-		if l := read(m); l.UUID == uuid {
-			found = &l
+		if m.UUID == uuid {
+			found = m
 			return false, errStop
 		}
 		return false, nil
@@ -182,7 +189,20 @@ func (h *Hospital) Show(ctx context.Context, topic, uuid string) (poison.Letter,
 	if found == nil {
 		return poison.Letter{}, fmt.Errorf("%w: no unresolved letter %s in %s", ErrNotFound, uuid, h.DLQTopic(topic))
 	}
-	return *found, nil
+	if key := found.Metadata.Get(poison.KeyClaimCheck); key != "" {
+		if h.cfg.ClaimCheck == nil {
+			l := read(found)
+			l.Error = fmt.Sprintf("%s [its payload (%s bytes) and metadata are in the claim check %s: configure the claim-check store to see them]",
+				l.Error, found.Metadata.Get(poison.KeyClaimCheckBytes), key)
+			return l, nil
+		}
+		whole, err := poison.ResolveClaim(ctx, h.cfg.ClaimCheck, found)
+		if err != nil {
+			return poison.Letter{}, fmt.Errorf("dlq: %w", err)
+		}
+		found = whole
+	}
+	return read(found), nil
 }
 
 // ErrNotFound is wrapped by Show when the letter is not there.
@@ -244,9 +264,14 @@ func (h *Hospital) Replay(ctx context.Context, topic string, f Filter, opts Repl
 		if err := limiter.Wait(ctx); err != nil {
 			return false, err
 		}
+		// A claim-checked letter is replayed whole or not at all.
+		whole, err := poison.ResolveClaim(ctx, h.cfg.ClaimCheck, m)
+		if err != nil {
+			return false, fmt.Errorf("dlq: cannot replay %s: %w", l.UUID, err)
+		}
 		// poison.Replay gives the replay a fresh context: a new trace,
 		// linked (not parented) to the one the letter died in.
-		if err := h.replayPub.Publish(target, poison.Replay(m, h.cfg.Now())); err != nil {
+		if err := h.replayPub.Publish(target, poison.Replay(whole, h.cfg.Now())); err != nil {
 			return false, fmt.Errorf("dlq: replay %s to %q: %w", l.UUID, target, err)
 		}
 		res.Replayed++

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/telemetry"
@@ -28,7 +29,9 @@ type dlqFlags struct {
 	since, until                  string
 	jsonOut                       bool
 	allowTo                       []string
+	claimCheck                    string
 	shutdown                      func(context.Context) error
+	closeClaims                   func() error
 }
 
 func newDLQCmd() *cobra.Command {
@@ -52,6 +55,7 @@ the hospital's own consumer-group offset on the DLQ topic.`,
 	pf.StringVar(&f.until, "until", "", "only letters that last failed at or before this (RFC 3339, or a duration ago)")
 	pf.BoolVar(&f.jsonOut, "json", false, "one JSON object per line")
 	pf.StringSliceVar(&f.allowTo, "allow-replay-to", nil, "topics replay --to may target besides the original")
+	pf.StringVar(&f.claimCheck, "claim-check", "", "where the services keep payloads too large for the DLQ: postgres (postgres.url, ANTIDOTE_POSTGRES_URL) or redis (ANTIDOTE_REDIS_ADDR); show and replay read them back")
 	cmd.AddCommand(newDLQListCmd(f), newDLQGroupCmd(f), newDLQShowCmd(f), newDLQReplayCmd(f), newDLQPurgeCmd(f))
 	return cmd
 }
@@ -78,7 +82,11 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 		return nil, filter, err
 	}
 	f.shutdown = tel.Shutdown
-	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo,
+	claims, err := f.openClaims(ctx, cfg)
+	if err != nil {
+		return nil, filter, err
+	}
+	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo, ClaimCheck: claims,
 		WrapPublisher: func(p message.Publisher) (message.Publisher, error) {
 			return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(cfg.Broker)})
 		}})
@@ -96,9 +104,44 @@ func (f *dlqFlags) list(ctx context.Context) ([]poison.Letter, string, error) {
 	return letters, h.DLQTopic(f.topic), err
 }
 
+// openClaims opens the claim-check store --claim-check names, if any.
+func (f *dlqFlags) openClaims(ctx context.Context, cfg adapters.Config) (poison.ClaimCheck, error) {
+	switch f.claimCheck {
+	case "":
+		return nil, nil
+	case "postgres":
+		url := cfg.Postgres.URL
+		if url == "" {
+			url = adapters.DefaultPostgresURL
+		}
+		st, err := claimcheck.NewPostgresStore(ctx, claimcheck.PostgresConfig{URL: url})
+		if err != nil {
+			return nil, fmt.Errorf("--claim-check postgres: %w", err)
+		}
+		f.closeClaims = st.Close
+		return st, nil
+	case "redis":
+		addr := os.Getenv("ANTIDOTE_REDIS_ADDR")
+		if addr == "" {
+			addr = "127.0.0.1:6379"
+		}
+		st, err := claimcheck.NewRedisStore(claimcheck.RedisConfig{Addr: addr})
+		if err != nil {
+			return nil, fmt.Errorf("--claim-check redis: %w", err)
+		}
+		f.closeClaims = st.Close
+		return st, nil
+	default:
+		return nil, fmt.Errorf("--claim-check %q: use postgres or redis", f.claimCheck)
+	}
+}
+
 // close releases the hospital and flushes telemetry.
 func (f *dlqFlags) close(h *dlq.Hospital) {
 	_ = h.Close()
+	if f.closeClaims != nil {
+		_ = f.closeClaims()
+	}
 	if f.shutdown != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
