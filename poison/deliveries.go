@@ -2,6 +2,8 @@ package poison
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/url"
 	"strconv"
@@ -33,7 +35,10 @@ var ErrDeliveryTrackerClosed = errors.New("poison: delivery tracker is closed")
 // different messages.)
 //
 // Every component is path-escaped, so a '/' inside a topic, handler or UUID
-// cannot make two targets share a key.
+// cannot make two targets share a key. A UUID longer than 128 bytes (a
+// foreign producer's) is replaced by "sha256:" and its hex SHA-256, so a
+// key always fits a store's index (PostgreSQL's B-tree entries are limited
+// to about 2.7 KB).
 //
 // OriginOf cannot know the consumer group (it is configuration, not message
 // context), so DeliveryKey leaves it empty; DeliveryKeyOf takes an Origin
@@ -41,6 +46,10 @@ var ErrDeliveryTrackerClosed = errors.New("poison: delivery tracker is closed")
 func DeliveryKey(msg *message.Message) string {
 	return DeliveryKeyOf(OriginOf(msg), msg.UUID)
 }
+
+// maxKeyUUIDLen bounds the UUID part of a delivery key; longer ones are
+// hashed.
+const maxKeyUUIDLen = 128
 
 // DeliveryKeyOf is DeliveryKey for an Origin the caller completed (typically
 // with its ConsumerGroup) and the message's UUID.
@@ -59,6 +68,10 @@ func DeliveryKeyOf(o Origin, msgUUID string) string {
 		b.WriteByte('/')
 		b.WriteString(url.PathEscape(o.Handler))
 		return b.String()
+	}
+	if len(msgUUID) > maxKeyUUIDLen {
+		sum := sha256.Sum256([]byte(msgUUID))
+		msgUUID = "sha256:" + hex.EncodeToString(sum[:])
 	}
 	b.Grow(len(o.Topic) + len(o.ConsumerGroup) + len(o.Handler) + len(msgUUID) + 9)
 	b.WriteString("uuid/")

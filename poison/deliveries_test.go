@@ -399,3 +399,28 @@ func TestRedisDeliveryTrackerServerDown(t *testing.T) {
 	assert.True(t, strings.Contains(err.Error(), "redis delivery tracker"), err.Error())
 	assert.False(t, errors.Is(err, poison.ErrDeliveryTrackerClosed))
 }
+
+// A foreign producer's 100 KB UUID (random bytes, incompressible) makes a
+// delivery key that still fits PostgreSQL's index, and two such UUIDs that
+// differ in their last byte stay two keys.
+func TestDeliveryKeyOfHugeUUIDFitsPostgres(t *testing.T) {
+	huge := make([]byte, 100_000)
+	for i := range huge {
+		huge[i] = byte('a' + (i*7919+i/13)%26)
+	}
+	other := append([]byte(nil), huge...)
+	other[len(other)-1] ^= 1
+	o := poison.Origin{Topic: "orders", Handler: "h"}
+	k1, k2 := poison.DeliveryKeyOf(o, string(huge)), poison.DeliveryKeyOf(o, string(other))
+	assert.NotEqual(t, k1, k2)
+	assert.Less(t, len(k1), 200)
+	cfg, _ := dtPostgres(t)
+	tr, err := poison.NewPostgresDeliveryTracker(context.Background(), cfg)
+	require.NoError(t, err)
+	defer tr.Close()
+	for _, k := range []string{k1, k2} {
+		n, err := tr.Incr(context.Background(), k)
+		require.NoError(t, err)
+		assert.Equal(t, 1, n)
+	}
+}
