@@ -120,6 +120,15 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 		p.ensureLetterTopic(topic)
 	}
 	err := pub.Publish(topic, msgs...)
+	if letters && errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+		// The DLQ topic was deleted while we ran (brokers that create
+		// topics on first use have it back already): create it again.
+		p.mu.Lock()
+		delete(p.ready, topic)
+		p.mu.Unlock()
+		p.ensureLetterTopic(topic)
+		err = pub.Publish(topic, msgs...)
+	}
 	if errors.Is(err, sarama.ErrMessageSizeTooLarge) {
 		// The topic's own limit is lower than ours.
 		size := 0

@@ -12,6 +12,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/antidote-mq/antidote/adapters"
 )
@@ -174,5 +175,54 @@ func TestKafkaTopicNamesAtTheLimit(t *testing.T) {
 	}
 	if err := b.CheckTopic(longest + "x"); !errors.Is(err, adapters.ErrInvalidTopic) {
 		t.Errorf("CheckTopic = %v", err)
+	}
+}
+
+// A DLQ topic deleted while the service runs, on a cluster that does not
+// create topics on first use: the next letter creates it again (with room
+// for the envelope) and arrives, instead of failing forever.
+func TestKafkaLetterTopicDeletedWhileRunning(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Brokers: c.ListenAddrs(), ConsumerGroup: "deleted"}}
+	b, err := adapters.Open(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	topic := "deleted_" + watermill.NewShortUUID() + adapters.DeadLetterSuffix
+	letter := func(id string) *message.Message {
+		m := message.NewMessage(id, []byte("x"))
+		m.Metadata.Set("partition_key", "k")
+		m.SetContext(adapters.WithLetter(context.Background()))
+		return m
+	}
+	if err := b.Publisher.Publish(topic, letter("first")); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := sarama.NewClusterAdmin(c.ListenAddrs(), sarama.NewConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.DeleteTopic(topic); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publisher.Publish(topic, letter("after-delete")); err != nil {
+		t.Fatalf("letter after the DLQ topic was deleted: %v", err)
+	}
+	got := receive(t, b, topic, 1)
+	if got[0].UUID != "after-delete" {
+		t.Fatalf("got %s", got[0].UUID)
+	}
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"max.message.bytes"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Value == "1048588" {
+		t.Errorf("the DLQ topic came back without room for the envelope: %+v", entries)
 	}
 }

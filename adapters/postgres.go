@@ -200,7 +200,8 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	if err != nil {
 		return fmt.Errorf("postgres publisher: %w", err)
 	}
-	b.Publisher = &postgresPublisher{cfg: p, inner: &schemaSafePublisher{Publisher: pub}}
+	safe := &schemaSafePublisher{Publisher: pub}
+	b.Publisher = &postgresPublisher{cfg: p, inner: safe}
 	b.onClose(pub.Close)
 	ack := p.AckDeadline
 	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
@@ -214,6 +215,8 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	if err != nil {
 		return fmt.Errorf("postgres subscriber: %w", err)
 	}
+	// The subscriber initialises a table on every call, unlike the publisher.
+	safe.initialize = sub.SubscribeInitialize
 	wrapped := &postgresSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), cfg: p}
 	b.Subscriber = wrapped
 	b.onClose(wrapped.Close)

@@ -143,15 +143,27 @@ func (p *postgresPublisher) Close() error { return p.inner.Close() }
 // fail one of them with a unique violation on pg_type: concurrent producers
 // would see spurious publish errors. A publish that still hits that race
 // (another process creating the table) is retried once.
+//
+// watermill-sql creates a table only on the first publish to it, so a table
+// dropped while the service runs (an operator cleaning up, a DLQ table
+// "emptied" with DROP) would fail every later publish: each dead letter
+// nacked forever. A publish that finds its table missing creates it again
+// (initialize) and is retried once.
 type schemaSafePublisher struct {
 	message.Publisher
 	mu    sync.Mutex
 	ready sync.Map // topic -> struct{}
+	// initialize creates topic's table (CREATE TABLE IF NOT EXISTS).
+	initialize func(topic string) error
 }
 
 func (p *schemaSafePublisher) Publish(topic string, msgs ...*message.Message) error {
 	if _, ok := p.ready.Load(topic); ok {
-		return p.Publisher.Publish(topic, msgs...)
+		err := p.Publisher.Publish(topic, msgs...)
+		if !isUndefinedTable(err) || p.initialize == nil {
+			return err
+		}
+		p.ready.Delete(topic)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -159,10 +171,22 @@ func (p *schemaSafePublisher) Publish(topic string, msgs ...*message.Message) er
 	if isCreateRace(err) {
 		err = p.Publisher.Publish(topic, msgs...)
 	}
+	if isUndefinedTable(err) && p.initialize != nil {
+		if ierr := p.initialize(topic); ierr != nil {
+			return fmt.Errorf("%w (creating the table again failed: %v)", err, ierr)
+		}
+		err = p.Publisher.Publish(topic, msgs...)
+	}
 	if err == nil {
 		p.ready.Store(topic, struct{}{})
 	}
 	return err
+}
+
+// isUndefinedTable reports PostgreSQL's undefined_table (42P01).
+func isUndefinedTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
 }
 
 func isCreateRace(err error) bool {
