@@ -228,6 +228,15 @@ func (p *amqpPublisher) publish(ctx context.Context, topic string, q amqpQueue, 
 	return nil
 }
 
+// CheckMessage implements MessageChecker.
+func (p *amqpPublisher) CheckMessage(topic string, msg *message.Message) error {
+	if err := checkTopic(p.CheckName, topic); err != nil {
+		return err
+	}
+	_, err := p.marshal(topic, []*message.Message{msg})
+	return err
+}
+
 // marshal turns msgs into publishings and refuses, before anything is
 // sent, what RabbitMQ would not take.
 func (p *amqpPublisher) marshal(topic string, msgs []*message.Message) ([]amqpOutgoing, error) {

@@ -100,16 +100,10 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 	}
 	letters := false
 	for _, msg := range msgs {
-		limit := p.cfg.Kafka.MaxMessageBytes
-		setting := "kafka.max_message_bytes"
-		if IsLetter(msg.Context()) {
-			limit += LetterHeadroom
-			setting = "kafka.max_message_bytes + LetterHeadroom for dead letters"
-			letters = true
+		if err := p.checkSize(topic, msg); err != nil {
+			return err
 		}
-		if size := kafkaRecordSize(msg, p.cfg.Kafka.PartitionKey); size > limit {
-			return &TooLargeError{Broker: KindKafka, Topic: topic, UUID: msg.UUID, What: "message", Size: size, Limit: limit, Setting: setting}
-		}
+		letters = letters || IsLetter(msg.Context())
 	}
 	pub := p.Publisher
 	if letters {
@@ -139,6 +133,29 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 			Setting: "the topic's max.message.bytes on the broker (kafka.max_message_bytes must not exceed it)"}, err)
 	}
 	return err
+}
+
+// CheckMessage implements MessageChecker.
+func (p *kafkaPublisher) CheckMessage(topic string, msg *message.Message) error {
+	if err := checkTopic(checkKafkaName, topic); err != nil {
+		return err
+	}
+	return p.checkSize(topic, msg)
+}
+
+// checkSize refuses a record over kafka.max_message_bytes (a letter:
+// LetterHeadroom more).
+func (p *kafkaPublisher) checkSize(topic string, msg *message.Message) error {
+	limit := p.cfg.Kafka.MaxMessageBytes
+	setting := "kafka.max_message_bytes"
+	if IsLetter(msg.Context()) {
+		limit += LetterHeadroom
+		setting = "kafka.max_message_bytes + LetterHeadroom for dead letters"
+	}
+	if size := kafkaRecordSize(msg, p.cfg.Kafka.PartitionKey); size > limit {
+		return &TooLargeError{Broker: KindKafka, Topic: topic, UUID: msg.UUID, What: "message", Size: size, Limit: limit, Setting: setting}
+	}
+	return nil
 }
 
 // letterPublisher starts the letters' producer on first use.

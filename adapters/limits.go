@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 // Broker limits. Every adapter refuses what its broker cannot hold with one
@@ -87,6 +89,25 @@ func (e *TopicError) Is(target error) bool { return target == ErrInvalidTopic }
 // before consuming.
 type NameChecker interface {
 	CheckName(name string) error
+}
+
+// MessageChecker is implemented by the publishers Open returns:
+// CheckMessage runs every check Publish would run on msg for topic (the
+// topic's name, the message's size, metadata and UUID against the broker's
+// limits) without sending anything. A letter (WithLetter on msg's context)
+// is checked as a letter.
+type MessageChecker interface {
+	CheckMessage(topic string, msg *message.Message) error
+}
+
+// CheckMessage reports whether msg would be accepted by b's Publish to
+// topic, with the error Publish would return; nil for brokers without
+// limits (memory).
+func (b *Broker) CheckMessage(topic string, msg *message.Message) error {
+	if c, ok := b.Publisher.(MessageChecker); ok {
+		return c.CheckMessage(topic, msg)
+	}
+	return nil
 }
 
 // StageChecker is implemented by the schedulers Broker.Scheduler returns:

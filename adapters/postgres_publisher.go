@@ -53,6 +53,14 @@ func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) erro
 	return p.inner.Publish(topic, out...)
 }
 
+// CheckMessage implements MessageChecker.
+func (p *postgresPublisher) CheckMessage(topic string, msg *message.Message) error {
+	if err := checkPostgresTopic(p.cfg, topic); err != nil {
+		return err
+	}
+	return checkPostgresMessage(p.cfg, topic, validUTF8Message(msg))
+}
+
 // validUTF8Message is msg with its UUID and metadata keys and values made
 // valid UTF-8, each run of invalid bytes replaced by one U+FFFD
 // (strings.ToValidUTF8) and NUL kept: the rule every adapter keeps. It is

@@ -178,6 +178,15 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // Close closes the inner publisher.
 func (p *Publisher) Close() error { return p.pub.Close() }
 
+// CheckMessage forwards to the inner publisher's adapters.MessageChecker;
+// nil when the inner publisher does not check messages.
+func (p *Publisher) CheckMessage(topic string, msg *message.Message) error {
+	if c, ok := p.pub.(adapters.MessageChecker); ok {
+		return c.CheckMessage(topic, msg)
+	}
+	return nil
+}
+
 // CheckName forwards to the inner publisher's adapters.NameChecker, so
 // router.New can check DLQ topic names through the decoration; nil when the
 // inner publisher does not check names.
