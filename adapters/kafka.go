@@ -140,7 +140,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	if err != nil {
 		return fmt.Errorf("kafka subscriber: %w", err)
 	}
-	b.Subscriber = kafkaSubscriber{Subscriber: sub}
+	b.Subscriber = kafkaSubscriber{Subscriber: sub, pub: kpub}
 	b.onClose(sub.Close)
 	return nil
 }

@@ -283,9 +283,13 @@ func (p *kafkaPublisher) topicLimit(topic string) int {
 	return 0
 }
 
-// kafkaSubscriber refuses topics that cannot exist before subscribing.
+// kafkaSubscriber refuses topics that cannot exist before subscribing, and
+// makes sure the DLQ topic it will need (or, for a DLQ topic, the topic
+// itself) exists with room for the envelope before anyone creates it with
+// the broker's defaults by consuming it (the hospital) or by publishing.
 type kafkaSubscriber struct {
 	*kafka.Subscriber
+	pub *kafkaPublisher
 }
 
 func (s kafkaSubscriber) CheckName(name string) error { return checkKafkaName(name) }
@@ -293,6 +297,13 @@ func (s kafkaSubscriber) CheckName(name string) error { return checkKafkaName(na
 func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	if err := checkTopic(checkKafkaName, topic); err != nil {
 		return nil, err
+	}
+	if !isKafkaRetryTopic(topic) {
+		dlq := topic
+		if !strings.HasSuffix(topic, DeadLetterSuffix) {
+			dlq += DeadLetterSuffix
+		}
+		s.pub.ensureLetterTopic(dlq)
 	}
 	return s.Subscriber.Subscribe(ctx, topic)
 }

@@ -2,9 +2,11 @@ package adapters
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -204,7 +206,7 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	b.Publisher = &postgresPublisher{cfg: p, inner: safe}
 	b.onClose(pub.Close)
 	ack := p.AckDeadline
-	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
+	sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
 		PollInterval:     p.PollInterval,
 		ResendInterval:   p.ResendInterval,
 		AckDeadline:      &ack,
@@ -221,4 +223,45 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	b.Subscriber = wrapped
 	b.onClose(wrapped.Close)
 	return nil
+}
+
+// ackSafeBeginner keeps a subscriber's acks when it is closed. watermill-sql
+// acks (deletes) the rows of a batch that were acked, in the batch's
+// transaction, only when the batch ends, and runs that statement and the
+// commit under the subscription's context: a graceful shutdown (router
+// closed, SIGTERM) cancels it, the transaction rolls back, and every
+// message of the batch that was already handled, dead-lettered or not, is
+// delivered again. Here the ack statement and the commit run detached from
+// the subscription's cancellation, bounded by timeout; the SELECT that
+// waits for rows still stops at once.
+type ackSafeBeginner struct {
+	wsql.Beginner
+	timeout time.Duration
+}
+
+func (b ackSafeBeginner) BeginTx(ctx context.Context, opts *sql.TxOptions) (wsql.Tx, error) {
+	tx, err := b.Beginner.BeginTx(ctx, opts)
+	if ptx, ok := tx.(*wsql.PgxTx); ok && err == nil {
+		return ackSafeTx{PgxTx: ptx, timeout: b.timeout}, nil
+	}
+	return tx, err
+}
+
+type ackSafeTx struct {
+	*wsql.PgxTx
+	timeout time.Duration
+}
+
+// ExecContext runs the subscriber's statements (the ack) to completion.
+func (t ackSafeTx) ExecContext(ctx context.Context, query string, args ...any) (wsql.Result, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.timeout)
+	defer cancel()
+	return t.PgxTx.ExecContext(ctx, query, args...)
+}
+
+// Commit commits although the subscription was cancelled meanwhile.
+func (t ackSafeTx) Commit() error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.timeout)
+	defer cancel()
+	return t.PgxTx.Tx.Commit(ctx)
 }

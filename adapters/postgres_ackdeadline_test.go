@@ -135,6 +135,51 @@ func TestPostgresCloseMidBatchLosesNothing(t *testing.T) {
 	}
 }
 
+// A graceful shutdown cancels the subscription (the router does so on
+// Close, as on SIGTERM): the messages of the batch that were acked stay
+// acked. watermill-sql ran the batch's ack and commit under that context,
+// so they rolled back and every handled message was delivered again.
+func TestPostgresCancelMidBatchKeepsAcks(t *testing.T) {
+	b := pgOpen(t, nil)
+	topic := "cancelbatch_" + watermill.NewShortUUID()
+	conn := pgConn(t, b, topic)
+	const total = 10
+	var msgs []*message.Message
+	for i := range total {
+		msgs = append(msgs, message.NewMessage(fmt.Sprintf("m%02d", i), []byte("x")))
+	}
+	if err := b.Publisher.Publish(topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := b.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		select {
+		case m := <-ch:
+			m.Ack()
+		case <-time.After(30 * time.Second):
+			t.Fatal("no message")
+		}
+	}
+	select {
+	case <-ch: // in flight, neither acked nor nacked
+	case <-time.After(30 * time.Second):
+		t.Fatal("no fourth message")
+	}
+	cancel()
+	deadline := time.Now().Add(30 * time.Second)
+	for pgRows(t, conn, b, topic) != total-3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 3 acks and a cancelled subscription, %d rows remain; want %d (the acks were rolled back)", pgRows(t, conn, b, topic), total-3)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Through the router, as reported: one message fails transiently forever and
 // the breaker holds it (nacked with a pause) for longer than the ack
 // deadline before dead-lettering it. Every message published is processed

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -74,7 +75,7 @@ const truncatedMarker = "\n...[truncated]"
 var failureKeys = []string{
 	KeyOriginalTopic, KeyOriginalPartition, KeyOriginalOffset, KeyHandler,
 	KeyConsumerGroup, KeyReason, KeyError, KeyErrorType, KeyStack,
-	KeyFirstFailedAt, KeyLastFailedAt, KeyShrunk,
+	KeyFirstFailedAt, KeyLastFailedAt, KeyShrunk, KeyMalformed,
 }
 
 // Origin is where a message was consumed from.
@@ -169,7 +170,37 @@ func Envelope(msg *message.Message, o Origin, f Failure) *message.Message {
 	if !f.LastFailedAt.IsZero() {
 		out.Metadata.Set(KeyLastFailedAt, formatTime(f.LastFailedAt))
 	}
+	dropMalformed(out.Metadata)
 	return out
+}
+
+// KeyMalformed lists, on a letter, the envelope keys the original message
+// carried with values ReadEnvelope could not parse ("key=value; ..."): they
+// are taken out of the letter, so every letter reads back, and kept here
+// for the post-mortem.
+const KeyMalformed = "antidote.malformed"
+
+// dropMalformed moves the values a foreign producer (or an old replay) left
+// in keys ReadEnvelope parses, and that it would refuse, to KeyMalformed.
+func dropMalformed(md message.Metadata) {
+	var dropped []string
+	for _, k := range []string{KeyAttempts, KeyReplayCount} {
+		if v, ok := md[k]; ok {
+			if _, _, err := parseInt(md, k, strconv.IntSize); err != nil {
+				dropped = append(dropped, k+"="+v)
+				delete(md, k)
+			}
+		}
+	}
+	if v, ok := md[KeyReplayedAt]; ok {
+		if _, err := parseTime(md, KeyReplayedAt); err != nil {
+			dropped = append(dropped, KeyReplayedAt+"="+v)
+			delete(md, KeyReplayedAt)
+		}
+	}
+	if len(dropped) > 0 {
+		md.Set(KeyMalformed, truncate(strings.Join(dropped, "; "), MaxErrorBytes))
+	}
 }
 
 func reasonFor(f Failure) Reason {

@@ -268,3 +268,23 @@ func TestJSONErrorIsSyntax(t *testing.T) {
 	var syntax *json.SyntaxError
 	assert.ErrorAs(t, jsonSyntaxErr(t), &syntax)
 }
+
+// A message that arrives with malformed values in keys the envelope reader
+// parses (a foreign producer's, an old tool's) still makes a letter that
+// reads back; the bad values are kept under KeyMalformed.
+func TestEnvelopeOfMalformedKeysReadsBack(t *testing.T) {
+	m := message.NewMessage("u", []byte("p"))
+	m.Metadata.Set(poison.KeyReplayCount, "-1")
+	m.Metadata.Set(poison.KeyReplayedAt, "yesterday")
+	m.Metadata.Set(poison.KeyAttempts, "many")
+	letter := poison.Envelope(m, poison.Origin{Topic: "t"}, poison.Failure{Reason: poison.ReasonPermanent})
+	l, err := poison.ReadEnvelope(letter)
+	if err != nil {
+		t.Fatalf("letter does not read back: %v", err)
+	}
+	for _, want := range []string{"antidote.replay_count=-1", "antidote.replayed_at=yesterday", "antidote.attempts=many"} {
+		if !strings.Contains(l.Metadata.Get(poison.KeyMalformed), want) {
+			t.Errorf("%s missing from %q", want, l.Metadata.Get(poison.KeyMalformed))
+		}
+	}
+}

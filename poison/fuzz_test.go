@@ -110,3 +110,26 @@ func mustInt(t *testing.T, s string) int64 {
 	}
 	return n
 }
+
+// FuzzEnvelopeReadsBack: whatever a consumed message carries in the keys
+// ReadEnvelope parses, the letter Envelope makes of it reads back without
+// error, and a dropped value is kept under KeyMalformed.
+func FuzzEnvelopeReadsBack(f *testing.F) {
+	f.Add("3", "-1", "yesterday", "x", "7")
+	f.Add("", "", "", "", "")
+	f.Fuzz(func(t *testing.T, attempts, replays, replayedAt, partition, offset string) {
+		m := message.NewMessage("u", []byte("p"))
+		for k, v := range map[string]string{
+			poison.KeyAttempts: attempts, poison.KeyReplayCount: replays, poison.KeyReplayedAt: replayedAt,
+			poison.KeyOriginalPartition: partition, poison.KeyOriginalOffset: offset,
+		} {
+			if v != "" {
+				m.Metadata.Set(k, v)
+			}
+		}
+		letter := poison.Envelope(m, poison.Origin{Topic: "t"}, poison.Failure{Reason: poison.ReasonPermanent})
+		if _, err := poison.ReadEnvelope(letter); err != nil {
+			t.Fatalf("letter does not read back: %v (metadata %q)", err, letter.Metadata)
+		}
+	})
+}
