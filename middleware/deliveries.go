@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -227,7 +228,19 @@ type Deliveries struct {
 
 	mu    sync.Mutex
 	parts map[deliveriesPartitionID]*deliveriesPartition
+
+	// unforgotten holds the keys whose Forget failed (the store was down)
+	// although their handler returned: not a crash. The next delivery of
+	// such a key in this process forgets it before counting, so an outage
+	// of the store does not add deliveries that never crashed (which, with
+	// SIGKILLs during the outage, quarantined healthy messages).
+	unforgotten  sync.Map // key -> struct{}
+	nUnforgotten atomic.Int64
 }
+
+// maxUnforgotten bounds unforgotten; past it, failed Forgets are left to
+// the tracker's TTL.
+const maxUnforgotten = 10_000
 
 // deliveriesPartitionID names one partition as consumed by one handler.
 type deliveriesPartitionID struct {
@@ -308,6 +321,12 @@ func (d *Deliveries) count(msg *message.Message) (key string, n int, counted boo
 	}
 
 	key = poison.DeliveryKeyOf(o, msg.UUID)
+	if d.nUnforgotten.Load() > 0 {
+		if _, ok := d.unforgotten.Load(key); ok && d.cfg.Tracker.Forget(ctx, key) == nil {
+			d.unforgotten.Delete(key)
+			d.nUnforgotten.Add(-1)
+		}
+	}
 	n, err := d.cfg.Tracker.Incr(ctx, key)
 	if err != nil {
 		d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, watermill.LogFields{
@@ -360,7 +379,12 @@ func (d *Deliveries) forget(msg *message.Message, key string) {
 		defer cancel()
 	}
 	if err := d.cfg.Tracker.Forget(ctx, key); err != nil {
-		d.cfg.Logger.Error("Crash-loop guard could not forget a settled delivery; its count expires by TTL", err, watermill.LogFields{
+		if d.nUnforgotten.Load() < maxUnforgotten {
+			if _, loaded := d.unforgotten.LoadOrStore(key, struct{}{}); !loaded {
+				d.nUnforgotten.Add(1)
+			}
+		}
+		d.cfg.Logger.Error("Crash-loop guard could not forget a settled delivery; it forgets it at the next delivery, else its count expires by TTL", err, watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"delivery_key": key,
 		})

@@ -406,3 +406,53 @@ func TestDeliveriesConsumerGroupInKeys(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, seen, "/billing/")
 }
+
+// forgetFailing is a tracker whose first failures Forgets fail, as a
+// PostgreSQL tracker's do when its server goes away between the count and
+// the forget of deliveries.
+type forgetFailing struct {
+	poison.DeliveryTracker
+	failures atomic.Int32
+}
+
+func (f *forgetFailing) Forget(ctx context.Context, key string) error {
+	if f.failures.Add(-1) >= 0 {
+		return errors.New("tracker store unreachable (simulated)")
+	}
+	return f.DeliveryTracker.Forget(ctx, key)
+}
+
+// While the tracker cannot forget, a message nacked again and again (its
+// handler returned each time: no crash) must not pile up deliveries and be
+// quarantined as a crash loop: the next delivery forgets what the last one
+// could not. Before, the count grew by one per nack during the outage.
+func TestDeliveriesStoreOutageIsNotACrashLoop(t *testing.T) {
+	tracker := &forgetFailing{DeliveryTracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
+	var runs atomic.Int32
+	l := startGuardLife(t, guardOpts{
+		cfg: DeliveriesConfig{Tracker: tracker, MaxDeliveries: 2},
+		handler: func(*message.Message) error {
+			if runs.Add(1) <= 5 {
+				return errors.New("sink down")
+			}
+			return nil
+		},
+		noDeadLetter: true,
+	})
+	tracker.failures.Store(2)
+	l.publish(t, message.NewMessage(watermill.NewUUID(), []byte("ok")))
+	for i := 1; i <= 6; i++ {
+		select {
+		case err := <-l.results:
+			if i <= 5 {
+				assert.Error(t, err, "delivery %d nacked", i)
+			} else {
+				assert.NoError(t, err, "delivery %d acked", i)
+			}
+		case <-time.After(guardWait):
+			t.Fatalf("delivery %d: no result", i)
+		}
+	}
+	assert.Empty(t, l.dlq, "not quarantined")
+	assert.Equal(t, int32(6), runs.Load(), "the handler ran every time")
+}

@@ -179,6 +179,10 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 		t.Fatalf("producer: %v, summary %s, want %d published\n%s", err, lastLine(out), w.published(), errOut)
 	}
 
+	if err := publishForeign(cfg, topic, w); err != nil {
+		t.Fatalf("foreign producer: %v", err)
+	}
+
 	faults := schedule(rng, sc.kills, kind)
 	sup := &supervisor{
 		bin: bin, env: env, logs: logDir(t, kind),
@@ -223,8 +227,8 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	for _, f := range faults {
 		firedAt = append(firedAt, fmt.Sprintf("%s@%.0f%%(%.1fs)", f.what, 100*f.fraction, f.fired.Seconds()))
 	}
-	t.Logf("%s: %d messages (%d published with re-sends; %d poison: %d malformed, %d wrong types, %d panic, %d transient; %d process-killing) in %.1fs",
-		kind, len(w.payloads), w.published(), len(w.payloads)/100, w.count(malformed), w.count(wrongTypes), w.count(panics), w.count(transient), w.count(killer), elapsed.Seconds())
+	t.Logf("%s: %d messages (%d published by the examples' producer with re-sends, %d by a foreign producer; poison: %d malformed, %d wrong types, %d panic, %d transient, %d stuck, %d oversized; %d process-killing) in %.1fs",
+		kind, len(w.payloads), w.published(), len(w.payloads)-w.native(), w.count(malformed), w.count(wrongTypes), w.count(panics), w.count(transient), w.count(stuck), w.count(oversized), w.count(killer), elapsed.Seconds())
 	outageExits := 0
 	for _, e := range sup.exits {
 		if duringOutage(faults, e.at) {

@@ -22,9 +22,11 @@ const (
 	wrongTypes             // DLQ, permanent
 	panics                 // DLQ, panic
 	killer                 // kills the consumer process: DLQ, crash_loop
+	stuck                  // fails transiently on every attempt: held, then DLQ, retries_exhausted
+	oversized              // a 990 KB write (msg far over 280 characters): DLQ, permanent, its letter near Kafka's 1 MiB limit
 )
 
-var kindNames = [...]string{"healthy", "transient", "malformed", "wrong-types", "panic", "process-killing"}
+var kindNames = [...]string{"healthy", "transient", "malformed", "wrong-types", "panic", "process-killing", "stuck", "oversized"}
 
 func (k kind) String() string { return kindNames[k] }
 
@@ -32,8 +34,10 @@ func (k kind) String() string { return kindNames[k] }
 // must take effect instead).
 func (k kind) wantReason() poison.Reason {
 	switch k {
-	case malformed, wrongTypes:
+	case malformed, wrongTypes, oversized:
 		return poison.ReasonPermanent
+	case stuck:
+		return poison.ReasonRetriesExhausted
 	case panics:
 		return poison.ReasonPanic
 	case killer:
@@ -49,31 +53,44 @@ const killMarker = "CHAOS-KILL"
 type workload struct {
 	payloads [][]byte
 	kinds    []kind
+	foreign  []bool         // published by a foreign producer (raw broker client, no Watermill)
 	byText   map[string]int // payload -> line
 	dupEvery int
 }
 
 // newWorkload makes n writes: every 100th (1%) poison, rotating malformed,
-// wrong types, panic and transient; killers process-killing ones spread
-// evenly over the rest. The producer re-sends every dupEvery-th with the same
-// idempotency key.
+// wrong types, panic, transient and stuck; every 1000th an oversized one;
+// killers process-killing ones spread evenly over the rest. Every 100th
+// (offset 50) healthy write comes from a foreign producer: no Watermill
+// UUID, odd headers. The examples' producer sends the others and re-sends
+// every dupEvery-th of them with the same idempotency key.
 func newWorkload(n, killers, dupEvery int) *workload {
-	w := &workload{payloads: make([][]byte, n), kinds: make([]kind, n), byText: make(map[string]int, n), dupEvery: dupEvery}
-	rotation := [...]struct {
+	w := &workload{payloads: make([][]byte, n), kinds: make([]kind, n), foreign: make([]bool, n), byText: make(map[string]int, n), dupEvery: dupEvery}
+	type poisonKind struct {
 		k    kind
 		kind int
-	}{{malformed, hello.KindMalformed}, {wrongTypes, hello.KindWrongTypes}, {panics, hello.KindPanic}, {transient, hello.KindTransient}}
+	}
+	rotation := [...]poisonKind{{malformed, hello.KindMalformed}, {wrongTypes, hello.KindWrongTypes}, {panics, hello.KindPanic}, {transient, hello.KindTransient}, {stuck, -1}}
 	for i := range n {
 		user := i + 1
 		w.payloads[i], w.kinds[i] = hello.Payload(user), healthy
-		if user%100 == 0 {
+		switch {
+		case user%1000 == 500:
+			w.payloads[i], w.kinds[i] = fmt.Appendf(nil, `{"user_id":%d,"msg":%q}`, user, strings.Repeat("o", 990_000)), oversized
+		case user%100 == 50:
+			w.foreign[i] = true
+		case user%100 == 0:
 			r := rotation[(user/100-1)%len(rotation)]
-			w.payloads[i], w.kinds[i] = hello.PoisonPayload(r.kind, user), r.k
+			if r.k == stuck {
+				w.payloads[i], w.kinds[i] = hello.StuckPayload(user), stuck
+			} else {
+				w.payloads[i], w.kinds[i] = hello.PoisonPayload(r.kind, user), r.k
+			}
 		}
 	}
 	for j := range killers {
 		i := (2*j + 1) * n / (2 * killers)
-		for w.kinds[i] != healthy {
+		for w.kinds[i] != healthy || w.foreign[i] {
 			i = (i + 1) % n
 		}
 		w.payloads[i], w.kinds[i] = fmt.Appendf(nil, `{"user_id":%d,"msg":%q}`, i+1, killMarker), killer
@@ -97,13 +114,30 @@ func (w *workload) count(k kind) int {
 // effects is how many lines must take effect (healthy and transient).
 func (w *workload) effects() int { return w.count(healthy) + w.count(transient) }
 
-// published is how many messages the producer sends, re-sends included.
-func (w *workload) published() int { return len(w.payloads) + len(w.payloads)/w.dupEvery }
+// native is how many lines the examples' producer sends (the others come
+// from the foreign producer).
+func (w *workload) native() int {
+	n := 0
+	for _, f := range w.foreign {
+		if !f {
+			n++
+		}
+	}
+	return n
+}
 
+// published is how many messages the examples' producer sends, re-sends
+// included.
+func (w *workload) published() int { return w.native() + w.native()/w.dupEvery }
+
+// writeInput writes the examples' producer's lines (not the foreign ones).
 func (w *workload) writeInput(t *testing.T) string {
 	t.Helper()
 	var b strings.Builder
-	for _, p := range w.payloads {
+	for i, p := range w.payloads {
+		if w.foreign[i] {
+			continue
+		}
 		b.Write(p)
 		b.WriteByte('\n')
 	}
