@@ -236,6 +236,9 @@ type Deliveries struct {
 	// SIGKILLs during the outage, quarantined healthy messages).
 	unforgotten  sync.Map // key -> struct{}
 	nUnforgotten atomic.Int64
+
+	// decr is the tracker's DeliveryDecrementer, nil when it has none.
+	decr poison.DeliveryDecrementer
 }
 
 // maxUnforgotten bounds unforgotten; past it, failed Forgets are left to
@@ -273,6 +276,7 @@ func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
 		send:     cfg.DeadLetter.Send,
 		parts:    make(map[deliveriesPartitionID]*deliveriesPartition),
 	}
+	d.decr, _ = cfg.Tracker.(poison.DeliveryDecrementer)
 	switch t := cfg.Tracker.(type) {
 	case *poison.MemoryDeliveryTracker:
 		d.nonBlocking, d.memoryTracker = true, true
@@ -293,10 +297,91 @@ func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if n > d.cfg.MaxDeliveries {
 			return d.quarantine(msg, key, n)
 		}
+		if d.decr != nil {
+			return d.runTracked(h, msg, key)
+		}
 		produced, herr := h(msg)
 		d.forget(msg, key)
 		return produced, herr
 	}
+}
+
+// runTracked runs h with the delivery's count in the message context, so
+// that Retry (and whatever waits below this guard) can take the count back
+// while the handler is not running and count it again before the next
+// attempt (see deliveryIdle). A process that dies while the message only
+// waits (between retry attempts, or held by the breaker), killed from
+// outside or by another message of another partition, then does not count
+// against it; one that dies in its handler still does. Out of Middleware's
+// closure, as the rest of the non-happy path.
+func (d *Deliveries) runTracked(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
+	ctx := msg.Context()
+	if ds := deliveryStateOf(ctx); ds != nil {
+		// Tracing or Metrics above keep a state per delivery already:
+		// no allocation on the happy path.
+		ds.guard = inFlight{d: d, key: key, busy: true}
+		produced, herr := h(msg)
+		ds.guard = inFlight{}
+		d.forget(msg, key)
+		return produced, herr
+	}
+	msg.SetContext(context.WithValue(ctx, inFlightKey{}, &inFlight{d: d, key: key, busy: true}))
+	produced, herr := h(msg)
+	msg.SetContext(ctx)
+	d.forget(msg, key)
+	return produced, herr
+}
+
+// inFlightOf returns the counted delivery's state in ctx, or nil.
+func inFlightOf(ctx context.Context) *inFlight {
+	if ds := deliveryStateOf(ctx); ds != nil {
+		if ds.guard.d != nil {
+			return &ds.guard
+		}
+		return nil
+	}
+	st, _ := ctx.Value(inFlightKey{}).(*inFlight)
+	return st
+}
+
+// inFlight is a counted delivery's state: busy while its count stands.
+// Only the message's own goroutine touches it.
+type inFlight struct {
+	d    *Deliveries
+	key  string
+	busy bool
+}
+
+type inFlightKey struct{}
+
+// deliveryIdle takes back the count of the delivery in ctx, if any, while
+// its handler is not running (Retry calls it after a failed attempt).
+func deliveryIdle(ctx context.Context) {
+	st := inFlightOf(ctx)
+	if st == nil || !st.busy {
+		return
+	}
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deliveriesForgetTimeout)
+	defer cancel()
+	if _, err := st.d.decr.Decr(tctx, st.key); err != nil {
+		st.d.cfg.Logger.Error("Crash-loop guard could not take back the count of a waiting delivery", err, watermill.LogFields{"delivery_key": st.key})
+		return // the count stands: busy as before
+	}
+	st.busy = false
+}
+
+// deliveryBusy counts the delivery in ctx again before its handler runs
+// (Retry calls it before each further attempt).
+func deliveryBusy(ctx context.Context) {
+	st := inFlightOf(ctx)
+	if st == nil || st.busy {
+		return
+	}
+	if _, err := st.d.cfg.Tracker.Incr(ctx, st.key); err != nil {
+		st.d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the attempt unguarded", err, watermill.LogFields{"delivery_key": st.key})
+		return
+	}
+	st.busy = true
 }
 
 // count counts this delivery of msg when it may be a redelivery, returning

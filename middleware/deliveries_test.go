@@ -7,6 +7,7 @@ import (
 	"errors"
 	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,6 +95,8 @@ type guardLife struct {
 type guardOpts struct {
 	cfg     DeliveriesConfig // Tracker etc.; DeadLetter is filled in
 	handler message.NoPublishHandlerFunc
+	// retry, when set, puts Retry below DeadLetter.
+	retry *RetryConfig
 	// dlqPublisher wraps the pub/sub used for the DLQ (nil: the pub/sub).
 	dlqPublisher func(message.Publisher) message.Publisher
 	// noDeadLetter leaves DeadLetter.Middleware out of the stack, so
@@ -136,6 +139,11 @@ func startGuardLife(t *testing.T, o guardOpts) *guardLife {
 	l.router.AddMiddleware(record, guard.Middleware)
 	if !o.noDeadLetter {
 		l.router.AddMiddleware(dl.Middleware)
+	}
+	if o.retry != nil {
+		retry, err := NewRetry(*o.retry)
+		require.NoError(t, err)
+		l.router.AddMiddleware(retry.Middleware)
 	}
 	l.router.AddMiddleware(Recover)
 	l.router.AddConsumerHandler(guardHandler, guardTopic, l.pubsub, o.handler)
@@ -455,4 +463,124 @@ func TestDeliveriesStoreOutageIsNotACrashLoop(t *testing.T) {
 	}
 	assert.Empty(t, l.dlq, "not quarantined")
 	assert.Equal(t, int32(6), runs.Load(), "the handler ran every time")
+}
+
+// countingTracker records the count of one key as Incr and Decr move it.
+type countingTracker struct {
+	poison.DeliveryTracker
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func newCountingTracker() *countingTracker {
+	return &countingTracker{DeliveryTracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), n: map[string]int{}}
+}
+
+func (c *countingTracker) Incr(ctx context.Context, key string) (int, error) {
+	n, err := c.DeliveryTracker.Incr(ctx, key)
+	c.mu.Lock()
+	c.n[key] = n
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *countingTracker) Decr(ctx context.Context, key string) (int, error) {
+	n, err := c.DeliveryTracker.(poison.DeliveryDecrementer).Decr(ctx, key)
+	c.mu.Lock()
+	c.n[key] = n
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *countingTracker) Forget(ctx context.Context, key string) error {
+	c.mu.Lock()
+	c.n[key] = 0
+	c.mu.Unlock()
+	return c.DeliveryTracker.Forget(ctx, key)
+}
+
+// count is the highest count of any key (the others are forgotten: 0).
+func (c *countingTracker) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	most := 0
+	for _, n := range c.n {
+		most = max(most, n)
+	}
+	return most
+}
+
+// While a message waits between retry attempts its handler is not
+// running, so a process that dies then (killed from outside, or by another
+// partition's message) is not its fault: its count is taken back during
+// the wait and counted again for the next attempt. A handler that kills
+// the process in its second attempt in every life is still quarantined
+// after MaxDeliveries lives. (The chaos test had quarantined a healthy
+// message that was waiting for its retries whenever the process died.)
+func TestDeliveriesWaitBetweenAttemptsIsNotCounted(t *testing.T) {
+	tracker := newCountingTracker()
+	const maxDeliveries = 3
+	var mu sync.Mutex
+	var duringWait, duringAttempt []int
+	record := func(to *[]int) { mu.Lock(); *to = append(*to, tracker.count()); mu.Unlock() }
+	retry := &RetryConfig{MaxAttempts: 3, InitialInterval: time.Millisecond,
+		OnRetry: func(int, error, time.Duration) { record(&duringWait) }}
+	pill := message.NewMessage(watermill.NewUUID(), []byte("x"))
+	life := func(crash bool) (*guardLife, chan string) {
+		started := make(chan string, 10)
+		return startGuardLife(t, guardOpts{
+			cfg:   DeliveriesConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
+			retry: retry,
+			handler: func(m *message.Message) error {
+				record(&duringAttempt)
+				started <- m.Metadata.Get(poison.KeyAttempts)
+				if crash && m.Metadata.Get(poison.KeyAttempts) == "2" {
+					runtime.Goexit() // the process dies in its handler
+				}
+				return poison.Transient(errors.New("inventory service timeout"))
+			},
+		}), started
+	}
+
+	// No crash: three attempts, each counted only while it runs.
+	l, _ := life(false)
+	l.publish(t, pill)
+	select {
+	case letter := <-l.dlq:
+		letter.Ack()
+		assert.Equal(t, string(poison.ReasonRetriesExhausted), letter.Metadata.Get(poison.KeyReason))
+	case <-time.After(guardWait):
+		t.Fatal("not dead-lettered")
+	}
+	l.stop()
+	mu.Lock()
+	assert.Equal(t, []int{1, 1, 1}, duringAttempt, "counted during each attempt")
+	assert.Equal(t, []int{0, 0}, duringWait, "not counted while waiting")
+	mu.Unlock()
+
+	// Dies in attempt 2 in every life: still quarantined after 3 lives.
+	pill = message.NewMessage(watermill.NewUUID(), []byte("y"))
+	for i := 1; i <= maxDeliveries; i++ {
+		l, started := life(true)
+		l.publish(t, pill)
+		for want := range 2 {
+			select {
+			case <-started:
+			case <-time.After(guardWait):
+				t.Fatalf("life %d: attempt %d did not run", i, want+1)
+			}
+		}
+		l.stop()
+		assert.Equal(t, i, tracker.count(), "life %d left its crash counted", i)
+	}
+	l, started := life(true)
+	l.publish(t, pill)
+	select {
+	case letter := <-l.dlq:
+		assert.Equal(t, string(poison.ReasonCrashLoop), letter.Metadata.Get(poison.KeyReason))
+	case <-started:
+		t.Fatal("ran a 4th life")
+	case <-time.After(guardWait):
+		t.Fatal("the message that kills the process in its second attempt was not quarantined")
+	}
 }

@@ -57,6 +57,9 @@ type deliveryState struct {
 	// storm until it is over).
 	metrics *Metrics
 	handler string
+	// guard is the crash-loop guard's counted delivery (Deliveries), so
+	// Retry can take its count back between attempts; zero when none.
+	guard inFlight
 }
 
 type deliveryStateKey struct{}

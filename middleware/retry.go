@@ -218,12 +218,16 @@ func (r *Retry) retry(msg *message.Message, h message.HandlerFunc, ctx context.C
 		if attempt > 1 {
 			msg.SetContext(ctx)
 			msg.Metadata.Set(poison.KeyAttempts, strconv.Itoa(attempt))
+			deliveryBusy(ctx) // the crash-loop guard counts the attempt
 			var produced []*message.Message
 			produced, err = h(msg)
 			if err == nil {
 				return produced, nil
 			}
 		}
+		// The handler returned: while the message waits, a dying process
+		// is not its fault (see Deliveries.runTracked).
+		deliveryIdle(ctx)
 		now := time.Now()
 		if firstFailed.IsZero() {
 			firstFailed = now

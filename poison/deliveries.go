@@ -115,3 +115,15 @@ type DeliveryTracker interface {
 	// ErrDeliveryTrackerClosed afterwards.
 	Close() error
 }
+
+// DeliveryDecrementer is implemented by trackers that can take one count
+// back (every tracker in this package): the crash-loop guard takes back the
+// count of a delivery whose handler returned while the message waits (for
+// its next retry attempt, or while the breaker holds it), so a process that
+// dies meanwhile, killed from outside or by another message, does not count
+// against it.
+type DeliveryDecrementer interface {
+	// Decr takes one count of key back and returns the new count (never
+	// below 0). An unknown key is 0, not an error.
+	Decr(ctx context.Context, key string) (int, error)
+}

@@ -156,6 +156,27 @@ func (t *MemoryDeliveryTracker) Forget(ctx context.Context, key string) error {
 	return nil
 }
 
+// Decr implements DeliveryDecrementer.
+func (t *MemoryDeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, ErrDeliveryTrackerClosed
+	}
+	el, ok := t.keys[key]
+	if !ok {
+		return 0, nil
+	}
+	e := el.Value.(*memDeliveryEntry)
+	if e.count > 0 {
+		e.count--
+	}
+	return e.count, nil
+}
+
 // Len reports how many counts the tracker holds, expired ones not yet
 // evicted included.
 func (t *MemoryDeliveryTracker) Len() int {
@@ -174,4 +195,7 @@ func (t *MemoryDeliveryTracker) Close() error {
 	return nil
 }
 
-var _ DeliveryTracker = (*MemoryDeliveryTracker)(nil)
+var (
+	_ DeliveryTracker     = (*MemoryDeliveryTracker)(nil)
+	_ DeliveryDecrementer = (*MemoryDeliveryTracker)(nil)
+)

@@ -111,7 +111,7 @@ type PostgresDeliveryTracker struct {
 	ownsPool bool
 	table    string // sanitized, ready to splice into SQL
 
-	incrSQL, forgetSQL string
+	incrSQL, decrSQL, forgetSQL string
 
 	sweep *pgsweep.Sweeper
 }
@@ -142,6 +142,7 @@ ON CONFLICT (key) DO UPDATE SET
   updated_at = now()
 RETURNING count`
 	t.forgetSQL = `DELETE FROM ` + t.table + ` WHERE key = $1`
+	t.decrSQL = `UPDATE ` + t.table + ` SET count = count - 1 WHERE key = $1 AND count > 0 RETURNING count`
 	t.sweep = pgsweep.New(t.pool, fmt.Sprintf(`DELETE FROM %s WHERE key IN (SELECT key FROM %s WHERE %s LIMIT %d)`,
 		t.table, t.table, expired, pgDeliveriesCleanupBatch), pgDeliveriesCleanupBatch, t.cfg.CleanupInterval)
 
@@ -207,6 +208,22 @@ func (t *PostgresDeliveryTracker) Forget(ctx context.Context, key string) error 
 	return nil
 }
 
+// Decr implements DeliveryDecrementer.
+func (t *PostgresDeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
+	if t.sweep.Closed() {
+		return 0, ErrDeliveryTrackerClosed
+	}
+	var n int
+	err := t.pool.QueryRow(ctx, t.decrSQL, key).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("poison: postgres delivery tracker: decr %q: %w", key, err)
+	}
+	return n, nil
+}
+
 // DeleteExpired deletes the rows whose TTL has passed, in batches, and
 // returns how many it deleted. The tracker calls it on its own every
 // CleanupInterval (see there); call it directly when that is disabled.
@@ -230,4 +247,7 @@ func (t *PostgresDeliveryTracker) Close() error {
 	return nil
 }
 
-var _ DeliveryTracker = (*PostgresDeliveryTracker)(nil)
+var (
+	_ DeliveryTracker     = (*PostgresDeliveryTracker)(nil)
+	_ DeliveryDecrementer = (*PostgresDeliveryTracker)(nil)
+)

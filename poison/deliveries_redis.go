@@ -114,6 +114,25 @@ func (t *RedisDeliveryTracker) Forget(ctx context.Context, key string) error {
 	return nil
 }
 
+// decrScript takes one count back without creating the key or going below
+// 0 (a counter that expired meanwhile stays absent).
+var decrScript = redis.NewScript(`local n = redis.call('GET', KEYS[1])
+if not n then return 0 end
+if tonumber(n) <= 0 then return 0 end
+return redis.call('DECR', KEYS[1])`)
+
+// Decr implements DeliveryDecrementer.
+func (t *RedisDeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
+	if t.closed.Load() {
+		return 0, ErrDeliveryTrackerClosed
+	}
+	n, err := decrScript.Run(ctx, t.client, []string{t.cfg.Prefix + key}).Int()
+	if err != nil {
+		return 0, fmt.Errorf("poison: redis delivery tracker: decr %q: %w", t.cfg.Prefix+key, err)
+	}
+	return n, nil
+}
+
 // Close closes the client if the tracker opened it (never a Client passed in
 // the config). Idempotent.
 func (t *RedisDeliveryTracker) Close() error {
@@ -123,4 +142,7 @@ func (t *RedisDeliveryTracker) Close() error {
 	return t.client.Close()
 }
 
-var _ DeliveryTracker = (*RedisDeliveryTracker)(nil)
+var (
+	_ DeliveryTracker     = (*RedisDeliveryTracker)(nil)
+	_ DeliveryDecrementer = (*RedisDeliveryTracker)(nil)
+)

@@ -50,6 +50,32 @@ func dtSuite(t *testing.T, open func(t *testing.T) poison.DeliveryTracker) {
 		require.NoError(t, tr.Forget(ctx, "never-seen"), "forgetting an unknown key is not an error")
 	})
 
+	t.Run("takes a count back", func(t *testing.T) {
+		tr := open(t)
+		d, ok := tr.(poison.DeliveryDecrementer)
+		require.True(t, ok, "the tracker can take a count back")
+		for want := 1; want <= 2; want++ {
+			_, err := tr.Incr(ctx, "d")
+			require.NoError(t, err)
+		}
+		n, err := d.Decr(ctx, "d")
+		require.NoError(t, err)
+		assert.Equal(t, 1, n)
+		n, err = tr.Incr(ctx, "d")
+		require.NoError(t, err)
+		assert.Equal(t, 2, n, "the next count follows the one taken back")
+		for i := 0; i < 3; i++ {
+			_, err = d.Decr(ctx, "d")
+			require.NoError(t, err)
+		}
+		n, err = tr.Incr(ctx, "d")
+		require.NoError(t, err)
+		assert.Equal(t, 1, n, "never below 0")
+		n, err = d.Decr(ctx, "never-seen")
+		require.NoError(t, err)
+		assert.Equal(t, 0, n, "an unknown key is 0")
+	})
+
 	t.Run("concurrent increments are not lost", func(t *testing.T) {
 		tr := open(t)
 		const workers, each = 8, 25
