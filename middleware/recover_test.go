@@ -14,6 +14,7 @@ import (
 
 func panickingHandler(msg *message.Message) ([]*message.Message, error) {
 	var m map[string]int
+	//lint:ignore SA5000 the runtime panic is what the test needs
 	m["boom"]++ // nil map write: a real runtime panic, not a string
 	return []*message.Message{msg}, nil
 }

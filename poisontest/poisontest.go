@@ -310,7 +310,7 @@ func runOne(i int, in Input, handler message.NoPublishHandlerFunc, o options) (R
 			}
 		})
 	}}
-	r.AddNoPublisherHandler("poisontest", topic, sub, wrapped)
+	r.AddConsumerHandler("poisontest", topic, sub, wrapped)
 	runErr := make(chan error, 1)
 	go func() { runErr <- r.Run(ctx) }()
 	select {

@@ -254,7 +254,7 @@ func TestMatrixTopicNames(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rt.AddNoPublisherHandler("h", over, b.Subscriber, func(*message.Message) error { return nil })
+			rt.AddConsumerHandler("h", over, b.Subscriber, func(*message.Message) error { return nil })
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := rt.Run(ctx); !errors.Is(err, adapters.ErrInvalidTopic) {

@@ -403,6 +403,7 @@ func (r *run) handle(msg *message.Message) error {
 	switch h.Msg {
 	case PanicMsg:
 		var byUser map[int64]int
+		//lint:ignore SA5000 the example's deliberate handler bug
 		byUser[h.UserID]++ // the bug: a write to a nil map panics
 	case TransientMsg:
 		n, _ := r.failures.LoadOrStore(msg.UUID, new(atomic.Int32))
