@@ -297,7 +297,7 @@ func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if n > d.cfg.MaxDeliveries {
 			return d.quarantine(msg, key, n)
 		}
-		if d.decr != nil {
+		if d.decr != nil && !d.memoryTracker {
 			return d.runTracked(h, msg, key)
 		}
 		produced, herr := h(msg)
@@ -312,7 +312,8 @@ func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // attempt (see deliveryIdle). A process that dies while the message only
 // waits (between retry attempts, or held by the breaker), killed from
 // outside or by another message of another partition, then does not count
-// against it; one that dies in its handler still does. Out of Middleware's
+// against it; one that dies in its handler still does. Not with the memory
+// tracker: its counts die with the process anyway. Out of Middleware's
 // closure, as the rest of the non-happy path.
 func (d *Deliveries) runTracked(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
 	ctx := msg.Context()
@@ -325,7 +326,7 @@ func (d *Deliveries) runTracked(h message.HandlerFunc, msg *message.Message, key
 		d.forget(msg, key)
 		return produced, herr
 	}
-	msg.SetContext(context.WithValue(ctx, inFlightKey{}, &inFlight{d: d, key: key, busy: true}))
+	msg.SetContext(&inFlightCtx{Context: ctx, st: inFlight{d: d, key: key, busy: true}})
 	produced, herr := h(msg)
 	msg.SetContext(ctx)
 	d.forget(msg, key)
@@ -353,6 +354,22 @@ type inFlight struct {
 }
 
 type inFlightKey struct{}
+
+// inFlightCtx carries an inFlight: the state and the context node in one
+// allocation (context.WithValue would be a second).
+type inFlightCtx struct {
+	context.Context
+	st inFlight
+}
+
+func (c *inFlightCtx) Value(key any) any {
+	if _, ok := key.(inFlightKey); ok {
+		return &c.st
+	}
+	return c.Context.Value(key)
+}
+
+func (c *inFlightCtx) String() string { return "antidote.inFlightCtx" }
 
 // deliveryIdle takes back the count of the delivery in ctx, if any, while
 // its handler is not running (Retry calls it after a failed attempt).
