@@ -377,18 +377,7 @@ func TestDeliveriesNackLoopIsNotACrashLoop(t *testing.T) {
 		noDeadLetter: true,
 	})
 	l.publish(t, message.NewMessage(watermill.NewUUID(), []byte("ok")))
-	for i := 1; i <= 6; i++ {
-		select {
-		case err := <-l.results:
-			if i <= 5 {
-				assert.Error(t, err, "delivery %d nacked", i)
-			} else {
-				assert.NoError(t, err, "delivery %d acked", i)
-			}
-		case <-time.After(guardWait):
-			t.Fatalf("delivery %d: no result", i)
-		}
-	}
+	expectNacksThenAck(t, l, 5)
 	assert.Empty(t, l.dlq, "not quarantined")
 	assert.Equal(t, int32(6), runs.Load())
 	assert.Equal(t, 0, tracker.Len())
@@ -449,10 +438,18 @@ func TestDeliveriesStoreOutageIsNotACrashLoop(t *testing.T) {
 	})
 	tracker.failures.Store(2)
 	l.publish(t, message.NewMessage(watermill.NewUUID(), []byte("ok")))
-	for i := 1; i <= 6; i++ {
+	expectNacksThenAck(t, l, 5)
+	assert.Empty(t, l.dlq, "not quarantined")
+	assert.Equal(t, int32(6), runs.Load(), "the handler ran every time")
+}
+
+// expectNacksThenAck reads nacks deliveries nacked, then one acked.
+func expectNacksThenAck(t *testing.T, l *guardLife, nacks int) {
+	t.Helper()
+	for i := 1; i <= nacks+1; i++ {
 		select {
 		case err := <-l.results:
-			if i <= 5 {
+			if i <= nacks {
 				assert.Error(t, err, "delivery %d nacked", i)
 			} else {
 				assert.NoError(t, err, "delivery %d acked", i)
@@ -461,8 +458,6 @@ func TestDeliveriesStoreOutageIsNotACrashLoop(t *testing.T) {
 			t.Fatalf("delivery %d: no result", i)
 		}
 	}
-	assert.Empty(t, l.dlq, "not quarantined")
-	assert.Equal(t, int32(6), runs.Load(), "the handler ran every time")
 }
 
 // countingTracker records the count of one key as Incr and Decr move it.
