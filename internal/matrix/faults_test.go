@@ -3,6 +3,7 @@ package matrix_test
 import (
 	"context"
 	"errors"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,10 +24,11 @@ import (
 // timeout (slow) for the first n publishes of letters.
 type faultyPublisher struct {
 	message.Publisher
-	n      int64
-	slow   time.Duration
-	calls  atomic.Int64
-	faults atomic.Int64
+	n       int64
+	slow    time.Duration
+	calls   atomic.Int64
+	faults  atomic.Int64
+	refused atomic.Int64
 }
 
 func (p *faultyPublisher) Publish(topic string, msgs ...*message.Message) error {
@@ -38,7 +40,11 @@ func (p *faultyPublisher) Publish(topic string, msgs ...*message.Message) error 
 			return errors.New("DLQ refuses (simulated)")
 		}
 	}
-	return p.Publisher.Publish(topic, msgs...)
+	err := p.Publisher.Publish(topic, msgs...)
+	if err != nil {
+		p.refused.Add(1) // the broker's own refusal
+	}
+	return err
 }
 
 // fault is a DLQ in trouble while the consumer runs.
@@ -49,12 +55,17 @@ type fault struct {
 	// deleteDLQ deletes the DLQ (queue, table, topic) once the first letter
 	// is in, before the rest are published.
 	deleteDLQ bool
+	// full: RabbitMQ only, on a private node: the DLQ queue holds one
+	// message and refuses publishes past it (max-length 1,
+	// overflow reject-publish) until a reader makes room.
+	full bool
 }
 
 var faults = []fault{
 	{name: "DLQ refusing", wrap: func() *faultyPublisher { return &faultyPublisher{n: 6} }},
 	{name: "DLQ slow (past the publish timeout)", wrap: func() *faultyPublisher { return &faultyPublisher{n: 3, slow: 4 * time.Second} }},
 	{name: "DLQ deleted while consuming", deleteDLQ: true},
+	{name: "DLQ full (RabbitMQ reject-publish)", full: true, wrap: func() *faultyPublisher { return &faultyPublisher{} }},
 }
 
 // TestMatrixFaults: with the DLQ refusing, slow or deleted while the
@@ -71,6 +82,9 @@ func TestMatrixFaults(t *testing.T) {
 			if f.deleteDLQ && kind == adapters.KindMemory {
 				continue // nothing to delete: gochannel has no queues
 			}
+			if f.full && kind != adapters.KindAMQP {
+				continue // a queue that refuses publishes when full is RabbitMQ's
+			}
 			t.Run(string(kind)+"/"+f.name, func(t *testing.T) {
 				r := newRun(t, kind, st)
 				var fp *faultyPublisher
@@ -78,13 +92,21 @@ func TestMatrixFaults(t *testing.T) {
 					fp = f.wrap()
 					r.dlqWrap = func(p message.Publisher) message.Publisher { fp.Publisher = p; return fp }
 				}
+				if f.full {
+					rabbit := testenv.StartRabbitMQ(t)
+					r.cfg.AMQP.URL = rabbit.URL
+					if err := rabbit.SetPolicy("matrix-full", `^`+regexp.QuoteMeta(middleware.DefaultDLQTopic(r.topic))+`$`,
+						`{"max-length":1,"overflow":"reject-publish"}`); err != nil {
+						t.Fatal(err)
+					}
+				}
 				var first, rest []mcase
 				first = append(first, mcase{name: "rejected before", behave: "reject", build: plain()})
 				for i := 0; i < 5; i++ {
 					rest = append(rest, mcase{name: "rejected", behave: "reject", build: plain()}, mcase{name: "healthy", behave: "ok", build: plain()})
 				}
-				runFault(t, r, f, first, rest)
-				if fp != nil && fp.faults.Load() == 0 {
+				runFault(t, r, f, fp, first, rest)
+				if fp != nil && fp.faults.Load() == 0 && fp.refused.Load() == 0 {
 					t.Errorf("%s: the fault never happened", kind)
 				}
 			})
@@ -92,7 +114,7 @@ func TestMatrixFaults(t *testing.T) {
 	}
 }
 
-func runFault(t *testing.T, r *run, f fault, first, rest []mcase) {
+func runFault(t *testing.T, r *run, f fault, fp *faultyPublisher, first, rest []mcase) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	prod := r.open(ctx, "")
@@ -132,7 +154,22 @@ func runFault(t *testing.T, r *run, f fault, first, rest []mcase) {
 			defer reader.Close()
 		}
 	}
+	if f.full {
+		// The first letter fills the DLQ; stop reading until the broker
+		// has refused some of the next ones.
+		stopReader()
+	}
 	publish("r", rest)
+	if f.full {
+		deadline := time.Now().Add(time.Minute)
+		for fp.refused.Load() < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the full DLQ refused %d publishes, want 3", fp.refused.Load())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		r.readDLQ(ctx, reader) // room again
+	}
 	if f.deleteDLQ {
 		// Read the DLQ anew once the letters are due in it.
 		waitRan(t, r, rest)

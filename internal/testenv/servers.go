@@ -193,6 +193,16 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 	return r
 }
 
+// SetPolicy sets a policy on the node's default vhost (`rabbitmqctl
+// set_policy --apply-to queues NAME PATTERN DEFINITION`), e.g. a queue length
+// limit that makes a queue refuse publishes when full.
+func (r *RabbitMQ) SetPolicy(name, pattern, definition string) error {
+	if out, err := r.rabbitmqctl(time.Minute, "set_policy", "--apply-to", "queues", name, pattern, definition); err != nil {
+		return fmt.Errorf("rabbitmqctl set_policy %s: %w\n%s", name, err, out)
+	}
+	return nil
+}
+
 // StopApp stops the RabbitMQ application (`rabbitmqctl stop_app`): clients
 // are disconnected, durable queues and persistent messages are kept.
 func (r *RabbitMQ) StopApp() error { return r.do("stop_app") }
