@@ -126,7 +126,7 @@ func (c DeliveriesConfig) Validate() error {
 // In-memory retry counters cannot do this: a handler that kills the process
 // (panic outside the router, os.Exit, OOM) resets them on every restart,
 // and the broker hands the same message back forever. Put it outside
-// DeadLetter and Retry (DESIGN.md, "Middleware order").
+// DeadLetter and Retry (docs/design.md, "Middleware order").
 //
 // Per delivery, when it may be a redelivery (see below):
 //

@@ -158,7 +158,7 @@ func (c IdempotencyConfig) Validate() error {
 //
 // Unlike Watermill's Deduplicator, which marks a key before the handler
 // runs, a failed first attempt is never mistaken for a duplicate: the
-// message is not lost. Put it below Retry (DESIGN.md: ... Retry →
+// message is not lost. Put it below Retry (docs/design.md: ... Retry →
 // Idempotency → Throttle → Recover → handler), so each attempt claims anew,
 // and below the flood guard, which must see duplicates to report a flood.
 //

@@ -71,7 +71,7 @@ func (c TracingConfig) Validate() error { return nil }
 // ended in the DLQ. A replayed message (poison.KeyOriginalTraceparent)
 // starts a new trace whose consumer span links to the trace it died in.
 //
-// Put it outermost (DESIGN.md "Middleware order"), so the span covers the
+// Put it outermost (docs/design.md, "Middleware order"), so the span covers the
 // crash-loop guard and the dead-lettering too.
 type Tracing struct {
 	cfg    TracingConfig

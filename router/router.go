@@ -3,7 +3,7 @@
 // register them on the returned router as usual, and every one of them is
 // guarded.
 //
-// The stack, outermost first (see DESIGN.md for why this order):
+// The stack, outermost first (see docs/design.md for why this order):
 //
 //	Tracing → Metrics → [FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker
 //	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Options are the examples' flags (see DESIGN.md, "Examples contract").
+// Options are the examples' flags (see docs/design.md, "Examples contract").
 type Options struct {
 	Role        string
 	Messages    int
