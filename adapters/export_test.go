@@ -2,3 +2,5 @@ package adapters
 
 // Internals the external tests measure against.
 var KafkaRecordSize = kafkaRecordSize
+
+var JSONMetadataBound = jsonMetadataBound

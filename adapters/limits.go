@@ -55,6 +55,13 @@ func (e *TooLargeError) Is(target error) bool { return target == ErrMessageTooLa
 // cannot exist on the broker. The error is a *TopicError.
 var ErrInvalidTopic = errors.New("topic name not allowed by the broker")
 
+// IsLimit reports whether err is a broker limit (ErrMessageTooLarge or
+// ErrInvalidTopic): publishing the same message to the same topic again can
+// never succeed, so holding or retrying it would loop.
+func IsLimit(err error) bool {
+	return errors.Is(err, ErrMessageTooLarge) || errors.Is(err, ErrInvalidTopic)
+}
+
 // TopicError names the topic, the derived name that breaks the rule (the
 // DLQ topic, a queue table, a delay queue) and the rule.
 type TopicError struct {

@@ -25,13 +25,10 @@ type memoryPublisher struct{ *gochannel.GoChannel }
 func (p memoryPublisher) Publish(topic string, msgs ...*message.Message) error {
 	copied := false
 	for i, msg := range msgs {
-		if !metadataRuleHolds(msg) {
+		if c := withMetadataRule(msg); c != msg {
 			if !copied {
 				msgs, copied = append([]*message.Message(nil), msgs...), true
 			}
-			c := msg.Copy()
-			c.SetContext(msg.Context())
-			applyMetadataRule(c)
 			msgs[i] = c
 		}
 	}

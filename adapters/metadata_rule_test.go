@@ -2,6 +2,7 @@ package adapters_test
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -85,5 +86,22 @@ func checkRule(t *testing.T, m *message.Message, headers map[string]string, uuid
 	}
 	if len(m.Metadata) != len(headers) {
 		t.Errorf("metadata %q, want %d keys", m.Metadata, len(headers))
+	}
+}
+
+// The PostgreSQL size check skips marshalling below this bound: it must
+// never be under what encoding/json writes.
+func TestJSONMetadataBoundIsAnUpperBound(t *testing.T) {
+	for _, md := range []message.Metadata{
+		nil, {}, {"a": "b"}, {"\x00\x01<>&": "\u2028\u2029\"\\"}, {"k\xff": "v\xfe"},
+		{strings.Repeat("\x1f", 100): strings.Repeat("<", 1000)},
+	} {
+		b, err := json.Marshal(md)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bound := adapters.JSONMetadataBound(md); bound < len(b) {
+			t.Errorf("bound %d under the %d bytes json writes for %q", bound, len(b), md)
+		}
 	}
 }

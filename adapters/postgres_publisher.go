@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -18,7 +16,7 @@ import (
 // before anything reaches the database (no table is created, no row
 // inserted): the topic (checkPostgresTopic), each message's size and UUID
 // (checkPostgresMessage). It also makes UUIDs and metadata valid UTF-8
-// (validUTF8Message).
+// (withMetadataRule).
 //
 // A batch is all or nothing. watermill-sql inserts it with one INSERT, which
 // PostgreSQL applies whole or not at all, and a batch holding one message
@@ -42,7 +40,7 @@ func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) erro
 	}
 	out := make([]*message.Message, len(msgs))
 	for i, msg := range msgs {
-		out[i] = validUTF8Message(msg)
+		out[i] = withMetadataRule(msg)
 		if err := checkPostgresMessage(p.cfg, topic, out[i]); err != nil {
 			if len(msgs) > 1 {
 				return fmt.Errorf("message %d of the %d in this Publish (none of them was published): %w", i+1, len(msgs), err)
@@ -58,36 +56,7 @@ func (p *postgresPublisher) CheckMessage(topic string, msg *message.Message) err
 	if err := checkPostgresTopic(p.cfg, topic); err != nil {
 		return err
 	}
-	return checkPostgresMessage(p.cfg, topic, validUTF8Message(msg))
-}
-
-// validUTF8Message is msg with its UUID and metadata keys and values made
-// valid UTF-8, each run of invalid bytes replaced by one U+FFFD
-// (strings.ToValidUTF8) and NUL kept: the rule every adapter keeps. It is
-// msg itself when nothing needs replacing; otherwise a new message with the
-// same payload and context, and the caller's message is left as it is.
-//
-// encoding/json alone would replace each invalid byte with its own U+FFFD,
-// and the uuid column (text) would make PostgreSQL refuse the whole INSERT.
-// Two keys that differ only in invalid bytes become one key: the value of
-// the key that sorts last wins.
-func validUTF8Message(msg *message.Message) *message.Message {
-	valid := utf8.ValidString(msg.UUID)
-	for k, v := range msg.Metadata {
-		if !valid {
-			break
-		}
-		valid = utf8.ValidString(k) && utf8.ValidString(v)
-	}
-	if valid {
-		return msg
-	}
-	out := message.NewMessage(strings.ToValidUTF8(msg.UUID, "\uFFFD"), msg.Payload)
-	for _, k := range slices.Sorted(maps.Keys(msg.Metadata)) {
-		out.Metadata.Set(strings.ToValidUTF8(k, "\uFFFD"), strings.ToValidUTF8(msg.Metadata[k], "\uFFFD"))
-	}
-	out.SetContext(msg.Context())
-	return out
+	return checkPostgresMessage(p.cfg, topic, withMetadataRule(msg))
 }
 
 // PostgresUUIDColumn is the type of watermill-sql's uuid column.
@@ -97,7 +66,7 @@ const PostgresUUIDColumn = "VARCHAR(36)"
 const postgresMaxUUID = 36
 
 // checkPostgresMessage refuses a message (made valid UTF-8 by
-// validUTF8Message) the queue table cannot hold, or that is larger than
+// withMetadataRule) the queue table cannot hold, or that is larger than
 // postgres.max_message_bytes allows: its payload plus its metadata as JSON
 // (what is inserted), with LetterHeadroom more for a dead letter.
 func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message) error {
@@ -113,20 +82,36 @@ func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message
 		}
 		return err
 	}
-	meta, err := json.Marshal(msg.Metadata)
-	if err != nil { // a map of strings always marshals
-		return fmt.Errorf("%s: message %q to %q: metadata: %w", KindPostgres, msg.UUID, topic, err)
-	}
-	size, limit, setting := len(msg.Payload)+len(meta), cfg.MaxMessageBytes, "postgres.max_message_bytes"
+	limit, setting := cfg.MaxMessageBytes, "postgres.max_message_bytes"
 	if IsLetter(msg.Context()) {
 		limit += LetterHeadroom
 		setting += fmt.Sprintf(", plus %d bytes for a dead letter", LetterHeadroom)
 	}
-	if size > limit {
+	// watermill-sql marshals the metadata itself: marshal it here too only
+	// when the cheap upper bound (every byte escaped as \u00XX) could be over.
+	if len(msg.Payload)+jsonMetadataBound(msg.Metadata) <= limit {
+		return nil
+	}
+	meta, err := json.Marshal(msg.Metadata)
+	if err != nil { // a map of strings always marshals
+		return fmt.Errorf("%s: message %q to %q: metadata: %w", KindPostgres, msg.UUID, topic, err)
+	}
+	if size := len(msg.Payload) + len(meta); size > limit {
 		return &TooLargeError{Broker: KindPostgres, Topic: topic, UUID: msg.UUID, What: "message",
 			Size: size, Limit: limit, Setting: setting}
 	}
 	return nil
+}
+
+// jsonMetadataBound is at least len(json.Marshal(md)): "null" or braces,
+// and per entry two quoted strings whose bytes take at most 6 each
+// (\u00XX), a colon and a comma.
+func jsonMetadataBound(md message.Metadata) int {
+	n := len("null")
+	for k, v := range md {
+		n += 6*(len(k)+len(v)) + 6
+	}
+	return n
 }
 
 // shortUUID keeps an error about a huge UUID readable.

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/IBM/sarama"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
@@ -98,9 +96,9 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 	sort.Strings(names)
 	strHeaders := make(amqp.Table, len(d.Headers))
 	for _, k := range names {
-		key := amqpValidUTF8(k)
+		key := validUTF8(k)
 		if _, dup := strHeaders[key]; !dup {
-			strHeaders[key] = amqpValidUTF8(headerString(d.Headers[k]))
+			strHeaders[key] = validUTF8(headerString(d.Headers[k]))
 		}
 	}
 	clean := d
@@ -112,7 +110,8 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 			// the AMQP message-id, which survives redeliveries.
 			msg.UUID = d.MessageId
 		}
-		return amqpValidMessage(msg), nil
+		applyMetadataRule(msg)
+		return msg, nil
 	}
 	uuid := d.MessageId
 	if v, ok := strHeaders[wamqp.DefaultMessageUUIDHeaderKey].(string); ok && v != "" {
@@ -128,46 +127,8 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 		}
 	}
 	msg.Metadata.Set(MetadataUndecodable, "amqp delivery: "+err.Error())
-	return amqpValidMessage(msg), nil
-}
-
-// amqpValidUTF8 replaces each invalid UTF-8 sequence of s with U+FFFD.
-func amqpValidUTF8(s string) string {
-	if utf8.ValidString(s) {
-		return s
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
-}
-
-// amqpValidMessage makes msg's UUID and metadata valid UTF-8, whatever the
-// inner marshaler left there (the message-id, the routing key, its own
-// decoding).
-func amqpValidMessage(msg *message.Message) *message.Message {
-	msg.UUID = amqpValidUTF8(msg.UUID)
-	valid := true
-	for k, v := range msg.Metadata {
-		if !utf8.ValidString(k) || !utf8.ValidString(v) {
-			valid = false
-			break
-		}
-	}
-	if valid {
-		return msg
-	}
-	keys := make([]string, 0, len(msg.Metadata))
-	for k := range msg.Metadata {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	md := make(message.Metadata, len(keys))
-	for _, k := range keys {
-		key := amqpValidUTF8(k)
-		if _, dup := md[key]; !dup {
-			md[key] = amqpValidUTF8(msg.Metadata[k])
-		}
-	}
-	msg.Metadata = md
-	return msg
+	applyMetadataRule(msg)
+	return msg, nil
 }
 
 func headerString(v any) string {

@@ -129,7 +129,7 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		ctx, cancel := context.WithTimeout(traced, d.cfg.ScheduleTimeout)
 		defer cancel()
 		if serr := d.cfg.Scheduler.Schedule(ctx, topic, next, after); serr != nil {
-			if errors.Is(serr, adapters.ErrMessageTooLarge) || errors.Is(serr, adapters.ErrInvalidTopic) {
+			if adapters.IsLimit(serr) {
 				// It can never be moved (the stage's metadata pushes it over
 				// the broker's limit, or the stage cannot exist): holding it
 				// would loop. DeadLetter takes it as it is.

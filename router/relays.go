@@ -1,7 +1,6 @@
 package router
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -46,7 +45,7 @@ func relay(pub message.Publisher, topic string, after time.Duration) message.NoP
 		}
 		out := msg.Copy() // same UUID, payload and metadata; a fresh context
 		if err := pub.Publish(topic, out); err != nil {
-			if errors.Is(err, adapters.ErrMessageTooLarge) || errors.Is(err, adapters.ErrInvalidTopic) {
+			if adapters.IsLimit(err) {
 				// Forwarding can never succeed: to the relay's DLQ.
 				return poison.Permanent(fmt.Errorf("retry relay: forward %s to %q: %w", msg.UUID, topic, err))
 			}
