@@ -2,7 +2,6 @@ package adapters
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -52,9 +51,7 @@ type amqpPublisher struct {
 
 	declared sync.Map // queue name -> struct{}
 
-	closeMu  sync.Mutex
-	closed   bool
-	inflight sync.WaitGroup
+	gate closeGate
 }
 
 const (
@@ -121,11 +118,8 @@ func (p *amqpPublisher) connection() (*amqp.Connection, error) {
 	if p.conn != nil && !p.conn.IsClosed() {
 		return p.conn, nil
 	}
-	p.closeMu.Lock()
-	closed := p.closed
-	p.closeMu.Unlock()
-	if closed {
-		return nil, errors.New("amqp publisher: closed")
+	if p.gate.isClosed() {
+		return nil, ErrPublisherClosed
 	}
 	c := p.cfg.Connection
 	var (
@@ -175,14 +169,10 @@ func (p *amqpPublisher) Publish(topic string, msgs ...*message.Message) error {
 // publish sends msgs to q after declaring it (and before it each queue of
 // also, such as the queue a delay queue expires into); topic is for errors.
 func (p *amqpPublisher) publish(ctx context.Context, topic string, q amqpQueue, also []amqpQueue, msgs []*message.Message) error {
-	p.closeMu.Lock()
-	if p.closed {
-		p.closeMu.Unlock()
-		return errors.New("amqp publisher: closed")
+	if err := p.gate.enter(); err != nil {
+		return err
 	}
-	p.inflight.Add(1)
-	p.closeMu.Unlock()
-	defer p.inflight.Done()
+	defer p.gate.leave()
 
 	items, err := p.marshal(topic, msgs)
 	if err != nil {
@@ -414,14 +404,9 @@ func (p *amqpPublisher) sendWindow(pc *amqpPubChannel, queue string, items []amq
 
 // Close waits for running publishes and closes the connection.
 func (p *amqpPublisher) Close() error {
-	p.closeMu.Lock()
-	if p.closed {
-		p.closeMu.Unlock()
+	if !p.gate.close() {
 		return nil
 	}
-	p.closed = true
-	p.closeMu.Unlock()
-	p.inflight.Wait()
 	for {
 		select {
 		case pc := <-p.idle:

@@ -90,6 +90,8 @@ type kafkaPublisher struct {
 	adminErr  error
 	mu        sync.Mutex
 	ready     map[string]bool // letter topics checked
+
+	gate closeGate
 }
 
 func (p *kafkaPublisher) CheckName(name string) error { return checkKafkaName(name) }
@@ -98,6 +100,10 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if err := checkTopic(checkKafkaName, topic); err != nil {
 		return err
 	}
+	if err := p.gate.enter(); err != nil {
+		return err
+	}
+	defer p.gate.leave()
 	letters := false
 	for _, msg := range msgs {
 		if err := p.checkSize(topic, msg); err != nil {
@@ -180,6 +186,9 @@ func (p *kafkaPublisher) letterPublisher() (*kafka.Publisher, error) {
 }
 
 func (p *kafkaPublisher) Close() error {
+	if !p.gate.close() {
+		return nil
+	}
 	err := p.Publisher.Close()
 	p.lettersOnce.Do(func() {}) // no producer starts after Close
 	if p.letters != nil {

@@ -203,8 +203,9 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 		return fmt.Errorf("postgres publisher: %w", err)
 	}
 	safe := &schemaSafePublisher{Publisher: pub}
-	b.Publisher = &postgresPublisher{cfg: p, inner: safe}
-	b.onClose(pub.Close)
+	pgPub := &postgresPublisher{cfg: p, inner: safe}
+	b.Publisher = pgPub
+	b.onClose(pgPub.Close)
 	ack := p.AckDeadline
 	sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
 		PollInterval:     p.PollInterval,

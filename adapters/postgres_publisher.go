@@ -27,6 +27,7 @@ import (
 type postgresPublisher struct {
 	cfg   PostgresConfig
 	inner *schemaSafePublisher
+	gate  closeGate
 }
 
 // CheckName implements NameChecker.
@@ -48,6 +49,10 @@ func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) erro
 			return err
 		}
 	}
+	if err := p.gate.enter(); err != nil {
+		return err
+	}
+	defer p.gate.leave()
 	return p.inner.Publish(topic, out...)
 }
 
@@ -127,8 +132,13 @@ func shortUUID(uuid string) string {
 	return fmt.Sprintf("%s... (%d bytes)", uuid[:cut], len(uuid))
 }
 
-// Close closes the watermill-sql publisher.
-func (p *postgresPublisher) Close() error { return p.inner.Close() }
+// Close waits for running publishes and closes the watermill-sql publisher.
+func (p *postgresPublisher) Close() error {
+	if !p.gate.close() {
+		return nil
+	}
+	return p.inner.Close()
+}
 
 // schemaSafePublisher serialises the first publish to each topic.
 // watermill-sql creates a topic's table on its first publish, and two
