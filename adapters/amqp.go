@@ -85,7 +85,7 @@ type amqpSubscriber struct {
 	queueName func(string) string
 }
 
-// CheckName implements NameChecker.
+// CheckName implements antidote.NameChecker.
 func (s *amqpSubscriber) CheckName(name string) error {
 	return amqpCheckName(name, s.queueName)
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -50,7 +51,7 @@ func amqpCheckQueueName(topic, name string) error {
 	default:
 		return nil
 	}
-	return &TopicError{Broker: KindAMQP, Topic: topic, Name: name, Rule: rule}
+	return &antidote.TopicError{Broker: string(KindAMQP), Topic: topic, Name: name, Rule: rule}
 }
 
 func truncateName(s string) string {
@@ -63,7 +64,7 @@ func truncateName(s string) string {
 // amqpCheckName checks that the queue of name can be declared.
 func amqpCheckName(name string, queueName func(string) string) error {
 	if name == "" {
-		return &TopicError{Broker: KindAMQP, Topic: name, Rule: "the topic is empty; RabbitMQ queue names cannot be empty"}
+		return &antidote.TopicError{Broker: string(KindAMQP), Topic: name, Rule: "the topic is empty; RabbitMQ queue names cannot be empty"}
 	}
 	return amqpCheckQueueName(name, queueName(name))
 }
@@ -94,7 +95,7 @@ func amqpCheckStages(topic string, stages []time.Duration, queueName func(string
 // rejected by amqp091-go's reader, which closes the consumer's connection;
 // RabbitMQ redelivers it and the consumer loops on it: the queue is
 // blocked. So an ordinary message must leave room for both, and a letter
-// (WithLetter) for RabbitMQ's headers.
+// (antidote.WithLetter) for RabbitMQ's headers.
 const (
 	// amqpMaxHeaderEntries is the most entries amqp091-go reads in one
 	// table (its maxContainerElements, v1.13+).
@@ -113,7 +114,7 @@ const (
 // and the most entries a message may have with the negotiated frameMax and
 // props bytes of other properties; letter: the message is a dead letter.
 func amqpHeaderBudget(frameMax, props int, letter bool) (bytes, entries int) {
-	broker, envelope := amqpBrokerHeaderBytes, LetterHeadroom
+	broker, envelope := amqpBrokerHeaderBytes, antidote.LetterHeadroom
 	if frameMax < amqpDefaultFrameMax {
 		// A server with a smaller frame_max keeps the same proportions.
 		broker = broker * frameMax / amqpDefaultFrameMax
@@ -130,7 +131,7 @@ func amqpHeaderBudget(frameMax, props int, letter bool) (bytes, entries int) {
 
 // amqpCheckPublishing reports whether RabbitMQ takes pub, and a consumer
 // can read it back, given the body limit maxBody and the negotiated frame
-// size frameMax, with a *TooLargeError naming what does not fit. letter:
+// size frameMax, with a *antidote.TooLargeError naming what does not fit. letter:
 // pub is a dead letter, which may use the room kept for its envelope.
 func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing, maxBody, frameMax int, letter bool) error {
 	uuid := msg.UUID
@@ -138,8 +139,8 @@ func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing
 		// The error names the message; a huge UUID would make a huge error.
 		uuid = uuid[:64] + fmt.Sprintf("...(%d bytes)", len(uuid))
 	}
-	tooLarge := func(what string, size, limit int, setting string) *TooLargeError {
-		return &TooLargeError{Broker: KindAMQP, Topic: topic, UUID: uuid, What: what, Size: size, Limit: limit, Setting: setting}
+	tooLarge := func(what string, size, limit int, setting string) *antidote.TooLargeError {
+		return &antidote.TooLargeError{Broker: string(KindAMQP), Topic: topic, UUID: uuid, What: what, Size: size, Limit: limit, Setting: setting}
 	}
 	if len(pub.Body) > maxBody {
 		return tooLarge("message", len(pub.Body), maxBody, "amqp.max_message_bytes")
@@ -178,8 +179,8 @@ func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing
 }
 
 // amqpTooManyHeaders counts entries, not bytes: its text says so; it
-// unwraps to the *TooLargeError.
-type amqpTooManyHeaders struct{ *TooLargeError }
+// unwraps to the *antidote.TooLargeError.
+type amqpTooManyHeaders struct{ *antidote.TooLargeError }
 
 func (e *amqpTooManyHeaders) Error() string {
 	return fmt.Sprintf("%s: metadata of %s to %q has %d entries (with the UUID), over the limit of %d (%s); send fewer",

@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -62,16 +63,16 @@ func (r *amqpReceiver) expectIntact(want *message.Message) {
 	}
 }
 
-func tooLarge(t *testing.T, err error, what string) *adapters.TooLargeError {
+func tooLarge(t *testing.T, err error, what string) *antidote.TooLargeError {
 	t.Helper()
-	if !errors.Is(err, adapters.ErrMessageTooLarge) {
-		t.Fatalf("want ErrMessageTooLarge (%s), got %v", what, err)
+	if !errors.Is(err, antidote.ErrMessageTooLarge) {
+		t.Fatalf("want antidote.ErrMessageTooLarge (%s), got %v", what, err)
 	}
-	var tl *adapters.TooLargeError
+	var tl *antidote.TooLargeError
 	if !errors.As(err, &tl) {
-		t.Fatalf("want *TooLargeError, got %T", err)
+		t.Fatalf("want *antidote.TooLargeError, got %T", err)
 	}
-	if tl.What != what || tl.Broker != adapters.KindAMQP || tl.Size <= tl.Limit || tl.Setting == "" {
+	if tl.What != what || tl.Broker != string(adapters.KindAMQP) || tl.Size <= tl.Limit || tl.Setting == "" {
 		t.Fatalf("TooLargeError %+v: want What %q, Size over Limit, a Setting", *tl, what)
 	}
 	return tl
@@ -160,7 +161,7 @@ func TestAMQPMetadataAtTheFrameLimit(t *testing.T) {
 	letterExact := exactMetadataValue(t, id, true, publishTo(b, topic))
 	letter := message.NewMessage(id, []byte("x"))
 	letter.Metadata.Set("k", strings.Repeat("v", letterExact))
-	letter.SetContext(adapters.WithLetter(context.Background()))
+	letter.SetContext(antidote.WithLetter(context.Background()))
 	if err := b.Publisher.Publish(topic, letter); err != nil {
 		t.Fatalf("letter at its limit: %v", err)
 	}
@@ -247,7 +248,7 @@ func TestAMQPMetadataEntries(t *testing.T) {
 		}
 		r.expectIntact(m)
 	}
-	if !errors.Is(b.Publisher.Publish(topic, withEntries(10000, small, v)), adapters.ErrMessageTooLarge) {
+	if !errors.Is(b.Publisher.Publish(topic, withEntries(10000, small, v)), antidote.ErrMessageTooLarge) {
 		t.Fatal("10,000 small entries: not refused")
 	}
 	// 10,000 entries "key<i>"="value<i>" (~220 KB) are refused too.
@@ -256,7 +257,7 @@ func TestAMQPMetadataEntries(t *testing.T) {
 
 	// A letter of 10,000 small entries fits the bytes, not the entry count.
 	letter := withEntries(10000, small, func(int) string { return "" })
-	letter.SetContext(adapters.WithLetter(context.Background()))
+	letter.SetContext(antidote.WithLetter(context.Background()))
 	err := b.Publisher.Publish(topic, letter)
 	tl := tooLarge(t, err, "metadata entries")
 	if tl.Size != 10001 || !strings.Contains(err.Error(), "10001 entries") {
@@ -265,13 +266,13 @@ func TestAMQPMetadataEntries(t *testing.T) {
 	// At the limit (with the UUID header): delivered intact, so amqp091-go
 	// reads it.
 	atLimit := withEntries(tl.Limit-1, small, func(int) string { return "" })
-	atLimit.SetContext(adapters.WithLetter(context.Background()))
+	atLimit.SetContext(antidote.WithLetter(context.Background()))
 	if err := b.Publisher.Publish(topic, atLimit); err != nil {
 		t.Fatalf("%d entries and the UUID, the limit: %v", tl.Limit-1, err)
 	}
 	r.expectIntact(atLimit)
 	over := withEntries(tl.Limit, small, func(int) string { return "" })
-	over.SetContext(adapters.WithLetter(context.Background()))
+	over.SetContext(antidote.WithLetter(context.Background()))
 	tooLarge(t, b.Publisher.Publish(topic, over), "metadata entries")
 	normalGoesThrough(t, b, topic, r)
 	t.Logf("most metadata entries in a letter: %d (+ the UUID header)", tl.Limit-1)
@@ -284,7 +285,7 @@ func exactMetadataValue(t *testing.T, id string, letter bool, publish func(*mess
 	probe := message.NewMessage(id, []byte("x"))
 	probe.Metadata.Set("k", strings.Repeat("v", 200<<10))
 	if letter {
-		probe.SetContext(adapters.WithLetter(context.Background()))
+		probe.SetContext(antidote.WithLetter(context.Background()))
 	}
 	tl := tooLarge(t, publish(probe), "metadata")
 	return 200<<10 - (tl.Size - tl.Limit)
@@ -325,13 +326,13 @@ func TestAMQPMetadataAtTheLimitSurvivesTheDelayQueue(t *testing.T) {
 }
 
 // A dead letter may be larger than its original by the envelope: the
-// ordinary budget keeps that room, a letter (WithLetter) may use it. So a
+// ordinary budget keeps that room, a letter (antidote.WithLetter) may use it. So a
 // message at the ordinary limit can always be dead-lettered.
 func TestAMQPLetterMayUseTheEnvelopeRoom(t *testing.T) {
 	rb := newRabbit(t)
 	b := openAMQP(t, nil)
 	topic := "antidote_test_letter_room_" + watermill.NewShortUUID()
-	dlq := topic + adapters.DeadLetterSuffix
+	dlq := topic + antidote.DeadLetterSuffix
 	rb.cleanup(topic, dlq)
 	r := receiveAMQP(t, b, dlq)
 
@@ -348,7 +349,7 @@ func TestAMQPLetterMayUseTheEnvelopeRoom(t *testing.T) {
 	letter.Metadata.Set("antidote.stack", strings.Repeat("s", 8<<10))
 	letter.Metadata.Set("antidote.reason", "permanent")
 	tooLarge(t, b.Publisher.Publish(dlq, letter), "metadata")
-	letter.SetContext(adapters.WithLetter(context.Background()))
+	letter.SetContext(antidote.WithLetter(context.Background()))
 	if err := b.Publisher.Publish(dlq, letter); err != nil {
 		t.Fatalf("letter of a message at the limit: %v", err)
 	}

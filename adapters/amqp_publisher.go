@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -31,7 +32,7 @@ import (
 //     that is nowhere.
 //   - a message RabbitMQ cannot take (body over max_message_bytes, headers
 //     over one frame, a header name over 255 bytes) is refused before
-//     anything is sent, with a *TooLargeError; the connection stays up.
+//     anything is sent, with a *antidote.TooLargeError; the connection stays up.
 //
 // Publish is safe for concurrent use: each call borrows a confirm-mode
 // channel of its own from a pool and pipelines its messages (up to
@@ -144,7 +145,7 @@ func (p *amqpPublisher) connection() (*amqp.Connection, error) {
 	return conn, nil
 }
 
-// CheckName implements NameChecker: name's queue must be one RabbitMQ can
+// CheckName implements antidote.NameChecker: name's queue must be one RabbitMQ can
 // declare.
 func (p *amqpPublisher) CheckName(name string) error {
 	return amqpCheckName(name, p.cfg.Queue.GenerateName)
@@ -218,7 +219,7 @@ func (p *amqpPublisher) publish(ctx context.Context, topic string, q amqpQueue, 
 	return nil
 }
 
-// CheckMessage implements MessageChecker.
+// CheckMessage implements antidote.MessageChecker.
 func (p *amqpPublisher) CheckMessage(topic string, msg *message.Message) error {
 	if err := checkTopic(p.CheckName, topic); err != nil {
 		return err
@@ -237,7 +238,7 @@ func (p *amqpPublisher) marshal(topic string, msgs []*message.Message) ([]amqpOu
 		if err != nil {
 			return nil, fmt.Errorf("amqp: marshal message %s: %w", m.UUID, err)
 		}
-		if err := amqpCheckPublishing(topic, m, pub, p.maxBody, frameMax, IsLetter(m.Context())); err != nil {
+		if err := amqpCheckPublishing(topic, m, pub, p.maxBody, frameMax, antidote.IsLetter(m.Context())); err != nil {
 			return nil, err
 		}
 		key, _ := pub.Headers[wamqp.DefaultMessageUUIDHeaderKey].(string)

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -139,7 +140,7 @@ func TestAMQPDeadLettersSurviveDeletedDLQ(t *testing.T) {
 	r := newRabbit(t)
 	b := openAMQP(t, nil)
 	topic := "antidote_test_dlq_deleted_" + watermill.NewShortUUID()
-	dlq := middleware.DefaultDLQTopic(topic)
+	dlq := antidote.DLQTopic(topic)
 	r.cleanup(topic, dlq)
 
 	rt, err := router.New(router.Config{

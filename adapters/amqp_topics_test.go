@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -21,12 +22,12 @@ func topicOfLen(n int) string {
 
 func invalidTopic(t *testing.T, err error, what string) {
 	t.Helper()
-	if !errors.Is(err, adapters.ErrInvalidTopic) {
-		t.Fatalf("%s: want ErrInvalidTopic, got %v", what, err)
+	if !errors.Is(err, antidote.ErrInvalidTopic) {
+		t.Fatalf("%s: want antidote.ErrInvalidTopic, got %v", what, err)
 	}
-	var te *adapters.TopicError
-	if !errors.As(err, &te) || te.Broker != adapters.KindAMQP {
-		t.Fatalf("%s: want *TopicError, got %T", what, err)
+	var te *antidote.TopicError
+	if !errors.As(err, &te) || te.Broker != string(adapters.KindAMQP) {
+		t.Fatalf("%s: want *antidote.TopicError, got %T", what, err)
 	}
 }
 
@@ -37,10 +38,10 @@ func invalidTopic(t *testing.T, err error, what string) {
 func TestAMQPTopicAtTheNameLimit(t *testing.T) {
 	r := newRabbit(t)
 	b := openAMQP(t, nil)
-	const limit = 255 - len(adapters.DeadLetterSuffix)
+	const limit = 255 - len(antidote.DeadLetterSuffix)
 
 	topic := topicOfLen(limit)
-	dlq := topic + adapters.DeadLetterSuffix
+	dlq := topic + antidote.DeadLetterSuffix
 	r.cleanup(topic, dlq)
 	if len(dlq) != 255 {
 		t.Fatalf("DLQ name of %d bytes", len(dlq))
@@ -66,7 +67,7 @@ func TestAMQPTopicAtTheNameLimit(t *testing.T) {
 	}
 
 	over := topicOfLen(limit + 1)
-	r.cleanup(over, over+adapters.DeadLetterSuffix)
+	r.cleanup(over, over+antidote.DeadLetterSuffix)
 	_, err := b.Subscriber.Subscribe(context.Background(), over)
 	invalidTopic(t, err, "Subscribe one byte over")
 	if !strings.Contains(err.Error(), "255") {
@@ -109,7 +110,7 @@ func TestAMQPReservedAndEmptyTopics(t *testing.T) {
 func TestAMQPDelayQueueNames(t *testing.T) {
 	b := openAMQP(t, nil)
 	s := b.Scheduler()
-	sc, ok := s.(adapters.StageChecker)
+	sc, ok := s.(antidote.StageChecker)
 	if !ok {
 		t.Fatal("the AMQP scheduler is not a StageChecker")
 	}

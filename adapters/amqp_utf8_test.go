@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -64,7 +65,7 @@ func TestAMQPMetadataIsValidUTF8(t *testing.T) {
 			t.Errorf("metadata %q = %q (present %t), want %q", k, got, ok, v)
 		}
 	}
-	if adapters.IsUndecodable(m) {
+	if antidote.IsUndecodable(m) {
 		t.Error("marked undecodable")
 	}
 
@@ -97,7 +98,7 @@ func TestAMQPUndecodableMetadataIsValidUTF8(t *testing.T) {
 		t.Fatal(err)
 	}
 	allValidUTF8(t, m)
-	if !adapters.IsUndecodable(m) || m.UUID != "u\uFFFD\x00" || m.Metadata["k\uFFFD"] != "v\uFFFD\x00" || m.Metadata["n"] != "7" {
+	if !antidote.IsUndecodable(m) || m.UUID != "u\uFFFD\x00" || m.Metadata["k\uFFFD"] != "v\uFFFD\x00" || m.Metadata["n"] != "7" {
 		t.Fatalf("UUID %q, metadata %q", m.UUID, m.Metadata)
 	}
 	// Without a UUID header or message-id, the fallback names the routing

@@ -27,6 +27,23 @@ const (
 // Kinds lists every supported Kind, in documentation order.
 var Kinds = []Kind{KindMemory, KindKafka, KindAMQP, KindPostgres}
 
+// MessagingSystem is the OpenTelemetry messaging.system value of k: "kafka",
+// "rabbitmq", "postgresql" (no registered value exists for a
+// PostgreSQL-backed queue) and "gochannel" (Watermill's in-memory Pub/Sub).
+func (k Kind) MessagingSystem() string {
+	switch k {
+	case KindKafka:
+		return "kafka"
+	case KindAMQP:
+		return "rabbitmq"
+	case KindPostgres:
+		return "postgresql"
+	case KindMemory:
+		return "gochannel"
+	}
+	return string(k)
+}
+
 // ErrInvalidConfig is wrapped by every error Validate returns.
 var ErrInvalidConfig = errors.New("invalid adapters config")
 
@@ -131,7 +148,7 @@ type KafkaConfig struct {
 	// default). A larger message is refused at Publish with an error naming
 	// its size, this limit and this setting. Raise it only together with the
 	// topics' max.message.bytes. Dead letters may exceed it by
-	// LetterHeadroom: the DLQ topics the adapter creates allow that much more.
+	// antidote.LetterHeadroom: the DLQ topics the adapter creates allow that much more.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 
 	// Unmarshaler replaces Watermill's default record decoding (code only,
@@ -199,7 +216,7 @@ type PostgresConfig struct {
 	// takes up to 1 GB per field, but the subscriber holds a whole batch of
 	// rows in memory (BatchSize); a larger message is refused at Publish with
 	// an error naming its size, this limit and this setting. Dead letters may
-	// exceed it by LetterHeadroom.
+	// exceed it by antidote.LetterHeadroom.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -92,7 +93,7 @@ func FuzzTolerantPostgresMetadata(f *testing.F) {
 		}
 		var obj map[string]any
 		isObject := json.Unmarshal(metadata, &obj) == nil
-		undecodable := IsUndecodable(msg)
+		undecodable := antidote.IsUndecodable(msg)
 		switch {
 		case len(metadata) == 0:
 			if len(msg.Metadata) != 0 {
@@ -101,7 +102,7 @@ func FuzzTolerantPostgresMetadata(f *testing.F) {
 		case isObject == undecodable:
 			t.Fatalf("metadata %q: JSON object=%t but undecodable=%t", metadata, isObject, undecodable)
 		case undecodable:
-			if msg.Metadata.Get(MetadataRawMetadata) != string(metadata) {
+			if msg.Metadata.Get(antidote.MetadataRawMetadata) != string(metadata) {
 				t.Fatal("raw metadata not kept")
 			}
 		default:
@@ -241,7 +242,7 @@ func FuzzTolerantKafkaHeaders(f *testing.F) {
 		if string(msg.Payload) != string(body) {
 			t.Fatal("value not kept")
 		}
-		if key != kafka.UUIDHeaderKey && msg.Metadata.Get(valid([]byte(key))) != valid(value) && key != MetadataUndecodable {
+		if key != kafka.UUIDHeaderKey && msg.Metadata.Get(valid([]byte(key))) != valid(value) && key != antidote.MetadataUndecodable {
 			t.Fatalf("header %q: %q, want %q", key, msg.Metadata.Get(valid([]byte(key))), valid(value))
 		}
 		for k, v := range msg.Metadata {
@@ -249,8 +250,8 @@ func FuzzTolerantKafkaHeaders(f *testing.F) {
 				t.Fatalf("metadata %q=%q is not valid UTF-8", k, v)
 			}
 		}
-		if rejected := len(body) > 0 && body[0] == '!'; rejected != IsUndecodable(msg) && key != MetadataUndecodable {
-			t.Fatalf("rejected=%t undecodable=%t", rejected, IsUndecodable(msg))
+		if rejected := len(body) > 0 && body[0] == '!'; rejected != antidote.IsUndecodable(msg) && key != antidote.MetadataUndecodable {
+			t.Fatalf("rejected=%t undecodable=%t", rejected, antidote.IsUndecodable(msg))
 		}
 	})
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 )
 
 func parseKafkaVersion(v string) (sarama.KafkaVersion, error) {
@@ -80,19 +82,36 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	return sc, nil
 }
 
+// EmbeddedKafkaStarter starts an in-process Kafka broker listening on addr
+// ("" for a free loopback port) whose auto-created topics have partitions
+// partitions (0: its default), returning its bootstrap addresses and a
+// function that stops it.
+type EmbeddedKafkaStarter func(addr string, partitions int) (addrs []string, stop func(), err error)
+
+var embeddedKafka atomic.Pointer[EmbeddedKafkaStarter]
+
+// RegisterEmbeddedKafka makes Open honour kafka.embedded with start.
+// Package devkafka calls it when imported; a program that does not import
+// it cannot start a broker by configuration, and does not compile one in.
+func RegisterEmbeddedKafka(start EmbeddedKafkaStarter) { embeddedKafka.Store(&start) }
+
 func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.LoggerAdapter) error {
 	k := &cfg.Kafka
 	if k.Embedded {
-		emb, err := StartEmbeddedKafka(EmbeddedKafkaConfig{Addr: k.EmbeddedAddr, Partitions: k.Partitions})
+		start := embeddedKafka.Load()
+		if start == nil {
+			return fmt.Errorf("%w: kafka.embedded is set, but no embedded broker is linked into this program: import _ \"github.com/antidote-mq/antidote/devkafka\" (development and tests), or set kafka.brokers to a real Kafka", ErrInvalidConfig)
+		}
+		addrs, stop, err := (*start)(k.EmbeddedAddr, k.Partitions)
 		if err != nil {
 			return err
 		}
-		b.onClose(func() error { emb.Close(); return nil })
+		b.onClose(func() error { stop(); return nil })
 		// From here on the config says how to reach it: another Open of
 		// b.Config connects to this broker instead of starting one.
-		k.Brokers, k.Embedded = emb.Addrs(), false
+		k.Brokers, k.Embedded = addrs, false
 		b.Embedded = true
-		logger.Error("Embedded Kafka broker (kafka.embedded): an in-process Kafka-protocol broker (kfake) that stops, its data gone, on Close", ErrNotDurable, watermill.LogFields{"addr": strings.Join(k.Brokers, ",")})
+		logger.Error("Embedded Kafka broker (kafka.embedded): an in-process Kafka-protocol broker (kfake) that stops, its data gone, on Close", antidote.ErrNotDurable, watermill.LogFields{"addr": strings.Join(k.Brokers, ",")})
 	}
 	b.Config = cfg
 	b.Addr = strings.Join(k.Brokers, ",")
@@ -140,7 +159,9 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	if err != nil {
 		return fmt.Errorf("kafka subscriber: %w", err)
 	}
-	b.Subscriber = kafkaSubscriber{Subscriber: sub, pub: kpub}
-	b.onClose(sub.Close)
+	ksub := kafkaSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), pub: kpub}
+	ksub.each = stampPosition
+	b.Subscriber = ksub
+	b.onClose(ksub.Close)
 	return nil
 }

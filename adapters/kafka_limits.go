@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 )
 
 // kafkaMaxTopicLen is Kafka's limit on topic names.
@@ -22,7 +23,7 @@ const kafkaMaxTopicLen = 249
 // checkKafkaName reports whether name can be a Kafka topic.
 func checkKafkaName(name string) error {
 	bad := func(rule string) error {
-		return &TopicError{Broker: KindKafka, Topic: name, Name: name, Rule: rule}
+		return &antidote.TopicError{Broker: string(KindKafka), Topic: name, Name: name, Rule: rule}
 	}
 	switch {
 	case name == "":
@@ -67,9 +68,9 @@ func kafkaRecordSize(msg *message.Message, partitionKey string) int {
 // kafkaPublisher is the publisher Open returns for Kafka: watermill-kafka's,
 // with every limit checked before anything is sent, so a batch is refused
 // whole instead of half sent, and with a broker's MESSAGE_TOO_LARGE turned
-// into a *TooLargeError.
+// into a *antidote.TooLargeError.
 //
-// Letters (WithLetter) may be LetterHeadroom larger than MaxMessageBytes.
+// Letters (antidote.WithLetter) may be antidote.LetterHeadroom larger than MaxMessageBytes.
 // They go through a producer of their own, started on the first letter:
 // Sarama packs messages into batches up to its Producer.MaxMessageBytes,
 // and a batch over the topic's limit is refused whole, so the ordinary
@@ -109,7 +110,7 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 		if err := p.checkSize(topic, msg); err != nil {
 			return err
 		}
-		letters = letters || IsLetter(msg.Context())
+		letters = letters || antidote.IsLetter(msg.Context())
 	}
 	pub := p.Publisher
 	if letters {
@@ -135,13 +136,13 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 		for _, msg := range msgs {
 			size = max(size, kafkaRecordSize(msg, p.cfg.Kafka.PartitionKey))
 		}
-		return fmt.Errorf("%w (%v)", &TooLargeError{Broker: KindKafka, Topic: topic, What: "message", Size: size, Limit: p.topicLimit(topic),
+		return fmt.Errorf("%w (%v)", &antidote.TooLargeError{Broker: string(KindKafka), Topic: topic, What: "message", Size: size, Limit: p.topicLimit(topic),
 			Setting: "the topic's max.message.bytes on the broker (kafka.max_message_bytes must not exceed it)"}, err)
 	}
 	return err
 }
 
-// CheckMessage implements MessageChecker.
+// CheckMessage implements antidote.MessageChecker.
 func (p *kafkaPublisher) CheckMessage(topic string, msg *message.Message) error {
 	if err := checkTopic(checkKafkaName, topic); err != nil {
 		return err
@@ -150,16 +151,16 @@ func (p *kafkaPublisher) CheckMessage(topic string, msg *message.Message) error 
 }
 
 // checkSize refuses a record over kafka.max_message_bytes (a letter:
-// LetterHeadroom more).
+// antidote.LetterHeadroom more).
 func (p *kafkaPublisher) checkSize(topic string, msg *message.Message) error {
 	limit := p.cfg.Kafka.MaxMessageBytes
 	setting := "kafka.max_message_bytes"
-	if IsLetter(msg.Context()) {
-		limit += LetterHeadroom
-		setting = "kafka.max_message_bytes + LetterHeadroom for dead letters"
+	if antidote.IsLetter(msg.Context()) {
+		limit += antidote.LetterHeadroom
+		setting = "kafka.max_message_bytes + antidote.LetterHeadroom for dead letters"
 	}
 	if size := kafkaRecordSize(msg, p.cfg.Kafka.PartitionKey); size > limit {
-		return &TooLargeError{Broker: KindKafka, Topic: topic, UUID: msg.UUID, What: "message", Size: size, Limit: limit, Setting: setting}
+		return &antidote.TooLargeError{Broker: string(KindKafka), Topic: topic, UUID: msg.UUID, What: "message", Size: size, Limit: limit, Setting: setting}
 	}
 	return nil
 }
@@ -172,7 +173,7 @@ func (p *kafkaPublisher) letterPublisher() (*kafka.Publisher, error) {
 			p.lettersErr = err
 			return
 		}
-		sc.Producer.MaxMessageBytes = p.cfg.Kafka.MaxMessageBytes + LetterHeadroom
+		sc.Producer.MaxMessageBytes = p.cfg.Kafka.MaxMessageBytes + antidote.LetterHeadroom
 		p.letters, p.lettersErr = kafka.NewPublisher(kafka.PublisherConfig{
 			Brokers:               p.cfg.Kafka.Brokers,
 			Marshaler:             p.marshaler,
@@ -224,14 +225,14 @@ func (p *kafkaPublisher) clusterAdmin() (sarama.ClusterAdmin, error) {
 // letterTopicBytes is the max.message.bytes a DLQ topic needs.
 func (p *kafkaPublisher) letterTopicBytes() int {
 	// The broker counts a record batch: the record plus the batch header.
-	return p.cfg.Kafka.MaxMessageBytes + LetterHeadroom + 1024
+	return p.cfg.Kafka.MaxMessageBytes + antidote.LetterHeadroom + 1024
 }
 
 // ensureLetterTopic makes sure a topic that receives dead letters accepts
 // every letter of a message its source accepted: it creates the topic with
-// max.message.bytes raised by LetterHeadroom, or, when it exists with a
+// max.message.bytes raised by antidote.LetterHeadroom, or, when it exists with a
 // lower limit, says so once (a letter that then does not fit fails with a
-// *TooLargeError, and DeadLetter shrinks it or moves its payload to a
+// *antidote.TooLargeError, and DeadLetter shrinks it or moves its payload to a
 // claim check). Best effort: an error is logged, the publish goes on.
 func (p *kafkaPublisher) ensureLetterTopic(topic string) {
 	p.mu.Lock()
@@ -297,8 +298,21 @@ func (p *kafkaPublisher) topicLimit(topic string) int {
 // itself) exists with room for the envelope before anyone creates it with
 // the broker's defaults by consuming it (the hospital) or by publishing.
 type kafkaSubscriber struct {
-	*kafka.Subscriber
+	*closeWaitSubscriber
 	pub *kafkaPublisher
+}
+
+// stampPosition copies the partition and offset watermill-kafka put in
+// msg's context to antidote.WithPosition, where the policy packages read
+// them without importing a Kafka client. watermill-kafka sets a fresh
+// context on every redelivery of a nacked message, and each passes here.
+func stampPosition(msg *message.Message) {
+	ctx := msg.Context()
+	partition, okP := kafka.MessagePartitionFromCtx(ctx)
+	offset, okO := kafka.MessagePartitionOffsetFromCtx(ctx)
+	if okP && okO {
+		msg.SetContext(antidote.WithPosition(ctx, partition, offset))
+	}
 }
 
 func (s kafkaSubscriber) CheckName(name string) error { return checkKafkaName(name) }
@@ -309,12 +323,12 @@ func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 	}
 	if !isKafkaRetryTopic(topic) {
 		dlq := topic
-		if !strings.HasSuffix(topic, DeadLetterSuffix) {
-			dlq += DeadLetterSuffix
+		if !strings.HasSuffix(topic, antidote.DeadLetterSuffix) {
+			dlq += antidote.DeadLetterSuffix
 		}
 		s.pub.ensureLetterTopic(dlq)
 	}
-	return s.Subscriber.Subscribe(ctx, topic)
+	return s.closeWaitSubscriber.Subscribe(ctx, topic)
 }
 
 // CheckStages checks the retry topics "<topic>.retry.<delay>" and their DLQ
@@ -326,7 +340,7 @@ func (s kafkaScheduler) CheckStages(topic string, stages []time.Duration) error 
 	}
 	for _, d := range stages {
 		if err := checkTopic(checkKafkaName, KafkaRetryTopic(topic, d)); err != nil {
-			var te *TopicError
+			var te *antidote.TopicError
 			if errors.As(err, &te) {
 				te.Topic = topic
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -57,8 +58,8 @@ func TestKafkaMessageSizeAtTheLimit(t *testing.T) {
 	}{{"one byte over", limit + 1}, {"5 MB", 5_000_000}} {
 		over := sized(t, "over", "k", tc.size)
 		err := b.Publisher.Publish(topic, over)
-		var tl *adapters.TooLargeError
-		if !errors.Is(err, adapters.ErrMessageTooLarge) || !errors.As(err, &tl) {
+		var tl *antidote.TooLargeError
+		if !errors.Is(err, antidote.ErrMessageTooLarge) || !errors.As(err, &tl) {
 			t.Fatalf("%s: Publish = %v, want a *TooLargeError", tc.name, err)
 		}
 		if tl.Size != tc.size || tl.Limit != limit {
@@ -76,7 +77,7 @@ func TestKafkaMessageSizeAtTheLimit(t *testing.T) {
 	// A batch is refused whole: the small message in front of the big one
 	// must not arrive (same key, same partition, so it would come first).
 	small := sized(t, "batch-small", "k", 200)
-	if err := b.Publisher.Publish(topic, small, sized(t, "batch-big", "k", limit+1)); !errors.Is(err, adapters.ErrMessageTooLarge) {
+	if err := b.Publisher.Publish(topic, small, sized(t, "batch-big", "k", limit+1)); !errors.Is(err, antidote.ErrMessageTooLarge) {
 		t.Fatalf("batch with an oversized message: %v", err)
 	}
 	sentinel := sized(t, "sentinel", "k", 200)
@@ -94,7 +95,7 @@ func TestKafkaMessageSizeAtTheLimit(t *testing.T) {
 
 // kafka.max_message_bytes is the operator's: a lower one is enforced, and a
 // topic whose own max.message.bytes is below it makes the broker's refusal
-// a *TooLargeError naming the topic's setting, not Sarama's error.
+// a *antidote.TooLargeError naming the topic's setting, not Sarama's error.
 func TestKafkaMessageSizeConfigurableAndBrokerLimit(t *testing.T) {
 	cfg := kafkaConfig(t, "size_"+watermill.NewShortUUID())
 	cfg.Kafka.MaxMessageBytes = 10_000
@@ -104,7 +105,7 @@ func TestKafkaMessageSizeConfigurableAndBrokerLimit(t *testing.T) {
 	}
 	defer b.Close()
 	topic := "size_cfg_" + watermill.NewShortUUID()
-	if err := b.Publisher.Publish(topic, sized(t, "a", "k", 10_001)); !errors.Is(err, adapters.ErrMessageTooLarge) || !strings.Contains(err.Error(), "10000") {
+	if err := b.Publisher.Publish(topic, sized(t, "a", "k", 10_001)); !errors.Is(err, antidote.ErrMessageTooLarge) || !strings.Contains(err.Error(), "10000") {
 		t.Fatalf("over a configured 10000: %v", err)
 	}
 
@@ -119,7 +120,7 @@ func TestKafkaMessageSizeConfigurableAndBrokerLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = b.Publisher.Publish(small, sized(t, "b", "k", 6_000))
-	var tl *adapters.TooLargeError
+	var tl *antidote.TooLargeError
 	if !errors.As(err, &tl) || tl.Limit != 5000 || !strings.Contains(err.Error(), "max.message.bytes") {
 		t.Fatalf("over the topic's own 5000: %v", err)
 	}
@@ -135,7 +136,7 @@ func TestKafkaTopicNamesAtTheLimit(t *testing.T) {
 	}
 	defer b.Close()
 	prefix := "n" + watermill.NewShortUUID()
-	longest := prefix + strings.Repeat("x", 249-len(adapters.DeadLetterSuffix)-len(prefix))
+	longest := prefix + strings.Repeat("x", 249-len(antidote.DeadLetterSuffix)-len(prefix))
 	if err := b.Publisher.Publish(longest, message.NewMessage("m", []byte("x"))); err != nil {
 		t.Fatalf("topic of %d characters: %v", len(longest), err)
 	}
@@ -144,7 +145,7 @@ func TestKafkaTopicNamesAtTheLimit(t *testing.T) {
 	}
 	// Its DLQ topic exists on Kafka too (a DLQ topic's own DLQ name is not
 	// checked).
-	if err := b.Publisher.Publish(longest+adapters.DeadLetterSuffix, message.NewMessage("l", []byte("x"))); err != nil {
+	if err := b.Publisher.Publish(longest+antidote.DeadLetterSuffix, message.NewMessage("l", []byte("x"))); err != nil {
 		t.Fatalf("DLQ topic of 249 characters: %v", err)
 	}
 	for name, topic := range map[string]string{
@@ -161,19 +162,19 @@ func TestKafkaTopicNamesAtTheLimit(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, serr := b.Subscriber.Subscribe(ctx, topic)
 		cancel()
-		if !errors.Is(serr, adapters.ErrInvalidTopic) {
+		if !errors.Is(serr, antidote.ErrInvalidTopic) {
 			t.Errorf("%s: Subscribe(%q) = %v, want ErrInvalidTopic", name, topic, serr)
 		}
 		// Publish refuses them too: what could not be dead-lettered is
 		// refused before it is sent.
-		if perr := b.Publisher.Publish(topic, message.NewMessage("m", []byte("x"))); !errors.Is(perr, adapters.ErrInvalidTopic) {
+		if perr := b.Publisher.Publish(topic, message.NewMessage("m", []byte("x"))); !errors.Is(perr, antidote.ErrInvalidTopic) {
 			t.Errorf("%s: Publish(%q) = %v, want ErrInvalidTopic", name, topic, perr)
 		}
 		if name == "one over" && !strings.Contains(serr.Error(), "249") {
 			t.Errorf("error %q does not name the limit", serr)
 		}
 	}
-	if err := b.CheckTopic(longest + "x"); !errors.Is(err, adapters.ErrInvalidTopic) {
+	if err := b.CheckTopic(longest + "x"); !errors.Is(err, antidote.ErrInvalidTopic) {
 		t.Errorf("CheckTopic = %v", err)
 	}
 }
@@ -193,11 +194,11 @@ func TestKafkaLetterTopicDeletedWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	topic := "deleted_" + watermill.NewShortUUID() + adapters.DeadLetterSuffix
+	topic := "deleted_" + watermill.NewShortUUID() + antidote.DeadLetterSuffix
 	letter := func(id string) *message.Message {
 		m := message.NewMessage(id, []byte("x"))
 		m.Metadata.Set("partition_key", "k")
-		m.SetContext(adapters.WithLetter(context.Background()))
+		m.SetContext(antidote.WithLetter(context.Background()))
 		return m
 	}
 	if err := b.Publisher.Publish(topic, letter("first")); err != nil {

@@ -10,18 +10,13 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	"github.com/cenkalti/backoff/v5"
 )
 
 // ErrUnreachable is wrapped by Open's error when a broker does not answer
 // within Config.ConnectTimeout.
 var ErrUnreachable = errors.New("broker unreachable")
-
-// ErrNotDurable is the error of the log line written when a program opts in
-// to something that keeps messages or counts only in its own memory (the
-// memory broker, the embedded Kafka broker, an in-memory crash-loop
-// tracker): it works, and it loses everything when the process exits.
-var ErrNotDurable = errors.New("not durable: everything it holds is lost when the process exits; for tests and demos only")
 
 // Broker is an opened broker: a Publisher, a Subscriber and everything they
 // started (connections, pools, an embedded Kafka broker), released by Close.
@@ -79,7 +74,7 @@ func Open(ctx context.Context, cfg Config, logger watermill.LoggerAdapter) (*Bro
 	var err error
 	switch cfg.Broker {
 	case KindMemory:
-		logger.Error("Memory broker: messages live in this process only", ErrNotDurable, nil)
+		logger.Error("Memory broker: messages live in this process only", antidote.ErrNotDurable, nil)
 		err = openMemory(b, cfg.Memory, logger)
 	case KindKafka:
 		err = openKafka(ctx, b, cfg, logger)

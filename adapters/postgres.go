@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -30,7 +31,7 @@ const PostgresMaxIdentifier = 63
 // <prefix><topic>.dlq, must both be at most PostgresMaxIdentifier bytes.
 // Below 1, no topic fits.
 func PostgresMaxTopic(cfg PostgresConfig) int {
-	return PostgresMaxIdentifier - len(cfg.TablePrefix) - len(DeadLetterSuffix)
+	return PostgresMaxIdentifier - len(cfg.TablePrefix) - len(antidote.DeadLetterSuffix)
 }
 
 // checkPostgresTopic reports whether topic can name a queue table: not
@@ -51,7 +52,7 @@ func checkPostgresTopic(cfg PostgresConfig, topic string) error {
 // checkPostgresName checks that name can name a queue table.
 func checkPostgresName(cfg PostgresConfig, topic string) error {
 	bad := func(name, rule string) error {
-		return &TopicError{Broker: KindPostgres, Topic: topic, Name: name, Rule: rule}
+		return &antidote.TopicError{Broker: string(KindPostgres), Topic: topic, Name: name, Rule: rule}
 	}
 	const allowed = "a topic names a table, so it may hold only ASCII letters, digits, '.', '_' and '-'"
 	if topic == "" {
@@ -74,7 +75,7 @@ func checkPostgresName(cfg PostgresConfig, topic string) error {
 	}
 	most := PostgresMaxTopic(cfg)
 	room := fmt.Sprintf("with table_prefix %q a topic may be at most %d bytes (%d if it is a DLQ topic, ending in %s), so that <prefix><topic>%s fits too",
-		cfg.TablePrefix, most, most+len(DeadLetterSuffix), DeadLetterSuffix, DeadLetterSuffix)
+		cfg.TablePrefix, most, most+len(antidote.DeadLetterSuffix), antidote.DeadLetterSuffix, antidote.DeadLetterSuffix)
 	if most < 1 {
 		room = fmt.Sprintf("table_prefix %q (%d bytes) leaves no room for a topic; shorten it", cfg.TablePrefix, len(cfg.TablePrefix))
 	}
@@ -89,7 +90,7 @@ type postgresSubscriber struct {
 	cfg PostgresConfig
 }
 
-// CheckName implements NameChecker.
+// CheckName implements antidote.NameChecker.
 func (s *postgresSubscriber) CheckName(name string) error { return checkPostgresName(s.cfg, name) }
 
 func (s *postgresSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {

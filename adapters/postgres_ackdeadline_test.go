@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -188,7 +189,7 @@ func TestPostgresAckDeadlineRouterBreakerLosesNothing(t *testing.T) {
 	const ackDeadline = 2 * time.Second
 	b := pgOpen(t, func(p *adapters.PostgresConfig) { p.AckDeadline = ackDeadline })
 	topic := "ackrouter_" + watermill.NewShortUUID()
-	dlqTopic := middleware.DefaultDLQTopic(topic)
+	dlqTopic := antidote.DLQTopic(topic)
 	conn := pgConn(t, b, topic, dlqTopic)
 
 	r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},

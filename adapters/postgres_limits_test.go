@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -36,7 +37,7 @@ func pgSized(t *testing.T, uuid string, meta message.Metadata, size int) *messag
 // metadata as JSON, which escapes '<' to six bytes) is published and
 // arrives intact; one byte more is refused before the database is touched,
 // with an error naming the size, the limit and the setting; a dead letter
-// gets LetterHeadroom more.
+// gets antidote.LetterHeadroom more.
 func TestPostgresMessageSizeLimit(t *testing.T) {
 	const limit = 1000
 	b := pgOpen(t, func(p *adapters.PostgresConfig) { p.MaxMessageBytes = limit })
@@ -51,8 +52,8 @@ func TestPostgresMessageSizeLimit(t *testing.T) {
 	}
 	over := pgSized(t, "over", meta, limit+1)
 	err := b.Publisher.Publish(refused, over)
-	var tl *adapters.TooLargeError
-	if !errors.Is(err, adapters.ErrMessageTooLarge) || !errors.As(err, &tl) {
+	var tl *antidote.TooLargeError
+	if !errors.Is(err, antidote.ErrMessageTooLarge) || !errors.As(err, &tl) {
 		t.Fatalf("one byte over: %v; want a *TooLargeError", err)
 	}
 	for _, want := range []string{"1001", "1000", "postgres.max_message_bytes", "over"} {
@@ -60,28 +61,28 @@ func TestPostgresMessageSizeLimit(t *testing.T) {
 			t.Errorf("error %q does not name %q", err, want)
 		}
 	}
-	if tl.Size != limit+1 || tl.Limit != limit || tl.UUID != "over" || tl.Topic != refused || tl.Broker != adapters.KindPostgres {
+	if tl.Size != limit+1 || tl.Limit != limit || tl.UUID != "over" || tl.Topic != refused || tl.Broker != string(adapters.KindPostgres) {
 		t.Errorf("error fields %+v", tl)
 	}
 	// Metadata counts as much as payload.
 	heavy := message.NewMessage("heavy-metadata", nil)
 	heavy.Metadata.Set("k", strings.Repeat("m", limit))
-	if err := b.Publisher.Publish(refused, heavy); !errors.Is(err, adapters.ErrMessageTooLarge) {
+	if err := b.Publisher.Publish(refused, heavy); !errors.Is(err, antidote.ErrMessageTooLarge) {
 		t.Errorf("metadata over the limit: %v", err)
 	}
 	if pgTableExists(t, conn, b, refused) {
 		t.Fatal("a refused publish created the topic's table")
 	}
 
-	// A dead letter may be LetterHeadroom larger, and no more.
-	letter := pgSized(t, "letter", meta, limit+adapters.LetterHeadroom)
-	letter.SetContext(adapters.WithLetter(context.Background()))
+	// A dead letter may be antidote.LetterHeadroom larger, and no more.
+	letter := pgSized(t, "letter", meta, limit+antidote.LetterHeadroom)
+	letter.SetContext(antidote.WithLetter(context.Background()))
 	if err := b.Publisher.Publish(topic, letter); err != nil {
 		t.Fatalf("a letter within the headroom: %v", err)
 	}
-	bigLetter := pgSized(t, "big-letter", meta, limit+adapters.LetterHeadroom+1)
-	bigLetter.SetContext(adapters.WithLetter(context.Background()))
-	if err := b.Publisher.Publish(topic, bigLetter); !errors.Is(err, adapters.ErrMessageTooLarge) || !strings.Contains(err.Error(), strconv.Itoa(limit+adapters.LetterHeadroom)) {
+	bigLetter := pgSized(t, "big-letter", meta, limit+antidote.LetterHeadroom+1)
+	bigLetter.SetContext(antidote.WithLetter(context.Background()))
+	if err := b.Publisher.Publish(topic, bigLetter); !errors.Is(err, antidote.ErrMessageTooLarge) || !strings.Contains(err.Error(), strconv.Itoa(limit+antidote.LetterHeadroom)) {
 		t.Fatalf("a letter over the headroom: %v", err)
 	}
 
@@ -123,7 +124,7 @@ func TestPostgresBatchWithOneBadMessagePublishesNone(t *testing.T) {
 }
 
 // The uuid column is VARCHAR(36): a longer UUID is refused before the
-// database with a *TooLargeError naming that column (PostgreSQL's own
+// database with a *antidote.TooLargeError naming that column (PostgreSQL's own
 // "value too long" failed the whole batch); 36 characters pass, whatever
 // their bytes. A NUL cannot be stored in any text column: refused too.
 func TestPostgresUUIDLimit(t *testing.T) {
@@ -132,13 +133,13 @@ func TestPostgresUUIDLimit(t *testing.T) {
 	pgConn(t, b, topic)
 	long := strings.Repeat("u", 37)
 	err := b.Publisher.Publish(topic, message.NewMessage(long, []byte("x")))
-	var tl *adapters.TooLargeError
-	if !errors.Is(err, adapters.ErrMessageTooLarge) || !errors.As(err, &tl) || tl.What != "uuid" || tl.Size != 37 || tl.Limit != 36 ||
+	var tl *antidote.TooLargeError
+	if !errors.Is(err, antidote.ErrMessageTooLarge) || !errors.As(err, &tl) || tl.What != "uuid" || tl.Size != 37 || tl.Limit != 36 ||
 		!strings.Contains(err.Error(), "VARCHAR(36)") || !strings.Contains(err.Error(), "uuid column") {
 		t.Fatalf("37-character UUID: %v", err)
 	}
 	wide := strings.Repeat("\u00e9", 37)
-	if err := b.Publisher.Publish(topic, message.NewMessage(wide, []byte("x"))); !errors.Is(err, adapters.ErrMessageTooLarge) || !strings.Contains(err.Error(), "characters") {
+	if err := b.Publisher.Publish(topic, message.NewMessage(wide, []byte("x"))); !errors.Is(err, antidote.ErrMessageTooLarge) || !strings.Contains(err.Error(), "characters") {
 		t.Fatalf("37 two-byte characters: %v", err)
 	}
 	if err := b.Publisher.Publish(topic, message.NewMessage("a\x00b", []byte("x"))); err == nil || !strings.Contains(err.Error(), "NUL") {

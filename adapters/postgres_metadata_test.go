@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -81,7 +82,7 @@ func TestPostgresForeignMetadataNeverBlocksTheQueue(t *testing.T) {
 	if m := got["1MB-value"]; m != nil && len(m.Metadata.Get("big")) != 1<<20 {
 		t.Errorf("1MB value: %d bytes", len(m.Metadata.Get("big")))
 	}
-	if m := got["json-array"]; m != nil && !adapters.IsUndecodable(m) {
+	if m := got["json-array"]; m != nil && !antidote.IsUndecodable(m) {
 		t.Errorf("array metadata not marked undecodable: %q", m.Metadata)
 	}
 	pgWait(t, 10*time.Second, "rows left in the queue table", func() bool { return pgRows(t, conn, b, topic) == 0 })
@@ -117,8 +118,8 @@ func TestPostgresScheduledMessageWaitsUntilDue(t *testing.T) {
 				if early := after - time.Since(start); early > 0 {
 					t.Fatalf("the delayed message arrived %s before it was due", early)
 				}
-				if due := adapters.DueAt(m); due.IsZero() {
-					t.Errorf("no %s on the delayed message", adapters.MetadataRetryDue)
+				if due := antidote.DueAt(m); due.IsZero() {
+					t.Errorf("no %s on the delayed message", antidote.MetadataRetryDue)
 				}
 			}
 		case <-ctx.Done():

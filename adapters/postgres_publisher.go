@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -30,7 +31,7 @@ type postgresPublisher struct {
 	gate  closeGate
 }
 
-// CheckName implements NameChecker.
+// CheckName implements antidote.NameChecker.
 func (p *postgresPublisher) CheckName(name string) error { return checkPostgresName(p.cfg, name) }
 
 // Publish inserts msgs into topic's table, once topic and every message are
@@ -56,7 +57,7 @@ func (p *postgresPublisher) Publish(topic string, msgs ...*message.Message) erro
 	return p.inner.Publish(topic, out...)
 }
 
-// CheckMessage implements MessageChecker.
+// CheckMessage implements antidote.MessageChecker.
 func (p *postgresPublisher) CheckMessage(topic string, msg *message.Message) error {
 	if err := checkPostgresTopic(p.cfg, topic); err != nil {
 		return err
@@ -73,14 +74,14 @@ const postgresMaxUUID = 36
 // checkPostgresMessage refuses a message (made valid UTF-8 by
 // withMetadataRule) the queue table cannot hold, or that is larger than
 // postgres.max_message_bytes allows: its payload plus its metadata as JSON
-// (what is inserted), with LetterHeadroom more for a dead letter.
+// (what is inserted), with antidote.LetterHeadroom more for a dead letter.
 func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message) error {
 	if strings.IndexByte(msg.UUID, 0) >= 0 {
 		return fmt.Errorf("%s: message %q to %q cannot be published: its UUID holds a NUL byte, which no PostgreSQL text column can store; use a UUID without NUL",
 			KindPostgres, shortUUID(msg.UUID), topic)
 	}
 	if n := utf8.RuneCountInString(msg.UUID); n > postgresMaxUUID {
-		err := error(&TooLargeError{Broker: KindPostgres, Topic: topic, UUID: shortUUID(msg.UUID), What: "uuid",
+		err := error(&antidote.TooLargeError{Broker: string(KindPostgres), Topic: topic, UUID: shortUUID(msg.UUID), What: "uuid",
 			Size: n, Limit: postgresMaxUUID, Setting: "the queue table's uuid column (" + PostgresUUIDColumn + ")"})
 		if n != len(msg.UUID) {
 			err = fmt.Errorf("%w (counted in characters, as %s counts)", err, PostgresUUIDColumn)
@@ -88,9 +89,9 @@ func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message
 		return err
 	}
 	limit, setting := cfg.MaxMessageBytes, "postgres.max_message_bytes"
-	if IsLetter(msg.Context()) {
-		limit += LetterHeadroom
-		setting += fmt.Sprintf(", plus %d bytes for a dead letter", LetterHeadroom)
+	if antidote.IsLetter(msg.Context()) {
+		limit += antidote.LetterHeadroom
+		setting += fmt.Sprintf(", plus %d bytes for a dead letter", antidote.LetterHeadroom)
 	}
 	// watermill-sql marshals the metadata itself: marshal it here too only
 	// when the cheap upper bound (every byte escaped as \u00XX) could be over.
@@ -102,7 +103,7 @@ func checkPostgresMessage(cfg PostgresConfig, topic string, msg *message.Message
 		return fmt.Errorf("%s: message %q to %q: metadata: %w", KindPostgres, msg.UUID, topic, err)
 	}
 	if size := len(msg.Payload) + len(meta); size > limit {
-		return &TooLargeError{Broker: KindPostgres, Topic: topic, UUID: msg.UUID, What: "message",
+		return &antidote.TooLargeError{Broker: string(KindPostgres), Topic: topic, UUID: msg.UUID, What: "message",
 			Size: size, Limit: limit, Setting: setting}
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -33,9 +34,9 @@ func pgTopicOfLen(t *testing.T, n int) string {
 // poison message reaches that DLQ through the router.
 func TestPostgresTopicAtTheLimit(t *testing.T) {
 	b := pgOpen(t, nil)
-	limit := 63 - len(b.Config.Postgres.TablePrefix) - len(adapters.DeadLetterSuffix)
+	limit := 63 - len(b.Config.Postgres.TablePrefix) - len(antidote.DeadLetterSuffix)
 	topic := pgTopicOfLen(t, limit)
-	dlqTopic := middleware.DefaultDLQTopic(topic)
+	dlqTopic := antidote.DLQTopic(topic)
 	conn := pgConn(t, b, topic, dlqTopic)
 	if len(b.Config.Postgres.TablePrefix+dlqTopic) != 63 {
 		t.Fatalf("test setup: %q is not 63 bytes", b.Config.Postgres.TablePrefix+dlqTopic)
@@ -98,14 +99,14 @@ func TestPostgresTopicAtTheLimit(t *testing.T) {
 // before anything is created, with an error naming the 63-byte limit.
 func TestPostgresTopicOverTheLimitRefused(t *testing.T) {
 	b := pgOpen(t, nil)
-	limit := 63 - len(b.Config.Postgres.TablePrefix) - len(adapters.DeadLetterSuffix)
+	limit := 63 - len(b.Config.Postgres.TablePrefix) - len(antidote.DeadLetterSuffix)
 	for _, n := range []int{limit + 1, 48, 63 - len(b.Config.Postgres.TablePrefix) + 1, 100} {
 		topic := pgTopicOfLen(t, n)
-		conn := pgConn(t, b, topic, topic+adapters.DeadLetterSuffix)
+		conn := pgConn(t, b, topic, topic+antidote.DeadLetterSuffix)
 		check := func(what string, err error) {
 			t.Helper()
-			var te *adapters.TopicError
-			if !errors.Is(err, adapters.ErrInvalidTopic) || !errors.As(err, &te) {
+			var te *antidote.TopicError
+			if !errors.Is(err, antidote.ErrInvalidTopic) || !errors.As(err, &te) {
 				t.Fatalf("%d bytes, %s: %v; want a *TopicError", n, what, err)
 			}
 			if !strings.Contains(err.Error(), "63") || !strings.Contains(err.Error(), strconv.Itoa(limit)) || te.Topic != topic {
@@ -117,7 +118,7 @@ func TestPostgresTopicOverTheLimitRefused(t *testing.T) {
 		_, err := b.Subscriber.Subscribe(context.Background(), topic)
 		check("Subscribe", err)
 		check("SubscribeInitialize", b.Subscriber.(message.SubscribeInitializer).SubscribeInitialize(topic))
-		if pgTableExists(t, conn, b, topic) || pgTableExists(t, conn, b, topic+adapters.DeadLetterSuffix) {
+		if pgTableExists(t, conn, b, topic) || pgTableExists(t, conn, b, topic+antidote.DeadLetterSuffix) {
 			t.Fatalf("%d bytes: a table was created for a refused topic", n)
 		}
 	}
@@ -130,11 +131,11 @@ func TestPostgresCheckTopic(t *testing.T) {
 	limit := 63 - 2 - 4
 	at := strings.Repeat("a", limit)
 	for name, v := range map[string]any{"publisher": b.Publisher, "subscriber": b.Subscriber} {
-		if _, ok := v.(adapters.NameChecker); !ok {
+		if _, ok := v.(antidote.NameChecker); !ok {
 			t.Fatalf("the %s is not a NameChecker", name)
 		}
 	}
-	sc, ok := b.Scheduler().(adapters.StageChecker)
+	sc, ok := b.Scheduler().(antidote.StageChecker)
 	if !ok {
 		t.Fatal("the scheduler is not a StageChecker")
 	}
@@ -169,8 +170,8 @@ func TestPostgresCheckTopic(t *testing.T) {
 				}
 				continue
 			}
-			if !errors.Is(err, adapters.ErrInvalidTopic) || !strings.Contains(err.Error(), tc.errHas) {
-				t.Errorf("%s.CheckTopic(%q): %v; want ErrInvalidTopic naming %q", name, tc.topic, err, tc.errHas)
+			if !errors.Is(err, antidote.ErrInvalidTopic) || !strings.Contains(err.Error(), tc.errHas) {
+				t.Errorf("%s.CheckTopic(%q): %v; want antidote.ErrInvalidTopic naming %q", name, tc.topic, err, tc.errHas)
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/internal/testenv"
 )
 
@@ -48,7 +49,7 @@ func TestPubSubMemory(t *testing.T) {
 
 var (
 	sharedKafkaOnce sync.Once
-	sharedKafka     *adapters.EmbeddedKafka
+	sharedKafka     *devkafka.Broker
 	sharedKafkaErr  error
 )
 
@@ -56,7 +57,7 @@ var (
 // pairs share one embedded broker, as separate processes would.
 func embeddedKafka(t *testing.T) []string {
 	sharedKafkaOnce.Do(func() {
-		sharedKafka, sharedKafkaErr = adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 4})
+		sharedKafka, sharedKafkaErr = devkafka.Start(devkafka.Config{Partitions: 4})
 	})
 	if sharedKafkaErr != nil {
 		t.Fatalf("embedded kafka: %v", sharedKafkaErr)

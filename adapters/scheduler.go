@@ -9,24 +9,8 @@ import (
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
-)
-
-// Scheduler publishes a message so that the consumers of a topic get it no
-// earlier than a delay from now, each broker by its natural means. It is
-// how non-blocking retries (middleware.DelayedRetry) move a failing message
-// out of the way: the original is acked and the queue keeps flowing; order
-// per key is given up for that message.
-type Scheduler interface {
-	Schedule(ctx context.Context, topic string, msg *message.Message, after time.Duration) error
-}
-
-// Metadata keys of a scheduled message.
-const (
-	// MetadataRetryDue is when a scheduled message is due (RFC 3339, UTC).
-	MetadataRetryDue = "antidote.retry_due"
-	// MetadataRetryTopic is the topic a Kafka retry-topic relay forwards to.
-	MetadataRetryTopic = "antidote.retry_topic"
 )
 
 // Scheduler returns the broker's scheduler:
@@ -43,14 +27,14 @@ const (
 //     and forwards it to the topic. Each retry topic holds one delay, so its
 //     messages come due in order; a relay waits in its own partition only.
 //   - memory: a timer in the process (not durable, for tests and demos).
-func (b *Broker) Scheduler() Scheduler {
+func (b *Broker) Scheduler() antidote.Scheduler {
 	switch b.Kind {
 	case KindPostgres:
 		return postgresScheduler{pub: b.Publisher}
 	case KindAMQP:
 		return &amqpScheduler{b: b}
 	case KindKafka:
-		return kafkaScheduler{pub: b.Publisher}
+		return kafkaScheduler{pub: b.Publisher, sub: b.Subscriber}
 	default:
 		return &memoryScheduler{pub: b.Publisher, b: b}
 	}
@@ -68,7 +52,7 @@ func AMQPDelayQueue(topic string, after time.Duration) string {
 
 func stampDue(msg *message.Message, after time.Duration) time.Time {
 	due := time.Now().Add(after).UTC()
-	msg.Metadata.Set(MetadataRetryDue, due.Format(time.RFC3339Nano))
+	msg.Metadata.Set(antidote.MetadataRetryDue, due.Format(time.RFC3339Nano))
 	return due
 }
 
@@ -80,10 +64,10 @@ type postgresScheduler struct{ pub message.Publisher }
 // still RFC 3339, so Watermill's own readers parse it.
 const PostgresDueLayout = "2006-01-02T15:04:05.000000000Z"
 
-// CheckStages implements StageChecker: the scheduler writes into topic's
+// CheckStages implements antidote.StageChecker: the scheduler writes into topic's
 // own table, so it allows what the broker's publisher allows.
 func (s postgresScheduler) CheckStages(topic string, _ []time.Duration) error {
-	if c, ok := s.pub.(NameChecker); ok {
+	if c, ok := s.pub.(antidote.NameChecker); ok {
 		return checkTopic(c.CheckName, topic)
 	}
 	return nil
@@ -135,11 +119,20 @@ const postgresDuePattern = `(\\*)"` + delay.DelayedUntilKey + `"\s*:\s*"` +
 	`(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60))` +
 	`(?:\.(\d{1,9}))?(Z|[+-](?:0\d|1[0-5]):[0-5]\d)"`
 
-type kafkaScheduler struct{ pub message.Publisher }
+type kafkaScheduler struct {
+	pub message.Publisher
+	sub message.Subscriber
+}
+
+// Relays implements antidote.Relayer: Kafka cannot hold a message back, so
+// each delay is a retry topic whose relay forwards messages once due.
+func (s kafkaScheduler) Relays() (antidote.Relays, bool) {
+	return antidote.Relays{Subscriber: s.sub, Publisher: s.pub, Topic: KafkaRetryTopic}, true
+}
 
 func (s kafkaScheduler) Schedule(_ context.Context, topic string, msg *message.Message, after time.Duration) error {
 	stampDue(msg, after)
-	msg.Metadata.Set(MetadataRetryTopic, topic)
+	msg.Metadata.Set(antidote.MetadataRetryTopic, topic)
 	return s.pub.Publish(KafkaRetryTopic(topic, after), msg)
 }
 
@@ -155,7 +148,7 @@ func (s *amqpScheduler) publisher() (*amqpPublisher, error) {
 	return p, nil
 }
 
-// CheckStages implements StageChecker: the delay queue
+// CheckStages implements antidote.StageChecker: the delay queue
 // "<queue>.delay.<delay>" of each stage must be a name RabbitMQ can declare.
 func (s *amqpScheduler) CheckStages(topic string, stages []time.Duration) error {
 	p, err := s.publisher()
@@ -203,13 +196,4 @@ func (s *memoryScheduler) Schedule(_ context.Context, topic string, msg *message
 	stampDue(msg, after)
 	time.AfterFunc(after, func() { _ = s.pub.Publish(topic, msg) })
 	return nil
-}
-
-// DueAt reads MetadataRetryDue; zero when absent or malformed.
-func DueAt(msg *message.Message) time.Time {
-	t, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(MetadataRetryDue))
-	if err != nil {
-		return time.Time{}
-	}
-	return t
 }

@@ -12,29 +12,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// MetadataUndecodable is set on a message whose broker record could not be
-// decoded; its value says why. The payload holds the raw bytes. The crash-loop
-// and dead-letter middleware send such a message to the DLQ with reason
-// "undecodable" without running the handler.
-//
-// Without this, each adapter turns one bad record into a blocked queue:
-// watermill-amqp nacks and requeues it forever (a hot loop), watermill-sql
-// fails the whole query and retries the same row forever, and watermill-kafka
-// stops the partition's consumer and rejoins at the same offset.
-const MetadataUndecodable = "antidote.undecodable"
-
-// MetadataRawMetadata keeps the record's metadata as received, when it could
-// not be decoded into string pairs.
-const MetadataRawMetadata = "antidote.raw_metadata"
-
-// IsUndecodable reports whether msg came from a record that failed to decode.
-func IsUndecodable(msg *message.Message) bool { return msg.Metadata.Get(MetadataUndecodable) != "" }
-
 // TolerantKafkaUnmarshaler never fails: when Inner fails, the record becomes a
-// message with its raw value and MetadataUndecodable set. A record without a
+// message with its raw value and antidote.MetadataUndecodable set. A record without a
 // Watermill UUID header (from a non-Watermill producer) gets a stable UUID
 // made of topic, partition and offset.
 type TolerantKafkaUnmarshaler struct {
@@ -53,7 +36,7 @@ func (t TolerantKafkaUnmarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*messa
 				msg.UUID = string(h.Value)
 			}
 		}
-		msg.Metadata.Set(MetadataUndecodable, fmt.Sprintf("kafka record %s/%d/%d: %v", rec.Topic, rec.Partition, rec.Offset, err))
+		msg.Metadata.Set(antidote.MetadataUndecodable, fmt.Sprintf("kafka record %s/%d/%d: %v", rec.Topic, rec.Partition, rec.Offset, err))
 	}
 	if msg.UUID == "" {
 		msg.UUID = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)
@@ -74,7 +57,7 @@ type tolerantKafkaMarshaler struct {
 // redelivery, x-death (a list of tables) on dead-lettered messages. Here
 // scalars become their decimal or text form and tables and lists become JSON,
 // so the message is handled as usual. If Inner fails for any other reason the
-// message carries MetadataUndecodable.
+// message carries antidote.MetadataUndecodable.
 type TolerantAMQPMarshaler struct {
 	Inner wamqp.Marshaler
 }
@@ -126,7 +109,7 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 			msg.Metadata.Set(k, s)
 		}
 	}
-	msg.Metadata.Set(MetadataUndecodable, "amqp delivery: "+err.Error())
+	msg.Metadata.Set(antidote.MetadataUndecodable, "amqp delivery: "+err.Error())
 	applyMetadataRule(msg)
 	return msg, nil
 }
@@ -161,8 +144,8 @@ func headerString(v any) string {
 // written by another producer with {"attempt": 1} or [] fails the whole
 // query, and the subscriber retries that same row forever: the queue is
 // blocked. Here scalar values become strings, and a row whose metadata still
-// cannot be read becomes a message with its raw payload, MetadataUndecodable
-// and MetadataRawMetadata.
+// cannot be read becomes a message with its raw payload, antidote.MetadataUndecodable
+// and antidote.MetadataRawMetadata.
 type TolerantPostgresQueueSchema struct {
 	wsql.PostgreSQLQueueSchema
 }
@@ -176,8 +159,8 @@ func (s TolerantPostgresQueueSchema) UnmarshalMessage(params wsql.UnmarshalMessa
 	msg := message.NewMessage(string(r.UUID), r.Payload)
 	if len(r.Metadata) > 0 {
 		if md, err := tolerantMetadata(r.Metadata); err != nil {
-			msg.Metadata.Set(MetadataUndecodable, fmt.Sprintf("postgres row %d: metadata is not a JSON object: %v", r.Offset, err))
-			msg.Metadata.Set(MetadataRawMetadata, string(r.Metadata))
+			msg.Metadata.Set(antidote.MetadataUndecodable, fmt.Sprintf("postgres row %d: metadata is not a JSON object: %v", r.Offset, err))
+			msg.Metadata.Set(antidote.MetadataRawMetadata, string(r.Metadata))
 		} else {
 			msg.Metadata = md
 		}

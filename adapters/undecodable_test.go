@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testenv"
 )
@@ -89,7 +90,7 @@ func TestAMQPNonStringHeadersDoNotPoison(t *testing.T) {
 	if m.UUID != "foreign" || m.Metadata.Get("attempt") != "3" || !strings.Contains(m.Metadata.Get("x-death"), `"count":1`) {
 		t.Fatalf("foreign message decoded as %s %v", m.UUID, m.Metadata)
 	}
-	if adapters.IsUndecodable(m) {
+	if antidote.IsUndecodable(m) {
 		t.Fatalf("non-string headers marked undecodable: %v", m.Metadata)
 	}
 }
@@ -165,10 +166,10 @@ func TestPostgresForeignRowsDoNotBlockTheQueue(t *testing.T) {
 	for _, m := range msgs {
 		got[m.UUID] = m
 	}
-	if m := got["numbers"]; m == nil || m.Metadata.Get("attempt") != "1" || m.Metadata.Get("ok") != "true" || adapters.IsUndecodable(m) {
+	if m := got["numbers"]; m == nil || m.Metadata.Get("attempt") != "1" || m.Metadata.Get("ok") != "true" || antidote.IsUndecodable(m) {
 		t.Fatalf("numbers row: %+v", m)
 	}
-	if m := got["array"]; m == nil || !adapters.IsUndecodable(m) || m.Metadata.Get(adapters.MetadataRawMetadata) != "[1, 2, 3]" && m.Metadata.Get(adapters.MetadataRawMetadata) != "[1,2,3]" || string(m.Payload) != "raw array" {
+	if m := got["array"]; m == nil || !antidote.IsUndecodable(m) || m.Metadata.Get(antidote.MetadataRawMetadata) != "[1, 2, 3]" && m.Metadata.Get(antidote.MetadataRawMetadata) != "[1,2,3]" || string(m.Payload) != "raw array" {
 		t.Fatalf("array row: %+v", m)
 	}
 	if m := got["last"]; m == nil || m.Metadata.Get("k") != "v" {
@@ -233,11 +234,11 @@ func TestKafkaUndecodableRecordsDoNotBlockThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	msgs := receive(t, b, topic, 3)
-	if msgs[0].UUID != "bad" || !adapters.IsUndecodable(msgs[0]) || string(msgs[0].Payload) != "raw bytes" ||
-		!strings.Contains(msgs[0].Metadata.Get(adapters.MetadataUndecodable), errRejected.Error()) {
+	if msgs[0].UUID != "bad" || !antidote.IsUndecodable(msgs[0]) || string(msgs[0].Payload) != "raw bytes" ||
+		!strings.Contains(msgs[0].Metadata.Get(antidote.MetadataUndecodable), errRejected.Error()) {
 		t.Fatalf("rejected record: %s %q %v", msgs[0].UUID, msgs[0].Payload, msgs[0].Metadata)
 	}
-	if msgs[1].UUID != "good" || adapters.IsUndecodable(msgs[1]) {
+	if msgs[1].UUID != "good" || antidote.IsUndecodable(msgs[1]) {
 		t.Fatalf("record after the bad one: %s %v", msgs[1].UUID, msgs[1].Metadata)
 	}
 	if !strings.HasPrefix(msgs[2].UUID, "kafka:"+topic+"/") || string(msgs[2].Payload) != "foreign" {

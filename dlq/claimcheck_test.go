@@ -10,10 +10,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/dlq"
-	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -44,7 +44,7 @@ func TestHospitalReadsClaimChecks(t *testing.T) {
 			if err := cc.Put(ctx, key, data); err != nil {
 				t.Fatal(err)
 			}
-			if err := b.Publisher.Publish(middleware.DefaultDLQTopic(topic), claimed); err != nil {
+			if err := b.Publisher.Publish(antidote.DLQTopic(topic), claimed); err != nil {
 				t.Fatal(err)
 			}
 

@@ -21,8 +21,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"golang.org/x/time/rate"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
-	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -32,7 +32,7 @@ type Config struct {
 	// not supported (its dead letters live in another process).
 	Adapters adapters.Config
 	// DLQTopic maps an original topic to its DLQ topic. Default
-	// middleware.DefaultDLQTopic ("<topic>.dlq"), as DeadLetter uses.
+	// antidote.DLQTopic ("<topic>.dlq"), as DeadLetter uses.
 	DLQTopic func(topic string) string
 	// AllowReplayTo lists the topics a replay may send to other than each
 	// letter's original topic. Default none: a typo cannot route letters
@@ -67,7 +67,7 @@ type Config struct {
 func (c *Config) setDefaults() {
 	c.Adapters.SetDefaults()
 	if c.DLQTopic == nil {
-		c.DLQTopic = middleware.DefaultDLQTopic
+		c.DLQTopic = antidote.DLQTopic
 	}
 	if c.ReplayRate == 0 {
 		c.ReplayRate = 100

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
@@ -28,7 +29,7 @@ func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 	case adapters.KindPostgres:
 		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond}}
 	default:
-		k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 2})
+		k, err := devkafka.Start(devkafka.Config{Partitions: 2})
 		if err != nil {
 			t.Fatal(err)
 		}

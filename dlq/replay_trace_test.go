@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -28,7 +29,7 @@ func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an in-process Kafka broker")
 	}
-	k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 1})
+	k, err := devkafka.Start(devkafka.Config{Partitions: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

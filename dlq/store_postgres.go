@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 )
 
@@ -65,7 +66,7 @@ func (s *postgresStore) visit(ctx context.Context, dlqTopic string, fn func(*mes
 		if len(r.metadata) > 0 {
 			var md map[string]string
 			if err := json.Unmarshal(r.metadata, &md); err != nil {
-				m.Metadata.Set(adapters.MetadataRawMetadata, string(r.metadata))
+				m.Metadata.Set(antidote.MetadataRawMetadata, string(r.metadata))
 			} else {
 				m.Metadata = md
 			}

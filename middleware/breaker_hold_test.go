@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -428,15 +429,15 @@ func TestBreakerHeldSpanEvent(t *testing.T) {
 		}
 	}
 	require.Len(t, held, 3, "one event per held delivery, none on the processed one")
-	since := held[0][middleware.AttrHeldSince].AsString()
+	since := held[0][antidote.AttrHeldSince].AsString()
 	for i, a := range held {
-		assert.Equal(t, int64(i+1), a[middleware.AttrHold].AsInt64())
-		assert.Equal(t, since, a[middleware.AttrHeldSince].AsString(), "held since the first hold")
-		s, err := time.Parse(time.RFC3339Nano, a[middleware.AttrHeldSince].AsString())
+		assert.Equal(t, int64(i+1), a[antidote.AttrHold].AsInt64())
+		assert.Equal(t, since, a[antidote.AttrHeldSince].AsString(), "held since the first hold")
+		s, err := time.Parse(time.RFC3339Nano, a[antidote.AttrHeldSince].AsString())
 		require.NoError(t, err)
-		d, err := time.Parse(time.RFC3339Nano, a[middleware.AttrDecideBy].AsString())
+		d, err := time.Parse(time.RFC3339Nano, a[antidote.AttrDecideBy].AsString())
 		require.NoError(t, err)
 		assert.Equal(t, time.Hour, d.Sub(s))
-		assert.Equal(t, "waiting for other messages to succeed", a[middleware.AttrHoldReason].AsString())
+		assert.Equal(t, "waiting for other messages to succeed", a[antidote.AttrHoldReason].AsString())
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -23,15 +23,12 @@ const DefaultPublishTimeout = 10 * time.Second
 // pill straight back to the consumer that just gave up on it.
 var ErrDeadLetterLoop = errors.New("antidote: dead-letter topic equals the source topic")
 
-// DefaultDLQTopic names the DLQ of a topic: source + ".dlq".
-func DefaultDLQTopic(source string) string { return source + ".dlq" }
-
 // DeadLetterConfig configures DeadLetter.
 type DeadLetterConfig struct {
 	// Publisher publishes the letters. Required. Usually the publisher of
 	// the same broker the messages come from.
 	Publisher message.Publisher
-	// Topic maps a source topic to its DLQ topic. Default DefaultDLQTopic.
+	// Topic maps a source topic to its DLQ topic. Default antidote.DLQTopic.
 	// One DLQ per source topic keeps letters replayable to where they came
 	// from without parsing metadata first.
 	Topic func(sourceTopic string) string
@@ -95,7 +92,7 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 		cfg.FailedPublishPause = time.Second
 	}
 	if cfg.Topic == nil {
-		cfg.Topic = DefaultDLQTopic
+		cfg.Topic = antidote.DLQTopic
 	}
 	if cfg.Classifier == nil {
 		cfg.Classifier = poison.DefaultClassifier()
@@ -110,7 +107,7 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 }
 
 // Middleware returns the dead-lettering handler. A message whose broker
-// record could not be decoded (adapters.IsUndecodable) is dead-lettered with
+// record could not be decoded (antidote.IsUndecodable) is dead-lettered with
 // reason "undecodable" without running h. When h fails:
 //
 //   - if the message context is done and the error is a context error (the
@@ -130,7 +127,7 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 // when no Retry ran: the one attempt there was is used up).
 func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		if adapters.IsUndecodable(msg) {
+		if antidote.IsUndecodable(msg) {
 			return nil, d.settleUndecodable(msg)
 		}
 		produced, err := h(msg)
@@ -143,7 +140,7 @@ func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 
 // settleUndecodable dead-letters a message the subscriber could not decode.
 func (d *DeadLetter) settleUndecodable(msg *message.Message) error {
-	return d.settle(msg, poison.Failure{Reason: poison.ReasonUndecodable, Err: &poison.UndecodableError{Detail: msg.Metadata.Get(adapters.MetadataUndecodable)}, Attempts: 1})
+	return d.settle(msg, poison.Failure{Reason: poison.ReasonUndecodable, Err: &poison.UndecodableError{Detail: msg.Metadata.Get(antidote.MetadataUndecodable)}, Attempts: 1})
 }
 
 // settleFailed returns err as it is for a shutdown or a deferred message,
@@ -268,7 +265,7 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	// (telemetry.NewPublisher) makes the DLQ publish a child of it, and
 	// point the letter's traceparent there. WithLetter lets the adapter
 	// give the envelope room over its ordinary size limit.
-	ctx = adapters.WithLetter(withTraceOf(ctx, msg.Context()))
+	ctx = antidote.WithLetter(withTraceOf(ctx, msg.Context()))
 	stampTraceparent(ctx, letter.Metadata)
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.PublishTimeout)
 	defer cancel()
@@ -276,7 +273,7 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	// deadline; for the others publish enforces it.
 	letter.SetContext(ctx)
 	err := d.publish(ctx, topic, letter)
-	if errors.Is(err, adapters.ErrMessageTooLarge) {
+	if errors.Is(err, antidote.ErrMessageTooLarge) {
 		letter, err = d.publishTooLarge(ctx, topic, letter, err)
 	}
 	if err != nil {
@@ -318,7 +315,7 @@ func (d *DeadLetter) publish(ctx context.Context, topic string, letter *message.
 func (d *DeadLetter) publishTooLarge(ctx context.Context, topic string, letter *message.Message, tooLarge error) (*message.Message, error) {
 	shrunk := poison.ShrinkEnvelope(letter)
 	err := d.publish(ctx, topic, shrunk)
-	if !errors.Is(err, adapters.ErrMessageTooLarge) {
+	if !errors.Is(err, antidote.ErrMessageTooLarge) {
 		return shrunk, err
 	}
 	if d.cfg.ClaimCheck == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -141,7 +142,7 @@ func startDLRig(t *testing.T, o dlRigOpts) *dlRig {
 	if o.configure != nil {
 		o.configure(r.dlqPub)
 	}
-	dlqTopic := middleware.DefaultDLQTopic(dlSourceTopic)
+	dlqTopic := antidote.DLQTopic(dlSourceTopic)
 	if o.dlqTopic != nil {
 		dlqTopic = o.dlqTopic(dlSourceTopic)
 	}
@@ -602,5 +603,5 @@ func TestNewDeadLetterValidates(t *testing.T) {
 		Publisher: gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{}), PublishTimeout: -time.Second,
 	})
 	assert.ErrorContains(t, err, "DeadLetterConfig.PublishTimeout")
-	assert.Equal(t, "orders.dlq", middleware.DefaultDLQTopic("orders"))
+	assert.Equal(t, "orders.dlq", antidote.DLQTopic("orders"))
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -41,7 +41,7 @@ func TestDeadLetterUndecodableSkipsHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := message.NewMessage("bad", []byte{0xff, 0x00, 'x'})
-	bad.Metadata.Set(adapters.MetadataUndecodable, "metadata is not a JSON object")
+	bad.Metadata.Set(antidote.MetadataUndecodable, "metadata is not a JSON object")
 	if err := ps.Publish("in", bad, message.NewMessage("good", []byte("{}"))); err != nil {
 		t.Fatal(err)
 	}

@@ -11,13 +11,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
-
-// MetadataRetryStage is the delayed-retry stage a message is in: absent on
-// first delivery, then 1, 2, ... up to len(DelayedRetryConfig.Stages).
-const MetadataRetryStage = "antidote.retry_stage"
 
 // DelayedRetryConfig configures DelayedRetry.
 type DelayedRetryConfig struct {
@@ -26,7 +22,7 @@ type DelayedRetryConfig struct {
 	Stages []time.Duration
 	// Scheduler moves a message to its next stage: adapters.Broker.Scheduler.
 	// Required.
-	Scheduler adapters.Scheduler
+	Scheduler antidote.Scheduler
 	// ScheduleTimeout bounds one schedule. Default 10s. A schedule that fails
 	// nacks the message (it stays where it was), never drops it.
 	ScheduleTimeout time.Duration
@@ -46,7 +42,7 @@ type DelayedRetryConfig struct {
 // attempts (Retry, below it) a message that still fails transiently moves to
 // a delayed retry stage and the original is acked, so one bad message does
 // not hold its partition or queue while it waits. Stage and due time travel
-// in metadata (MetadataRetryStage, adapters.MetadataRetryDue).
+// in metadata (antidote.MetadataRetryStage, antidote.MetadataRetryDue).
 //
 // The trade-off: a retried message comes back after newer ones, so per-key
 // order is given up for it. Handlers that need order keep blocking retries
@@ -84,7 +80,7 @@ func NewDelayedRetry(cfg DelayedRetryConfig) (*DelayedRetry, error) {
 
 // Stage reads the message's delayed-retry stage (0 when it has none).
 func Stage(msg *message.Message) int {
-	n, err := strconv.Atoi(msg.Metadata.Get(MetadataRetryStage))
+	n, err := strconv.Atoi(msg.Metadata.Get(antidote.MetadataRetryStage))
 	if err != nil || n < 0 {
 		return 0
 	}
@@ -117,7 +113,7 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		for k, v := range msg.Metadata {
 			next.Metadata.Set(k, v)
 		}
-		next.Metadata.Set(MetadataRetryStage, strconv.Itoa(stage+1))
+		next.Metadata.Set(antidote.MetadataRetryStage, strconv.Itoa(stage+1))
 		// Our own timeout, the message's trace: the next stage's consumer
 		// span continues this trace (through the scheduler's producer span
 		// when it is decorated with telemetry.NewScheduler).
@@ -129,7 +125,7 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		ctx, cancel := context.WithTimeout(traced, d.cfg.ScheduleTimeout)
 		defer cancel()
 		if serr := d.cfg.Scheduler.Schedule(ctx, topic, next, after); serr != nil {
-			if adapters.IsLimit(serr) {
+			if antidote.IsLimit(serr) {
 				// It can never be moved (the stage's metadata pushes it over
 				// the broker's limit, or the stage cannot exist): holding it
 				// would loop. DeadLetter takes it as it is.

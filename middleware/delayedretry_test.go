@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -27,7 +28,7 @@ func (s *recordingScheduler) Schedule(_ context.Context, topic string, msg *mess
 	if s.fail {
 		return errors.New("broker down")
 	}
-	s.calls = append(s.calls, topic+"/"+msg.Metadata.Get(middleware.MetadataRetryStage)+"/"+after.String())
+	s.calls = append(s.calls, topic+"/"+msg.Metadata.Get(antidote.MetadataRetryStage)+"/"+after.String())
 	return nil
 }
 

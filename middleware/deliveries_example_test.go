@@ -8,6 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -49,7 +50,7 @@ func ExampleNewDeliveries() {
 		}
 	}
 
-	dlq, err := pubSub.Subscribe(ctx, middleware.DefaultDLQTopic("orders"))
+	dlq, err := pubSub.Subscribe(ctx, antidote.DLQTopic("orders"))
 	if err != nil {
 		panic(err)
 	}

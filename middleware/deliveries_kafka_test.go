@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -61,7 +62,7 @@ func TestDeliveriesKafkaCrashLoop(t *testing.T) {
 	defer tracker.Close()
 	dlqPubSub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 10}, logger)
 	defer dlqPubSub.Close()
-	dlq, err := dlqPubSub.Subscribe(context.Background(), middleware.DefaultDLQTopic(topic))
+	dlq, err := dlqPubSub.Subscribe(context.Background(), antidote.DLQTopic(topic))
 	require.NoError(t, err)
 
 	var (

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -124,7 +125,7 @@ func startGuardLife(t *testing.T, o guardOpts) *guardLife {
 	guard, err := NewDeliveries(cfg)
 	require.NoError(t, err)
 
-	l.dlq, err = l.pubsub.Subscribe(context.Background(), DefaultDLQTopic(guardTopic))
+	l.dlq, err = l.pubsub.Subscribe(context.Background(), antidote.DLQTopic(guardTopic))
 	require.NoError(t, err)
 
 	l.router, err = message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, logger)

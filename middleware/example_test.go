@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -62,7 +63,7 @@ func ExampleNewDeadLetter() {
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, logger)
 	defer pubSub.Close()
 
-	dlq, err := pubSub.Subscribe(context.Background(), middleware.DefaultDLQTopic("orders"))
+	dlq, err := pubSub.Subscribe(context.Background(), antidote.DLQTopic("orders"))
 	if err != nil {
 		panic(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -143,7 +144,7 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	meter := cfg.MeterProvider.Meter(TracerName)
+	meter := cfg.MeterProvider.Meter(antidote.TracerName)
 	m := &Metrics{cfg: cfg}
 	switch cfg.MeterProvider.(type) {
 	case metricnoop.MeterProvider, *metricnoop.MeterProvider:

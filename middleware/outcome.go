@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -136,34 +137,9 @@ const (
 	// EventDuplicate is added by Metrics.RecordDuplicate.
 	EventDuplicate = "duplicate skipped"
 	// EventHeld is added by Breaker to each delivery it holds back (nacks
-	// after a backoff instead of dead-lettering), with AttrHold,
-	// AttrHeldSince, AttrDecideBy and AttrHoldReason.
+	// after a backoff instead of dead-lettering), with antidote.AttrHold,
+	// antidote.AttrHeldSince, antidote.AttrDecideBy and antidote.AttrHoldReason.
 	EventHeld = "antidote.held"
-)
-
-// Span attribute keys of Antidote's own (the messaging.* ones are OTel's).
-const (
-	AttrHandler     = attribute.Key("antidote.handler")
-	AttrOutcome     = attribute.Key("antidote.outcome")
-	AttrAttempt     = attribute.Key("antidote.attempt")
-	AttrErrorClass  = attribute.Key("antidote.error_class")
-	AttrRetryDelay  = attribute.Key("antidote.retry_delay")
-	AttrReason      = attribute.Key("antidote.reason")
-	AttrDLQTopic    = attribute.Key("antidote.dlq_topic")
-	AttrRetryStage  = attribute.Key("antidote.retry_stage")
-	AttrReplayCount = attribute.Key("antidote.replay_count")
-	AttrLinkType    = attribute.Key("antidote.link")
-	// AttrHold is which hold of the message this is (1 for the first); 0
-	// for a message without a UUID, whose holds are not tracked (it then
-	// has no AttrHeldSince nor AttrDecideBy).
-	AttrHold = attribute.Key("antidote.hold")
-	// AttrHeldSince is the message's first hold (RFC 3339, UTC).
-	AttrHeldSince = attribute.Key("antidote.held_since")
-	// AttrDecideBy is AttrHeldSince + MaxHoldTime: a transient failure
-	// after it sends the message to the DLQ (RFC 3339, UTC).
-	AttrDecideBy = attribute.Key("antidote.decide_by")
-	// AttrHoldReason says why the breaker holds the message.
-	AttrHoldReason = attribute.Key("antidote.hold_reason")
 )
 
 // Exception attribute keys, as the OTel exception semantic conventions name
@@ -205,7 +181,7 @@ func noteAttemptFailed(ctx context.Context, attempt int, err error, class poison
 	if !span.IsRecording() {
 		return // no allocation when tracing is off
 	}
-	attrs := append(errorAttrs(err), AttrAttempt.Int(attempt), AttrErrorClass.String(class.String()))
+	attrs := append(errorAttrs(err), antidote.AttrAttempt.Int(attempt), antidote.AttrErrorClass.String(class.String()))
 	span.AddEvent(EventAttemptFailed, trace.WithAttributes(attrs...))
 }
 
@@ -220,7 +196,7 @@ func noteRetry(ctx context.Context, next int, delay time.Duration) {
 		}
 	}
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
-		span.AddEvent(EventRetry, trace.WithAttributes(AttrAttempt.Int(next), AttrRetryDelay.String(delay.String())))
+		span.AddEvent(EventRetry, trace.WithAttributes(antidote.AttrAttempt.Int(next), antidote.AttrRetryDelay.String(delay.String())))
 	}
 }
 
@@ -231,7 +207,7 @@ func noteDeadLettered(ctx context.Context, reason poison.Reason, dlqTopic string
 		st.set(OutcomeDeadLettered, reason)
 	}
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
-		attrs := []attribute.KeyValue{AttrReason.String(string(reason)), AttrDLQTopic.String(dlqTopic)}
+		attrs := []attribute.KeyValue{antidote.AttrReason.String(string(reason)), antidote.AttrDLQTopic.String(dlqTopic)}
 		if err != nil {
 			attrs = append(attrs, errorAttrs(err)...)
 		}
@@ -245,7 +221,7 @@ func noteRetryScheduled(ctx context.Context, stage int, after time.Duration, err
 		st.set(OutcomeRetryScheduled, "")
 	}
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
-		attrs := append(errorAttrs(err), AttrRetryStage.Int(stage), AttrRetryDelay.String(after.String()))
+		attrs := append(errorAttrs(err), antidote.AttrRetryStage.Int(stage), antidote.AttrRetryDelay.String(after.String()))
 		span.AddEvent(EventRetryScheduled, trace.WithAttributes(attrs...))
 	}
 }
@@ -257,9 +233,9 @@ func noteHeld(ctx context.Context, since time.Time, hold int, decideBy time.Time
 	if !span.IsRecording() {
 		return
 	}
-	attrs := []attribute.KeyValue{AttrHold.Int(hold), AttrHoldReason.String(traceText(why))}
+	attrs := []attribute.KeyValue{antidote.AttrHold.Int(hold), antidote.AttrHoldReason.String(traceText(why))}
 	if hold > 0 {
-		attrs = append(attrs, AttrHeldSince.String(logTime(since)), AttrDecideBy.String(logTime(decideBy)))
+		attrs = append(attrs, antidote.AttrHeldSince.String(logTime(since)), antidote.AttrDecideBy.String(logTime(decideBy)))
 	}
 	span.AddEvent(EventHeld, trace.WithAttributes(attrs...))
 }
@@ -291,23 +267,8 @@ func withTraceOf(ctx, from context.Context) context.Context {
 // Without a span (no Tracing) the copy keeps the original's traceparent.
 func stampTraceparent(ctx context.Context, md message.Metadata) {
 	if trace.SpanContextFromContext(ctx).IsValid() {
-		propagation.TraceContext{}.Inject(ctx, metadataCarrier(md))
+		propagation.TraceContext{}.Inject(ctx, antidote.MetadataCarrier(md))
 	}
-}
-
-// metadataCarrier adapts message.Metadata to propagation.TextMapCarrier
-// (telemetry.MetadataCarrier is the exported twin; middleware does not
-// import telemetry, which brings the OTel SDK).
-type metadataCarrier message.Metadata
-
-func (c metadataCarrier) Get(key string) string { return c[key] }
-func (c metadataCarrier) Set(key, value string) { c[key] = value }
-func (c metadataCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
 }
 
 // metadataInt reads a non-negative decimal metadata value (0 when absent).

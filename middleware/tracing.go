@@ -14,11 +14,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
-
-// TracerName is the instrumentation scope of Antidote's spans.
-const TracerName = "github.com/antidote-mq/antidote"
 
 // TracingConfig configures Tracing. The zero value is usable.
 type TracingConfig struct {
@@ -106,7 +104,7 @@ func NewTracing(cfg TracingConfig) (*Tracing, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Tracing{cfg: cfg, tracer: cfg.TracerProvider.Tracer(TracerName)}
+	t := &Tracing{cfg: cfg, tracer: cfg.TracerProvider.Tracer(antidote.TracerName)}
 	switch t.tracer.(type) {
 	case tracenoop.Tracer, *tracenoop.Tracer:
 		t.noop = true
@@ -117,7 +115,7 @@ func NewTracing(cfg TracingConfig) (*Tracing, error) {
 // Middleware returns the tracing handler.
 func (t *Tracing) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) (produced []*message.Message, err error) {
-		parent := t.cfg.Propagator.Extract(msg.Context(), metadataCarrier(msg.Metadata))
+		parent := t.cfg.Propagator.Extract(msg.Context(), antidote.MetadataCarrier(msg.Metadata))
 		if t.noop {
 			// Pass the (remote) span context down, so letters and retry
 			// stages keep the producer's trace.
@@ -145,7 +143,7 @@ func (t *Tracing) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // tracing is off).
 func (t *Tracing) traced(msg *message.Message, h message.HandlerFunc, ctx context.Context, span trace.Span) (produced []*message.Message, err error) {
 	span.SetAttributes(t.attributes(msg, poison.OriginOf(msg))...)
-	if link, ok := OriginalTraceLink(msg.Metadata); ok {
+	if link, ok := antidote.OriginalTraceLink(msg.Metadata); ok {
 		span.AddLink(link)
 	}
 	st, ctx := joinDelivery(ctx)
@@ -163,7 +161,7 @@ func (t *Tracing) traced(msg *message.Message, h message.HandlerFunc, ctx contex
 	produced, err = h(msg)
 
 	outcome, _ := st.final(err)
-	span.SetAttributes(AttrOutcome.String(string(outcome)))
+	span.SetAttributes(antidote.AttrOutcome.String(string(outcome)))
 	switch outcome {
 	case OutcomeFailed, OutcomeDeferred:
 		span.RecordError(err)
@@ -214,31 +212,13 @@ func (t *Tracing) attributes(msg *message.Message, o poison.Origin) []attribute.
 		)
 	}
 	if o.Handler != "" {
-		attrs = append(attrs, AttrHandler.String(o.Handler))
+		attrs = append(attrs, antidote.AttrHandler.String(o.Handler))
 	}
-	if n := metadataInt(msg.Metadata, MetadataRetryStage); n > 0 {
-		attrs = append(attrs, AttrRetryStage.Int(n))
+	if n := metadataInt(msg.Metadata, antidote.MetadataRetryStage); n > 0 {
+		attrs = append(attrs, antidote.AttrRetryStage.Int(n))
 	}
 	if n := metadataInt(msg.Metadata, poison.KeyReplayCount); n > 0 {
-		attrs = append(attrs, AttrReplayCount.Int(n))
+		attrs = append(attrs, antidote.AttrReplayCount.Int(n))
 	}
 	return attrs
-}
-
-// OriginalTraceLink returns a span link to the trace a replayed message was
-// dead-lettered in (poison.KeyOriginalTraceparent), with attribute
-// antidote.link=original. ok is false when the key is absent or malformed.
-// Tracing adds it to the consumer span; telemetry.NewPublisher to the
-// replay's producer span.
-func OriginalTraceLink(md message.Metadata) (trace.Link, bool) {
-	tp := md[poison.KeyOriginalTraceparent]
-	if tp == "" {
-		return trace.Link{}, false
-	}
-	carrier := propagation.MapCarrier{poison.KeyTraceparent: tp}
-	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), carrier))
-	if !sc.IsValid() {
-		return trace.Link{}, false
-	}
-	return trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{AttrLinkType.String("original")}}, true
 }

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -134,7 +135,7 @@ func eventAttrs(e sdktrace.Event) map[attribute.Key]attribute.Value {
 
 // traceparentOf reads the span context a message's metadata points at.
 func traceparentOf(md message.Metadata) trace.SpanContext {
-	return trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), telemetry.MetadataCarrier(md)))
+	return trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), antidote.MetadataCarrier(md)))
 }
 
 func TestTracingSuccessIsOneTraceFromProducerToConsumer(t *testing.T) {
@@ -462,7 +463,7 @@ func TestTracingKafkaPartitionAndOffset(t *testing.T) {
 	b, err := adapters.Open(context.Background(), cfg, watermill.NopLogger{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close() })
-	pub, err := telemetry.NewPublisher(b.Publisher, telemetry.PublisherConfig{TracerProvider: r.tp, System: telemetry.MessagingSystem(b.Kind)})
+	pub, err := telemetry.NewPublisher(b.Publisher, telemetry.PublisherConfig{TracerProvider: r.tp, System: b.Kind.MessagingSystem()})
 	require.NoError(t, err)
 	tracing, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: r.tp, ConsumerGroup: "billing"})
 	require.NoError(t, err)

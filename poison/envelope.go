@@ -9,8 +9,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 )
 
 // Metadata keys of the DLQ envelope. The set is a superset of what Spring
@@ -51,7 +51,7 @@ const (
 	// KeyReplayCount is how many times the message was replayed (decimal).
 	KeyReplayCount = "antidote.replay_count"
 	// KeyTraceparent is the W3C trace context of the original message.
-	KeyTraceparent = "traceparent"
+	KeyTraceparent = antidote.MetadataTraceparent
 )
 
 // Size limits for free-text envelope values. Broker headers are not meant
@@ -91,8 +91,8 @@ type Origin struct {
 }
 
 // OriginOf reads the origin from msg.Context(): topic and handler as set by
-// message.Router, partition and offset as set by the watermill-kafka
-// subscriber. ConsumerGroup is not in the context; callers fill it in from
+// message.Router, partition and offset as the Kafka adapter sets them
+// (antidote.WithPosition). ConsumerGroup is not in the context; callers fill it in from
 // configuration. Outside a router Topic and Handler are empty.
 func OriginOf(msg *message.Message) Origin {
 	ctx := msg.Context()
@@ -100,9 +100,7 @@ func OriginOf(msg *message.Message) Origin {
 		Topic:   message.SubscribeTopicFromCtx(ctx),
 		Handler: message.HandlerNameFromCtx(ctx),
 	}
-	partition, okPartition := kafka.MessagePartitionFromCtx(ctx)
-	offset, okOffset := kafka.MessagePartitionOffsetFromCtx(ctx)
-	if okPartition && okOffset {
+	if partition, offset, ok := antidote.PositionFromCtx(ctx); ok {
 		o.Partition, o.Offset, o.HasOffset = partition, offset, true
 	}
 	return o

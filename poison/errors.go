@@ -18,8 +18,6 @@ import (
 	"os"
 	"runtime/debug"
 	"syscall"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Class says whether retrying a failed message can help.
@@ -263,8 +261,10 @@ func Chain(cs ...Classifier) Classifier {
 //  3. Transient: errors about the environment — context.DeadlineExceeded,
 //     os.ErrDeadlineExceeded, any net.Error, io.ErrUnexpectedEOF, the
 //     syscall errors ECONNREFUSED, ECONNRESET, ECONNABORTED, EPIPE,
-//     ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, pgconn.Timeout,
-//     pgconn.SafeToRetry, and *pgconn.PgError with SQLSTATE class 08
+//     ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, any error whose
+//     SafeToRetry() reports true (pgx: nothing reached the server; this
+//     covers pgconn.Timeout and pgconn.SafeToRetry), and any SQL error
+//     whose SQLState() (pgx's *pgconn.PgError, lib/pq's *pq.Error) is class 08
 //     (connection exception) or 53 (insufficient resources), 40001
 //     (serialization failure), 40P01 (deadlock), 55P03 (lock not available),
 //     57014 (query canceled, e.g. statement_timeout), 57P01-57P03 (server
@@ -340,11 +340,13 @@ func isTransient(err error) bool {
 			return true
 		}
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && transientSQLState(pgErr.Code) {
+	// Duck-typed, so no database driver is compiled into this package.
+	var sqlErr interface{ SQLState() string }
+	if errors.As(err, &sqlErr) && transientSQLState(sqlErr.SQLState()) {
 		return true
 	}
-	if pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
+	var retryable interface{ SafeToRetry() bool }
+	if errors.As(err, &retryable) && retryable.SafeToRetry() {
 		return true
 	}
 	var netErr net.Error
@@ -374,7 +376,7 @@ func transientSQLState(code string) bool {
 }
 
 // UndecodableError is the failure recorded for a message whose broker record
-// could not be decoded (see adapters.MetadataUndecodable). Permanent: the
+// could not be decoded (see antidote.MetadataUndecodable). Permanent: the
 // same bytes will never decode.
 type UndecodableError struct {
 	// Detail is the adapter's description of what failed.

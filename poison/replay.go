@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 )
 
 // KeyOriginalTraceparent is set by Replay: the W3C traceparent the letter
@@ -12,7 +13,7 @@ import (
 // itself starts a new trace (an operator's replay days later is not part of
 // the original request); middleware.Tracing and telemetry.NewPublisher link
 // their spans to this one, so the two traces lead to each other.
-const KeyOriginalTraceparent = "antidote.original_traceparent"
+const KeyOriginalTraceparent = antidote.MetadataOriginalTraceparent
 
 // keyTracestate is the W3C tracestate that belongs to KeyTraceparent.
 const keyTracestate = "tracestate"

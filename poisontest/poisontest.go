@@ -49,6 +49,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -257,7 +258,7 @@ func runOne(i int, in Input, handler message.NoPublishHandlerFunc, o options) (R
 		return Result{}, err
 	}
 
-	dlqTopic := middleware.DefaultDLQTopic(topic)
+	dlqTopic := antidote.DLQTopic(topic)
 	if cfg.DeadLetter.Topic != nil {
 		dlqTopic = cfg.DeadLetter.Topic(topic)
 	}

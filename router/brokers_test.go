@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
@@ -153,7 +154,7 @@ func dlqSubscriber(t *testing.T, ctx context.Context, b *adapters.Broker, topic 
 		t.Cleanup(func() { _ = reader.Close() })
 		sub = reader.Subscriber
 	}
-	ch, err := sub.Subscribe(ctx, middleware.DefaultDLQTopic(topic))
+	ch, err := sub.Subscribe(ctx, antidote.DLQTopic(topic))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,13 +262,14 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 			}
 			defer b.Close()
 			var scheduled atomic.Int64
-			r, err := router.New(router.Config{Deliveries: memGuard(),
+			cfg := router.Config{Deliveries: memGuard(),
 				CloseTimeout: 5 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 				Retry:        middleware.RetryConfig{MaxAttempts: 1},
 				DelayedRetry: middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler(),
 					OnScheduled: func(int, time.Duration) { scheduled.Add(1) }},
-			})
+			}
+			r, err := router.New(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -294,7 +296,7 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 				mu.Unlock()
 				return nil
 			})
-			router.AddRetryRelays(r, b, topic, stages)
+			router.AddRetryRelays(r, cfg, topic)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			runDone := make(chan error, 1)
@@ -321,7 +323,7 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 				t.Fatal("the never-healing message did not reach the DLQ")
 			}
 			if letter.UUID != "doomed" || letter.Metadata.Get(poison.KeyReason) != string(poison.ReasonRetriesExhausted) ||
-				letter.Metadata.Get(middleware.MetadataRetryStage) != "2" {
+				letter.Metadata.Get(antidote.MetadataRetryStage) != "2" {
 				t.Fatalf("letter %s %v", letter.UUID, letter.Metadata)
 			}
 			waitFor(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(processed) == 21 })

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/middleware"
@@ -40,7 +41,7 @@ func kafkaLetterRun(t *testing.T, precreateDLQ bool, cc poison.ClaimCheck) (lett
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := admin.CreateTopic(middleware.DefaultDLQTopic(topic), &sarama.TopicDetail{NumPartitions: 4, ReplicationFactor: 1}, false); err != nil {
+		if err := admin.CreateTopic(antidote.DLQTopic(topic), &sarama.TopicDetail{NumPartitions: 4, ReplicationFactor: 1}, false); err != nil {
 			t.Fatal(err)
 		}
 		_ = admin.Close()
@@ -89,7 +90,7 @@ func kafkaLetterRun(t *testing.T, precreateDLQ bool, cc poison.ClaimCheck) (lett
 	// its letters are all in the DLQ now: read up to a sentinel.
 	sentinel := message.NewMessage("sentinel", []byte("s"))
 	sentinel.Metadata.Set("partition_key", "k")
-	if err := b.Publisher.Publish(middleware.DefaultDLQTopic(topic), sentinel); err != nil {
+	if err := b.Publisher.Publish(antidote.DLQTopic(topic), sentinel); err != nil {
 		t.Fatal(err)
 	}
 	for m := range dlqSubscriber(t, ctx, b, topic) {
@@ -163,7 +164,7 @@ func TestKafkaLetterThatDoesNotFitWithoutClaimCheckIsNacked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := admin.CreateTopic(middleware.DefaultDLQTopic(topic), &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: 1}, false); err != nil {
+	if err := admin.CreateTopic(antidote.DLQTopic(topic), &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: 1}, false); err != nil {
 		t.Fatal(err)
 	}
 	_ = admin.Close()

@@ -6,16 +6,16 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 )
 
 // checkNames refuses to subscribe to a topic whose DLQ topics or retry
 // stages cannot exist, so Run fails at start-up with an error naming the
-// name and the broker's rule (adapters.ErrInvalidTopic), or
+// name and the broker's rule (antidote.ErrInvalidTopic), or
 // middleware.ErrDeadLetterLoop for a DLQ topic that is the topic itself.
 // Names are checked by whatever the DLQ publisher and the scheduler know
-// (adapters.NameChecker, adapters.StageChecker); a publisher that does not
+// (antidote.NameChecker, antidote.StageChecker); a publisher that does not
 // say is trusted.
 func checkNames(cfg Config) message.SubscriberDecorator {
 	return func(sub message.Subscriber) (message.Subscriber, error) {
@@ -26,7 +26,7 @@ func checkNames(cfg Config) message.SubscriberDecorator {
 func (c Config) checkNames(topic string) error {
 	dlqTopic := c.DeadLetter.Topic
 	if dlqTopic == nil {
-		dlqTopic = middleware.DefaultDLQTopic
+		dlqTopic = antidote.DLQTopic
 	}
 	if dlq := dlqTopic(topic); dlq == topic {
 		return fmt.Errorf("router: topic %q: %w: %q; make DeadLetterConfig.Topic return a different topic", topic, middleware.ErrDeadLetterLoop, dlq)
@@ -38,7 +38,7 @@ func (c Config) checkNames(topic string) error {
 	for _, t := range c.DeadLetter.HandlerTopics {
 		names = append(names, t)
 	}
-	checker, _ := c.DeadLetter.Publisher.(adapters.NameChecker)
+	checker, _ := c.DeadLetter.Publisher.(antidote.NameChecker)
 	for _, name := range names {
 		if checker != nil {
 			if err := checker.CheckName(name); err != nil {
@@ -46,7 +46,7 @@ func (c Config) checkNames(topic string) error {
 			}
 		}
 	}
-	if sc, ok := c.DelayedRetry.Scheduler.(adapters.StageChecker); ok && len(c.DelayedRetry.Stages) > 0 {
+	if sc, ok := c.DelayedRetry.Scheduler.(antidote.StageChecker); ok && len(c.DelayedRetry.Stages) > 0 {
 		if err := sc.CheckStages(topic, c.DelayedRetry.Stages); err != nil {
 			return fmt.Errorf("router: a delayed-retry stage of %q cannot exist: %w", topic, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/router"
@@ -40,12 +41,12 @@ func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
 		want  error
 		says  string
 	}{
-		{"topic over 249", strings.Repeat("y", 250), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, adapters.ErrInvalidTopic, "249"},
-		{"its DLQ topic over 249", long + "z", router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, adapters.ErrInvalidTopic, "249"},
+		{"topic over 249", strings.Repeat("y", 250), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
+		{"its DLQ topic over 249", long + "z", router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
 		{"custom DLQ topic", "orders_" + watermill.NewShortUUID(), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
-			Topic: func(string) string { return "dead letters" }}}, adapters.ErrInvalidTopic, "dead letters"},
+			Topic: func(string) string { return "dead letters" }}}, antidote.ErrInvalidTopic, "dead letters"},
 		{"retry stage", long, router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
-			DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{10 * time.Second}, Scheduler: b.Scheduler()}}, adapters.ErrInvalidTopic, ".retry.10s"},
+			DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{10 * time.Second}, Scheduler: b.Scheduler()}}, antidote.ErrInvalidTopic, ".retry.10s"},
 		{"DLQ is the topic", "loop_" + watermill.NewShortUUID(), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
 			Topic: func(s string) string { return s }}}, middleware.ErrDeadLetterLoop, "loop_"},
 	}

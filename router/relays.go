@@ -6,23 +6,30 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
-// AddRetryRelays registers, on Kafka, one relay handler per delayed-retry
-// stage of topic: it consumes "<topic>.retry.<delay>", waits until each
-// message is due (without blocking other partitions, and giving up the wait
-// on shutdown, so the message is redelivered later) and forwards it to
-// topic. On the other brokers the broker itself does the waiting and this
-// registers nothing. Call it with the same stages as Config.DelayedRetry.
-func AddRetryRelays(r *message.Router, b *adapters.Broker, topic string, stages []time.Duration) {
-	if b.Kind != adapters.KindKafka {
+// AddRetryRelays registers the relay handlers cfg.DelayedRetry needs for
+// topic: when its Scheduler's broker cannot hold a message back (Kafka,
+// antidote.Relayer), one per stage, consuming "<topic>.retry.<delay>",
+// waiting until each message is due (without blocking other partitions,
+// and giving up the wait on shutdown, so the message is redelivered later)
+// and forwarding it to topic. On the other brokers, or without delayed
+// retries, it registers nothing. The stages are cfg's, the ones New built
+// DelayedRetry from: declared once.
+func AddRetryRelays(r *message.Router, cfg Config, topic string) {
+	relayer, ok := cfg.DelayedRetry.Scheduler.(antidote.Relayer)
+	if !ok {
 		return
 	}
-	for _, after := range stages {
-		src := adapters.KafkaRetryTopic(topic, after)
-		r.AddConsumerHandler("antidote-relay-"+src, src, b.Subscriber, relay(b.Publisher, topic, after))
+	relays, ok := relayer.Relays()
+	if !ok {
+		return
+	}
+	for _, after := range cfg.DelayedRetry.Stages {
+		src := relays.Topic(topic, after)
+		r.AddConsumerHandler("antidote-relay-"+src, src, relays.Subscriber, relay(relays.Publisher, topic, after))
 	}
 }
 
@@ -34,7 +41,7 @@ func AddRetryRelays(r *message.Router, b *adapters.Broker, topic string, stages 
 // the relay was registered for.
 func relay(pub message.Publisher, topic string, after time.Duration) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
-		if wait := min(time.Until(adapters.DueAt(msg)), after); wait > 0 {
+		if wait := min(time.Until(antidote.DueAt(msg)), after); wait > 0 {
 			t := time.NewTimer(wait)
 			defer t.Stop()
 			select {
@@ -45,7 +52,7 @@ func relay(pub message.Publisher, topic string, after time.Duration) message.NoP
 		}
 		out := msg.Copy() // same UUID, payload and metadata; a fresh context
 		if err := pub.Publish(topic, out); err != nil {
-			if adapters.IsLimit(err) {
+			if antidote.IsLimit(err) {
 				// Forwarding can never succeed: to the relay's DLQ.
 				return poison.Permanent(fmt.Errorf("retry relay: forward %s to %q: %w", msg.UUID, topic, err))
 			}

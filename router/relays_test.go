@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/router"
@@ -27,7 +28,9 @@ func TestRetryRelayTrustsNoMetadata(t *testing.T) {
 	const stage = 500 * time.Millisecond
 	topic := "relay_" + watermill.NewShortUUID()
 	elsewhere := "relay_elsewhere_" + watermill.NewShortUUID()
-	r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+	cfg := router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
+		DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{stage}, Scheduler: b.Scheduler()}}
+	r, err := router.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,17 +44,17 @@ func TestRetryRelayTrustsNoMetadata(t *testing.T) {
 	}
 	r.AddConsumerHandler("h", topic, b.Subscriber, record)
 	r.AddConsumerHandler("other", elsewhere, b.Subscriber, record)
-	router.AddRetryRelays(r, b, topic, []time.Duration{stage})
+	router.AddRetryRelays(r, cfg, topic)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
 	<-r.Running()
 
 	forged := map[string]map[string]string{
-		"far-future": {adapters.MetadataRetryDue: "9999-12-31T23:59:59Z"},
-		"malformed":  {adapters.MetadataRetryDue: "soon\x00"},
-		"redirected": {adapters.MetadataRetryTopic: elsewhere},
-		"loop":       {adapters.MetadataRetryTopic: adapters.KafkaRetryTopic(topic, stage)},
+		"far-future": {antidote.MetadataRetryDue: "9999-12-31T23:59:59Z"},
+		"malformed":  {antidote.MetadataRetryDue: "soon\x00"},
+		"redirected": {antidote.MetadataRetryTopic: elsewhere},
+		"loop":       {antidote.MetadataRetryTopic: adapters.KafkaRetryTopic(topic, stage)},
 	}
 	var msgs []*message.Message
 	for id, md := range forged {

@@ -31,7 +31,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -116,9 +116,9 @@ type Config struct {
 	// DelayedRetry turns on non-blocking retries when Stages is set: after
 	// Retry's quick attempts, a message still failing transiently moves to
 	// a delayed stage and the original is acked (per-key order is given up
-	// for it). Scheduler: the broker's (adapters.Broker.Scheduler). On Kafka
-	// also call AddRetryRelays for each topic. Default: off (blocking
-	// retries only, order kept).
+	// for it). Scheduler: the broker's (adapters.Broker.Scheduler). Call
+	// AddRetryRelays(r, cfg, topic) for each topic: on Kafka it registers
+	// the stages' relays. Default: off (blocking retries only, order kept).
 	DelayedRetry middleware.DelayedRetryConfig
 }
 
@@ -283,7 +283,7 @@ func New(cfg Config) (*message.Router, error) {
 		dc := cfg.Deliveries
 		dc.DeadLetter = dl
 		if _, inMemory := dc.Tracker.(*poison.MemoryDeliveryTracker); inMemory {
-			cfg.Logger.Error("Crash-loop guard with an in-memory tracker: a message that kills the process is redelivered forever", adapters.ErrNotDurable, nil)
+			cfg.Logger.Error("Crash-loop guard with an in-memory tracker: a message that kills the process is redelivered forever", antidote.ErrNotDurable, nil)
 		}
 		if guard, err = middleware.NewDeliveries(dc); err != nil {
 			return nil, fmt.Errorf("router: %w", err)

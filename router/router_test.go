@@ -12,7 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -82,7 +82,7 @@ func TestStackSettlesEveryKindOfPoison(t *testing.T) {
 		t.Fatal(err)
 	}
 	undecodable := message.NewMessage("undecodable", []byte("raw"))
-	undecodable.Metadata.Set(adapters.MetadataUndecodable, "bad header")
+	undecodable.Metadata.Set(antidote.MetadataUndecodable, "bad header")
 	msgs := []*message.Message{
 		message.NewMessage("ok1", []byte("fine")),
 		message.NewMessage("malformed", []byte("malformed")),

@@ -4,30 +4,9 @@ import (
 	"context"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/antidote-mq/antidote"
 	"go.opentelemetry.io/otel/propagation"
 )
-
-// MetadataCarrier adapts message.Metadata to propagation.TextMapCarrier, so
-// any OTel propagator reads and writes trace context in message metadata.
-// A nil MetadataCarrier can be read but not written.
-type MetadataCarrier message.Metadata
-
-var _ propagation.TextMapCarrier = MetadataCarrier(nil)
-
-// Get returns the value of key, "" when absent.
-func (c MetadataCarrier) Get(key string) string { return c[key] }
-
-// Set stores key.
-func (c MetadataCarrier) Set(key, value string) { c[key] = value }
-
-// Keys lists the keys present.
-func (c MetadataCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
-}
 
 // Propagator is W3C Trace Context plus W3C Baggage: the "traceparent",
 // "tracestate" and "baggage" metadata keys, the format every OTel SDK and
@@ -46,7 +25,7 @@ func Inject(ctx context.Context, p propagation.TextMapPropagator, msg *message.M
 	if msg.Metadata == nil {
 		msg.Metadata = message.Metadata{}
 	}
-	p.Inject(ctx, MetadataCarrier(msg.Metadata))
+	p.Inject(ctx, antidote.MetadataCarrier(msg.Metadata))
 }
 
 // Extract returns ctx with the remote span context and baggage found in
@@ -56,5 +35,5 @@ func Extract(ctx context.Context, p propagation.TextMapPropagator, msg *message.
 	if p == nil {
 		p = Propagator()
 	}
-	return p.Extract(ctx, MetadataCarrier(msg.Metadata))
+	return p.Extract(ctx, antidote.MetadataCarrier(msg.Metadata))
 }

@@ -15,27 +15,9 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/antidote-mq/antidote/adapters"
-	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
-
-// MessagingSystem is the messaging.system value for an adapters.Kind:
-// "kafka", "rabbitmq", "postgresql" (no registered value exists for a
-// PostgreSQL-backed queue) and "gochannel" (Watermill's in-memory Pub/Sub).
-func MessagingSystem(kind adapters.Kind) string {
-	switch kind {
-	case adapters.KindKafka:
-		return "kafka"
-	case adapters.KindAMQP:
-		return "rabbitmq"
-	case adapters.KindPostgres:
-		return "postgresql"
-	case adapters.KindMemory:
-		return "gochannel"
-	}
-	return string(kind)
-}
 
 // PublisherConfig configures NewPublisher and NewScheduler. The zero value
 // is usable.
@@ -48,7 +30,7 @@ type PublisherConfig struct {
 	// Propagator() (W3C Trace Context + Baggage). It should match the
 	// consumers' middleware.TracingConfig.Propagator.
 	Propagator propagation.TextMapPropagator
-	// System is messaging.system (MessagingSystem maps an adapters.Kind).
+	// System is messaging.system (adapters.Kind.MessagingSystem gives it for a broker).
 	// Default: left out.
 	System string
 }
@@ -76,7 +58,7 @@ func newProducer(cfg PublisherConfig) (producer, error) {
 	if err := cfg.Validate(); err != nil {
 		return producer{}, err
 	}
-	return producer{cfg: cfg, tracer: cfg.TracerProvider.Tracer(middleware.TracerName)}, nil
+	return producer{cfg: cfg, tracer: cfg.TracerProvider.Tracer(antidote.TracerName)}, nil
 }
 
 // start begins the producer span of msg as a child of parent and injects it
@@ -96,15 +78,15 @@ func (p producer) start(parent context.Context, topic string, msg *message.Messa
 		semconv.MessagingMessageBodySize(len(msg.Payload)),
 	)
 	if r := msg.Metadata.Get(poison.KeyReason); r != "" {
-		attrs = append(attrs, middleware.AttrReason.String(r)) // a DLQ letter
+		attrs = append(attrs, antidote.AttrReason.String(r)) // a DLQ letter
 	}
 	if n, err := strconv.Atoi(msg.Metadata.Get(poison.KeyReplayCount)); err == nil && n > 0 {
-		attrs = append(attrs, middleware.AttrReplayCount.Int(n))
+		attrs = append(attrs, antidote.AttrReplayCount.Int(n))
 	}
 	attrs = append(attrs, extra...)
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...)}
 	if !trace.SpanContextFromContext(parent).IsValid() {
-		if link, ok := middleware.OriginalTraceLink(msg.Metadata); ok {
+		if link, ok := antidote.OriginalTraceLink(msg.Metadata); ok {
 			opts = append(opts, trace.WithLinks(link))
 		}
 	}
@@ -112,7 +94,7 @@ func (p producer) start(parent context.Context, topic string, msg *message.Messa
 	if msg.Metadata == nil {
 		msg.Metadata = message.Metadata{}
 	}
-	p.cfg.Propagator.Inject(ctx, MetadataCarrier(msg.Metadata))
+	p.cfg.Propagator.Inject(ctx, antidote.MetadataCarrier(msg.Metadata))
 	return ctx, span
 }
 
@@ -178,38 +160,38 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 // Close closes the inner publisher.
 func (p *Publisher) Close() error { return p.pub.Close() }
 
-// CheckMessage forwards to the inner publisher's adapters.MessageChecker;
+// CheckMessage forwards to the inner publisher's antidote.MessageChecker;
 // nil when the inner publisher does not check messages.
 func (p *Publisher) CheckMessage(topic string, msg *message.Message) error {
-	if c, ok := p.pub.(adapters.MessageChecker); ok {
+	if c, ok := p.pub.(antidote.MessageChecker); ok {
 		return c.CheckMessage(topic, msg)
 	}
 	return nil
 }
 
-// CheckName forwards to the inner publisher's adapters.NameChecker, so
+// CheckName forwards to the inner publisher's antidote.NameChecker, so
 // router.New can check DLQ topic names through the decoration; nil when the
 // inner publisher does not check names.
 func (p *Publisher) CheckName(name string) error {
-	if c, ok := p.pub.(adapters.NameChecker); ok {
+	if c, ok := p.pub.(antidote.NameChecker); ok {
 		return c.CheckName(name)
 	}
 	return nil
 }
 
-// Scheduler decorates an adapters.Scheduler (DelayedRetry's way to move a
+// Scheduler decorates an antidote.Scheduler (DelayedRetry's way to move a
 // message to its next retry stage) with a producer span "<topic> publish"
 // carrying antidote.retry_stage and antidote.retry_delay, the child of the
 // span in ctx (DelayedRetry passes the consumer span), else of
 // msg.Context(). The message's traceparent then names that span, so the
 // next stage's consumer span continues the same trace.
 type Scheduler struct {
-	s adapters.Scheduler
+	s antidote.Scheduler
 	p producer
 }
 
 // NewScheduler wraps s.
-func NewScheduler(s adapters.Scheduler, cfg PublisherConfig) (*Scheduler, error) {
+func NewScheduler(s antidote.Scheduler, cfg PublisherConfig) (*Scheduler, error) {
 	if s == nil {
 		return nil, errors.New("telemetry: NewScheduler: the scheduler to wrap is nil")
 	}
@@ -220,15 +202,24 @@ func NewScheduler(s adapters.Scheduler, cfg PublisherConfig) (*Scheduler, error)
 	return &Scheduler{s: s, p: p}, nil
 }
 
-var _ adapters.Scheduler = (*Scheduler)(nil)
+var _ antidote.Scheduler = (*Scheduler)(nil)
 
-// CheckStages forwards to the inner scheduler's adapters.StageChecker; nil
+// CheckStages forwards to the inner scheduler's antidote.StageChecker; nil
 // when it does not check.
 func (s *Scheduler) CheckStages(topic string, stages []time.Duration) error {
-	if c, ok := s.s.(adapters.StageChecker); ok {
+	if c, ok := s.s.(antidote.StageChecker); ok {
 		return c.CheckStages(topic, stages)
 	}
 	return nil
+}
+
+// Relays forwards to the inner scheduler's antidote.Relayer, so
+// router.AddRetryRelays finds the Kafka relays through this decorator.
+func (s *Scheduler) Relays() (antidote.Relays, bool) {
+	if r, ok := s.s.(antidote.Relayer); ok {
+		return r.Relays()
+	}
+	return antidote.Relays{}, false
 }
 
 // Schedule starts the span, injects it and calls the inner scheduler.
@@ -237,9 +228,9 @@ func (s *Scheduler) Schedule(ctx context.Context, topic string, msg *message.Mes
 	if !trace.SpanContextFromContext(parent).IsValid() {
 		parent = msg.Context()
 	}
-	extra := []attribute.KeyValue{middleware.AttrRetryDelay.String(after.String())}
-	if n, err := strconv.Atoi(msg.Metadata.Get(middleware.MetadataRetryStage)); err == nil && n > 0 {
-		extra = append(extra, middleware.AttrRetryStage.Int(n))
+	extra := []attribute.KeyValue{antidote.AttrRetryDelay.String(after.String())}
+	if n, err := strconv.Atoi(msg.Metadata.Get(antidote.MetadataRetryStage)); err == nil && n > 0 {
+		extra = append(extra, antidote.AttrRetryStage.Int(n))
 	}
 	spanCtx, span := s.p.start(parent, topic, msg, extra...)
 	// Keep ctx's deadline; add the span so a scheduler that publishes with

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/telemetry"
 )
@@ -56,7 +57,7 @@ func TestCarrierRoundTripsTraceContextAndBaggage(t *testing.T) {
 	assert.Equal(t, span.SpanContext().SpanID(), sc.SpanID())
 	assert.True(t, sc.IsRemote())
 	assert.Equal(t, "acme", baggage.FromContext(got).Member("tenant").Value())
-	assert.ElementsMatch(t, []string{"traceparent", "baggage"}, telemetry.MetadataCarrier(msg.Metadata).Keys())
+	assert.ElementsMatch(t, []string{"traceparent", "baggage"}, antidote.MetadataCarrier(msg.Metadata).Keys())
 }
 
 func TestPublisherBatchAndErrors(t *testing.T) {

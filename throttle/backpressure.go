@@ -189,7 +189,7 @@ func (c BackpressureConfig) Validate() error {
 		bad("Publisher is nil: pass the publisher to guard, such as adapters.Broker.Publisher")
 	}
 	if c.Source == nil {
-		bad("Source is nil: pass a LagSource, such as throttle.OpenLagSource(ctx, broker.Config)")
+		bad("Source is nil: pass a LagSource, such as adapters.OpenLagSource(ctx, broker.Config)")
 	}
 	if c.HighWatermark < 1 {
 		bad("HighWatermark is %d: set the backlog at which publishing stops, 1 or more", c.HighWatermark)

@@ -175,7 +175,7 @@ func runBackpressure(t *testing.T, kind adapters.Kind, mode throttle.Backpressur
 		t.Fatal(err)
 	}
 	defer b.Close()
-	opened, err := throttle.OpenLagSource(ctx, b.Config)
+	opened, err := adapters.OpenLagSource(ctx, b.Config)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 
 // A producer guarded by the consumer's backlog. The backlog here is a
 // number the example sets; in production it comes from the broker
-// (OpenLagSource).
+// (adapters.OpenLagSource).
 func ExampleNewBackpressurePublisher() {
 	pubSub := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 	var backlog atomic.Int64
@@ -58,7 +58,7 @@ func ExampleNewBackpressurePublisher() {
 // Wiring for a real broker: the lag source reads the backlog the way the
 // adapter's subscriber leaves it (Kafka consumer-group lag, RabbitMQ queue
 // depth, PostgreSQL queue rows). Blocked producers wait for the consumer.
-func ExampleOpenLagSource() {
+func ExampleNewBackpressurePublisher_broker() {
 	ctx := context.Background()
 	b, err := adapters.Open(ctx, adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Embedded: true}}, nil)
 	if err != nil {
@@ -67,7 +67,7 @@ func ExampleOpenLagSource() {
 	defer b.Close()
 	// b.Config, not the config passed to Open: it holds the embedded
 	// broker's address.
-	lag, err := throttle.OpenLagSource(ctx, b.Config)
+	lag, err := adapters.OpenLagSource(ctx, b.Config)
 	if err != nil {
 		panic(err)
 	}

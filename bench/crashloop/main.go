@@ -64,6 +64,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -116,7 +117,7 @@ func main() {
 		kind := adapters.Kind(strings.TrimSpace(bname))
 		var env []string
 		if kind == adapters.KindKafka {
-			k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 4})
+			k, err := devkafka.Start(devkafka.Config{Partitions: 4})
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)

@@ -103,7 +103,9 @@ import (
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -221,7 +223,7 @@ func runBroker(kind adapters.Kind, p params) error {
 		// One embedded broker for the run; each measurement opens its own
 		// client in a consumer group of its own (below), so one
 		// measurement's members leaving do not rebalance the next one's.
-		k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: cfg.Kafka.Partitions})
+		k, err := devkafka.Start(devkafka.Config{Partitions: cfg.Kafka.Partitions})
 		if err != nil {
 			return err
 		}
@@ -463,13 +465,12 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 		}
 		if variant == "nonblocking" {
 			cfg.Retry.MaxAttempts = 1
-			cfg.DelayedRetry = middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler()}
+			// The relays subscribe with a subscriber the router cannot close.
+			cfg.DelayedRetry = middleware.DelayedRetryConfig{Stages: stages, Scheduler: relaysVia{Scheduler: b.Scheduler(), sub: sub}}
 		}
 		r, err = router.New(cfg)
 		if err == nil && variant == "nonblocking" {
-			// AddRetryRelays subscribes with the broker's subscriber; hand it
-			// one the router cannot close.
-			router.AddRetryRelays(r, &adapters.Broker{Kind: b.Kind, Publisher: b.Publisher, Subscriber: sub, Config: b.Config}, topic, stages)
+			router.AddRetryRelays(r, cfg, topic)
 		}
 	case "watermill", "watermill-clean":
 		r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
@@ -754,4 +755,20 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// relaysVia is a scheduler whose relays (Kafka) consume with sub.
+type relaysVia struct {
+	antidote.Scheduler
+	sub message.Subscriber
+}
+
+func (s relaysVia) Relays() (antidote.Relays, bool) {
+	r, ok := s.Scheduler.(antidote.Relayer)
+	if !ok {
+		return antidote.Relays{}, false
+	}
+	relays, ok := r.Relays()
+	relays.Subscriber = s.sub
+	return relays, ok
 }

@@ -52,6 +52,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -126,7 +127,7 @@ func runBroker(kind adapters.Kind, p *params) error {
 	case adapters.KindKafka:
 		if len(cfg.Kafka.Brokers) == 0 {
 			// One embedded broker shared by every consumer's client.
-			k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: p.partitions})
+			k, err := devkafka.Start(devkafka.Config{Partitions: p.partitions})
 			if err != nil {
 				return err
 			}

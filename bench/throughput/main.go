@@ -56,6 +56,9 @@ import (
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
+
+	// kafka.embedded: the in-process broker of `go run ./examples/kafka`.
+	_ "github.com/antidote-mq/antidote/devkafka"
 )
 
 func main() {

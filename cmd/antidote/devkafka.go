@@ -4,9 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/spf13/cobra"
-
-	"github.com/antidote-mq/antidote/adapters"
 )
 
 func newDevKafkaCmd() *cobra.Command {
@@ -24,7 +23,7 @@ ANTIDOTE_KAFKA_BROKERS=<addr>. Its data is gone when it stops.`,
 			if partitions < 1 {
 				return fmt.Errorf("--partitions %d: use 1 or more", partitions)
 			}
-			k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Addr: addr, Partitions: partitions})
+			k, err := devkafka.Start(devkafka.Config{Addr: addr, Partitions: partitions})
 			if err != nil {
 				return err
 			}

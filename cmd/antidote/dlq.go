@@ -88,7 +88,7 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 	}
 	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo, ClaimCheck: claims,
 		WrapPublisher: func(p message.Publisher) (message.Publisher, error) {
-			return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(cfg.Broker)})
+			return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: cfg.Broker.MessagingSystem()})
 		}})
 	return h, filter, err
 }

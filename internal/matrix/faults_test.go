@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
@@ -95,7 +96,7 @@ func TestMatrixFaults(t *testing.T) {
 				if f.full {
 					rabbit := testenv.StartRabbitMQ(t)
 					r.cfg.AMQP.URL = rabbit.URL
-					if err := rabbit.SetPolicy("matrix-full", `^`+regexp.QuoteMeta(middleware.DefaultDLQTopic(r.topic))+`$`,
+					if err := rabbit.SetPolicy("matrix-full", `^`+regexp.QuoteMeta(antidote.DLQTopic(r.topic))+`$`,
 						`{"max-length":1,"overflow":"reject-publish"}`); err != nil {
 						t.Fatal(err)
 					}
@@ -224,7 +225,7 @@ func waitRan(t *testing.T, r *run, cs []mcase) {
 // deleteDLQ deletes the run's DLQ by the broker's own means.
 func deleteDLQ(t *testing.T, r *run, b *adapters.Broker) {
 	t.Helper()
-	dlq := middleware.DefaultDLQTopic(r.topic)
+	dlq := antidote.DLQTopic(r.topic)
 	switch r.kind {
 	case adapters.KindAMQP:
 		conn, err := amqp091.Dial(testenv.AMQPURL(t))
@@ -283,7 +284,7 @@ func TestMatrixTopicNames(t *testing.T) {
 				longest += "x"
 			}
 			over := longest + "x"
-			if err := b.Publisher.Publish(over, probe); !errors.Is(err, adapters.ErrInvalidTopic) {
+			if err := b.Publisher.Publish(over, probe); !errors.Is(err, antidote.ErrInvalidTopic) {
 				t.Fatalf("Publish to a topic one byte over (%d bytes): %v", len(over), err)
 			}
 			rt, err := router.New(router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
@@ -294,7 +295,7 @@ func TestMatrixTopicNames(t *testing.T) {
 			rt.AddConsumerHandler("h", over, b.Subscriber, func(*message.Message) error { return nil })
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := rt.Run(ctx); !errors.Is(err, adapters.ErrInvalidTopic) {
+			if err := rt.Run(ctx); !errors.Is(err, antidote.ErrInvalidTopic) {
 				t.Fatalf("a consumer of a topic one byte over started: %v", err)
 			}
 			r.topic = longest

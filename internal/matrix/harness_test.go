@@ -14,8 +14,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
@@ -119,8 +121,8 @@ var (
 
 func embeddedKafka(t *testing.T) []string {
 	kafkaOnce.Do(func() {
-		var k *adapters.EmbeddedKafka
-		if k, kafkaErr = adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{Partitions: 4}); kafkaErr == nil {
+		var k *devkafka.Broker
+		if k, kafkaErr = devkafka.Start(devkafka.Config{Partitions: 4}); kafkaErr == nil {
 			kafkaAddr = k.Addrs()
 		}
 	})
@@ -332,7 +334,7 @@ func (r *run) consume(ctx context.Context, shared *adapters.Broker) <-chan struc
 // readable envelope, claim-checked ones resolved whole.
 func (r *run) readDLQ(ctx context.Context, b *adapters.Broker) {
 	r.t.Helper()
-	ch, err := b.Subscriber.Subscribe(ctx, middleware.DefaultDLQTopic(r.topic))
+	ch, err := b.Subscriber.Subscribe(ctx, antidote.DLQTopic(r.topic))
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -130,8 +131,8 @@ var (
 	memory   = adapters.KindMemory
 )
 
-// cases is the matrix. A refusal must wrap adapters.ErrMessageTooLarge or
-// adapters.ErrInvalidTopic (checked below), except where noted.
+// cases is the matrix. A refusal must wrap antidote.ErrMessageTooLarge or
+// antidote.ErrInvalidTopic (checked below), except where noted.
 var cases = []mcase{
 	{name: "plain message", behave: "ok", build: plain()},
 	{name: "empty payload", behave: "ok", build: func(_ *testing.T, _ *adapters.Broker, _, id string) *message.Message { return msg(id, nil) }},
@@ -182,11 +183,11 @@ var cases = []mcase{
 	{name: "antidote.attempts malformed", behave: "reject", build: plain(poison.KeyAttempts, "-99999999999999999999")},
 	{name: "antidote.retry_stage malformed", behave: "stuck", build: plain("antidote.retry_stage", "x")},
 	{name: "antidote.retry_stage beyond the last stage", behave: "ok", build: plain("antidote.retry_stage", "2147483648")},
-	{name: "antidote.retry_due and retry_topic malformed", behave: "ok", build: plain(adapters.MetadataRetryDue, "9999-99-99", adapters.MetadataRetryTopic, "elsewhere")},
+	{name: "antidote.retry_due and retry_topic malformed", behave: "ok", build: plain(antidote.MetadataRetryDue, "9999-99-99", antidote.MetadataRetryTopic, "elsewhere")},
 	{name: "antidote.replay_count and replayed_at malformed", behave: "reject", build: plain(poison.KeyReplayCount, "-1", poison.KeyReplayedAt, "yesterday")},
 	{name: "antidote.reason on an ordinary message", behave: "ok", build: plain(poison.KeyReason, "permanent", poison.KeyOriginalOffset, "x")},
 	{name: "antidote.claim_check on an ordinary message", behave: "ok", build: plain(poison.KeyClaimCheck, "sha256:nothing")},
-	{name: "antidote.undecodable set by a producer", behave: "ok", build: plain(adapters.MetadataUndecodable, "spoofed"),
+	{name: "antidote.undecodable set by a producer", behave: "ok", build: plain(antidote.MetadataUndecodable, "spoofed"),
 		want: map[adapters.Kind]outcome{kafka: dead, amqp: dead, postgres: dead, memory: dead}, reason: poison.ReasonUndecodable},
 	{name: "traceparent, tracestate and baggage malformed", behave: "ok", build: plain("traceparent", "00-zz-zz-zz", "tracestate", "==,,", "baggage", "%%%;;=")},
 	{name: "Watermill's delay keys malformed", behave: "ok", build: plain("_watermill_delayed_until", "2024-13-45T99:99:99Z", "_watermill_delayed_for", "forever\x00")},
@@ -302,7 +303,7 @@ func runCases(t *testing.T, r *run, cs []mcase) {
 			}
 		case refused:
 			err := r.refusedErr[id]
-			clear := errors.Is(err, adapters.ErrMessageTooLarge) || errors.Is(err, adapters.ErrInvalidTopic) ||
+			clear := errors.Is(err, antidote.ErrMessageTooLarge) || errors.Is(err, antidote.ErrInvalidTopic) ||
 				strings.Contains(err.Error(), "reserved")
 			if !clear {
 				t.Errorf("%s: %q: refused with an error that names no limit: %v", r.kind, c.name, err)

@@ -16,10 +16,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/examples/internal/hello"
 	"github.com/antidote-mq/antidote/internal/testenv"
-	"github.com/antidote-mq/antidote/middleware"
 )
 
 // scale is the run's size, from env, so CI runs it small and a person large.
@@ -218,7 +218,7 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	if err != nil {
 		t.Fatal(err)
 	}
-	letters, err := readDLQ(cfg, middleware.DefaultDLQTopic(topic), w)
+	letters, err := readDLQ(cfg, antidote.DLQTopic(topic), w)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-
-	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote"
 )
 
 // Letter is one line of --dlq-out. Payload holds the bytes as text when
@@ -45,7 +44,7 @@ func newLetterPublisher(p message.Publisher, path string, onLetter func(*message
 // CheckName forwards to the broker's publisher, so router.New checks the
 // DLQ topic names.
 func (p *letterPublisher) CheckName(name string) error {
-	if c, ok := p.Publisher.(adapters.NameChecker); ok {
+	if c, ok := p.Publisher.(antidote.NameChecker); ok {
 		return c.CheckName(name)
 	}
 	return nil

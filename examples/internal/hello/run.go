@@ -22,12 +22,16 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 	"github.com/antidote-mq/antidote/telemetry"
+
+	// kafka.embedded: the in-process broker of `go run ./examples/kafka`.
+	_ "github.com/antidote-mq/antidote/devkafka"
 )
 
 // Summary is the run's final account; with --json it is the last stdout line.
@@ -114,7 +118,7 @@ func (r *run) logger() watermill.LoggerAdapter {
 
 // quietOnStop drops error logs once shutdown began: subscribers report their
 // cancelled queries then, which is expected and would only alarm the reader.
-// The library's "not durable" lines (adapters.ErrNotDurable: what the demo
+// The library's "not durable" lines (antidote.ErrNotDurable: what the demo
 // opted in to) are warnings, not errors.
 type quietOnStop struct {
 	watermill.LoggerAdapter
@@ -124,7 +128,7 @@ type quietOnStop struct {
 
 func (l quietOnStop) Error(msg string, err error, fields watermill.LogFields) {
 	switch {
-	case errors.Is(err, adapters.ErrNotDurable):
+	case errors.Is(err, antidote.ErrNotDurable):
 		attrs := []any{"why", err.Error()}
 		for k, v := range fields {
 			attrs = append(attrs, k, v)
@@ -194,7 +198,7 @@ func (r *run) do(ctx context.Context) error {
 		_ = tel.Shutdown(sctx) // flushes spans still in the batch
 	}()
 	traced := func(p message.Publisher) (message.Publisher, error) {
-		return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(r.kind)})
+		return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem()})
 	}
 	tracedPub, err := traced(b.Publisher)
 	if err != nil {
@@ -234,7 +238,7 @@ func (r *run) do(ctx context.Context) error {
 	}
 	rt, err := router.New(router.Config{
 		Logger:     logger,
-		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, System: telemetry.MessagingSystem(r.kind), ConsumerGroup: group},
+		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem(), ConsumerGroup: group},
 		Metrics:    middleware.MetricsConfig{MeterProvider: tel.MeterProvider},
 		DeadLetter: middleware.DeadLetterConfig{Publisher: tracedDLQ, ConsumerGroup: group},
 		Breaker:    middleware.BreakerConfig{HealthCheck: r.health},

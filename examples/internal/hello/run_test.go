@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/internal/testenv"
 )
 
@@ -58,7 +59,7 @@ func TestRunSeparateRoles(t *testing.T) {
 		t.Run(string(kind), func(t *testing.T) {
 			needBroker(t, kind)
 			if kind == adapters.KindKafka {
-				k, err := adapters.StartEmbeddedKafka(adapters.EmbeddedKafkaConfig{})
+				k, err := devkafka.Start(devkafka.Config{})
 				if err != nil {
 					t.Fatal(err)
 				}

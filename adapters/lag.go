@@ -1,4 +1,4 @@
-package throttle
+package adapters
 
 import (
 	"context"
@@ -13,47 +13,56 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/antidote-mq/antidote/adapters"
 )
 
-// LagSourceCloser is a LagSource holding connections, released by Close.
-type LagSourceCloser interface {
-	LagSource
+// LagSource reads a topic's backlog from the broker: it satisfies
+// throttle.LagSource (backpressure for producers) and holds connections,
+// released by Close.
+type LagSource interface {
+	// Lag returns how many messages of topic wait to be consumed.
+	Lag(ctx context.Context, topic string) (int64, error)
 	io.Closer
 }
 
 // OpenLagSource opens the LagSource for the broker cfg selects, connecting
-// the way adapters.Open does: KafkaLag (the consumer group's lag), AMQPLag
+// the way Open does: KafkaLag (the consumer group's lag), AMQPLag
 // (the queue's depth) or PostgresLag (the queue table's rows). For Kafka
 // with the embedded broker, pass the opened broker's Config
-// (adapters.Broker.Config), which holds its address. The memory broker has
+// (Broker.Config), which holds its address. The memory broker has
 // no backlog to read (gochannel's Publish already waits for its
 // subscribers), so it is an error.
-func OpenLagSource(ctx context.Context, cfg adapters.Config) (LagSourceCloser, error) {
+func OpenLagSource(ctx context.Context, cfg Config) (LagSource, error) {
 	cfg.SetDefaults()
 	switch cfg.Broker {
-	case adapters.KindKafka:
-		return NewKafkaLag(ctx, cfg)
-	case adapters.KindAMQP:
-		return NewAMQPLag(ctx, cfg)
-	case adapters.KindPostgres:
-		return NewPostgresLag(ctx, cfg)
-	case adapters.KindMemory:
-		return nil, fmt.Errorf("throttle: broker %q keeps no backlog to read (gochannel's Publish waits for subscribers already); use kafka, amqp or postgres", cfg.Broker)
+	case KindKafka:
+		return lagSource(NewKafkaLag(ctx, cfg))
+	case KindAMQP:
+		return lagSource(NewAMQPLag(ctx, cfg))
+	case KindPostgres:
+		return lagSource(NewPostgresLag(ctx, cfg))
+	case KindMemory:
+		return nil, fmt.Errorf("lag source: broker %q keeps no backlog to read (gochannel's Publish waits for subscribers already); use kafka, amqp or postgres", cfg.Broker)
 	}
-	return nil, fmt.Errorf("throttle: unknown broker %q; use kafka, amqp or postgres", cfg.Broker)
+	return nil, fmt.Errorf("lag source: unknown broker %q; use kafka, amqp or postgres", cfg.Broker)
+}
+
+// lagSource returns a nil interface, not a typed nil, when err is set.
+func lagSource[L LagSource](l L, err error) (LagSource, error) {
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // validated fills defaults and validates cfg for broker want (an unset
 // Broker means want).
-func validated(cfg adapters.Config, want adapters.Kind) (adapters.Config, error) {
+func validated(cfg Config, want Kind) (Config, error) {
 	if cfg.Broker == "" {
 		cfg.Broker = want
 	}
 	cfg.SetDefaults()
 	if cfg.Broker != want {
-		return cfg, fmt.Errorf("throttle: config is for broker %q, not %q: set broker: %s", cfg.Broker, want, want)
+		return cfg, fmt.Errorf("lag source: config is for broker %q, not %q: set broker: %s", cfg.Broker, want, want)
 	}
 	return cfg, cfg.Validate()
 }
@@ -81,18 +90,18 @@ type KafkaLag struct {
 }
 
 // NewKafkaLag connects to cfg.Kafka.Brokers (which must not be empty: for
-// the embedded broker pass adapters.Broker.Config) for cfg.Kafka.ConsumerGroup.
-func NewKafkaLag(ctx context.Context, cfg adapters.Config) (*KafkaLag, error) {
-	cfg, err := validated(cfg, adapters.KindKafka)
+// the embedded broker pass Broker.Config) for cfg.Kafka.ConsumerGroup.
+func NewKafkaLag(ctx context.Context, cfg Config) (*KafkaLag, error) {
+	cfg, err := validated(cfg, KindKafka)
 	if err != nil {
 		return nil, err
 	}
 	if len(cfg.Kafka.Brokers) == 0 {
-		return nil, errors.New("throttle: kafka.brokers is empty: pass the opened broker's config (adapters.Broker.Config), which holds the embedded broker's address, or list the brokers")
+		return nil, errors.New("lag source: kafka.brokers is empty: pass the opened broker's config (Broker.Config), which holds the embedded broker's address, or list the brokers")
 	}
-	sc, err := adapters.SaramaConfig(cfg)
+	sc, err := SaramaConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("throttle: kafka lag: %w", err)
+		return nil, fmt.Errorf("lag source: kafka lag: %w", err)
 	}
 	sc.ClientID = cfg.Kafka.ClientID + "-lag"
 	sc.Net.ReadTimeout = cfg.ConnectTimeout
@@ -102,12 +111,12 @@ func NewKafkaLag(ctx context.Context, cfg adapters.Config) (*KafkaLag, error) {
 	}
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, sc)
 	if err != nil {
-		return nil, fmt.Errorf("throttle: kafka lag: connect to %s: %w", strings.Join(cfg.Kafka.Brokers, ","), err)
+		return nil, fmt.Errorf("lag source: kafka lag: connect to %s: %w", strings.Join(cfg.Kafka.Brokers, ","), err)
 	}
 	admin, err := sarama.NewClusterAdminFromClient(client)
 	if err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("throttle: kafka lag: %w", err)
+		return nil, fmt.Errorf("lag source: kafka lag: %w", err)
 	}
 	return &KafkaLag{client: client, admin: admin, group: cfg.Kafka.ConsumerGroup}, nil
 }
@@ -216,7 +225,7 @@ func (k *KafkaLag) Close() error { return k.admin.Close() } // closes the client
 // AMQPLag is a RabbitMQ queue's depth: the message count a passive
 // declaration returns, which counts messages ready for delivery, not those
 // delivered and unacked (at most the consumers' prefetch each). The queue is
-// the one adapters.Open's subscriber consumes for the topic (watermill-amqp's
+// the one Open's subscriber consumes for the topic (watermill-amqp's
 // durable queue config: the queue is named after the topic).
 //
 // It keeps one connection and channel, redialled after a failure. A reading
@@ -233,12 +242,12 @@ type AMQPLag struct {
 }
 
 // NewAMQPLag connects to cfg.AMQP.URL.
-func NewAMQPLag(ctx context.Context, cfg adapters.Config) (*AMQPLag, error) {
-	cfg, err := validated(cfg, adapters.KindAMQP)
+func NewAMQPLag(ctx context.Context, cfg Config) (*AMQPLag, error) {
+	cfg, err := validated(cfg, KindAMQP)
 	if err != nil {
 		return nil, err
 	}
-	wc := adapters.AMQPConfigFor(cfg)
+	wc := AMQPConfigFor(cfg)
 	a := &AMQPLag{
 		url:       cfg.AMQP.URL,
 		queueName: wc.Queue.GenerateName,
@@ -260,7 +269,7 @@ func (a *AMQPLag) connectLocked(ctx context.Context) error {
 		conn, err := amqp.DialConfig(a.url, a.amqpCfg)
 		if err != nil {
 			// The client's error can quote the URL; name it without the password.
-			return fmt.Errorf("throttle: amqp lag: connect to %s failed (check that RabbitMQ runs, and the user, password and vhost)", adapters.Redact(a.url))
+			return fmt.Errorf("lag source: amqp lag: connect to %s failed (check that RabbitMQ runs, and the user, password and vhost)", Redact(a.url))
 		}
 		a.conn, a.ch = conn, nil
 	}
@@ -269,7 +278,7 @@ func (a *AMQPLag) connectLocked(ctx context.Context) error {
 		if err != nil {
 			_ = a.conn.Close()
 			a.conn = nil
-			return fmt.Errorf("throttle: amqp lag: open channel: %w", err)
+			return fmt.Errorf("lag source: amqp lag: open channel: %w", err)
 		}
 		a.ch = ch
 	}
@@ -325,7 +334,7 @@ func (a *AMQPLag) Close() error {
 const PostgresMaxCount = 1_000_000
 
 // PostgresLag is the number of rows in topic's queue table
-// (adapters.PostgresTable): the adapter deletes a row when its message is
+// (PostgresTable): the adapter deletes a row when its message is
 // acked, so every row is a message published and not yet consumed,
 // including the ones being handled.
 //
@@ -334,19 +343,19 @@ const PostgresMaxCount = 1_000_000
 // below it.
 type PostgresLag struct {
 	pool *pgxpool.Pool
-	cfg  adapters.PostgresConfig
+	cfg  PostgresConfig
 }
 
 // NewPostgresLag opens a two-connection pool to cfg.Postgres.URL.
-func NewPostgresLag(ctx context.Context, cfg adapters.Config) (*PostgresLag, error) {
-	cfg, err := validated(cfg, adapters.KindPostgres)
+func NewPostgresLag(ctx context.Context, cfg Config) (*PostgresLag, error) {
+	cfg, err := validated(cfg, KindPostgres)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Postgres.MaxConns = 2 // one reading at a time; a spare for a reconnect
-	pool, err := adapters.OpenPostgresPool(ctx, cfg)
+	pool, err := OpenPostgresPool(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("throttle: postgres lag: %w", err)
+		return nil, fmt.Errorf("lag source: postgres lag: %w", err)
 	}
 	return &PostgresLag{pool: pool, cfg: cfg.Postgres}, nil
 }
@@ -354,7 +363,7 @@ func NewPostgresLag(ctx context.Context, cfg adapters.Config) (*PostgresLag, err
 // Lag counts the rows of topic's queue table, up to PostgresMaxCount; 0
 // when the table does not exist yet.
 func (p *PostgresLag) Lag(ctx context.Context, topic string) (int64, error) {
-	table := adapters.PostgresTable(p.cfg, topic)
+	table := PostgresTable(p.cfg, topic)
 	var n int64
 	err := p.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM `+table+` LIMIT $1) AS q`, PostgresMaxCount).Scan(&n)
 	var pgErr *pgconn.PgError
