@@ -302,6 +302,19 @@ type kafkaSubscriber struct {
 	pub *kafkaPublisher
 }
 
+// KafkaPositions is a message.SubscriberDecorator for a watermill-kafka
+// subscriber built by hand (the ones Open returns do this already): it
+// puts each message's partition and offset where the policy packages read
+// them (antidote.WithPosition), so the crash-loop guard can use offsets and
+// letters name their origin. Use it as
+// router.AddSubscriberDecorators(adapters.KafkaPositions). Messages without
+// a Kafka position pass unchanged.
+func KafkaPositions(sub message.Subscriber) (message.Subscriber, error) {
+	cw := newCloseWaitSubscriber(sub)
+	cw.each = stampPosition
+	return cw, nil
+}
+
 // stampPosition copies the partition and offset watermill-kafka put in
 // msg's context to antidote.WithPosition, where the policy packages read
 // them without importing a Kafka client. watermill-kafka sets a fresh

@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -72,7 +73,7 @@ func TestDeliveriesKafkaCrashLoop(t *testing.T) {
 	)
 	crashed := make(chan struct{}, 10)
 	handler := func(msg *message.Message) error {
-		offset, ok := kafka.MessagePartitionOffsetFromCtx(msg.Context())
+		_, offset, ok := antidote.PositionFromCtx(msg.Context())
 		require.True(t, ok, "the Kafka offset is in the context")
 		if string(msg.Payload) == "crash" {
 			mu.Lock()
@@ -105,6 +106,10 @@ func TestDeliveriesKafkaCrashLoop(t *testing.T) {
 			OverwriteSaramaConfig: saramaCfg,
 		}, logger)
 		require.NoError(t, err)
+		// A hand-built watermill-kafka subscriber: KafkaPositions gives the
+		// guard its offsets.
+		positioned, err := adapters.KafkaPositions(sub)
+		require.NoError(t, err)
 		dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: dlqPubSub, ConsumerGroup: "guarded-consumers"})
 		require.NoError(t, err)
 		guard, err := middleware.NewDeliveries(middleware.DeliveriesConfig{Tracker: tracker, DeadLetter: dl, MaxDeliveries: maxDeliveries})
@@ -112,7 +117,7 @@ func TestDeliveriesKafkaCrashLoop(t *testing.T) {
 		router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
 		require.NoError(t, err)
 		router.AddMiddleware(guard.Middleware, dl.Middleware, middleware.Recover)
-		router.AddConsumerHandler("guarded", topic, sub, handler)
+		router.AddConsumerHandler("guarded", topic, positioned, handler)
 		go func() { _ = router.Run(context.Background()) }()
 
 		select {
