@@ -20,6 +20,7 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/internal/stack"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -148,7 +149,7 @@ func chain(h message.HandlerFunc, mws ...message.HandlerMiddleware) message.Hand
 // → Idempotency → Recover → handler.
 func (p pieces) fullStack(deliveries message.HandlerMiddleware) message.HandlerFunc {
 	return chain(noopHandler,
-		wmiddleware.Recoverer, middleware.ReserveStack, p.tracing, p.metrics, deliveries, p.deadLetter,
+		wmiddleware.Recoverer, stack.Reserve, p.tracing, p.metrics, deliveries, p.deadLetter,
 		p.breaker, p.retry, p.idempotency, middleware.Recover)
 }
 
@@ -217,7 +218,7 @@ func BenchmarkOverheadDirect(b *testing.B) {
 		{"Retry", func(p pieces) message.HandlerMiddleware { return p.retry }},
 		{"Idempotency-memory", func(p pieces) message.HandlerMiddleware { return p.idempotency }},
 		{"Recover", func(pieces) message.HandlerMiddleware { return middleware.Recover }},
-		{"ReserveStack", func(pieces) message.HandlerMiddleware { return middleware.ReserveStack }},
+		{"ReserveStack", func(pieces) message.HandlerMiddleware { return stack.Reserve }},
 		// router.New's defaults when the program sets no provider: the
 		// global ones, which cannot be told from real ones (one may be
 		// installed later), so nothing is skipped.

@@ -21,7 +21,8 @@ const keyTracestate = "tracestate"
 // Replay builds the message that sends a dead letter back for another try:
 // the same UUID (so an idempotent consumer that already processed it skips
 // it), the payload byte for byte, the original metadata (idempotency key,
-// partition key, producer, baggage) without the failure keys, and
+// partition key, producer, baggage) without the failure keys and
+// antidote.MetadataUndecodable, and
 // KeyReplayedAt and KeyReplayCount (one more than the letter's).
 //
 // The letter's traceparent moves to KeyOriginalTraceparent (tracestate is
@@ -37,6 +38,10 @@ func Replay(letter *message.Message, now time.Time) *message.Message {
 		delete(out.Metadata, k)
 	}
 	delete(out.Metadata, KeyAttempts)
+	// The consumer's decoder says afresh whether the record decodes: a
+	// letter dead-lettered as undecodable, replayed after the fix, must
+	// reach its handler, not go straight back to the DLQ.
+	delete(out.Metadata, antidote.MetadataUndecodable)
 	if tp := letter.Metadata.Get(KeyTraceparent); tp != "" {
 		out.Metadata.Set(KeyOriginalTraceparent, tp)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -36,4 +37,18 @@ func TestReplayMovesTraceparentToOriginal(t *testing.T) {
 	again := message.NewMessage("uuid-1", nil)
 	again.Metadata.Set(poison.KeyOriginalTraceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 	assert.Equal(t, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", poison.Replay(again, now).Metadata.Get(poison.KeyOriginalTraceparent))
+}
+
+// A letter dead-lettered as undecodable is replayed after the decoder (or
+// the producer) was fixed: the replay must reach the handler, so the
+// decoder's flag does not travel with it; the raw metadata it kept does.
+func TestReplayForgetsUndecodable(t *testing.T) {
+	letter := message.NewMessage("uuid-1", []byte(`{}`))
+	letter.Metadata.Set(antidote.MetadataUndecodable, "postgres row 7: metadata is not a JSON object")
+	letter.Metadata.Set(antidote.MetadataRawMetadata, `[1,2]`)
+	letter.Metadata.Set(poison.KeyReason, string(poison.ReasonUndecodable))
+	out := poison.Replay(letter, time.Now())
+	assert.False(t, antidote.IsUndecodable(out), "the replay is decoded afresh")
+	assert.Equal(t, `[1,2]`, out.Metadata.Get(antidote.MetadataRawMetadata))
+	assert.True(t, antidote.IsUndecodable(letter), "the letter is not modified")
 }

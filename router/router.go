@@ -9,7 +9,7 @@
 //	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler
 //
 // (bracketed pieces are on when configured). Above Tracing sit Watermill's
-// Recoverer and middleware.ReserveStack, which grows each message
+// Recoverer and a private step (internal/stack) that grows each message
 // goroutine's stack once instead of step by step deep in the chain.
 // The breaker sits above DelayedRetry: a message moved to a retry stage is
 // settled, not failed, so only a message that exhausted every stage counts
@@ -32,6 +32,7 @@ import (
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/stack"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -300,8 +301,8 @@ func New(cfg Config) (*message.Router, error) {
 	// Outermost: a bug in a middleware itself becomes a nack, not a crash.
 	r.AddMiddleware(wmiddleware.Recoverer)
 	// Grow the message goroutine's stack once, here, instead of step by
-	// step deep in the chain (see middleware.ReserveStack).
-	r.AddMiddleware(middleware.ReserveStack)
+	// step deep in the chain (see stack.Reserve).
+	r.AddMiddleware(stack.Reserve)
 	if tracing != nil {
 		r.AddMiddleware(tracing.Middleware)
 	}
