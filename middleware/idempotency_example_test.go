@@ -24,7 +24,7 @@ func ExampleNewIdempotency() {
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, logger)
 	defer pubSub.Close()
 
-	// Production: idempotency.NewPostgresStore or NewRedisStore, shared by
+	// Production: pgstore.NewIdempotencyStore or redisstore's, shared by
 	// every consumer of the queue.
 	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
 	defer store.Close()
