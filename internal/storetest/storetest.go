@@ -354,7 +354,7 @@ func BenchClaimComplete(b *testing.B, s idempotency.Store, par int) {
 			return err
 		}
 		if c.Status != idempotency.StatusClaimed {
-			return fmt.Errorf("Claim of a new key: %s", c.Status)
+			return fmt.Errorf("a claim of a new key: %s", c.Status)
 		}
 		return s.Complete(ctx, c, nil)
 	})
