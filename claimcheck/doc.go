@@ -5,9 +5,10 @@
 // (poison.KeyClaimCheck); the hospital (package dlq, `antidote dlq show` and
 // `replay`) reads them back, so nothing of the message is lost.
 //
-// Stores: NewPostgresStore (a table), NewRedisStore (one key per claim),
-// NewMemoryStore (in the process only: tests). Keys are content hashes, so
-// storing a claim again after a failed publish writes nothing new.
+// Stores: NewMemoryStore here (in the process only: tests);
+// pgstore.NewClaimCheckStore (a table) and redisstore.NewClaimCheckStore
+// (one key per claim). Keys are content hashes, so storing a claim again
+// after a failed publish writes nothing new.
 //
 // Claims are kept until deleted: a claim that expired before its letter
 // would lose the message. Purging a letter keeps its claim (two identical
@@ -16,8 +17,4 @@ package claimcheck
 
 import "github.com/antidote-mq/antidote/poison"
 
-var (
-	_ poison.ClaimCheck = (*MemoryStore)(nil)
-	_ poison.ClaimCheck = (*PostgresStore)(nil)
-	_ poison.ClaimCheck = (*RedisStore)(nil)
-)
+var _ poison.ClaimCheck = (*MemoryStore)(nil)

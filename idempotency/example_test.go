@@ -68,30 +68,3 @@ func ExampleNewPublisher() {
 	// outbox-7 billing/host-1234
 	// outbox-7 billing/host-1234
 }
-
-// The transactional mode: the handler's write and the key's completion
-// commit in one transaction. (Needs a database; not run as a test.)
-func ExamplePostgresStore_RunTx() {
-	ctx := context.Background()
-	store, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{
-		URL: "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
-	})
-	if err != nil {
-		panic(err)
-	}
-	defer store.Close()
-
-	c, err := store.RunTx(ctx, "payment/42", func(ctx context.Context) ([]byte, error) {
-		tx, _ := idempotency.TxFromContext(ctx)
-		_, err := tx.Exec(ctx, `UPDATE accounts SET balance = balance - 10 WHERE id = 1`)
-		return nil, err
-	})
-	switch {
-	case err != nil:
-		fmt.Println("rolled back, retry later:", err)
-	case c.Status == idempotency.StatusClaimed:
-		fmt.Println("charged once")
-	default:
-		fmt.Println("not charged again:", c.Status) // completed before, or running elsewhere
-	}
-}

@@ -51,7 +51,7 @@ func (c MemoryStoreConfig) Validate() error {
 // expire lazily (no goroutine), safe for concurrent use. It deduplicates only
 // what reaches this process and forgets everything when the process exits, so
 // it suits a single consumer, tests and demos; consumers that share a queue
-// need NewPostgresStore or NewRedisStore.
+// need pgstore.NewIdempotencyStore or redisstore.NewIdempotencyStore.
 type MemoryStore struct {
 	cfg MemoryStoreConfig
 	now func() time.Time
@@ -117,7 +117,7 @@ func (s *MemoryStore) Claim(ctx context.Context, key string, lease time.Duration
 	if err := ctxErr(ctx, "claim", key); err != nil {
 		return Claim{}, err
 	}
-	if err := validLease(lease); err != nil {
+	if err := CheckLease(lease); err != nil {
 		return Claim{}, err
 	}
 	now := s.now()
@@ -215,7 +215,7 @@ func (s *MemoryStore) evictLocked() {
 
 // Complete implements Store.
 func (s *MemoryStore) Complete(ctx context.Context, c Claim, result []byte) error {
-	if err := checkClaimed(c); err != nil {
+	if err := CheckClaimed(c); err != nil {
 		return err
 	}
 	if err := ctxErr(ctx, "complete", c.Key); err != nil {
@@ -248,7 +248,7 @@ func (s *MemoryStore) Complete(ctx context.Context, c Claim, result []byte) erro
 
 // Release implements Store.
 func (s *MemoryStore) Release(ctx context.Context, c Claim) error {
-	if err := checkClaimed(c); err != nil {
+	if err := CheckClaimed(c); err != nil {
 		return err
 	}
 	if err := ctxErr(ctx, "release", c.Key); err != nil {

@@ -14,10 +14,11 @@
 // so only a success makes later copies duplicates; a failed attempt gives the
 // key back and its retry runs. middleware.Idempotency drives a Store this way.
 //
-// Stores: NewMemoryStore (one process, bounded), NewPostgresStore (shared,
-// durable; also the transactional mode in which the handler's writes and the
-// key's completion commit in one transaction, see PostgresStore.RunTx) and
-// NewRedisStore (shared; SET NX PX claims).
+// Stores: NewMemoryStore here (one process, bounded);
+// pgstore.NewIdempotencyStore (shared, durable; also the transactional mode
+// in which the handler's writes and the key's completion commit in one
+// transaction, see pgstore.IdempotencyStore.RunTx) and
+// redisstore.NewIdempotencyStore (shared; SET NX PX claims).
 //
 // On the producer side, NewPublisher stamps each message with its business
 // idempotency key and the producer's identity (poison.KeyProducer), so
@@ -123,27 +124,40 @@ type Store interface {
 	Close() error
 }
 
+// TxStore is a Store that can also claim a key, run the handler and complete
+// the key in one database transaction (pgstore.IdempotencyStore does; its
+// handler reaches the transaction with pgstore.TxFromContext).
+type TxStore interface {
+	Store
+	RunTx(ctx context.Context, key string, fn func(ctx context.Context) (result []byte, err error)) (Claim, error)
+}
+
 // DefaultRetention is how long a completed key is remembered when a store's
 // config leaves Retention zero. A copy arriving later than this after the
 // first was completed is processed again.
 const DefaultRetention = 24 * time.Hour
 
-// newToken returns a random 128-bit claim token in hex.
-func newToken() string {
+// NewToken returns a random 128-bit claim token in hex, for Store
+// implementations (Claim.Token).
+func NewToken() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
 	return hex.EncodeToString(b[:])
 }
 
-// validLease reports a lease a store cannot honour.
-func validLease(lease time.Duration) error {
+// CheckLease reports a lease a Store cannot honour (under 1ms). Store
+// implementations call it first in Claim.
+func CheckLease(lease time.Duration) error {
 	if lease < time.Millisecond {
 		return fmt.Errorf("idempotency: lease %s is too short; use at least 1ms (and more than the slowest handler takes)", lease)
 	}
 	return nil
 }
 
-func checkClaimed(c Claim) error {
+// CheckClaimed reports, wrapping ErrNotClaimed, a Claim that Complete or
+// Release must refuse: one whose Status is not StatusClaimed, or without a
+// Token. Store implementations call it first in Complete and Release.
+func CheckClaimed(c Claim) error {
 	if c.Status != StatusClaimed || c.Token == "" {
 		return fmt.Errorf("%w: key %q has status %s", ErrNotClaimed, c.Key, c.Status)
 	}

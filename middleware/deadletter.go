@@ -57,7 +57,7 @@ type DeadLetterConfig struct {
 	// the letter then carries a reference (poison.KeyClaimCheck) and the
 	// hospital reads it back. Default nil: such a letter cannot be written,
 	// so the message is nacked with an error saying to configure one. Use
-	// claimcheck.NewPostgresStore or claimcheck.NewRedisStore.
+	// pgstore.NewClaimCheckStore or redisstore.NewClaimCheckStore.
 	ClaimCheck poison.ClaimCheck
 	// Classifier tells reason "permanent" from "retries_exhausted" when the
 	// error did not come through Retry. Default poison.DefaultClassifier().
@@ -319,7 +319,7 @@ func (d *DeadLetter) publishTooLarge(ctx context.Context, topic string, letter *
 		return shrunk, err
 	}
 	if d.cfg.ClaimCheck == nil {
-		return nil, fmt.Errorf("%w; even with its envelope shrunk the letter does not fit, and DeadLetterConfig.ClaimCheck is nil: configure a claim-check store (claimcheck.NewPostgresStore or NewRedisStore) to keep such payloads beside the DLQ", err)
+		return nil, fmt.Errorf("%w; even with its envelope shrunk the letter does not fit, and DeadLetterConfig.ClaimCheck is nil: configure a claim-check store (pgstore.NewClaimCheckStore or redisstore.NewClaimCheckStore) to keep such payloads beside the DLQ", err)
 	}
 	key, data, claimed, err := poison.ClaimLetter(shrunk)
 	if err != nil {

@@ -36,7 +36,7 @@ var ErrCrashLoop = errors.New("antidote: crash loop")
 // DeliveriesConfig configures NewDeliveries.
 type DeliveriesConfig struct {
 	// Tracker durably counts deliveries. Required. Use
-	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker;
+	// pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker;
 	// poison.NewMemoryDeliveryTracker forgets everything when the process
 	// dies, which defeats the purpose outside tests. Consumers sharing one
 	// store should share it only within one application: keys hold topic,
@@ -103,7 +103,7 @@ func (c *DeliveriesConfig) setDefaults() {
 // Validate reports a config that cannot work, naming the field and the fix.
 func (c DeliveriesConfig) Validate() error {
 	if c.Tracker == nil {
-		return errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker)")
+		return errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker)")
 	}
 	if c.DeadLetter == nil {
 		return errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages")

@@ -21,8 +21,8 @@ func ExampleNewDeliveries() {
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, logger)
 	defer pubSub.Close()
 
-	// Production: poison.NewPostgresDeliveryTracker or
-	// poison.NewRedisDeliveryTracker, so counts survive the crashes they
+	// Production: pgstore.NewDeliveryTracker or
+	// redisstore.NewDeliveryTracker, so counts survive the crashes they
 	// count. The memory tracker forgets them with the process.
 	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	defer tracker.Close()

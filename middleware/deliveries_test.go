@@ -22,7 +22,9 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/redisstore"
 )
 
 const (
@@ -54,7 +56,7 @@ var guardTrackers = []struct {
 	{"redis", func(t testing.TB) poison.DeliveryTracker {
 		client := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
 		prefix := "antidote:test:" + guardSuffix(t) + ":"
-		tr, err := poison.NewRedisDeliveryTracker(poison.RedisDeliveryTrackerConfig{Client: client, Prefix: prefix})
+		tr, err := redisstore.NewDeliveryTracker(redisstore.DeliveryTrackerConfig{Client: client, Prefix: prefix})
 		require.NoError(t, err)
 		t.Cleanup(func() {
 			_ = tr.Close()
@@ -73,7 +75,7 @@ func guardPostgresTracker(t testing.TB) poison.DeliveryTracker {
 	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
 	require.NoError(t, err)
 	table := "antidote_deliveries_test_" + guardSuffix(t)
-	tr, err := poison.NewPostgresDeliveryTracker(ctx, poison.PostgresDeliveryTrackerConfig{Pool: pool, Table: table})
+	tr, err := pgstore.NewDeliveryTracker(ctx, pgstore.DeliveryTrackerConfig{Pool: pool, Table: table})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		_ = tr.Close()

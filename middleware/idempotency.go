@@ -49,8 +49,8 @@ var ErrKeyInProgress = errors.New("antidote: idempotency key is being processed 
 type IdempotencyConfig struct {
 	// Store remembers claimed and completed keys. Required.
 	// idempotency.NewMemoryStore deduplicates within one process only;
-	// consumers that share a queue need idempotency.NewPostgresStore or
-	// idempotency.NewRedisStore.
+	// consumers that share a queue need pgstore.NewIdempotencyStore or
+	// redisstore.NewIdempotencyStore.
 	Store idempotency.Store
 	// Key extracts a message's idempotency key. Default
 	// idempotency.DefaultKey(): the Idempotency-Key metadata, else the
@@ -82,9 +82,9 @@ type IdempotencyConfig struct {
 	BusyWait time.Duration
 	// Transactional runs the handler and the key's completion in one
 	// database transaction, for exactly-once effects: Store must be an
-	// idempotency.TxStore (idempotency.PostgresStore) and the handler must
-	// write through idempotency.TxFromContext(msg.Context()). See
-	// PostgresStore.RunTx. Default false.
+	// idempotency.TxStore (pgstore.IdempotencyStore) and the handler must
+	// write through pgstore.TxFromContext(msg.Context()). See
+	// pgstore.IdempotencyStore.RunTx. Default false.
 	Transactional bool
 	// RequireKey rejects a message without a key (Key returns
 	// idempotency.ErrNoKey) with a permanent error, so it is dead-lettered.
@@ -136,7 +136,7 @@ func (c *IdempotencyConfig) setDefaults() {
 func (c IdempotencyConfig) Validate() error {
 	switch {
 	case c.Store == nil:
-		return errors.New("antidote: IdempotencyConfig.Store is nil: set it to idempotency.NewPostgresStore or idempotency.NewRedisStore (shared by consumers), or idempotency.NewMemoryStore (one process)")
+		return errors.New("antidote: IdempotencyConfig.Store is nil: set it to pgstore.NewIdempotencyStore or redisstore.NewIdempotencyStore (shared by consumers), or idempotency.NewMemoryStore (one process)")
 	case c.Lease < 0 || (c.Lease > 0 && c.Lease < time.Millisecond):
 		return fmt.Errorf("antidote: IdempotencyConfig.Lease is %s: set it above the slowest handler run (0 picks the default %s)", c.Lease, DefaultIdempotencyLease)
 	case c.BusyWait < 0:
@@ -145,7 +145,7 @@ func (c IdempotencyConfig) Validate() error {
 		return fmt.Errorf("antidote: IdempotencyConfig.StoreTimeout is %s: set a positive duration (0 picks the default %s)", c.StoreTimeout, DefaultIdempotencyStoreTimeout)
 	}
 	if _, ok := c.Store.(idempotency.TxStore); c.Transactional && !ok {
-		return fmt.Errorf("antidote: IdempotencyConfig.Transactional needs a Store that is an idempotency.TxStore (idempotency.NewPostgresStore); %T is not", c.Store)
+		return fmt.Errorf("antidote: IdempotencyConfig.Transactional needs a Store that is an idempotency.TxStore (pgstore.NewIdempotencyStore); %T is not", c.Store)
 	}
 	return nil
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/pgstore"
+	"github.com/antidote-mq/antidote/redisstore"
 )
 
 const (
@@ -200,7 +202,7 @@ func idemPostgresStore(t *testing.T) idempotency.Store {
 	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
 	require.NoError(t, err)
 	table := "antidote_idem_brokers_" + strings.ToLower(watermill.NewShortUUID())
-	s, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: table})
+	s, err := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: table})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		_ = s.Close()
@@ -214,7 +216,7 @@ func idemRedisStore(t *testing.T) idempotency.Store {
 	t.Helper()
 	client := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr(t)})
 	prefix := "antidote:test:idem:" + watermill.NewShortUUID() + ":"
-	s, err := idempotency.NewRedisStore(idempotency.RedisStoreConfig{Client: client, Prefix: prefix})
+	s, err := redisstore.NewIdempotencyStore(redisstore.IdempotencyStoreConfig{Client: client, Prefix: prefix})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		_ = s.Close()

@@ -24,8 +24,8 @@ func ExampleNewIdempotency() {
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, logger)
 	defer pubSub.Close()
 
-	// Production: idempotency.NewPostgresStore or NewRedisStore, shared by
-	// every consumer of the queue.
+	// Production: pgstore.NewIdempotencyStore or
+	// redisstore.NewIdempotencyStore, shared by every consumer of the queue.
 	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
 	defer store.Close()
 	var duplicates atomic.Int64

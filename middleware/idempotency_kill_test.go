@@ -22,6 +22,7 @@ import (
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/pgstore"
 )
 
 // The consumer process of TestTransactionalIdempotencySurvivesSIGKILL: this
@@ -60,7 +61,7 @@ func runKillChild() int {
 		return fail("postgres", err)
 	}
 	defer pool.Close()
-	store, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: os.Getenv("IDEM_TABLE")})
+	store, err := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: os.Getenv("IDEM_TABLE")})
 	if err != nil {
 		return fail("store", err)
 	}
@@ -102,7 +103,7 @@ func runKillChild() int {
 	}
 	r.AddConsumerHandler("effects", os.Getenv("IDEM_TOPIC"), b.Subscriber, func(msg *message.Message) error {
 		key := msg.Metadata.Get(idempotency.MetadataKey)
-		tx, ok := idempotency.TxFromContext(msg.Context())
+		tx, ok := pgstore.TxFromContext(msg.Context())
 		if !ok {
 			return fmt.Errorf("no transaction in the message context")
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -419,7 +420,7 @@ func TestIdempotencyTransactional(t *testing.T) {
 		_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+effects)
 		_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+table)
 	})
-	store, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: table})
+	store, err := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: table})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = store.Close() })
 
@@ -430,7 +431,7 @@ func TestIdempotencyTransactional(t *testing.T) {
 	attempts := 0
 	h := retry.Middleware(m.Middleware(func(msg *message.Message) ([]*message.Message, error) {
 		attempts++
-		tx, ok := idempotency.TxFromContext(msg.Context())
+		tx, ok := pgstore.TxFromContext(msg.Context())
 		if !ok {
 			return nil, errors.New("no transaction")
 		}

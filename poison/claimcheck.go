@@ -51,8 +51,8 @@ const (
 // ClaimCheck stores what does not fit in a dead letter. Keys are content
 // hashes (ClaimLetter), so Put is idempotent: a letter whose publish failed
 // after its claim was stored stores the same key again, never an orphan per
-// attempt. Implementations: claimcheck.NewPostgresStore,
-// claimcheck.NewRedisStore.
+// attempt. Implementations: pgstore.NewClaimCheckStore,
+// redisstore.NewClaimCheckStore, claimcheck.NewMemoryStore (tests).
 type ClaimCheck interface {
 	// Put stores data under key; storing the same key again is a no-op.
 	Put(ctx context.Context, key string, data []byte) error

@@ -92,9 +92,10 @@ func DeliveryKeyOf(o Origin, msgUUID string) string {
 // only a count kept outside the process can tell that the same message has
 // already taken the consumer down N times.
 //
-// Implementations: NewPostgresDeliveryTracker and NewRedisDeliveryTracker are
-// durable across consumer restarts; NewMemoryDeliveryTracker is not (tests,
-// demos, in-process redeliveries only).
+// Implementations: pgstore.NewDeliveryTracker and
+// redisstore.NewDeliveryTracker are durable across consumer restarts;
+// NewMemoryDeliveryTracker is not (tests, demos, in-process redeliveries
+// only).
 //
 // Every implementation expires a count TTL after its last Incr, so keys of
 // messages that were never settled (the process died and the message was
@@ -117,7 +118,7 @@ type DeliveryTracker interface {
 }
 
 // DeliveryDecrementer is implemented by trackers that can take one count
-// back (every tracker in this package): the crash-loop guard takes back the
+// back (every tracker in this package, pgstore and redisstore): the crash-loop guard takes back the
 // count of a delivery whose handler returned while the message waits (for
 // its next retry attempt, or while the breaker holds it), so a process that
 // dies meanwhile, killed from outside or by another message, does not count

@@ -54,9 +54,9 @@ func (c MemoryDeliveryTrackerConfig) Validate() error {
 // It is NOT durable: its counts die with the process, which is exactly the
 // event the crash-loop guard exists for. Use it for tests and demos, or to
 // count redeliveries that happen inside one process (a nacked message handed
-// back by the broker); in production use NewPostgresDeliveryTracker or
-// NewRedisDeliveryTracker. It is safe for concurrent use; memory is bounded by
-// MaxKeys.
+// back by the broker); in production use pgstore.NewDeliveryTracker or
+// redisstore.NewDeliveryTracker. It is safe for concurrent use; memory is
+// bounded by MaxKeys.
 type MemoryDeliveryTracker struct {
 	cfg MemoryDeliveryTrackerConfig
 	now func() time.Time

@@ -79,7 +79,7 @@ type Config struct {
 
 	// Deliveries configures the crash-loop guard. DeadLetter is filled by New.
 	// Tracker is required (unless DisableCrashLoopGuard): a durable
-	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker.
+	// pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker.
 	// poison.NewMemoryDeliveryTracker is an explicit opt-in, logged as not
 	// durable: it forgets on exit, so a handler that kills the process
 	// loops forever. MaxDeliveries default 3.
@@ -166,7 +166,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("router: CloseTimeout %s is negative; use a positive duration such as 30s", c.CloseTimeout))
 	}
 	if c.Deliveries.Tracker == nil && !c.DisableCrashLoopGuard {
-		errs = append(errs, errors.New("router: Deliveries.Tracker is nil; pass a durable tracker (poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker), opt in to poison.NewMemoryDeliveryTracker (lost on exit: tests and demos), or set DisableCrashLoopGuard"))
+		errs = append(errs, errors.New("router: Deliveries.Tracker is nil; pass a durable tracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker), opt in to poison.NewMemoryDeliveryTracker (lost on exit: tests and demos), or set DisableCrashLoopGuard"))
 	}
 	if c.DeadLetter.Publisher == nil {
 		errs = append(errs, errors.New("router: DeadLetter.Publisher is nil; pass the publisher of the broker the DLQ topics live on (adapters.Broker.Publisher)"))

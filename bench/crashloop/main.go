@@ -66,7 +66,9 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/redisstore"
 	"github.com/antidote-mq/antidote/router"
 )
 
@@ -366,7 +368,7 @@ func consume(kind adapters.Kind, topic, tracker, logPath string, o opts) error {
 	var t poison.DeliveryTracker
 	switch tracker {
 	case "postgres":
-		pt, err := poison.NewPostgresDeliveryTracker(ctx, poison.PostgresDeliveryTrackerConfig{URL: cfg.Postgres.URL})
+		pt, err := pgstore.NewDeliveryTracker(ctx, pgstore.DeliveryTrackerConfig{URL: cfg.Postgres.URL})
 		if err != nil {
 			return err
 		}
@@ -376,7 +378,7 @@ func consume(kind adapters.Kind, topic, tracker, logPath string, o opts) error {
 		if addr == "" {
 			addr = "127.0.0.1:6379"
 		}
-		rt, err := poison.NewRedisDeliveryTracker(poison.RedisDeliveryTrackerConfig{Addr: addr})
+		rt, err := redisstore.NewDeliveryTracker(redisstore.DeliveryTrackerConfig{Addr: addr})
 		if err != nil {
 			return err
 		}

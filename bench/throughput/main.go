@@ -17,12 +17,12 @@
 //
 //	go run ./bench/throughput -brokers postgres -variants antidote,antidote-pgidem,antidote-pgidem-tx -handler-row
 //
-// antidote-pgidem is router.New with idempotency.PostgresStore (Claim and
+// antidote-pgidem is router.New with pgstore.IdempotencyStore (Claim and
 // Complete, two autocommit statements per message) instead of the memory
 // store; antidote-pgidem-tx is the same store in transactional mode
-// (IdempotencyConfig.Transactional: PostgresStore.RunTx, the handler runs
+// (IdempotencyConfig.Transactional: IdempotencyStore.RunTx, the handler runs
 // inside the transaction) and its handler always inserts one row through
-// idempotency.TxFromContext. With -handler-row every other variant's handler
+// pgstore.TxFromContext. With -handler-row every other variant's handler
 // inserts the same row through the pool (autocommit), so all of them do the
 // same work and the comparison is of what exactly-once costs. The store's
 // table (bench_idempotency) and the rows' table (bench_throughput_rows) are
@@ -54,6 +54,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 
@@ -213,7 +214,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 		case "antidote":
 			cfg.Idempotency.Store = idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
 		case "antidote-pgidem", "antidote-pgidem-tx":
-			store, serr := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: idemTable})
+			store, serr := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: idemTable})
 			if serr != nil {
 				return 0, fmt.Errorf("postgres store: %w", serr)
 			}
@@ -232,7 +233,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 	var first, last atomic.Int64
 	done := make(chan struct{})
 	r.AddConsumerHandler("bench-handler", topic, keepOpen{b.Subscriber}, func(msg *message.Message) error {
-		if tx, ok := idempotency.TxFromContext(msg.Context()); ok {
+		if tx, ok := pgstore.TxFromContext(msg.Context()); ok {
 			if _, err := tx.Exec(msg.Context(), insertRow, msg.UUID); err != nil {
 				return err
 			}

@@ -16,9 +16,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/antidote-mq/antidote/adapters"
-	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/redisstore"
 	"github.com/antidote-mq/antidote/telemetry"
 )
 
@@ -114,7 +115,7 @@ func (f *dlqFlags) openClaims(ctx context.Context, cfg adapters.Config) (poison.
 		if url == "" {
 			url = adapters.DefaultPostgresURL
 		}
-		st, err := claimcheck.NewPostgresStore(ctx, claimcheck.PostgresConfig{URL: url})
+		st, err := pgstore.NewClaimCheckStore(ctx, pgstore.ClaimCheckStoreConfig{URL: url})
 		if err != nil {
 			return nil, fmt.Errorf("--claim-check postgres: %w", err)
 		}
@@ -125,7 +126,7 @@ func (f *dlqFlags) openClaims(ctx context.Context, cfg adapters.Config) (poison.
 		if addr == "" {
 			addr = "127.0.0.1:6379"
 		}
-		st, err := claimcheck.NewRedisStore(claimcheck.RedisConfig{Addr: addr})
+		st, err := redisstore.NewClaimCheckStore(redisstore.ClaimCheckStoreConfig{Addr: addr})
 		if err != nil {
 			return nil, fmt.Errorf("--claim-check redis: %w", err)
 		}

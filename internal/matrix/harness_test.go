@@ -16,11 +16,11 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
-	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
@@ -76,17 +76,17 @@ func openStores(t *testing.T) stores {
 			_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+tb)
 		}
 	})
-	tr, err := poison.NewPostgresDeliveryTracker(ctx, poison.PostgresDeliveryTrackerConfig{Pool: pool, Table: tables[0]})
+	tr, err := pgstore.NewDeliveryTracker(ctx, pgstore.DeliveryTrackerConfig{Pool: pool, Table: tables[0]})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tr.Close() })
-	idem, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: tables[1]})
+	idem, err := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: tables[1]})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = idem.Close() })
-	cc, err := claimcheck.NewPostgresStore(ctx, claimcheck.PostgresConfig{Pool: pool, Table: tables[2]})
+	cc, err := pgstore.NewClaimCheckStore(ctx, pgstore.ClaimCheckStoreConfig{Pool: pool, Table: tables[2]})
 	if err != nil {
 		t.Fatal(err)
 	}

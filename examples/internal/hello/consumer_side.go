@@ -7,7 +7,9 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
+	"github.com/antidote-mq/antidote/redisstore"
 )
 
 // openConsumerSide opens the sink and the delivery tracker the flags ask for.
@@ -44,7 +46,7 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 	}
 	switch r.opts.IdemStore {
 	case "postgres", "postgres-tx":
-		st, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{URL: cfg.Postgres.URL})
+		st, err := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{URL: cfg.Postgres.URL})
 		if err != nil {
 			return closeAll, errors.New("--idempotency postgres: " + err.Error())
 		}
@@ -52,7 +54,7 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 		r.idem = st
 		r.idemTx = r.opts.IdemStore == "postgres-tx"
 	case "redis":
-		st, err := idempotency.NewRedisStore(idempotency.RedisStoreConfig{Addr: redisAddr})
+		st, err := redisstore.NewIdempotencyStore(redisstore.IdempotencyStoreConfig{Addr: redisAddr})
 		if err != nil {
 			return closeAll, errors.New("--idempotency redis: " + err.Error())
 		}
@@ -65,14 +67,14 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 	}
 	switch r.opts.Tracker {
 	case "postgres":
-		t, err := poison.NewPostgresDeliveryTracker(ctx, poison.PostgresDeliveryTrackerConfig{URL: cfg.Postgres.URL})
+		t, err := pgstore.NewDeliveryTracker(ctx, pgstore.DeliveryTrackerConfig{URL: cfg.Postgres.URL})
 		if err != nil {
 			return closeAll, errors.New("--tracker postgres: " + err.Error())
 		}
 		closers = append(closers, func() { _ = t.Close() })
 		r.tracker = t
 	case "redis":
-		t, err := poison.NewRedisDeliveryTracker(poison.RedisDeliveryTrackerConfig{Addr: redisAddr})
+		t, err := redisstore.NewDeliveryTracker(redisstore.DeliveryTrackerConfig{Addr: redisAddr})
 		if err != nil {
 			return closeAll, errors.New("--tracker redis: " + err.Error())
 		}

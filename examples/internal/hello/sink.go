@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/pgstore"
 )
 
 // Sink stores processed writes. Store must be idempotent per message UUID:
@@ -87,7 +87,7 @@ func NewPostgresSink(ctx context.Context, pool *pgxpool.Pool) (*PostgresSink, er
 // transactional mode the write joins the idempotency transaction, which
 // commits it together with the key (or neither).
 func (s *PostgresSink) Store(ctx context.Context, uuid string, h Hello) error {
-	if tx, ok := idempotency.TxFromContext(ctx); ok {
+	if tx, ok := pgstore.TxFromContext(ctx); ok {
 		_, err := tx.Exec(ctx, `INSERT INTO `+EffectsTable+` (uuid, user_id, msg) VALUES ($1, $2, $3)`, uuid, h.UserID, h.Msg)
 		return err
 	}

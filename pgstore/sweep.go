@@ -1,8 +1,4 @@
-// Package pgsweep deletes expired rows of a PostgreSQL table in the
-// background of a store's own calls, with no timer of its own: Maybe starts at
-// most one pass per interval, in a goroutine that Close cancels and waits
-// for, so nothing outlives the store.
-package pgsweep
+package pgstore
 
 import (
 	"context"
@@ -13,8 +9,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Sweeper runs one DELETE statement in batches.
-type Sweeper struct {
+// sweeper deletes expired rows of a table in the background of a store's
+// own calls, with no timer of its own: Maybe starts at most one pass per
+// interval, in a goroutine that Close cancels and waits for, so nothing
+// outlives the store.
+type sweeper struct {
 	pool     *pgxpool.Pool
 	sql      string
 	batch    int64
@@ -29,20 +28,24 @@ type Sweeper struct {
 	running atomic.Bool
 }
 
-// New returns a sweeper for deleteSQL, a statement that deletes at most
-// batch rows. A negative interval disables Maybe (DeleteExpired still works).
-func New(pool *pgxpool.Pool, deleteSQL string, batch int64, interval time.Duration) *Sweeper {
-	s := &Sweeper{pool: pool, sql: deleteSQL, batch: batch, interval: interval}
+// newSweeper returns a sweeper for deleteSQL, a statement that deletes at
+// most batch rows. A negative interval disables Maybe (DeleteExpired still
+// works); an empty deleteSQL makes DeleteExpired delete nothing.
+func newSweeper(pool *pgxpool.Pool, deleteSQL string, batch int64, interval time.Duration) *sweeper {
+	s := &sweeper{pool: pool, sql: deleteSQL, batch: batch, interval: interval}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
 
 // Closed reports whether Close was called.
-func (s *Sweeper) Closed() bool { return s.closed.Load() }
+func (s *sweeper) Closed() bool { return s.closed.Load() }
 
 // DeleteExpired runs the statement until a pass deletes less than a batch,
 // and returns how many rows it deleted.
-func (s *Sweeper) DeleteExpired(ctx context.Context) (int64, error) {
+func (s *sweeper) DeleteExpired(ctx context.Context) (int64, error) {
+	if s.sql == "" {
+		return 0, nil
+	}
 	var total int64
 	for {
 		tag, err := s.pool.Exec(ctx, s.sql)
@@ -58,8 +61,8 @@ func (s *Sweeper) DeleteExpired(ctx context.Context) (int64, error) {
 
 // Maybe starts a pass in the background when the last one started more than
 // the interval ago and none is running.
-func (s *Sweeper) Maybe() {
-	if s.interval < 0 {
+func (s *sweeper) Maybe() {
+	if s.interval < 0 || s.sql == "" {
 		return
 	}
 	now := time.Now().UnixNano()
@@ -89,7 +92,7 @@ func (s *Sweeper) Maybe() {
 
 // Close cancels and waits for a running pass. It reports whether this call
 // closed the sweeper (false when it was already closed).
-func (s *Sweeper) Close() bool {
+func (s *sweeper) Close() bool {
 	s.mu.Lock()
 	already := s.closed.Swap(true)
 	s.mu.Unlock()

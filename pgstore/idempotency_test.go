@@ -1,4 +1,4 @@
-package idempotency_test
+package pgstore_test
 
 import (
 	"context"
@@ -11,13 +11,40 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/internal/storetest"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/pgstore"
 )
+
+func TestIdempotencyStore(t *testing.T) {
+	storetest.IdempotencyStore(t, func(t testing.TB, retention time.Duration) idempotency.Store {
+		return openIdempotencyStore(t, pgstore.IdempotencyStoreConfig{Retention: retention})
+	})
+}
+
+// openIdempotencyStore opens a store on its own table, dropped after the test.
+// cfg.Pool and cfg.Table are filled in.
+func openIdempotencyStore(t testing.TB, cfg pgstore.IdempotencyStoreConfig) *pgstore.IdempotencyStore {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
+	require.NoError(t, err)
+	cfg.Pool = pool
+	cfg.Table = "antidote_idem_test_" + storetest.Suffix(t)
+	s, err := pgstore.NewIdempotencyStore(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = s.Close()
+		_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+cfg.Table)
+		pool.Close()
+	})
+	return s
+}
 
 // effectsTable creates a table for handler writes, dropped after the test.
 func effectsTable(t *testing.T, pool *pgxpool.Pool) string {
 	t.Helper()
-	name := "antidote_idem_effects_" + suffix(t)
+	name := "antidote_idem_effects_" + storetest.Suffix(t)
 	_, err := pool.Exec(context.Background(), "CREATE TABLE "+name+" (key TEXT NOT NULL)")
 	require.NoError(t, err)
 	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+name) })
@@ -31,17 +58,17 @@ func countRows(t *testing.T, pool *pgxpool.Pool, table, key string) int {
 	return n
 }
 
-func TestPostgresRunTx(t *testing.T) {
+func TestIdempotencyStoreRunTx(t *testing.T) {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
 	require.NoError(t, err)
 	defer pool.Close()
-	s := openPostgresStore(t, idempotency.PostgresStoreConfig{})
+	s := openIdempotencyStore(t, pgstore.IdempotencyStoreConfig{})
 	effects := effectsTable(t, pool)
 
 	write := func(key string) func(context.Context) ([]byte, error) {
 		return func(ctx context.Context) ([]byte, error) {
-			tx, ok := idempotency.TxFromContext(ctx)
+			tx, ok := pgstore.TxFromContext(ctx)
 			if !ok {
 				return nil, errors.New("no transaction in the context")
 			}
@@ -156,9 +183,9 @@ func TestPostgresRunTx(t *testing.T) {
 	})
 }
 
-func TestPostgresStoreDeletesExpiredRows(t *testing.T) {
+func TestIdempotencyStoreDeletesExpiredRows(t *testing.T) {
 	ctx := context.Background()
-	s := openPostgresStore(t, idempotency.PostgresStoreConfig{Retention: 50 * time.Millisecond, CleanupInterval: -1})
+	s := openIdempotencyStore(t, pgstore.IdempotencyStoreConfig{Retention: 50 * time.Millisecond, CleanupInterval: -1})
 	for _, k := range []string{"a", "b", "c"} {
 		c, err := s.Claim(ctx, k, time.Minute)
 		require.NoError(t, err)
@@ -176,14 +203,14 @@ func TestPostgresStoreDeletesExpiredRows(t *testing.T) {
 }
 
 // The opportunistic cleanup runs in a goroutine that Close waits for.
-func TestPostgresStoreCleanupStopsOnClose(t *testing.T) {
+func TestIdempotencyStoreCleanupStopsOnClose(t *testing.T) {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	table := "antidote_idem_test_" + suffix(t)
+	table := "antidote_idem_test_" + storetest.Suffix(t)
 	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+table) })
-	s, err := idempotency.NewPostgresStore(ctx, idempotency.PostgresStoreConfig{Pool: pool, Table: table, Retention: time.Millisecond, CleanupInterval: time.Nanosecond})
+	s, err := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: table, Retention: time.Millisecond, CleanupInterval: time.Nanosecond})
 	require.NoError(t, err)
 	for i := 0; i < 20; i++ {
 		c, err := s.Claim(ctx, string(rune('a'+i)), time.Minute)
@@ -206,4 +233,12 @@ func TestPostgresStoreCleanupStopsOnClose(t *testing.T) {
 	// Close returned, so no cleanup runs any more: the pool the store does
 	// not own stays usable and the table is left as it was.
 	require.NoError(t, pool.Ping(ctx))
+}
+
+func TestIdempotencyStoreConfigValidate(t *testing.T) {
+	assert.ErrorContains(t, pgstore.IdempotencyStoreConfig{}.Validate(), "set Pool")
+	assert.ErrorContains(t, pgstore.IdempotencyStoreConfig{URL: "postgres://x", Pool: &pgxpool.Pool{}}.Validate(), "only one")
+	assert.ErrorContains(t, pgstore.IdempotencyStoreConfig{URL: "postgres://x", Table: "bad-name; DROP"}.Validate(), "Table")
+	assert.ErrorContains(t, pgstore.IdempotencyStoreConfig{URL: "postgres://x", Retention: time.Microsecond}.Validate(), "Retention")
+	assert.NoError(t, pgstore.IdempotencyStoreConfig{URL: "postgres://x", Table: "ops.idem"}.Validate())
 }
