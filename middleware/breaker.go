@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -471,12 +472,7 @@ func (b *Breaker) hold(msg *message.Message, err error, why string) error {
 // pause waits Backoff (or until the message context ends) and returns err
 // Defer'd, so DeadLetter nacks the message.
 func (b *Breaker) pause(msg *message.Message, err error) error {
-	t := time.NewTimer(b.cfg.Backoff)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-msg.Context().Done():
-	}
+	clock.Sleep(msg.Context(), b.cfg.Backoff)
 	return poison.Defer(err)
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -164,12 +165,7 @@ func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
 			"handler_err":  f.Err.Error(),
 		})
 		if d.cfg.FailedPublishPause > 0 {
-			t := time.NewTimer(d.cfg.FailedPublishPause)
-			select {
-			case <-t.C:
-			case <-msg.Context().Done():
-			}
-			t.Stop()
+			clock.Sleep(msg.Context(), d.cfg.FailedPublishPause)
 		}
 		return fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, f.Err)
 	}
