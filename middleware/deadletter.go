@@ -198,12 +198,9 @@ func (d *DeadLetter) failureOf(msg *message.Message, err error) poison.Failure {
 		}
 	}
 
-	var panicErr *poison.PanicError
-	switch {
-	case poison.ReasonOf(err) != "":
-		f.Reason = poison.ReasonOf(err)
-	case errors.As(err, &panicErr):
-		f.Reason = poison.ReasonPanic
+	switch r := poison.InferReason(err); {
+	case r != "":
+		f.Reason = r
 	case fromRetry && re.Class == poison.ClassPermanent,
 		d.cfg.Classifier.Classify(f.Err) == poison.ClassPermanent:
 		f.Reason = poison.ReasonPermanent
