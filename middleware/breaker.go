@@ -8,13 +8,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/antidote-mq/antidote/internal/clock"
+	"github.com/antidote-mq/antidote/internal/textcut"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -401,11 +401,7 @@ func logUUID(uuid string) string {
 	if len(uuid) <= maxKeyUUIDBytes {
 		return uuid
 	}
-	cut := maxKeyUUIDBytes
-	for cut > 0 && !utf8.RuneStart(uuid[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s...[truncated, %d bytes]", uuid[:cut], len(uuid))
+	return fmt.Sprintf("%s...[truncated, %d bytes]", textcut.Prefix(uuid, maxKeyUUIDBytes), len(uuid))
 }
 
 // logTime formats a time for the logs and span events.
