@@ -14,6 +14,7 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -52,17 +53,12 @@ func (s *service) count() int {
 
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
+	testenv.EventuallyNil(t, 60*time.Second, func() error {
+		if ok, state := cond(); !ok {
+			return fmt.Errorf("%s: never happened; last: %s", what, state)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: never happened; last: %s", what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Dead-letter a set, list and group it, replay it through the still-broken

@@ -254,13 +254,12 @@ func TestIdempotencyOnBrokers(t *testing.T) {
 
 					published := idemPublish(t, brokers[0].Publisher, topic)
 					require.Len(t, published, idemMessages+idemMessages/idemDuplicateEvery)
-					deadline := time.Now().Add(idemWait)
-					for tally.settled(published) < len(published) {
-						if time.Now().After(deadline) {
-							t.Fatalf("only %d of %d published messages were processed or skipped within %s", tally.settled(published), len(published), idemWait)
+					testenv.EventuallyNil(t, idemWait, func() error {
+						if n := tally.settled(published); n < len(published) {
+							return fmt.Errorf("only %d of %d published messages were processed or skipped", n, len(published))
 						}
-						time.Sleep(20 * time.Millisecond)
-					}
+						return nil
+					})
 					// Anything still in flight would show up as an extra run.
 					time.Sleep(500 * time.Millisecond)
 					stop()

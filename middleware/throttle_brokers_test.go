@@ -2,6 +2,7 @@ package middleware_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 )
@@ -80,19 +82,15 @@ func TestThrottleRateOnBrokers(t *testing.T) {
 			defer func() { _ = r.Close(); <-done }()
 			<-r.Running()
 
-			deadline := time.Now().Add(60 * time.Second)
-			for {
+			testenv.EventuallyNil(t, 60*time.Second, func() error {
 				mu.Lock()
 				n := len(handled)
 				mu.Unlock()
-				if n == total {
-					break
+				if n != total {
+					return fmt.Errorf("%d of %d messages handled", n, total)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%d of %d messages handled after 60s", n, total)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+				return nil
+			})
 			mu.Lock()
 			defer mu.Unlock()
 			calls := 0
