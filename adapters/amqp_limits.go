@@ -8,6 +8,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/antidote-mq/antidote/internal/textcut"
 )
 
 // RabbitMQ's limits, as the adapter checks them before a message or a
@@ -54,12 +56,7 @@ func amqpCheckQueueName(topic, name string) error {
 	return &antidote.TopicError{Broker: string(KindAMQP), Topic: topic, Name: name, Rule: rule}
 }
 
-func truncateName(s string) string {
-	if len(s) <= 40 {
-		return s
-	}
-	return s[:40] + "..."
-}
+func truncateName(s string) string { return textcut.Truncate(s, 40, "...") }
 
 // amqpCheckName checks that the queue of name can be declared.
 func amqpCheckName(name string, queueName func(string) string) error {

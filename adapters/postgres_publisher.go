@@ -11,6 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/antidote-mq/antidote"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/antidote-mq/antidote/internal/textcut"
 )
 
 // postgresPublisher checks what watermill-sql would otherwise get wrong
@@ -126,11 +128,7 @@ func shortUUID(uuid string) string {
 	if len(uuid) <= keep {
 		return uuid
 	}
-	cut := keep
-	for cut > 0 && !utf8.RuneStart(uuid[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s... (%d bytes)", uuid[:cut], len(uuid))
+	return fmt.Sprintf("%s... (%d bytes)", textcut.Prefix(uuid, keep), len(uuid))
 }
 
 // Close waits for running publishes and closes the watermill-sql publisher.

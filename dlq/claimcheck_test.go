@@ -14,6 +14,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -22,16 +23,12 @@ import (
 // without it, Show says where the payload is and Replay refuses (an empty
 // payload replayed would lose the message). On each broker.
 func TestHospitalReadsClaimChecks(t *testing.T) {
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			ctx := context.Background()
 			cfg := brokerConfig(t, kind)
-			b, err := adapters.Open(ctx, cfg, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			topic := "claims_" + watermill.NewShortUUID()
+			b := brokers.Open(t, cfg)
+			topic := brokers.Topic("claims_")
 			orig := message.NewMessage(watermill.NewUUID(), bytes.Repeat([]byte("payload "), 20_000))
 			orig.Metadata.Set("tenant", strings.Repeat("t", 2000)) // too big to stay in the letter
 			orig.Metadata.Set("partition_key", "k")

@@ -10,32 +10,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
-	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
 
 func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
-	switch kind {
-	case adapters.KindAMQP:
-		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
-	case adapters.KindPostgres:
-		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond}}
-	default:
-		k, err := devkafka.Start(devkafka.Config{Partitions: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(k.Close)
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Brokers: k.Addrs()}}
-	}
+	return brokers.Config(t, kind, brokers.KafkaCluster(2))
 }
 
 // service is a consumer with the standard stack whose handler can be broken.
@@ -66,40 +53,31 @@ func (s *service) count() int {
 
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
+	testenv.EventuallyNil(t, 60*time.Second, func() error {
+		if ok, state := cond(); !ok {
+			return fmt.Errorf("%s: never happened; last: %s", what, state)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: never happened; last: %s", what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Dead-letter a set, list and group it, replay it through the still-broken
 // handler (all back in the DLQ with replay_count 1) and through the fixed one
 // (all processed), purge; counts match at each step. On each broker.
 func TestHospital(t *testing.T) {
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			cfg := brokerConfig(t, kind)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			b, err := adapters.Open(ctx, cfg, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
+			b := brokers.Open(t, cfg)
 			svc := &service{processed: map[string]int{}}
 			svc.broken.Store(true)
 			r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			topic := "hospital_" + watermill.NewShortUUID()
+			topic := brokers.Topic("hospital_")
 			r.AddConsumerHandler("orders", topic, b.Subscriber, svc.handle)
 			go func() { _ = r.Run(ctx) }()
 			<-r.Running()

@@ -16,6 +16,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/telemetry"
@@ -37,11 +38,7 @@ func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
 	cfg := adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Brokers: k.Addrs()}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b, err := adapters.Open(ctx, cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := brokers.Open(t, cfg)
 
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -59,7 +56,7 @@ func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.AddMiddleware(tracing.Middleware, dl.Middleware, middleware.Recover)
-	topic := "traced_" + watermill.NewShortUUID()
+	topic := brokers.Topic("traced_")
 	r.AddConsumerHandler("orders", topic, b.Subscriber, func(*message.Message) error {
 		if !fixed.Load() {
 			return poison.Permanent(errors.New("user 7 not found"))

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // DefaultMemoryStoreMaxKeys bounds a MemoryStore when MaxKeys is zero.
@@ -63,26 +65,19 @@ type MemoryStore struct {
 	tokenPrefix string
 	tokenSeq    atomic.Uint64
 
-	mu     sync.Mutex
-	keys   map[string]*memEntry
-	lru    memEntry  // sentinel of the LRU ring: lru.next is the most recently used
-	free   *memEntry // entries swept or evicted, reused by the next insert (singly linked by next)
-	nfree  int
+	mu sync.Mutex
+	// keys holds at most MaxKeys entries; adding one more evicts the least
+	// recently used. Entries are values, so updating one allocates nothing.
+	keys   *simplelru.LRU[string, memEntry]
 	closed bool
 }
 
-// memFreeMax bounds the entries kept for reuse.
-const memFreeMax = 2 * memorySweepPerCall
-
-// memEntry is one key, linked into the store's LRU ring (intrusive, so an
-// insert allocates no list element).
+// memEntry is what the store remembers of one key.
 type memEntry struct {
-	prev, next *memEntry
-	key        string
-	token      string
-	completed  bool
-	result     []byte
-	expires    time.Time
+	token     string
+	completed bool
+	result    []byte
+	expires   time.Time
 }
 
 // NewMemoryStore returns an in-process store. It panics if cfg.Validate
@@ -95,9 +90,11 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 	cfg.setDefaults()
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	s := &MemoryStore{cfg: cfg, now: time.Now, keys: map[string]*memEntry{}, tokenPrefix: hex.EncodeToString(b[:]) + "-"}
-	s.lru.prev, s.lru.next = &s.lru, &s.lru
-	return s
+	keys, err := simplelru.NewLRU[string, memEntry](cfg.MaxKeys, nil)
+	if err != nil {
+		panic(err) // MaxKeys >= 1 after Validate and setDefaults
+	}
+	return &MemoryStore{cfg: cfg, now: time.Now, keys: keys, tokenPrefix: hex.EncodeToString(b[:]) + "-"}
 }
 
 // NonBlocking reports true: the store's methods never wait on I/O, so
@@ -127,71 +124,19 @@ func (s *MemoryStore) Claim(ctx context.Context, key string, lease time.Duration
 		return Claim{}, fmt.Errorf("idempotency: claim %q: %w", key, ErrClosed)
 	}
 	s.sweepLocked(now)
-	if e, ok := s.keys[key]; ok {
+	if e, ok := s.keys.Get(key); ok { // Get makes it the most recently used
 		if now.Before(e.expires) {
-			s.moveToFrontLocked(e)
 			if e.completed {
 				return Claim{Key: key, Status: StatusCompleted, Result: cloneBytes(e.result)}, nil
 			}
 			return Claim{Key: key, Status: StatusInProgress, LeaseLeft: e.expires.Sub(now)}, nil
 		}
-		// Expired claim or completion: take it over.
-		e.token, e.completed, e.result, e.expires = s.newToken(), false, nil, now.Add(lease)
-		s.moveToFrontLocked(e)
-		return Claim{Key: key, Status: StatusClaimed, Token: e.token}, nil
+		// Expired claim or completion: take it over (below).
 	}
-	if len(s.keys) >= s.cfg.MaxKeys {
-		s.evictLocked()
-	}
-	e := s.newEntryLocked()
-	e.key, e.token, e.expires = key, s.newToken(), now.Add(lease)
-	s.pushFrontLocked(e)
-	s.keys[key] = e
+	// A new key when the store is full evicts the least recently used one.
+	e := memEntry{token: s.newToken(), expires: now.Add(lease)}
+	s.keys.Add(key, e)
 	return Claim{Key: key, Status: StatusClaimed, Token: e.token}, nil
-}
-
-// newEntryLocked returns a zeroed entry, reusing a dropped one if any.
-func (s *MemoryStore) newEntryLocked() *memEntry {
-	if e := s.free; e != nil {
-		s.free, s.nfree = e.next, s.nfree-1
-		e.next = nil
-		return e
-	}
-	return &memEntry{}
-}
-
-// dropLocked unlinks e, removes its key and keeps e for reuse.
-func (s *MemoryStore) dropLocked(e *memEntry) {
-	e.prev.next, e.next.prev = e.next, e.prev
-	delete(s.keys, e.key)
-	if s.nfree >= memFreeMax {
-		return
-	}
-	*e = memEntry{next: s.free}
-	s.free = e
-	s.nfree++
-}
-
-func (s *MemoryStore) pushFrontLocked(e *memEntry) {
-	e.prev, e.next = &s.lru, s.lru.next
-	s.lru.next.prev = e
-	s.lru.next = e
-}
-
-func (s *MemoryStore) moveToFrontLocked(e *memEntry) {
-	if s.lru.next == e {
-		return
-	}
-	e.prev.next, e.next.prev = e.next, e.prev
-	s.pushFrontLocked(e)
-}
-
-// backLocked returns the least recently used entry, or nil.
-func (s *MemoryStore) backLocked() *memEntry {
-	if e := s.lru.prev; e != &s.lru {
-		return e
-	}
-	return nil
 }
 
 // sweepLocked drops up to memorySweepPerCall expired entries from the LRU
@@ -199,17 +144,11 @@ func (s *MemoryStore) backLocked() *memEntry {
 // heuristic; eviction when full guarantees the bound.
 func (s *MemoryStore) sweepLocked(now time.Time) {
 	for i := 0; i < memorySweepPerCall; i++ {
-		e := s.backLocked()
-		if e == nil || now.Before(e.expires) {
+		_, e, ok := s.keys.GetOldest()
+		if !ok || now.Before(e.expires) {
 			return
 		}
-		s.dropLocked(e)
-	}
-}
-
-func (s *MemoryStore) evictLocked() {
-	if e := s.backLocked(); e != nil {
-		s.dropLocked(e)
+		s.keys.RemoveOldest()
 	}
 }
 
@@ -227,22 +166,14 @@ func (s *MemoryStore) Complete(ctx context.Context, c Claim, result []byte) erro
 	if s.closed {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClosed)
 	}
-	e, ok := s.keys[c.Key]
-	if !ok {
-		// Evicted or expired and swept: nobody holds it, so ours stands.
-		if len(s.keys) >= s.cfg.MaxKeys {
-			s.evictLocked()
-		}
-		e = s.newEntryLocked()
-		e.key, e.token = c.Key, c.Token
-		s.pushFrontLocked(e)
-		s.keys[c.Key] = e
-	}
-	if e.token != c.Token {
+	// Absent (evicted, or expired and swept): nobody holds it, so ours
+	// stands. Peek leaves a lost claim where it is in the LRU order.
+	if e, ok := s.keys.Peek(c.Key); ok && e.token != c.Token {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClaimLost)
 	}
-	e.completed, e.result, e.expires = true, cloneBytes(result), now.Add(s.cfg.Retention)
-	s.moveToFrontLocked(e)
+	// Add makes it the most recently used (a new key evicts the least
+	// recently used one when the store is full).
+	s.keys.Add(c.Key, memEntry{token: c.Token, completed: true, result: cloneBytes(result), expires: now.Add(s.cfg.Retention)})
 	return nil
 }
 
@@ -259,8 +190,8 @@ func (s *MemoryStore) Release(ctx context.Context, c Claim) error {
 	if s.closed {
 		return fmt.Errorf("idempotency: release %q: %w", c.Key, ErrClosed)
 	}
-	if e, ok := s.keys[c.Key]; ok && e.token == c.Token && !e.completed {
-		s.dropLocked(e)
+	if e, ok := s.keys.Peek(c.Key); ok && e.token == c.Token && !e.completed {
+		s.keys.Remove(c.Key)
 	}
 	return nil
 }
@@ -270,7 +201,7 @@ func (s *MemoryStore) Release(ctx context.Context, c Claim) error {
 func (s *MemoryStore) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.keys)
+	return s.keys.Len()
 }
 
 // Close drops every key. Idempotent.
@@ -278,9 +209,7 @@ func (s *MemoryStore) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.keys = map[string]*memEntry{}
-	s.lru.prev, s.lru.next = &s.lru, &s.lru
-	s.free, s.nfree = nil, 0
+	s.keys.Purge()
 	return nil
 }
 

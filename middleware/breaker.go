@@ -8,12 +8,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/antidote-mq/antidote/internal/clock"
+	"github.com/antidote-mq/antidote/internal/textcut"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -400,11 +401,7 @@ func logUUID(uuid string) string {
 	if len(uuid) <= maxKeyUUIDBytes {
 		return uuid
 	}
-	cut := maxKeyUUIDBytes
-	for cut > 0 && !utf8.RuneStart(uuid[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s...[truncated, %d bytes]", uuid[:cut], len(uuid))
+	return fmt.Sprintf("%s...[truncated, %d bytes]", textcut.Prefix(uuid, maxKeyUUIDBytes), len(uuid))
 }
 
 // logTime formats a time for the logs and span events.
@@ -471,12 +468,7 @@ func (b *Breaker) hold(msg *message.Message, err error, why string) error {
 // pause waits Backoff (or until the message context ends) and returns err
 // Defer'd, so DeadLetter nacks the message.
 func (b *Breaker) pause(msg *message.Message, err error) error {
-	t := time.NewTimer(b.cfg.Backoff)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-msg.Context().Done():
-	}
+	clock.Sleep(msg.Context(), b.cfg.Backoff)
 	return poison.Defer(err)
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -84,11 +85,7 @@ func failing(ok *sync.Map) message.HandlerFunc {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	testenv.Eventually(t, 10*time.Second, what, cond)
 }
 
 // Past maxHolds the breaker forgets every hold at once: each counted one is

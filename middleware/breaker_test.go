@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -201,11 +202,12 @@ func TestBreakerTransientPoisonAmongSuccessesEndsInDLQ(t *testing.T) {
 
 func waitCount(t *testing.T, rig *breakerRig, n int64) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); rig.count.Load() < n; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("processed %d of %d", rig.count.Load(), n)
+	testenv.EventuallyNil(t, 20*time.Second, func() error {
+		if got := rig.count.Load(); got < n {
+			return fmt.Errorf("processed %d of %d", got, n)
 		}
-	}
+		return nil
+	})
 }
 
 // Permanent failures are the messages' fault: the breaker stays closed and
@@ -250,11 +252,12 @@ func TestBreakerSingleTransientPoisonEndsInDLQ(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the stuck message never reached the DLQ (breaker %s)", rig.breaker.State())
 	}
-	for deadline := time.Now().Add(10 * time.Second); rig.count.Load() < 10; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("healthy processed %d of 10", rig.count.Load())
+	testenv.EventuallyNil(t, 10*time.Second, func() error {
+		if got := rig.count.Load(); got < 10 {
+			return fmt.Errorf("healthy processed %d of 10", got)
 		}
-	}
+		return nil
+	})
 }
 
 func TestBreakerConfigValidate(t *testing.T) {
@@ -383,11 +386,7 @@ func TestBreakerHealthCheckJudgesAlone(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 			up.Store(true)
-			for deadline := time.Now().Add(10 * time.Second); done.Load() == 0; time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatal("not processed after the dependency came back")
-				}
-			}
+			testenv.Eventually(t, 10*time.Second, "the message processed after the dependency came back", func() bool { return done.Load() != 0 })
 			select {
 			case l := <-dlq:
 				t.Fatalf("dead-lettered during the outage: %v", l.Metadata)

@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -161,12 +162,7 @@ func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
 			"handler_err":  f.Err.Error(),
 		})
 		if d.cfg.FailedPublishPause > 0 {
-			t := time.NewTimer(d.cfg.FailedPublishPause)
-			select {
-			case <-t.C:
-			case <-msg.Context().Done():
-			}
-			t.Stop()
+			clock.Sleep(msg.Context(), d.cfg.FailedPublishPause)
 		}
 		return fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, f.Err)
 	}
@@ -199,12 +195,9 @@ func (d *DeadLetter) failureOf(msg *message.Message, err error) poison.Failure {
 		}
 	}
 
-	var panicErr *poison.PanicError
-	switch {
-	case poison.ReasonOf(err) != "":
-		f.Reason = poison.ReasonOf(err)
-	case errors.As(err, &panicErr):
-		f.Reason = poison.ReasonPanic
+	switch r := poison.InferReason(err); {
+	case r != "":
+		f.Reason = r
 	case fromRetry && re.Class == poison.ClassPermanent,
 		d.cfg.Classifier.Classify(f.Err) == poison.ClassPermanent:
 		f.Reason = poison.ReasonPermanent

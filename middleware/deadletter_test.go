@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -224,13 +225,7 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(dlWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, dlWait, what, cond)
 }
 
 type order struct {

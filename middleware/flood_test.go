@@ -19,6 +19,7 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -274,26 +275,25 @@ func TestSweeperIncidentReplayed(t *testing.T) {
 		}
 		return n
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for healthyDone() < healthy {
-		require.True(t, time.Now().Before(deadline), "only %d of %d healthy messages processed during the flood", healthyDone(), healthy)
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.EventuallyNil(t, 2*time.Minute, func() error {
+		if n := healthyDone(); n < healthy {
+			return fmt.Errorf("only %d of %d healthy messages processed during the flood", n, healthy)
+		}
+		return nil
+	})
 	close(stopSweeper)
 	<-sweeperDone
 	floodDuration := time.Since(start)
 	// Let the consumer drain what the sweeper sent: everything is acked.
-	deadline = time.Now().Add(2 * time.Minute)
-	for {
+	testenv.EventuallyNil(t, 2*time.Minute, func() error {
 		mu.Lock()
 		acked := ackedBy[sweeperProducer]
 		mu.Unlock()
-		if int64(acked) >= sweeperSent.Load() {
-			break
+		if int64(acked) < sweeperSent.Load() {
+			return fmt.Errorf("only %d of %d sweeper messages settled", acked, sweeperSent.Load())
 		}
-		require.True(t, time.Now().Before(deadline), "only %d of %d sweeper messages settled", acked, sweeperSent.Load())
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	elapsed := time.Since(start)
 	cancel()
 	<-runDone

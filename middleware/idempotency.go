@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -329,7 +330,7 @@ func (m *Idempotency) whenNotBusy(msg *message.Message, key string, try func() (
 		if c.LeaseLeft > 0 {
 			d = min(d, c.LeaseLeft+time.Millisecond)
 		}
-		if !wait(ctx, d) {
+		if !clock.Sleep(ctx, d) {
 			return c, fmt.Errorf("antidote: waiting for idempotency key %q of message %s, held by another consumer: %w", key, msg.UUID, ctx.Err())
 		}
 		pause = min(2*pause, idempotencyPollMax)

@@ -18,6 +18,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/redisstore"
@@ -31,14 +32,7 @@ const (
 
 // idemBrokerConfig is the adapters config of kind for these tests.
 func idemBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
-	switch kind {
-	case adapters.KindAMQP:
-		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
-	case adapters.KindPostgres:
-		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond, ResendInterval: 50 * time.Millisecond}}
-	default:
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true, NackResendSleep: 50 * time.Millisecond}}
-	}
+	return brokers.Config(t, kind, brokers.FastRedelivery())
 }
 
 // idemTally is what the consumers of one run saw.
@@ -248,7 +242,7 @@ func TestIdempotencyOnBrokers(t *testing.T) {
 		{"two consumers, postgres store", 2, idemPostgresStore},
 		{"two consumers, redis store", 2, idemRedisStore},
 	}
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			for _, run := range runs {
 				t.Run(run.name, func(t *testing.T) {
@@ -262,13 +256,12 @@ func TestIdempotencyOnBrokers(t *testing.T) {
 
 					published := idemPublish(t, brokers[0].Publisher, topic)
 					require.Len(t, published, idemMessages+idemMessages/idemDuplicateEvery)
-					deadline := time.Now().Add(idemWait)
-					for tally.settled(published) < len(published) {
-						if time.Now().After(deadline) {
-							t.Fatalf("only %d of %d published messages were processed or skipped within %s", tally.settled(published), len(published), idemWait)
+					testenv.EventuallyNil(t, idemWait, func() error {
+						if n := tally.settled(published); n < len(published) {
+							return fmt.Errorf("only %d of %d published messages were processed or skipped", n, len(published))
 						}
-						time.Sleep(20 * time.Millisecond)
-					}
+						return nil
+					})
 					// Anything still in flight would show up as an extra run.
 					time.Sleep(500 * time.Millisecond)
 					stop()

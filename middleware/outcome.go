@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/attribute"
@@ -15,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/textcut"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -157,14 +157,7 @@ func traceErrorText(err error) string { return traceText(err.Error()) }
 
 // traceText cuts s to maxTraceErrorBytes.
 func traceText(s string) string {
-	if len(s) <= maxTraceErrorBytes {
-		return s
-	}
-	cut := maxTraceErrorBytes
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "...[truncated]"
+	return textcut.Truncate(s, maxTraceErrorBytes, "...[truncated]")
 }
 
 func errorAttrs(err error) []attribute.KeyValue {

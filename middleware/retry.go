@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v5"
 
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -267,21 +268,9 @@ func (r *Retry) retry(msg *message.Message, h message.HandlerFunc, ctx context.C
 			"wait":         delay.String(),
 			"err":          err.Error(),
 		})
-		if !wait(ctx, delay) {
+		if !clock.Sleep(ctx, delay) {
 			return nil, interrupted(ctx, attempt, err)
 		}
-	}
-}
-
-// wait sleeps for d or until ctx is done; it reports whether d elapsed.
-func wait(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

@@ -2,7 +2,7 @@ package middleware_test
 
 import (
 	"context"
-	"strings"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -12,18 +12,12 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 )
 
 func throttleBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
-	switch kind {
-	case adapters.KindAMQP:
-		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
-	case adapters.KindPostgres:
-		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond}}
-	default:
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true}}
-	}
+	return brokers.Config(t, kind)
 }
 
 // 600 messages at 200/s with a burst of 1 take 3s ± 15% (599 intervals of
@@ -38,15 +32,11 @@ func TestThrottleRateOnBrokers(t *testing.T) {
 	}
 	const total, rate = 600, 200.0
 	want := time.Duration(float64(total-1) / rate * float64(time.Second))
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			ctx := context.Background()
-			b, err := adapters.Open(ctx, throttleBrokerConfig(t, kind), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			topic := "throttle_rate_" + strings.ToLower(watermill.NewShortUUID())
+			b := brokers.Open(t, throttleBrokerConfig(t, kind))
+			topic := brokers.Topic("throttle_rate_")
 			msgs := make([]*message.Message, total)
 			for i := range msgs {
 				msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(`{"user_id":1,"msg":"Hello World"}`))
@@ -92,19 +82,15 @@ func TestThrottleRateOnBrokers(t *testing.T) {
 			defer func() { _ = r.Close(); <-done }()
 			<-r.Running()
 
-			deadline := time.Now().Add(60 * time.Second)
-			for {
+			testenv.EventuallyNil(t, 60*time.Second, func() error {
 				mu.Lock()
 				n := len(handled)
 				mu.Unlock()
-				if n == total {
-					break
+				if n != total {
+					return fmt.Errorf("%d of %d messages handled", n, total)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%d of %d messages handled after 60s", n, total)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+				return nil
+			})
 			mu.Lock()
 			defer mu.Unlock()
 			calls := 0

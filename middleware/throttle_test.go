@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/throttle"
@@ -260,13 +261,7 @@ func TestThrottleOnWaitAndAdaptiveErrors(t *testing.T) {
 
 func throttleWaitUntil(t *testing.T, limit time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", limit)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.Eventually(t, limit, "the condition", cond)
 }
 
 // A handler limited to 5 messages per second with a burst of 2: after a

@@ -1,11 +1,12 @@
 package poison
 
 import (
-	"container/list"
 	"context"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Defaults of MemoryDeliveryTrackerConfig.
@@ -61,14 +62,14 @@ type MemoryDeliveryTracker struct {
 	cfg MemoryDeliveryTrackerConfig
 	now func() time.Time
 
-	mu     sync.Mutex
-	keys   map[string]*list.Element // of *memDeliveryEntry
-	order  *list.List               // front: most recently incremented
+	mu sync.Mutex
+	// keys holds at most MaxKeys counts, in the order they were last
+	// incremented (Incr is a use, Decr is not).
+	keys   *simplelru.LRU[string, *memDeliveryEntry]
 	closed bool
 }
 
 type memDeliveryEntry struct {
-	key     string
 	count   int
 	expires time.Time
 }
@@ -82,12 +83,11 @@ func NewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) *MemoryDeliveryTr
 		panic(err)
 	}
 	cfg.setDefaults()
-	return &MemoryDeliveryTracker{
-		cfg:   cfg,
-		now:   time.Now,
-		keys:  make(map[string]*list.Element),
-		order: list.New(),
+	keys, err := simplelru.NewLRU[string, *memDeliveryEntry](cfg.MaxKeys, nil)
+	if err != nil {
+		panic(err) // MaxKeys >= 1 after Validate and setDefaults
 	}
+	return &MemoryDeliveryTracker{cfg: cfg, now: time.Now, keys: keys}
 }
 
 // Incr counts one more delivery of key and returns the new count. A count
@@ -102,21 +102,18 @@ func (t *MemoryDeliveryTracker) Incr(ctx context.Context, key string) (int, erro
 	if t.closed {
 		return 0, ErrDeliveryTrackerClosed
 	}
-	if el, ok := t.keys[key]; ok {
-		e := el.Value.(*memDeliveryEntry)
+	if e, ok := t.keys.Get(key); ok { // Get makes it the most recently incremented
 		if !now.Before(e.expires) {
 			e.count = 0
 		}
 		e.count++
 		e.expires = now.Add(t.cfg.TTL)
-		t.order.MoveToFront(el)
 		return e.count, nil
 	}
-	if len(t.keys) >= t.cfg.MaxKeys {
+	if t.keys.Len() >= t.cfg.MaxKeys {
 		t.evictLocked(now)
 	}
-	e := &memDeliveryEntry{key: key, count: 1, expires: now.Add(t.cfg.TTL)}
-	t.keys[key] = t.order.PushFront(e)
+	t.keys.Add(key, &memDeliveryEntry{count: 1, expires: now.Add(t.cfg.TTL)})
 	return 1, nil
 }
 
@@ -125,14 +122,12 @@ func (t *MemoryDeliveryTracker) Incr(ctx context.Context, key string) (int, erro
 // incremented and the first to expire: drop expired entries from the back,
 // and if none expired drop the back one.
 func (t *MemoryDeliveryTracker) evictLocked(now time.Time) {
-	for el := t.order.Back(); el != nil; el = t.order.Back() {
-		e := el.Value.(*memDeliveryEntry)
-		if now.Before(e.expires) && len(t.keys) < t.cfg.MaxKeys {
+	for _, e, ok := t.keys.GetOldest(); ok; _, e, ok = t.keys.GetOldest() {
+		if now.Before(e.expires) && t.keys.Len() < t.cfg.MaxKeys {
 			return
 		}
 		expired := !now.Before(e.expires)
-		t.order.Remove(el)
-		delete(t.keys, e.key)
+		t.keys.RemoveOldest()
 		if !expired {
 			return // evicted the least recently used live entry; room made
 		}
@@ -149,10 +144,7 @@ func (t *MemoryDeliveryTracker) Forget(ctx context.Context, key string) error {
 	if t.closed {
 		return ErrDeliveryTrackerClosed
 	}
-	if el, ok := t.keys[key]; ok {
-		t.order.Remove(el)
-		delete(t.keys, key)
-	}
+	t.keys.Remove(key)
 	return nil
 }
 
@@ -166,11 +158,10 @@ func (t *MemoryDeliveryTracker) Decr(ctx context.Context, key string) (int, erro
 	if t.closed {
 		return 0, ErrDeliveryTrackerClosed
 	}
-	el, ok := t.keys[key]
+	e, ok := t.keys.Peek(key) // a Decr is no use: the order stays
 	if !ok {
 		return 0, nil
 	}
-	e := el.Value.(*memDeliveryEntry)
 	if e.count > 0 {
 		e.count--
 	}
@@ -182,7 +173,7 @@ func (t *MemoryDeliveryTracker) Decr(ctx context.Context, key string) (int, erro
 func (t *MemoryDeliveryTracker) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.keys)
+	return t.keys.Len()
 }
 
 // Close drops every count. It is idempotent.
@@ -190,8 +181,7 @@ func (t *MemoryDeliveryTracker) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.closed = true
-	t.keys = map[string]*list.Element{}
-	t.order.Init()
+	t.keys.Purge()
 	return nil
 }
 

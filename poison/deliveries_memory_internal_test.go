@@ -91,7 +91,11 @@ func TestMemoryDeliveryTrackerConcurrentBounded(t *testing.T) {
 	}
 	wg.Wait()
 	assert.LessOrEqual(t, tr.Len(), 100)
-	assert.Equal(t, tr.order.Len(), len(tr.keys), "list and map agree")
+	keys := tr.keys.Keys()
+	assert.Len(t, keys, tr.keys.Len(), "list and map agree")
+	for _, k := range keys {
+		assert.True(t, tr.keys.Contains(k), "list and map agree on %q", k)
+	}
 }
 
 func TestMemoryDeliveryTrackerHonoursContext(t *testing.T) {

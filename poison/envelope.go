@@ -7,10 +7,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/antidote-mq/antidote"
+
+	"github.com/antidote-mq/antidote/internal/textcut"
 )
 
 // Metadata keys of the DLQ envelope. The set is a superset of what Spring
@@ -205,12 +206,8 @@ func reasonFor(f Failure) Reason {
 	if f.Reason != "" {
 		return f.Reason
 	}
-	if r := ReasonOf(f.Err); r != "" {
+	if r := InferReason(f.Err); r != "" {
 		return r
-	}
-	var p *PanicError
-	if errors.As(f.Err, &p) {
-		return ReasonPanic
 	}
 	return ReasonPermanent
 }
@@ -220,14 +217,7 @@ func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // truncate cuts s to at most limit bytes on a rune boundary and appends a
 // marker, so a cut value is still valid UTF-8 and visibly incomplete.
 func truncate(s string, limit int) string {
-	if len(s) <= limit {
-		return s
-	}
-	cut := limit
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + truncatedMarker
+	return textcut.Truncate(s, limit, truncatedMarker)
 }
 
 // ErrorType returns the Go type name (%T) of the innermost meaningful error

@@ -9,12 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -36,32 +36,21 @@ func (p *flakyPublisher) Publish(topic string, msgs ...*message.Message) error {
 }
 
 func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
-	switch kind {
-	case adapters.KindAMQP:
-		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
-	case adapters.KindPostgres:
-		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond, ResendInterval: 50 * time.Millisecond}}
-	default:
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true, NackResendSleep: 50 * time.Millisecond}}
-	}
+	return brokers.Config(t, kind, brokers.FastRedelivery())
 }
 
 // While the DLQ cannot be written, poison is nacked (redelivered), never
 // acked; once it is back, each poison message is dead-lettered exactly once
 // and every healthy one processed. Counted in and out, on each real broker.
 func TestDLQOutageLosesNothing(t *testing.T) {
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
-			b, err := adapters.Open(context.Background(), brokerConfig(t, kind), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
+			b := brokers.Open(t, brokerConfig(t, kind))
 			dlqPub := &flakyPublisher{Publisher: b.Publisher}
 			dlqPub.down.Store(true)
 			var mu sync.Mutex
 			processed := map[string]int{}
-			topic := "dlq_outage_" + watermill.NewShortUUID()
+			topic := brokers.Topic("dlq_outage_")
 			r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: dlqPub, FailedPublishPause: 100 * time.Millisecond}})
 			if err != nil {
 				t.Fatal(err)
@@ -163,26 +152,16 @@ func dlqSubscriber(t *testing.T, ctx context.Context, b *adapters.Broker, topic 
 
 func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", limit)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, limit, "the condition", cond)
 }
 
 // The sink fails for a while during a run: with the DLQ-storm breaker nothing
 // is dead-lettered for that outage, and after recovery every message is
 // processed exactly as published. On each real broker.
 func TestSinkOutageDeadLettersNothing(t *testing.T) {
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
-			b, err := adapters.Open(context.Background(), brokerConfig(t, kind), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
+			b := brokers.Open(t, brokerConfig(t, kind))
 			var states []string
 			var mu sync.Mutex
 			r, err := router.New(router.Config{Deliveries: memGuard(),
@@ -199,7 +178,7 @@ func TestSinkOutageDeadLettersNothing(t *testing.T) {
 			down.Store(true)
 			var failures atomic.Int64
 			processed := map[string]int{}
-			topic := "sink_outage_" + watermill.NewShortUUID()
+			topic := brokers.Topic("sink_outage_")
 			r.AddConsumerHandler("h", topic, b.Subscriber, func(m *message.Message) error {
 				if down.Load() {
 					failures.Add(1)
@@ -254,13 +233,9 @@ func TestSinkOutageDeadLettersNothing(t *testing.T) {
 // stage. On each real broker, by its own delay mechanism.
 func TestDelayedRetriesDoNotBlock(t *testing.T) {
 	stages := []time.Duration{300 * time.Millisecond, 600 * time.Millisecond}
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
-			b, err := adapters.Open(context.Background(), brokerConfig(t, kind), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
+			b := brokers.Open(t, brokerConfig(t, kind))
 			var scheduled atomic.Int64
 			cfg := router.Config{Deliveries: memGuard(),
 				CloseTimeout: 5 * time.Second,
@@ -273,7 +248,7 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			topic := "delayed_" + watermill.NewShortUUID()
+			topic := brokers.Topic("delayed_")
 			var mu sync.Mutex
 			var order []string
 			var flakyDoneAt time.Time

@@ -17,6 +17,7 @@ import (
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -33,7 +34,7 @@ func kafkaLetterRun(t *testing.T, precreateDLQ bool, cc poison.ClaimCheck) (lett
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	topic := "letter_size_" + watermill.NewShortUUID()
+	topic := brokers.Topic("letter_size_")
 	if precreateDLQ {
 		// An operator's DLQ topic at Kafka's default max.message.bytes:
 		// the letter of a message near the limit does not fit it.
@@ -154,12 +155,8 @@ func TestKafkaLetterThatDoesNotFitGoesToTheClaimCheck(t *testing.T) {
 // nacked (never acked, never lost), with an error naming the fix, and
 // redelivered with a pause, not in a hot loop.
 func TestKafkaLetterThatDoesNotFitWithoutClaimCheckIsNacked(t *testing.T) {
-	b, err := adapters.Open(context.Background(), brokerConfig(t, adapters.KindKafka), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	topic := "letter_nofit_" + watermill.NewShortUUID()
+	b := brokers.Open(t, brokerConfig(t, adapters.KindKafka))
+	topic := brokers.Topic("letter_nofit_")
 	admin, err := sarama.NewClusterAdmin(b.Config.Kafka.Brokers, sarama.NewConfig())
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/router"
 	"github.com/antidote-mq/antidote/telemetry"
@@ -23,11 +24,7 @@ import (
 // the topic itself. At run time each would have turned every failure into
 // a loop.
 func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
-	b, err := adapters.Open(context.Background(), brokerConfig(t, adapters.KindKafka), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := brokers.Open(t, brokerConfig(t, adapters.KindKafka))
 	traced, err := telemetry.NewPublisher(b.Publisher, telemetry.PublisherConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -43,11 +40,11 @@ func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
 	}{
 		{"topic over 249", strings.Repeat("y", 250), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
 		{"its DLQ topic over 249", long + "z", router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
-		{"custom DLQ topic", "orders_" + watermill.NewShortUUID(), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
+		{"custom DLQ topic", brokers.Topic("orders_"), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
 			Topic: func(string) string { return "dead letters" }}}, antidote.ErrInvalidTopic, "dead letters"},
 		{"retry stage", long, router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
 			DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{10 * time.Second}, Scheduler: b.Scheduler()}}, antidote.ErrInvalidTopic, ".retry.10s"},
-		{"DLQ is the topic", "loop_" + watermill.NewShortUUID(), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
+		{"DLQ is the topic", brokers.Topic("loop_"), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
 			Topic: func(s string) string { return s }}}, middleware.ErrDeadLetterLoop, "loop_"},
 	}
 	for _, tc := range cases {

@@ -7,6 +7,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -42,11 +43,7 @@ func AddRetryRelays(r *message.Router, cfg Config, topic string) {
 func relay(pub message.Publisher, topic string, after time.Duration) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
 		if wait := min(time.Until(antidote.DueAt(msg)), after); wait > 0 {
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			select {
-			case <-t.C:
-			case <-msg.Context().Done():
+			if !clock.Sleep(msg.Context(), wait) {
 				return poison.Defer(msg.Context().Err())
 			}
 		}

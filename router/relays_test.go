@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/router"
 )
@@ -20,14 +20,10 @@ import (
 // names another topic are each forwarded to the relay's own topic within
 // the stage's delay: none holds the retry partition, none goes elsewhere.
 func TestRetryRelayTrustsNoMetadata(t *testing.T) {
-	b, err := adapters.Open(context.Background(), brokerConfig(t, adapters.KindKafka), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := brokers.Open(t, brokerConfig(t, adapters.KindKafka))
 	const stage = 500 * time.Millisecond
-	topic := "relay_" + watermill.NewShortUUID()
-	elsewhere := "relay_elsewhere_" + watermill.NewShortUUID()
+	topic := brokers.Topic("relay_")
+	elsewhere := brokers.Topic("relay_elsewhere_")
 	cfg := router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
 		DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{stage}, Scheduler: b.Scheduler()}}
 	r, err := router.New(cfg)

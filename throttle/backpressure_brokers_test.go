@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,18 +17,12 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/throttle"
 )
 
 func bpBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
-	switch kind {
-	case adapters.KindAMQP:
-		return adapters.Config{Broker: kind, AMQP: adapters.AMQPConfig{URL: testenv.AMQPURL(t)}}
-	case adapters.KindPostgres:
-		return adapters.Config{Broker: kind, Postgres: adapters.PostgresConfig{URL: testenv.PostgresURL(t), PollInterval: 10 * time.Millisecond}}
-	default:
-		return adapters.Config{Broker: kind, Kafka: adapters.KafkaConfig{Embedded: true, NackResendSleep: 50 * time.Millisecond}}
-	}
+	return brokers.Config(t, kind, brokers.FastRedelivery())
 }
 
 // bpSubscriber returns the subscriber the consumer uses and a func closing
@@ -116,7 +109,7 @@ func TestBackpressureOnBrokers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("about 8s per case")
 	}
-	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
+	for _, kind := range brokers.Kinds {
 		for _, mode := range []throttle.BackpressureMode{throttle.Block, throttle.Reject} {
 			t.Run(string(kind)+"/"+mode.String(), func(t *testing.T) {
 				runBackpressure(t, kind, mode, true)
@@ -170,11 +163,7 @@ func (s *backlogSampler) sample() {
 
 func runBackpressure(t *testing.T, kind adapters.Kind, mode throttle.BackpressureMode, exact bool) {
 	ctx := context.Background()
-	b, err := adapters.Open(ctx, bpBrokerConfig(t, kind), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := brokers.Open(t, bpBrokerConfig(t, kind))
 	opened, err := adapters.OpenLagSource(ctx, b.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +187,7 @@ func runBackpressure(t *testing.T, kind adapters.Kind, mode throttle.Backpressur
 		t.Fatal(err)
 	}
 	defer bp.Close()
-	topic := "bp_" + strings.ToLower(watermill.NewShortUUID())
+	topic := brokers.Topic("bp_")
 	s.estimate = func() int64 { n, _ := bp.Backlog(topic); return n }
 
 	// The consumer: 100 messages/s (a token bucket in the handler;
@@ -403,13 +392,7 @@ func publishAsyncTo(p message.Publisher, topic string, msg *message.Message) <-c
 
 func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", limit)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, limit, "the condition", cond)
 }
 
 // timedLag measures how long the readings take (a slow reading is a stale

@@ -3,6 +3,7 @@ package throttle_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/throttle"
 )
 
@@ -328,15 +330,10 @@ func TestBackpressureConcurrentProducers(t *testing.T) {
 
 func waitBacklog(t *testing.T, p *throttle.BackpressurePublisher, topic string, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if got, ok := p.Backlog(topic); ok && got == want {
-			return
+	testenv.EventuallyNil(t, 5*time.Second, func() error {
+		if got, ok := p.Backlog(topic); !ok || got != want {
+			return fmt.Errorf("backlog of %s is %d (known: %t); want %d", topic, got, ok, want)
 		}
-		if time.Now().After(deadline) {
-			got, _ := p.Backlog(topic)
-			t.Fatalf("backlog of %s is %d after 5s; want %d", topic, got, want)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -1,12 +1,12 @@
 package throttle
 
 import (
-	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 )
 
@@ -60,14 +60,8 @@ type KeyedLimiter struct {
 	cfg KeyedConfig
 
 	mu      sync.Mutex
-	lru     list.List // of *keyedBucket; front = most recently used
-	buckets map[string]*list.Element
+	buckets *simplelru.LRU[string, *rate.Limiter] // at most MaxKeys; adding one more drops the least recently used
 	evicted uint64
-}
-
-type keyedBucket struct {
-	key string
-	lim *rate.Limiter
 }
 
 // NewKeyedLimiter validates cfg and returns a limiter with no buckets yet.
@@ -76,7 +70,11 @@ func NewKeyedLimiter(cfg KeyedConfig) (*KeyedLimiter, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &KeyedLimiter{cfg: cfg, buckets: make(map[string]*list.Element)}, nil
+	buckets, err := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxKeys, nil)
+	if err != nil {
+		return nil, err // MaxKeys >= 1 after Validate
+	}
+	return &KeyedLimiter{cfg: cfg, buckets: buckets}, nil
 }
 
 // Wait blocks until key's bucket has a token or ctx ends (the error then
@@ -89,30 +87,23 @@ func (k *KeyedLimiter) Wait(ctx context.Context, key string) error {
 func (k *KeyedLimiter) reserve(key string) *rate.Reservation {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var b *keyedBucket
-	if e, ok := k.buckets[key]; ok {
-		k.lru.MoveToFront(e)
-		b = e.Value.(*keyedBucket)
-	} else {
-		b = &keyedBucket{key: key, lim: rate.NewLimiter(rate.Limit(k.cfg.Rate), k.cfg.Burst)}
-		k.buckets[key] = k.lru.PushFront(b)
-		for k.lru.Len() > k.cfg.MaxKeys {
-			last := k.lru.Back()
-			k.lru.Remove(last)
-			delete(k.buckets, last.Value.(*keyedBucket).key)
+	lim, ok := k.buckets.Get(key) // Get makes it the most recently used
+	if !ok {
+		lim = rate.NewLimiter(rate.Limit(k.cfg.Rate), k.cfg.Burst)
+		if k.buckets.Add(key, lim) {
 			k.evicted++
 		}
 	}
 	// Reserving under the lock keeps the bucket from being evicted and
 	// recreated (full) between lookup and reservation.
-	return b.lim.Reserve()
+	return lim.Reserve()
 }
 
 // Len is the number of keys that have a bucket (at most MaxKeys).
 func (k *KeyedLimiter) Len() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.lru.Len()
+	return k.buckets.Len()
 }
 
 // Evicted is how many buckets were dropped to stay within MaxKeys. A count

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/antidote-mq/antidote/internal/clock"
 )
 
 // RateConfig configures a token bucket.
@@ -84,13 +85,9 @@ func waitReservation(ctx context.Context, reserve func() *rate.Reservation) erro
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if !clock.Sleep(ctx, d) {
 		r.Cancel()
 		return fmt.Errorf("throttle: rate wait: %w", ctx.Err())
 	}
+	return nil
 }

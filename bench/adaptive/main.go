@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/antidote-mq/antidote/internal/clock"
 	"github.com/antidote-mq/antidote/throttle"
 )
 
@@ -60,12 +61,7 @@ func (d *downstream) call(ctx context.Context) {
 	c := float64(d.inFlight.Add(1))
 	defer d.inFlight.Add(-1)
 	f := math.Max(1, c/float64(d.optimum.Load()))
-	t := time.NewTimer(time.Duration(float64(d.base) * f * f))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	clock.Sleep(ctx, time.Duration(float64(d.base)*f*f))
 }
 
 type phase struct {

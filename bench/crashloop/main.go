@@ -54,7 +54,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -64,6 +63,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/bench/internal/benchutil"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/pgstore"
@@ -157,7 +157,7 @@ func main() {
 			d = append(d, float64(r.deliveries))
 			rs = append(rs, r.restart.Seconds())
 		}
-		fmt.Printf("| %-8s | %-8s | %18.2fs | %14.0f | %22.0f | %24.2fs |\n", rw.broker, rw.tracker, median(q), median(s), median(d), median(rs))
+		fmt.Printf("| %-8s | %-8s | %18.2fs | %14.0f | %22.0f | %24.2fs |\n", rw.broker, rw.tracker, benchutil.Median(q), benchutil.Median(s), benchutil.Median(d), benchutil.Median(rs))
 	}
 	if failed {
 		os.Exit(1)
@@ -416,28 +416,7 @@ func consume(kind adapters.Kind, topic, tracker, logPath string, o opts) error {
 // queues are empty at the end and are left; Kafka's go with the embedded
 // broker).
 func cleanup(b *adapters.Broker, topic string) {
-	if b.Kind != adapters.KindPostgres {
-		return
+	if b.Kind == adapters.KindPostgres {
+		benchutil.Drop(context.Background(), b, topic, topic+".dlq")
 	}
-	ctx := context.Background()
-	pool, err := adapters.OpenPostgresPool(ctx, b.Config)
-	if err != nil {
-		return
-	}
-	defer pool.Close()
-	for _, t := range []string{topic, topic + ".dlq"} {
-		_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+adapters.PostgresTable(b.Config.Postgres, t))
-	}
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

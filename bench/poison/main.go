@@ -101,10 +101,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	wmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/bench/internal/benchutil"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
@@ -320,7 +320,7 @@ func runBroker(kind adapters.Kind, p params) error {
 				per += fmt.Sprintf(" %.1f%%", x)
 			}
 			if len(shares) > 0 {
-				share = fmt.Sprintf("%.1f%%", median(shares))
+				share = fmt.Sprintf("%.1f%%", benchutil.Median(shares))
 			}
 		}
 		if stalls > 0 {
@@ -330,13 +330,13 @@ func runBroker(kind adapters.Kind, p params) error {
 			fmt.Printf("| %-16s | %10s | %8s | %10s | %10s | %-22s |%s |\n", v, "stalled", "", "", "", "", per)
 			continue
 		}
-		fmt.Printf("| %-16s | %10.0f | %8s | %10s | %10s | %-22.1f |%s |\n", v, median(rates), share,
-			time.Duration(median(p50s)).Round(10*time.Microsecond), time.Duration(median(p99s)).Round(10*time.Microsecond), median(runs), per)
+		fmt.Printf("| %-16s | %10.0f | %8s | %10s | %10s | %-22.1f |%s |\n", v, benchutil.Median(rates), share,
+			time.Duration(benchutil.Median(p50s)).Round(10*time.Microsecond), time.Duration(benchutil.Median(p99s)).Round(10*time.Microsecond), benchutil.Median(runs), per)
 	}
 	if _, ok := res["watermill"]; ok {
 		if _, ok := res["watermill-clean"]; ok {
 			if shares := sharesOf("watermill", "watermill-clean"); len(shares) > 0 {
-				fmt.Printf("watermill / watermill-clean: %.1f%% (median of rounds)\n", median(shares))
+				fmt.Printf("watermill / watermill-clean: %.1f%% (median of rounds)\n", benchutil.Median(shares))
 			}
 		}
 	}
@@ -372,26 +372,6 @@ func (c *countingPublisher) Publish(topic string, msgs ...*message.Message) erro
 }
 
 func (c *countingPublisher) Close() error { return nil }
-
-// keepOpen stops the router from closing the broker's shared subscriber
-// when it stops; the subscriptions still end with the router's context.
-type keepOpen struct{ message.Subscriber }
-
-func (keepOpen) Close() error { return nil }
-
-// work is the handler's cost: a busy loop of d (CPU, the default), or a
-// sleep (I/O; Go's timers on Linux make any sleep under 1ms last about 1ms).
-func work(d time.Duration, sleep bool) {
-	if d <= 0 {
-		return
-	}
-	if sleep {
-		time.Sleep(d)
-		return
-	}
-	for start := time.Now(); time.Since(start) < d; {
-	}
-}
 
 func isPoison(seq int) bool { return seq%1000 == 500 }
 
@@ -447,7 +427,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	}
 
 	dlq := &countingPublisher{Publisher: b.Publisher}
-	sub := keepOpen{b.Subscriber}
+	sub := benchutil.KeepOpen{Subscriber: b.Subscriber}
 	var r *message.Router
 	var err error
 	stages := p.stages()
@@ -507,7 +487,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 			poisonRuns.Add(1)
 			return errPoison
 		}
-		work(p.work, p.sleep)
+		benchutil.Work(p.work, p.sleep)
 		seq, _ := strconv.Atoi(msg.Metadata.Get(metaSeq))
 		switch msg.Metadata.Get(metaPhase) {
 		case "k":
@@ -620,8 +600,8 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 			}
 		}
 		sort.Slice(healthy, func(i, j int) bool { return healthy[i] < healthy[j] })
-		res.p50 = time.Duration(percentile(healthy, 0.50))
-		res.p99 = time.Duration(percentile(healthy, 0.99))
+		res.p50 = time.Duration(benchutil.Percentile(healthy, 0.50))
+		res.p99 = time.Duration(benchutil.Percentile(healthy, 0.99))
 	}
 	// Stop the trickle and let its last messages through before closing:
 	// a message in flight when the router closes is not part of the test
@@ -696,65 +676,17 @@ func produce(pub message.Publisher, topic string, n, rate int, withPoison bool) 
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-func percentile(sorted []int64, q float64) int64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(sorted))+0.5) - 1
-	if i < 0 {
-		i = 0
-	}
-	if i >= len(sorted) {
-		i = len(sorted) - 1
-	}
-	return sorted[i]
-}
-
 // cleanup drops what a measurement left on the broker: PostgreSQL queue
 // tables and RabbitMQ queues (the topic's, its DLQ's, its poison queue's and
 // its delay queues). Kafka topics live in the embedded broker and go with it.
 func cleanup(ctx context.Context, b *adapters.Broker, topic string, stages []time.Duration) {
 	names := []string{topic, topic + ".dlq", topic + ".poison"}
-	switch b.Kind {
-	case adapters.KindPostgres:
-		pool, err := adapters.OpenPostgresPool(ctx, b.Config)
-		if err != nil {
-			return
-		}
-		defer pool.Close()
-		for _, t := range names {
-			_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+adapters.PostgresTable(b.Config.Postgres, t))
-		}
-	case adapters.KindAMQP:
+	if b.Kind == adapters.KindAMQP {
 		for _, d := range stages {
 			names = append(names, adapters.AMQPDelayQueue(topic, d))
 		}
-		conn, err := amqp.Dial(b.Config.AMQP.URL)
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		for _, q := range names {
-			// A channel per delete: deleting a queue that does not exist
-			// closes the channel.
-			if ch, err := conn.Channel(); err == nil {
-				_, _ = ch.QueueDelete(q, false, false, false)
-				_ = ch.Close()
-			}
-		}
 	}
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	benchutil.Drop(ctx, b, names...)
 }
 
 // relaysVia is a scheduler whose relays (Kafka) consume with sub.

@@ -41,7 +41,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -49,9 +48,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/bench/internal/benchutil"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
@@ -190,14 +189,14 @@ func runBroker(kind adapters.Kind, p *params) error {
 			for i, r := range rates[v][c] {
 				ups = append(ups, r/rates[v][p.counts[0]][i])
 			}
-			fmt.Printf(" %.0f | %.2f× |", median(rates[v][c]), median(ups))
+			fmt.Printf(" %.0f | %.2f× |", benchutil.Median(rates[v][c]), benchutil.Median(ups))
 		}
 		if len(p.variants) == 2 {
 			var ratios []float64
 			for i := range rates[p.variants[0]][c] {
 				ratios = append(ratios, 100*rates[p.variants[1]][c][i]/rates[p.variants[0]][c][i])
 			}
-			fmt.Printf(" %.1f%% |", median(ratios))
+			fmt.Printf(" %.1f%% |", benchutil.Median(ratios))
 		}
 		fmt.Println()
 	}
@@ -207,24 +206,6 @@ func runBroker(kind adapters.Kind, p *params) error {
 type measurement struct {
 	rate, pubRate float64
 	perConsumer   []int64
-}
-
-// keepOpen stops a router from closing the subscriber it was given; the
-// consumer's broker is closed by measure.
-type keepOpen struct{ message.Subscriber }
-
-func (keepOpen) Close() error { return nil }
-
-func work(d time.Duration, sleep bool) {
-	if d <= 0 {
-		return
-	}
-	if sleep {
-		time.Sleep(d)
-		return
-	}
-	for start := time.Now(); time.Since(start) < d; {
-	}
 }
 
 func measure(ctx context.Context, cfg adapters.Config, pub *adapters.Broker, variant string, consumers int, p *params) (measurement, error) {
@@ -262,13 +243,13 @@ func measure(ctx context.Context, cfg adapters.Config, pub *adapters.Broker, var
 			return measurement{}, err
 		}
 		i := i
-		r.AddConsumerHandler("bench-scaling", topic, keepOpen{b.Subscriber}, func(msg *message.Message) error {
+		r.AddConsumerHandler("bench-scaling", topic, benchutil.KeepOpen{Subscriber: b.Subscriber}, func(msg *message.Message) error {
 			if msg.Metadata.Get("bench.probe") == "1" {
 				probed[i].Store(true)
 				return nil
 			}
 			<-gate
-			work(p.work, p.sleep)
+			benchutil.Work(p.work, p.sleep)
 			now := time.Now().UnixNano()
 			perConsumer[i].Add(1)
 			if handled.Add(1) == int64(p.n) {
@@ -374,30 +355,7 @@ func measure(ctx context.Context, cfg adapters.Config, pub *adapters.Broker, var
 // cleanup deletes a measurement's RabbitMQ queues (Kafka's topics go with
 // the embedded broker).
 func cleanup(b *adapters.Broker, topic string) {
-	if b.Kind != adapters.KindAMQP {
-		return
+	if b.Kind == adapters.KindAMQP {
+		benchutil.Drop(context.Background(), b, topic, topic+".dlq")
 	}
-	conn, err := amqp.Dial(b.Config.AMQP.URL)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	for _, q := range []string{topic, topic + ".dlq"} {
-		if ch, err := conn.Channel(); err == nil {
-			_, _ = ch.QueueDelete(q, false, false, false)
-			_ = ch.Close()
-		}
-	}
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

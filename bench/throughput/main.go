@@ -42,7 +42,6 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -52,6 +51,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/bench/internal/benchutil"
 	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/pgstore"
@@ -147,7 +147,7 @@ func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout tim
 	}
 	fmt.Printf("%s median of %d rounds:", kind, rounds)
 	for _, v := range variants {
-		fmt.Printf(" %s %.0f msgs/s;", v, median(rates[v]))
+		fmt.Printf(" %s %.0f msgs/s;", v, benchutil.Median(rates[v]))
 	}
 	fmt.Println()
 	for _, v := range variants[1:] {
@@ -155,14 +155,14 @@ func runBroker(kind adapters.Kind, variants []string, n, rounds int, timeout tim
 		for i := range ratios {
 			ratios[i] = 100 * rates[v][i] / rates[ref][i]
 		}
-		fmt.Printf("%s ratio %s/%s: median of per-round ratios %.1f%% (", kind, v, ref, median(ratios))
+		fmt.Printf("%s ratio %s/%s: median of per-round ratios %.1f%% (", kind, v, ref, benchutil.Median(ratios))
 		for i, r := range ratios {
 			if i > 0 {
 				fmt.Print(" ")
 			}
 			fmt.Printf("%.1f%%", r)
 		}
-		fmt.Printf("); ratio of medians %.1f%%\n", 100*median(rates[v])/median(rates[ref]))
+		fmt.Printf("); ratio of medians %.1f%%\n", 100*benchutil.Median(rates[v])/benchutil.Median(rates[ref]))
 	}
 	fmt.Println()
 	return nil
@@ -232,7 +232,7 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 	var handled atomic.Int64
 	var first, last atomic.Int64
 	done := make(chan struct{})
-	r.AddConsumerHandler("bench-handler", topic, keepOpen{b.Subscriber}, func(msg *message.Message) error {
+	r.AddConsumerHandler("bench-handler", topic, benchutil.KeepOpen{Subscriber: b.Subscriber}, func(msg *message.Message) error {
 		if tx, ok := pgstore.TxFromContext(msg.Context()); ok {
 			if _, err := tx.Exec(msg.Context(), insertRow, msg.UUID); err != nil {
 				return err
@@ -303,33 +303,11 @@ const (
 	insertRow = "INSERT INTO " + rowsTable + " (id) VALUES ($1)"
 )
 
-// keepOpen stops the router from closing the broker's shared subscriber
-// when it stops (Watermill closes a handler's subscriber on Close); the
-// subscription itself still ends with the router's context.
-type keepOpen struct{ message.Subscriber }
-
-func (keepOpen) Close() error { return nil }
-
 // cleanup drops what a measurement left on the broker: the PostgreSQL queue
 // table. (Kafka topics live in the embedded broker and go with it; RabbitMQ
 // queues are empty and are left.)
 func cleanup(ctx context.Context, b *adapters.Broker, topic string) {
-	if b.Kind != adapters.KindPostgres {
-		return
+	if b.Kind == adapters.KindPostgres {
+		benchutil.Drop(ctx, b, topic)
 	}
-	pool, err := adapters.OpenPostgresPool(ctx, b.Config)
-	if err != nil {
-		return
-	}
-	defer pool.Close()
-	_, _ = pool.Exec(ctx, "DROP TABLE IF EXISTS "+adapters.PostgresTable(b.Config.Postgres, topic))
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/antidote-mq/antidote/internal/clock"
 )
 
 // Jaeger is a real Jaeger v2 (all-in-one, in-memory storage) run by a test.
@@ -121,10 +123,8 @@ func (j Jaeger) Trace(ctx context.Context, traceID string, min int) ([]JaegerSpa
 				return spans, nil
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(ctx, 100*time.Millisecond) {
 			return last, fmt.Errorf("trace %s: %d spans, want %d: %w", traceID, len(last), min, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
