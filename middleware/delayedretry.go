@@ -53,27 +53,50 @@ type DelayedRetry struct {
 	cfg DelayedRetryConfig
 }
 
-// NewDelayedRetry checks cfg and returns the middleware.
-func NewDelayedRetry(cfg DelayedRetryConfig) (*DelayedRetry, error) {
-	if len(cfg.Stages) == 0 {
-		return nil, errors.New("antidote: DelayedRetryConfig.Stages is empty: list the delays, e.g. 10s, 1m, 10m")
+// DefaultScheduleTimeout is DelayedRetryConfig.ScheduleTimeout when zero.
+const DefaultScheduleTimeout = 10 * time.Second
+
+func (c *DelayedRetryConfig) setDefaults() {
+	if c.ScheduleTimeout == 0 {
+		c.ScheduleTimeout = DefaultScheduleTimeout
 	}
-	for i, d := range cfg.Stages {
+	if c.Classifier == nil {
+		c.Classifier = poison.DefaultClassifier()
+	}
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+}
+
+// Validate reports every invalid field of c, after defaults are applied
+// (NewDelayedRetry applies them first), in field order, joined with
+// errors.Join. Stages and Scheduler are required; the other zero fields
+// are valid: they stand for their defaults.
+func (c DelayedRetryConfig) Validate() error {
+	var errs []error
+	if len(c.Stages) == 0 {
+		errs = append(errs, errors.New("antidote: DelayedRetryConfig.Stages is empty: list the delays, e.g. 10s, 1m, 10m"))
+	}
+	for i, d := range c.Stages {
 		if d <= 0 {
-			return nil, fmt.Errorf("antidote: DelayedRetryConfig.Stages[%d] is %s: use a positive delay", i, d)
+			errs = append(errs, fmt.Errorf("antidote: DelayedRetryConfig.Stages[%d] is %s: use a positive delay", i, d))
 		}
 	}
-	if cfg.Scheduler == nil {
-		return nil, errors.New("antidote: DelayedRetryConfig.Scheduler is nil: pass the broker's Scheduler() (adapters.Broker.Scheduler)")
+	if c.Scheduler == nil {
+		errs = append(errs, errors.New("antidote: DelayedRetryConfig.Scheduler is nil: pass the broker's Scheduler() (adapters.Broker.Scheduler)"))
 	}
-	if cfg.ScheduleTimeout == 0 {
-		cfg.ScheduleTimeout = 10 * time.Second
+	if c.ScheduleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("antidote: DelayedRetryConfig.ScheduleTimeout is %s: set a positive duration (0 picks the default %s)", c.ScheduleTimeout, DefaultScheduleTimeout))
 	}
-	if cfg.Classifier == nil {
-		cfg.Classifier = poison.DefaultClassifier()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = watermill.NopLogger{}
+	return errors.Join(errs...)
+}
+
+// NewDelayedRetry fills cfg's defaults, validates it (see
+// DelayedRetryConfig.Validate) and returns the middleware.
+func NewDelayedRetry(cfg DelayedRetryConfig) (*DelayedRetry, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	return &DelayedRetry{cfg: cfg}, nil
 }

@@ -100,24 +100,28 @@ func (c *DeliveriesConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work, naming the field and the fix.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewDeliveries applies them first), in field order, joined with
+// errors.Join. Tracker and DeadLetter are required; the other zero fields
+// are valid: they stand for their defaults.
 func (c DeliveriesConfig) Validate() error {
+	var errs []error
 	if c.Tracker == nil {
-		return errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker)")
+		errs = append(errs, errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker)"))
 	}
 	if c.DeadLetter == nil {
-		return errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages")
+		errs = append(errs, errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages"))
 	}
 	if c.MaxDeliveries < 0 {
-		return fmt.Errorf("antidote: DeliveriesConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries)
-	}
-	if c.OffsetBlock < 0 {
-		return fmt.Errorf("antidote: DeliveriesConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock)
+		errs = append(errs, fmt.Errorf("antidote: DeliveriesConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries))
 	}
 	if c.AlwaysCount && c.MayBeRedelivery != nil {
-		return errors.New("antidote: DeliveriesConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)")
+		errs = append(errs, errors.New("antidote: DeliveriesConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)"))
 	}
-	return nil
+	if c.OffsetBlock < 0 {
+		errs = append(errs, fmt.Errorf("antidote: DeliveriesConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock))
+	}
+	return errors.Join(errs...)
 }
 
 // Deliveries is the crash-loop guard: it counts deliveries of a message in a
@@ -262,14 +266,14 @@ type deliveriesPartition struct {
 	tainted    bool  // another process may have started messages of block
 }
 
-// NewDeliveries validates cfg (see DeliveriesConfig.Validate), fills the
-// defaults and returns the guard. It keeps a little state per partition
+// NewDeliveries fills cfg's defaults, validates it (see
+// DeliveriesConfig.Validate) and returns the guard. It keeps a little state per partition
 // (the default detector); the tracker stays owned by the caller.
 func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	d := &Deliveries{
 		cfg:      cfg,
 		originOf: poison.OriginOf,

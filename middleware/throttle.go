@@ -88,10 +88,11 @@ func (c *ThrottleConfig) setDefaults() {
 	}
 }
 
-// Validate reports every field that cannot work, naming it and the fix.
-// Zero fields take their defaults first.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewThrottle applies them first), in field order, joined with errors.Join.
+// A zero field is valid: it stands for its default (the zero value limits
+// nothing).
 func (c ThrottleConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("antidote: ThrottleConfig."+format, args...))
@@ -99,19 +100,19 @@ func (c ThrottleConfig) Validate() error {
 	if c.Rate < 0 {
 		bad("Rate is %v: set messages per second above 0, or 0 for no rate limit", c.Rate)
 	}
-	if c.Burst < 1 {
+	if c.Burst < 0 {
 		bad("Burst is %d: set 1 or more (0 picks the default %d)", c.Burst, throttle.DefaultBurst)
 	}
 	if c.KeyRate < 0 {
 		bad("KeyRate is %v: set messages per second per key above 0, or 0 for no per-key limit", c.KeyRate)
 	}
-	if c.KeyBurst < 1 {
+	if c.KeyBurst < 0 {
 		bad("KeyBurst is %d: set 1 or more (0 picks the default %d)", c.KeyBurst, throttle.DefaultBurst)
 	}
 	if c.KeyRate > 0 && c.KeyMetadata == "" && c.Key == nil {
 		bad("KeyRate is set but neither KeyMetadata nor Key is: name the metadata key holding the message's key (e.g. %q) or set Key", poison.KeyProducer)
 	}
-	if c.MaxKeys < 1 {
+	if c.MaxKeys < 0 {
 		bad("MaxKeys is %d: set 1 or more (0 picks the default %d)", c.MaxKeys, throttle.DefaultMaxKeys)
 	}
 	if c.Concurrency < 0 {
@@ -147,13 +148,13 @@ type Throttle struct {
 	cfg ThrottleConfig
 }
 
-// NewThrottle validates cfg (see ThrottleConfig.Validate) and returns the
-// middleware.
+// NewThrottle fills cfg's defaults, validates it (see
+// ThrottleConfig.Validate) and returns the middleware.
 func NewThrottle(cfg ThrottleConfig) (*Throttle, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	return &Throttle{cfg: cfg}, nil
 }
 

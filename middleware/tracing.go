@@ -50,8 +50,9 @@ func (c *TracingConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work. Every field is optional, so
-// it never fails today; it is here so callers validate all configs alike.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewTracing applies them first). Every field is optional, so it never
+// fails today; it is here so callers validate all configs alike.
 func (c TracingConfig) Validate() error { return nil }
 
 // Tracing starts one consumer span per delivery, following the OpenTelemetry
@@ -98,7 +99,8 @@ func (t *Tracing) spanName(topic string) string {
 	return name
 }
 
-// NewTracing fills defaults, validates cfg and returns the middleware.
+// NewTracing fills cfg's defaults, validates it (see TracingConfig.Validate)
+// and returns the middleware.
 func NewTracing(cfg TracingConfig) (*Tracing, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {

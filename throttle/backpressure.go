@@ -177,10 +177,12 @@ func (c *BackpressureConfig) setDefaults() {
 	}
 }
 
-// Validate reports every field that cannot work, naming it and the fix.
-// Zero fields take their defaults first.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewBackpressurePublisher applies them first), in field order, joined
+// with errors.Join. Publisher and Source are required; the other zero
+// fields are valid: they stand for their defaults, which Validate uses in
+// the checks that compare fields.
 func (c BackpressureConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("throttle: BackpressureConfig."+format, args...))
@@ -191,11 +193,12 @@ func (c BackpressureConfig) Validate() error {
 	if c.Source == nil {
 		bad("Source is nil: pass a LagSource, such as adapters.OpenLagSource(ctx, broker.Config)")
 	}
-	if c.HighWatermark < 1 {
-		bad("HighWatermark is %d: set the backlog at which publishing stops, 1 or more", c.HighWatermark)
+	high := orDefault(c.HighWatermark, DefaultHighWatermark)
+	if high < 1 {
+		bad("HighWatermark is %d: set the backlog at which publishing stops, 1 or more", high)
 	}
-	if c.LowWatermark < 0 || c.LowWatermark >= c.HighWatermark {
-		bad("LowWatermark (%d) must be at least 0 and below HighWatermark (%d): lower it (0 picks HighWatermark/2)", c.LowWatermark, c.HighWatermark)
+	if low := orDefault(c.LowWatermark, high/2); low < 0 || low >= high {
+		bad("LowWatermark (%d) must be at least 0 and below HighWatermark (%d): lower it (0 picks HighWatermark/2)", low, high)
 	}
 	if c.Mode != Block && c.Mode != Reject {
 		bad("Mode is %v: use throttle.Block or throttle.Reject", c.Mode)
@@ -257,12 +260,13 @@ func (t *topicLag) backlog() int64 {
 	return t.lag + t.published - t.publishedAtReading
 }
 
-// NewBackpressurePublisher validates cfg and starts the poller.
+// NewBackpressurePublisher fills cfg's defaults, validates it (see
+// BackpressureConfig.Validate) and starts the poller.
 func NewBackpressurePublisher(cfg BackpressureConfig) (*BackpressurePublisher, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &BackpressurePublisher{
 		cfg:     cfg,

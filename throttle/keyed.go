@@ -39,17 +39,19 @@ func (c *KeyedConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work, naming the field and the fix.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewKeyedLimiter applies them first), in field order, joined with
+// errors.Join. Rate is required; zero Burst and MaxKeys are valid: they
+// stand for their defaults.
 func (c KeyedConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	if !(c.Rate > 0) {
 		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.Rate is %v: set each key's events per second, greater than 0", c.Rate))
 	}
-	if c.Burst < 1 {
+	if c.Burst < 0 {
 		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.Burst is %d: set 1 or more (0 picks the default %d)", c.Burst, DefaultBurst))
 	}
-	if c.MaxKeys < 1 {
+	if c.MaxKeys < 0 {
 		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.MaxKeys is %d: set 1 or more (0 picks the default %d)", c.MaxKeys, DefaultMaxKeys))
 	}
 	return errors.Join(errs...)
@@ -70,12 +72,13 @@ type keyedBucket struct {
 	lim *rate.Limiter
 }
 
-// NewKeyedLimiter validates cfg and returns a limiter with no buckets yet.
+// NewKeyedLimiter fills cfg's defaults, validates it (see
+// KeyedConfig.Validate) and returns a limiter with no buckets yet.
 func NewKeyedLimiter(cfg KeyedConfig) (*KeyedLimiter, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	return &KeyedLimiter{cfg: cfg, buckets: make(map[string]*list.Element)}, nil
 }
 
