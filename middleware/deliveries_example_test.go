@@ -24,7 +24,7 @@ func ExampleNewDeliveries() {
 	// Production: poison.NewPostgresDeliveryTracker or
 	// poison.NewRedisDeliveryTracker, so counts survive the crashes they
 	// count. The memory tracker forgets them with the process.
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	defer tracker.Close()
 
 	deadLetter, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: pubSub})
