@@ -70,7 +70,8 @@ type BreakerConfig struct {
 	// poison.DefaultClassifier().
 	Classifier poison.Classifier
 	// OnStateChange, when set, is called on every state change ("closed",
-	// "open", "half-open"), for metrics. It must not block.
+	// "open", "half-open"), for metrics. It must not block. If nil, nothing
+	// is called.
 	OnStateChange func(from, to string)
 	// OnHold, when set, is called with held true when a message starts being
 	// held and with held false exactly once when that hold ends, however it

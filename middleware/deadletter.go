@@ -25,18 +25,21 @@ var ErrDeadLetterLoop = errors.New("antidote: dead-letter topic equals the sourc
 
 // DeadLetterConfig configures DeadLetter.
 type DeadLetterConfig struct {
-	// Publisher publishes the letters. Required. Usually the publisher of
-	// the same broker the messages come from.
+	// Publisher publishes the letters. Required: if nil, NewDeadLetter
+	// fails. Usually the publisher of the same broker the messages come
+	// from.
 	Publisher message.Publisher
 	// Topic maps a source topic to its DLQ topic. Default antidote.DLQTopic.
 	// One DLQ per source topic keeps letters replayable to where they came
 	// from without parsing metadata first.
 	Topic func(sourceTopic string) string
 	// HandlerTopics names the DLQ topic of particular handlers (by handler
-	// name), overriding Topic for them. Optional.
+	// name), overriding Topic for them. If nil, Topic names every handler's
+	// DLQ topic.
 	HandlerTopics map[string]string
 	// ConsumerGroup is recorded under poison.KeyConsumerGroup (it is not in
-	// the message context). Optional.
+	// the message context). If empty, letters carry no consumer group unless
+	// the message context names one.
 	ConsumerGroup string
 	// PublishTimeout bounds one DLQ publish. Default 10s. It runs under its
 	// own context derived from context.Background(), not msg.Context(), so

@@ -18,12 +18,14 @@ import (
 // DelayedRetryConfig configures DelayedRetry.
 type DelayedRetryConfig struct {
 	// Stages are the delays of the successive retry stages, e.g. 10s, 1m,
-	// 10m. Required. After the last stage the message goes to the DLQ.
+	// 10m. Required: if empty, NewDelayedRetry fails. After the last stage
+	// the message goes to the DLQ.
 	Stages []time.Duration
 	// Scheduler moves a message to its next stage: adapters.Broker.Scheduler.
-	// Required.
+	// Required: if nil, NewDelayedRetry fails.
 	Scheduler antidote.Scheduler
-	// ScheduleTimeout bounds one schedule. Default 10s. A schedule that fails
+	// ScheduleTimeout bounds one schedule. Default (0) 10s,
+	// DefaultScheduleTimeout. A schedule that fails
 	// nacks the message (it stays where it was), never drops it.
 	ScheduleTimeout time.Duration
 	// Classifier: permanent errors skip the stages and go straight to the
@@ -33,8 +35,10 @@ type DelayedRetryConfig struct {
 	// keep blocking retries (and their order). Default: every handler.
 	Handlers []string
 	// OnScheduled, when set, is called for each message moved to a stage.
+	// If nil, nothing is called.
 	OnScheduled func(stage int, after time.Duration)
-	// Logger. Default watermill.NopLogger.
+	// Logger gets one line per message moved to a stage and per failed
+	// schedule. Default watermill.NopLogger.
 	Logger watermill.LoggerAdapter
 }
 

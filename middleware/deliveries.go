@@ -35,7 +35,8 @@ var ErrCrashLoop = errors.New("antidote: crash loop")
 
 // DeliveriesConfig configures NewDeliveries.
 type DeliveriesConfig struct {
-	// Tracker durably counts deliveries. Required. Use
+	// Tracker durably counts deliveries. Required: if nil, NewDeliveries
+	// fails. Use
 	// poison.NewPostgresDeliveryTracker or poison.NewRedisDeliveryTracker;
 	// poison.NewMemoryDeliveryTracker forgets everything when the process
 	// dies, which defeats the purpose outside tests. Consumers sharing one
@@ -43,8 +44,8 @@ type DeliveriesConfig struct {
 	// partition/offset or UUID, handler and ConsumerGroup, nothing more.
 	Tracker poison.DeliveryTracker
 	// DeadLetter is where quarantined messages go, with reason
-	// poison.ReasonCrashLoop. Required; usually the same DeadLetter that is
-	// in the stack below the guard.
+	// poison.ReasonCrashLoop. Required: if nil, NewDeliveries fails;
+	// usually the same DeadLetter that is in the stack below the guard.
 	DeadLetter *DeadLetter
 	// MaxDeliveries is how many unsettled deliveries a message may have.
 	// Default 3: the delivery that would be the 4th is dead-lettered without

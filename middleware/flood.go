@@ -48,7 +48,7 @@ type FloodGuardConfig struct {
 	DeadLetter *DeadLetter
 	// OnFlood, when set, is called for every flood arrival with the verdict
 	// and the action taken, for metrics (counts by producer). It must not
-	// block and may be called concurrently.
+	// block and may be called concurrently. If nil, nothing is called.
 	OnFlood func(v poison.FloodVerdict, action FloodAction)
 	// Logger gets one error line per flooding producer per
 	// FloodDetectorConfig.ReportInterval naming the producer, the message

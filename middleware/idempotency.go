@@ -47,7 +47,8 @@ var ErrKeyInProgress = errors.New("antidote: idempotency key is being processed 
 
 // IdempotencyConfig configures NewIdempotency. Only Store is required.
 type IdempotencyConfig struct {
-	// Store remembers claimed and completed keys. Required.
+	// Store remembers claimed and completed keys. Required: if nil,
+	// NewIdempotency fails.
 	// idempotency.NewMemoryStore deduplicates within one process only;
 	// consumers that share a queue need idempotency.NewPostgresStore or
 	// idempotency.NewRedisStore.
@@ -107,7 +108,7 @@ type IdempotencyConfig struct {
 	// OnDuplicate, when set, is called for every message acked as a
 	// duplicate without running the handler, with its key. For metrics
 	// (duplicates skipped); it must not block and may be called
-	// concurrently.
+	// concurrently. If nil, nothing is called.
 	OnDuplicate func(msg *message.Message, key string)
 	// Logger gets store failures, overrun leases and deferred messages.
 	// Default watermill.NopLogger.

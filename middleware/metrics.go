@@ -68,6 +68,7 @@ type MetricsConfig struct {
 	// schedule (every scrape or export interval) under the collection's
 	// context, so it must answer quickly, e.g. a cached count or a
 	// PostgreSQL count of a small table. An error skips that collection.
+	// If nil, the gauge is not reported.
 	DLQDepth func(ctx context.Context) (map[string]int64, error)
 }
 

@@ -62,7 +62,8 @@ type RetryConfig struct {
 	// the attempt that just failed (1 = the first run), its error and the
 	// wait that follows. For logs and custom hooks; it must not block.
 	// Metrics (above Retry) already counts retries by handler, and Tracing
-	// records them as span events: do not wire OnRetry for those.
+	// records them as span events: do not wire OnRetry for those. If nil,
+	// nothing is called.
 	OnRetry func(attempt int, err error, delay time.Duration)
 
 	// Logger receives one line per retry. Default watermill.NopLogger.

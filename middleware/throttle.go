@@ -34,9 +34,11 @@ type ThrottleConfig struct {
 	KeyBurst int
 	// KeyMetadata names the metadata key whose value is a message's key,
 	// such as "partition_key" or poison.KeyProducer. Required with KeyRate
-	// unless Key is set. Messages without it share the key "".
+	// unless Key is set; if empty, Key computes the key. Messages without
+	// it share the key "".
 	KeyMetadata string
-	// Key computes a message's key instead of KeyMetadata.
+	// Key computes a message's key instead of KeyMetadata. If nil, the key
+	// is the value of the KeyMetadata metadata.
 	Key func(*message.Message) string
 	// MaxKeys bounds how many keys have a bucket (least recently used
 	// dropped first). Default 10,000. A key idle for Burst/KeyRate loses
@@ -63,7 +65,8 @@ type ThrottleConfig struct {
 
 	// OnWait, when set, is called for every message with how long it waited
 	// in this middleware (0 when it did not), including when the wait ended
-	// with the message context. For metrics; it must not block.
+	// with the message context. For metrics; it must not block. If nil,
+	// nothing is called.
 	OnWait func(msg *message.Message, waited time.Duration)
 }
 

@@ -36,8 +36,8 @@ type TracingConfig struct {
 	// Default: "kafka" when the message context carries a Kafka partition
 	// and offset, otherwise the attribute is left out.
 	System string
-	// ConsumerGroup is messaging.consumer.group.name. Optional (it is not
-	// in the message context).
+	// ConsumerGroup is messaging.consumer.group.name (it is not in the
+	// message context). If empty, the attribute is left out.
 	ConsumerGroup string
 }
 

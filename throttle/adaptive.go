@@ -86,7 +86,8 @@ type AdaptiveConfig struct {
 
 	// OnLimit, when set, is called after every change of the limit with the
 	// new value, for metrics and logs. It runs on the caller's goroutine of
-	// the call that closed the window and must not block.
+	// the call that closed the window and must not block. If nil, nothing
+	// is called.
 	OnLimit func(limit int)
 }
 

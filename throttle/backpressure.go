@@ -101,11 +101,13 @@ const (
 
 // BackpressureConfig configures a BackpressurePublisher.
 type BackpressureConfig struct {
-	// Publisher does the publishing. Required. Close closes it, as
+	// Publisher does the publishing. Required: if nil,
+	// NewBackpressurePublisher fails. Close closes it, as
 	// Watermill's own publisher decorators do.
 	Publisher message.Publisher
 
-	// Source reads the consumer's backlog per topic. Required. It belongs
+	// Source reads the consumer's backlog per topic. Required: if nil,
+	// NewBackpressurePublisher fails. It belongs
 	// to the caller: Close does not close it (sources can be shared).
 	Source LagSource
 
@@ -152,10 +154,11 @@ type BackpressureConfig struct {
 	// OnWait, when set, is called after each Publish that met backpressure
 	// (waited for the backlog to fall, or was refused), with how long it
 	// waited and the error it returns (nil when it went on to publish). For
-	// metrics; it must not block.
+	// metrics; it must not block. If nil, nothing is called.
 	OnWait func(topic string, waited time.Duration, err error)
 
-	// Logger gets pause/resume transitions and reading errors. Default none.
+	// Logger gets pause/resume transitions and reading errors. Default
+	// watermill.NopLogger: none.
 	Logger watermill.LoggerAdapter
 }
 

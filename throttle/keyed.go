@@ -15,7 +15,8 @@ const DefaultMaxKeys = 10000
 
 // KeyedConfig configures a KeyedLimiter.
 type KeyedConfig struct {
-	// Rate is each key's sustained rate, in events per second. Required (> 0).
+	// Rate is each key's sustained rate, in events per second. Required
+	// (> 0): if 0, NewKeyedLimiter fails.
 	Rate float64
 
 	// Burst is each key's bucket size. Default 1.

@@ -11,7 +11,8 @@ import (
 
 // RateConfig configures a token bucket.
 type RateConfig struct {
-	// Rate is the sustained rate, in events per second. Required (> 0).
+	// Rate is the sustained rate, in events per second. Required (> 0): if
+	// 0, NewRateLimiter fails.
 	Rate float64
 
 	// Burst is how many events may pass at once after a quiet period (the
