@@ -106,7 +106,7 @@ func newPieces(b *testing.B) pieces {
 	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: discardPublisher{}})
 	must(err)
 	cheap, err := middleware.NewDeliveries(middleware.DeliveriesConfig{
-		Tracker:    poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}),
+		Tracker:    poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}),
 		DeadLetter: dl,
 		// The cheap path without Kafka offsets: only what the broker flags as
 		// redelivered is counted; these messages are not, so no tracker write.
@@ -114,7 +114,7 @@ func newPieces(b *testing.B) pieces {
 	})
 	must(err)
 	def, err := middleware.NewDeliveries(middleware.DeliveriesConfig{
-		Tracker:    poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}),
+		Tracker:    poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}),
 		DeadLetter: dl,
 		// Default detector: without Kafka offsets every delivery is counted
 		// (Incr + Forget on the memory tracker).
@@ -124,7 +124,7 @@ func newPieces(b *testing.B) pieces {
 	must(err)
 	re, err := middleware.NewRetry(middleware.RetryConfig{})
 	must(err)
-	id, err := middleware.NewIdempotency(middleware.IdempotencyConfig{Store: idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})})
+	id, err := middleware.NewIdempotency(middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})})
 	must(err)
 	return pieces{
 		tracing: tr.Middleware, metrics: me.Middleware,
@@ -281,9 +281,9 @@ func BenchmarkOverheadRouter(b *testing.B) {
 			if variant == "bare" {
 				r, err = message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 			} else {
-				r, err = router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+				r, err = router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 					DeadLetter:  middleware.DeadLetterConfig{Publisher: pubSub},
-					Idempotency: middleware.IdempotencyConfig{Store: idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})},
+					Idempotency: middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})},
 				})
 			}
 			if err != nil {

@@ -17,7 +17,7 @@ import (
 // it; only a success makes later copies duplicates.
 func ExampleNewMemoryStore() {
 	ctx := context.Background()
-	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	store := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 	defer store.Close()
 
 	c, _ := store.Claim(ctx, "invoice/42", 30*time.Second)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -41,12 +42,16 @@ func (c *MemoryStoreConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work. Zero values are valid.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewMemoryStore applies them first), in field order, joined with
+// errors.Join. Zero values are valid (they select the defaults).
 func (c MemoryStoreConfig) Validate() error {
+	var errs []error
 	if c.MaxKeys < 0 {
-		return fmt.Errorf("idempotency: MemoryStoreConfig.MaxKeys is %d; set it to a positive bound, or 0 for the default %d", c.MaxKeys, DefaultMemoryStoreMaxKeys)
+		errs = append(errs, fmt.Errorf("idempotency: MemoryStoreConfig.MaxKeys is %d; set it to a positive bound, or 0 for the default %d", c.MaxKeys, DefaultMemoryStoreMaxKeys))
 	}
-	return validRetention("MemoryStoreConfig", c.Retention)
+	errs = append(errs, validRetention("MemoryStoreConfig", c.Retention))
+	return errors.Join(errs...)
 }
 
 // MemoryStore is a Store in process memory: bounded by MaxKeys, entries
@@ -80,21 +85,31 @@ type memEntry struct {
 	expires   time.Time
 }
 
-// NewMemoryStore returns an in-process store. It panics if cfg.Validate
-// fails (a negative bound is a programming error); call Validate first to
-// handle it as an error.
-func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
-	if err := cfg.Validate(); err != nil {
-		panic(err)
-	}
+// NewMemoryStore fills cfg's defaults, validates it (see
+// MemoryStoreConfig.Validate) and returns an in-process store.
+func NewMemoryStore(cfg MemoryStoreConfig) (*MemoryStore, error) {
 	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
 	keys, err := simplelru.NewLRU[string, memEntry](cfg.MaxKeys, nil)
 	if err != nil {
-		panic(err) // MaxKeys >= 1 after Validate and setDefaults
+		return nil, err // not reached: MaxKeys >= 1 after setDefaults and Validate
 	}
-	return &MemoryStore{cfg: cfg, now: time.Now, keys: keys, tokenPrefix: hex.EncodeToString(b[:]) + "-"}
+	return &MemoryStore{cfg: cfg, now: time.Now, keys: keys, tokenPrefix: hex.EncodeToString(b[:]) + "-"}, nil
+}
+
+// MustNewMemoryStore is NewMemoryStore that panics when cfg is invalid (a
+// negative bound is a programming error, like a bad regexp in
+// regexp.MustCompile).
+func MustNewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
+	s, err := NewMemoryStore(cfg)
+	if err != nil {
+		panic(err)
+	}
+	return s
 }
 
 // NonBlocking reports true: the store's methods never wait on I/O, so

@@ -15,7 +15,7 @@ import (
 // (in progress or completed) counts as a use, a lost Complete does not.
 func TestMemoryStoreEvictsLeastRecentlyUsed(t *testing.T) {
 	ctx := context.Background()
-	s := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{MaxKeys: 3})
+	s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{MaxKeys: 3})
 	defer s.Close()
 	claim := func(key string) idempotency.Claim {
 		t.Helper()

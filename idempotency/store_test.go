@@ -19,7 +19,7 @@ var stores = []struct {
 	open func(t testing.TB, retention time.Duration) idempotency.Store
 }{
 	{"memory", func(t testing.TB, retention time.Duration) idempotency.Store {
-		s := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{Retention: retention})
+		s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{Retention: retention})
 		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}},
@@ -33,7 +33,7 @@ func TestStores(t *testing.T) {
 
 func TestMemoryStoreIsBounded(t *testing.T) {
 	ctx := context.Background()
-	s := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{MaxKeys: 5})
+	s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{MaxKeys: 5})
 	defer s.Close()
 	for i := 0; i < 50; i++ {
 		c, err := s.Claim(ctx, string(rune('a'+i%26))+string(rune('a'+i/26)), time.Minute)
@@ -43,7 +43,7 @@ func TestMemoryStoreIsBounded(t *testing.T) {
 	assert.Equal(t, 5, s.Len())
 
 	// Expired entries are dropped by later calls, without a goroutine.
-	s2 := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{Retention: time.Millisecond})
+	s2 := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{Retention: time.Millisecond})
 	defer s2.Close()
 	for i := 0; i < 4; i++ {
 		c, err := s2.Claim(ctx, string(rune('a'+i)), time.Minute)

@@ -71,7 +71,8 @@ type BreakerConfig struct {
 	// poison.DefaultClassifier().
 	Classifier poison.Classifier
 	// OnStateChange, when set, is called on every state change ("closed",
-	// "open", "half-open"), for metrics. It must not block.
+	// "open", "half-open"), for metrics. It must not block. If nil, nothing
+	// is called.
 	OnStateChange func(from, to string)
 	// OnHold, when set, is called with held true when a message starts being
 	// held and with held false exactly once when that hold ends, however it
@@ -117,15 +118,23 @@ func (c *BreakerConfig) setDefaults() {
 	}
 }
 
-// Validate names the field that cannot work and the fix.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewBreaker applies them first), in field order, joined with errors.Join.
+// A zero field is valid: it stands for its default.
 func (c BreakerConfig) Validate() error {
 	var errs []error
-	if c.Window < 0 || c.OpenTimeout < 0 || c.Backoff < 0 || c.MaxHoldTime < 0 {
-		errs = append(errs, errors.New("antidote: BreakerConfig: Window, OpenTimeout, Backoff and MaxHoldTime must not be negative; use 0 for the defaults"))
+	negative := func(field string, d time.Duration) {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("antidote: BreakerConfig.%s is %v: it must not be negative; use 0 for the default", field, d))
+		}
 	}
+	negative("Window", c.Window)
 	if c.FailureRatio < 0 || c.FailureRatio > 1 {
 		errs = append(errs, fmt.Errorf("antidote: BreakerConfig.FailureRatio %v is outside [0, 1]; use e.g. 0.5", c.FailureRatio))
 	}
+	negative("OpenTimeout", c.OpenTimeout)
+	negative("Backoff", c.Backoff)
+	negative("MaxHoldTime", c.MaxHoldTime)
 	return errors.Join(errs...)
 }
 
@@ -206,7 +215,8 @@ const heldStaleAfter = time.Minute
 // the logs; a longer one is keyed by its SHA-256 and cut in the logs.
 const maxKeyUUIDBytes = 128
 
-// NewBreaker checks cfg and returns the breaker.
+// NewBreaker fills cfg's defaults, validates it (see BreakerConfig.Validate)
+// and returns the breaker.
 func NewBreaker(cfg BreakerConfig) (*Breaker, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {

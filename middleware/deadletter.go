@@ -26,18 +26,21 @@ var ErrDeadLetterLoop = errors.New("antidote: dead-letter topic equals the sourc
 
 // DeadLetterConfig configures DeadLetter.
 type DeadLetterConfig struct {
-	// Publisher publishes the letters. Required. Usually the publisher of
-	// the same broker the messages come from.
+	// Publisher publishes the letters. Required: if nil, NewDeadLetter
+	// fails. Usually the publisher of the same broker the messages come
+	// from.
 	Publisher message.Publisher
 	// Topic maps a source topic to its DLQ topic. Default antidote.DLQTopic.
 	// One DLQ per source topic keeps letters replayable to where they came
 	// from without parsing metadata first.
 	Topic func(sourceTopic string) string
 	// HandlerTopics names the DLQ topic of particular handlers (by handler
-	// name), overriding Topic for them. Optional.
+	// name), overriding Topic for them. If nil, Topic names every handler's
+	// DLQ topic.
 	HandlerTopics map[string]string
 	// ConsumerGroup is recorded under poison.KeyConsumerGroup (it is not in
-	// the message context). Optional.
+	// the message context). If empty, letters carry no consumer group unless
+	// the message context names one.
 	ConsumerGroup string
 	// PublishTimeout bounds one DLQ publish. Default 10s. It runs under its
 	// own context derived from context.Background(), not msg.Context(), so
@@ -78,31 +81,48 @@ type DeadLetter struct {
 	cfg DeadLetterConfig
 }
 
-// NewDeadLetter checks cfg, fills defaults and returns the middleware.
+func (c *DeadLetterConfig) setDefaults() {
+	if c.Topic == nil {
+		c.Topic = antidote.DLQTopic
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = DefaultPublishTimeout
+	}
+	if c.FailedPublishPause == 0 {
+		c.FailedPublishPause = time.Second
+	}
+	if c.Classifier == nil {
+		c.Classifier = poison.DefaultClassifier()
+	}
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports every invalid field of c, after defaults are applied
+// (NewDeadLetter applies them first), in field order, joined with
+// errors.Join. A zero field other than Publisher is valid: it stands for
+// its default.
+func (c DeadLetterConfig) Validate() error {
+	var errs []error
+	if c.Publisher == nil {
+		errs = append(errs, errors.New("antidote: DeadLetterConfig.Publisher is nil: pass the publisher that can write to the DLQ topics"))
+	}
+	if c.PublishTimeout < 0 {
+		errs = append(errs, fmt.Errorf("antidote: DeadLetterConfig.PublishTimeout is %v: set a positive duration (0 picks the default %v)", c.PublishTimeout, DefaultPublishTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// NewDeadLetter fills cfg's defaults, validates it (see
+// DeadLetterConfig.Validate) and returns the middleware.
 func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
-	if cfg.Publisher == nil {
-		return nil, errors.New("antidote: DeadLetterConfig.Publisher is nil: pass the publisher that can write to the DLQ topics")
-	}
-	if cfg.PublishTimeout < 0 {
-		return nil, fmt.Errorf("antidote: DeadLetterConfig.PublishTimeout is %v: set a positive duration (0 picks the default %v)", cfg.PublishTimeout, DefaultPublishTimeout)
-	}
-	if cfg.PublishTimeout == 0 {
-		cfg.PublishTimeout = DefaultPublishTimeout
-	}
-	if cfg.FailedPublishPause == 0 {
-		cfg.FailedPublishPause = time.Second
-	}
-	if cfg.Topic == nil {
-		cfg.Topic = antidote.DLQTopic
-	}
-	if cfg.Classifier == nil {
-		cfg.Classifier = poison.DefaultClassifier()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = watermill.NopLogger{}
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	return &DeadLetter{cfg: cfg}, nil
 }

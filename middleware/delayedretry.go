@@ -18,12 +18,14 @@ import (
 // DelayedRetryConfig configures DelayedRetry.
 type DelayedRetryConfig struct {
 	// Stages are the delays of the successive retry stages, e.g. 10s, 1m,
-	// 10m. Required. After the last stage the message goes to the DLQ.
+	// 10m. Required: if empty, NewDelayedRetry fails. After the last stage
+	// the message goes to the DLQ.
 	Stages []time.Duration
 	// Scheduler moves a message to its next stage: adapters.Broker.Scheduler.
-	// Required.
+	// Required: if nil, NewDelayedRetry fails.
 	Scheduler antidote.Scheduler
-	// ScheduleTimeout bounds one schedule. Default 10s. A schedule that fails
+	// ScheduleTimeout bounds one schedule. Default (0) 10s,
+	// DefaultScheduleTimeout. A schedule that fails
 	// nacks the message (it stays where it was), never drops it.
 	ScheduleTimeout time.Duration
 	// Classifier: permanent errors skip the stages and go straight to the
@@ -33,8 +35,10 @@ type DelayedRetryConfig struct {
 	// keep blocking retries (and their order). Default: every handler.
 	Handlers []string
 	// OnScheduled, when set, is called for each message moved to a stage.
+	// If nil, nothing is called.
 	OnScheduled func(stage int, after time.Duration)
-	// Logger. Default watermill.NopLogger.
+	// Logger gets one line per message moved to a stage and per failed
+	// schedule. Default watermill.NopLogger.
 	Logger watermill.LoggerAdapter
 }
 
@@ -53,27 +57,50 @@ type DelayedRetry struct {
 	cfg DelayedRetryConfig
 }
 
-// NewDelayedRetry checks cfg and returns the middleware.
-func NewDelayedRetry(cfg DelayedRetryConfig) (*DelayedRetry, error) {
-	if len(cfg.Stages) == 0 {
-		return nil, errors.New("antidote: DelayedRetryConfig.Stages is empty: list the delays, e.g. 10s, 1m, 10m")
+// DefaultScheduleTimeout is DelayedRetryConfig.ScheduleTimeout when zero.
+const DefaultScheduleTimeout = 10 * time.Second
+
+func (c *DelayedRetryConfig) setDefaults() {
+	if c.ScheduleTimeout == 0 {
+		c.ScheduleTimeout = DefaultScheduleTimeout
 	}
-	for i, d := range cfg.Stages {
+	if c.Classifier == nil {
+		c.Classifier = poison.DefaultClassifier()
+	}
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+}
+
+// Validate reports every invalid field of c, after defaults are applied
+// (NewDelayedRetry applies them first), in field order, joined with
+// errors.Join. Stages and Scheduler are required; the other zero fields
+// are valid: they stand for their defaults.
+func (c DelayedRetryConfig) Validate() error {
+	var errs []error
+	if len(c.Stages) == 0 {
+		errs = append(errs, errors.New("antidote: DelayedRetryConfig.Stages is empty: list the delays, e.g. 10s, 1m, 10m"))
+	}
+	for i, d := range c.Stages {
 		if d <= 0 {
-			return nil, fmt.Errorf("antidote: DelayedRetryConfig.Stages[%d] is %s: use a positive delay", i, d)
+			errs = append(errs, fmt.Errorf("antidote: DelayedRetryConfig.Stages[%d] is %s: use a positive delay", i, d))
 		}
 	}
-	if cfg.Scheduler == nil {
-		return nil, errors.New("antidote: DelayedRetryConfig.Scheduler is nil: pass the broker's Scheduler() (adapters.Broker.Scheduler)")
+	if c.Scheduler == nil {
+		errs = append(errs, errors.New("antidote: DelayedRetryConfig.Scheduler is nil: pass the broker's Scheduler() (adapters.Broker.Scheduler)"))
 	}
-	if cfg.ScheduleTimeout == 0 {
-		cfg.ScheduleTimeout = 10 * time.Second
+	if c.ScheduleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("antidote: DelayedRetryConfig.ScheduleTimeout is %s: set a positive duration (0 picks the default %s)", c.ScheduleTimeout, DefaultScheduleTimeout))
 	}
-	if cfg.Classifier == nil {
-		cfg.Classifier = poison.DefaultClassifier()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = watermill.NopLogger{}
+	return errors.Join(errs...)
+}
+
+// NewDelayedRetry fills cfg's defaults, validates it (see
+// DelayedRetryConfig.Validate) and returns the middleware.
+func NewDelayedRetry(cfg DelayedRetryConfig) (*DelayedRetry, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	return &DelayedRetry{cfg: cfg}, nil
 }

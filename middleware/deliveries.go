@@ -35,7 +35,8 @@ var ErrCrashLoop = errors.New("antidote: crash loop")
 
 // DeliveriesConfig configures NewDeliveries.
 type DeliveriesConfig struct {
-	// Tracker durably counts deliveries. Required. Use
+	// Tracker durably counts deliveries. Required: if nil, NewDeliveries
+	// fails. Use
 	// pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker;
 	// poison.NewMemoryDeliveryTracker forgets everything when the process
 	// dies, which defeats the purpose outside tests. Consumers sharing one
@@ -43,8 +44,8 @@ type DeliveriesConfig struct {
 	// partition/offset or UUID, handler and ConsumerGroup, nothing more.
 	Tracker poison.DeliveryTracker
 	// DeadLetter is where quarantined messages go, with reason
-	// poison.ReasonCrashLoop. Required; usually the same DeadLetter that is
-	// in the stack below the guard.
+	// poison.ReasonCrashLoop. Required: if nil, NewDeliveries fails;
+	// usually the same DeadLetter that is in the stack below the guard.
 	DeadLetter *DeadLetter
 	// MaxDeliveries is how many unsettled deliveries a message may have.
 	// Default 3: the delivery that would be the 4th is dead-lettered without
@@ -100,24 +101,28 @@ func (c *DeliveriesConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work, naming the field and the fix.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewDeliveries applies them first), in field order, joined with
+// errors.Join. Tracker and DeadLetter are required; the other zero fields
+// are valid: they stand for their defaults.
 func (c DeliveriesConfig) Validate() error {
+	var errs []error
 	if c.Tracker == nil {
-		return errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker)")
+		errs = append(errs, errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker)"))
 	}
 	if c.DeadLetter == nil {
-		return errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages")
+		errs = append(errs, errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages"))
 	}
 	if c.MaxDeliveries < 0 {
-		return fmt.Errorf("antidote: DeliveriesConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries)
-	}
-	if c.OffsetBlock < 0 {
-		return fmt.Errorf("antidote: DeliveriesConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock)
+		errs = append(errs, fmt.Errorf("antidote: DeliveriesConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries))
 	}
 	if c.AlwaysCount && c.MayBeRedelivery != nil {
-		return errors.New("antidote: DeliveriesConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)")
+		errs = append(errs, errors.New("antidote: DeliveriesConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)"))
 	}
-	return nil
+	if c.OffsetBlock < 0 {
+		errs = append(errs, fmt.Errorf("antidote: DeliveriesConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock))
+	}
+	return errors.Join(errs...)
 }
 
 // Deliveries is the crash-loop guard: it counts deliveries of a message in a
@@ -262,14 +267,14 @@ type deliveriesPartition struct {
 	tainted    bool  // another process may have started messages of block
 }
 
-// NewDeliveries validates cfg (see DeliveriesConfig.Validate), fills the
-// defaults and returns the guard. It keeps a little state per partition
+// NewDeliveries fills cfg's defaults, validates it (see
+// DeliveriesConfig.Validate) and returns the guard. It keeps a little state per partition
 // (the default detector); the tracker stays owned by the caller.
 func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	d := &Deliveries{
 		cfg:      cfg,
 		originOf: poison.OriginOf,

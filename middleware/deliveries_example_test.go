@@ -24,7 +24,7 @@ func ExampleNewDeliveries() {
 	// Production: pgstore.NewDeliveryTracker or
 	// redisstore.NewDeliveryTracker, so counts survive the crashes they
 	// count. The memory tracker forgets them with the process.
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	defer tracker.Close()
 
 	deadLetter, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: pubSub})

@@ -59,7 +59,7 @@ func TestDeliveriesKafkaCrashLoop(t *testing.T) {
 	}
 	require.NoError(t, pub.Close())
 
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}) // outlives every life
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}) // outlives every life
 	defer tracker.Close()
 	dlqPubSub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 10}, logger)
 	defer dlqPubSub.Close()

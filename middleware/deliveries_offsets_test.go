@@ -102,7 +102,7 @@ func (c *guardCountingTracker) leaseIncrs() int {
 }
 
 func newGuardCountingTracker() *guardCountingTracker {
-	return &guardCountingTracker{DeliveryTracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
+	return &guardCountingTracker{DeliveryTracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
 }
 
 // guardProcess is one life of a Kafka consumer process.
@@ -381,7 +381,7 @@ func TestDeliveriesStoreDownRunsHandler(t *testing.T) {
 }
 
 func TestDeliveriesConfigValidate(t *testing.T) {
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	dl := &DeadLetter{}
 	cases := []struct {
 		cfg  DeliveriesConfig

@@ -48,7 +48,7 @@ var guardTrackers = []struct {
 	open func(t testing.TB) poison.DeliveryTracker
 }{
 	{"memory", func(t testing.TB) poison.DeliveryTracker {
-		tr := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+		tr := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 		t.Cleanup(func() { _ = tr.Close() })
 		return tr
 	}},
@@ -271,7 +271,7 @@ func (p *guardFlakyPublisher) Publish(topic string, msgs ...*message.Message) er
 }
 
 func TestDeliveriesDLQFailureNacksNothingLost(t *testing.T) {
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	msg := message.NewMessage(watermill.NewUUID(), []byte("crashes the consumer"))
 	key := poison.DeliveryKeyOf(poison.Origin{Topic: guardTopic, Handler: guardHandler}, msg.UUID)
 	for i := 0; i < 3; i++ { // three earlier lives crashed on it
@@ -321,7 +321,7 @@ func TestDeliveriesDLQFailureNacksNothingLost(t *testing.T) {
 func TestDeliveriesSettledDeliveriesAreForgotten(t *testing.T) {
 	for _, always := range []bool{false, true} {
 		t.Run("AlwaysCount="+strconv.FormatBool(always), func(t *testing.T) {
-			tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+			tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 			var runs atomic.Int32
 			handler := func(msg *message.Message) error {
 				runs.Add(1)
@@ -367,7 +367,7 @@ func TestDeliveriesSettledDeliveriesAreForgotten(t *testing.T) {
 // after the nack): that is Retry's and DeadLetter's business, not a crash
 // loop, however often it happens.
 func TestDeliveriesNackLoopIsNotACrashLoop(t *testing.T) {
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	var runs atomic.Int32
 	l := startGuardLife(t, guardOpts{
 		cfg: DeliveriesConfig{Tracker: tracker, MaxDeliveries: 2},
@@ -387,7 +387,7 @@ func TestDeliveriesNackLoopIsNotACrashLoop(t *testing.T) {
 }
 
 func TestDeliveriesConsumerGroupInKeys(t *testing.T) {
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	dl, err := NewDeadLetter(DeadLetterConfig{Publisher: gochannel.NewGoChannel(gochannel.Config{}, nil), ConsumerGroup: "billing"})
 	require.NoError(t, err)
 	d, err := NewDeliveries(DeliveriesConfig{Tracker: tracker, DeadLetter: dl})
@@ -427,7 +427,7 @@ func (f *forgetFailing) Forget(ctx context.Context, key string) error {
 // quarantined as a crash loop: the next delivery forgets what the last one
 // could not. Before, the count grew by one per nack during the outage.
 func TestDeliveriesStoreOutageIsNotACrashLoop(t *testing.T) {
-	tracker := &forgetFailing{DeliveryTracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
+	tracker := &forgetFailing{DeliveryTracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
 	var runs atomic.Int32
 	l := startGuardLife(t, guardOpts{
 		cfg: DeliveriesConfig{Tracker: tracker, MaxDeliveries: 2},
@@ -471,7 +471,7 @@ type countingTracker struct {
 }
 
 func newCountingTracker() *countingTracker {
-	return &countingTracker{DeliveryTracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), n: map[string]int{}}
+	return &countingTracker{DeliveryTracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), n: map[string]int{}}
 }
 
 func (c *countingTracker) Incr(ctx context.Context, key string) (int, error) {

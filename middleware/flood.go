@@ -48,7 +48,7 @@ type FloodGuardConfig struct {
 	DeadLetter *DeadLetter
 	// OnFlood, when set, is called for every flood arrival with the verdict
 	// and the action taken, for metrics (counts by producer). It must not
-	// block and may be called concurrently.
+	// block and may be called concurrently. If nil, nothing is called.
 	OnFlood func(v poison.FloodVerdict, action FloodAction)
 	// Logger gets one error line per flooding producer per
 	// FloodDetectorConfig.ReportInterval naming the producer, the message
@@ -56,12 +56,21 @@ type FloodGuardConfig struct {
 	Logger watermill.LoggerAdapter
 }
 
-// Validate names a field that cannot work and the fix.
-func (c FloodGuardConfig) Validate() error {
-	if c.DeadLetter != nil && !c.Drop {
-		return errors.New("antidote: FloodGuardConfig.DeadLetter is set but Drop is false: set Drop to dead-letter flood arrivals, or leave DeadLetter nil to only report them")
+func (c *FloodGuardConfig) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
 	}
-	return nil
+}
+
+// Validate reports every invalid field of c, after defaults are applied
+// (NewFloodGuard applies them first), in field order, joined with
+// errors.Join. The zero value is valid.
+func (c FloodGuardConfig) Validate() error {
+	var errs []error
+	if c.DeadLetter != nil && !c.Drop {
+		errs = append(errs, errors.New("antidote: FloodGuardConfig.DeadLetter is set but Drop is false: set Drop to dead-letter flood arrivals, or leave DeadLetter nil to only report them"))
+	}
+	return errors.Join(errs...)
 }
 
 // FloodGuard reports the redelivery flood (the same message arriving far
@@ -78,13 +87,12 @@ type FloodGuard struct {
 	det *poison.FloodDetector
 }
 
-// NewFloodGuard validates cfg and returns the guard.
+// NewFloodGuard fills cfg's defaults, validates it (see
+// FloodGuardConfig.Validate) and returns the guard.
 func NewFloodGuard(cfg FloodGuardConfig) (*FloodGuard, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = watermill.NopLogger{}
 	}
 	det := cfg.Detector
 	if det == nil {

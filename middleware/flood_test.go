@@ -191,7 +191,7 @@ func TestSweeperIncidentReplayed(t *testing.T) {
 		},
 	})
 	require.NoError(t, err)
-	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	store := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 	defer store.Close()
 	idem, err := middleware.NewIdempotency(middleware.IdempotencyConfig{Store: store, OnDuplicate: func(*message.Message, string) { duplicatesSeen.Add(1) }})
 	require.NoError(t, err)

@@ -48,7 +48,8 @@ var ErrKeyInProgress = errors.New("antidote: idempotency key is being processed 
 
 // IdempotencyConfig configures NewIdempotency. Only Store is required.
 type IdempotencyConfig struct {
-	// Store remembers claimed and completed keys. Required.
+	// Store remembers claimed and completed keys. Required: if nil,
+	// NewIdempotency fails.
 	// idempotency.NewMemoryStore deduplicates within one process only;
 	// consumers that share a queue need pgstore.NewIdempotencyStore or
 	// redisstore.NewIdempotencyStore.
@@ -108,7 +109,7 @@ type IdempotencyConfig struct {
 	// OnDuplicate, when set, is called for every message acked as a
 	// duplicate without running the handler, with its key. For metrics
 	// (duplicates skipped); it must not block and may be called
-	// concurrently.
+	// concurrently. If nil, nothing is called.
 	OnDuplicate func(msg *message.Message, key string)
 	// Logger gets store failures, overrun leases and deferred messages.
 	// Default watermill.NopLogger.
@@ -133,22 +134,28 @@ func (c *IdempotencyConfig) setDefaults() {
 	}
 }
 
-// Validate names the first field that cannot work and the fix.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewIdempotency applies them first), in field order, joined with
+// errors.Join. Store is required; the other zero fields are valid: they
+// stand for their defaults.
 func (c IdempotencyConfig) Validate() error {
-	switch {
-	case c.Store == nil:
-		return errors.New("antidote: IdempotencyConfig.Store is nil: set it to pgstore.NewIdempotencyStore or redisstore.NewIdempotencyStore (shared by consumers), or idempotency.NewMemoryStore (one process)")
-	case c.Lease < 0 || (c.Lease > 0 && c.Lease < time.Millisecond):
-		return fmt.Errorf("antidote: IdempotencyConfig.Lease is %s: set it above the slowest handler run (0 picks the default %s)", c.Lease, DefaultIdempotencyLease)
-	case c.BusyWait < 0:
-		return fmt.Errorf("antidote: IdempotencyConfig.BusyWait is %s: set a positive duration (0 picks Lease)", c.BusyWait)
-	case c.StoreTimeout < 0:
-		return fmt.Errorf("antidote: IdempotencyConfig.StoreTimeout is %s: set a positive duration (0 picks the default %s)", c.StoreTimeout, DefaultIdempotencyStoreTimeout)
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("antidote: IdempotencyConfig.Store is nil: set it to pgstore.NewIdempotencyStore or redisstore.NewIdempotencyStore (shared by consumers), or idempotency.NewMemoryStore (one process)"))
 	}
-	if _, ok := c.Store.(idempotency.TxStore); c.Transactional && !ok {
-		return fmt.Errorf("antidote: IdempotencyConfig.Transactional needs a Store that is an idempotency.TxStore (pgstore.NewIdempotencyStore); %T is not", c.Store)
+	if c.Lease < 0 || (c.Lease > 0 && c.Lease < time.Millisecond) {
+		errs = append(errs, fmt.Errorf("antidote: IdempotencyConfig.Lease is %s: set it above the slowest handler run (0 picks the default %s)", c.Lease, DefaultIdempotencyLease))
 	}
-	return nil
+	if c.BusyWait < 0 {
+		errs = append(errs, fmt.Errorf("antidote: IdempotencyConfig.BusyWait is %s: set a positive duration (0 picks Lease)", c.BusyWait))
+	}
+	if _, ok := c.Store.(idempotency.TxStore); c.Transactional && c.Store != nil && !ok {
+		errs = append(errs, fmt.Errorf("antidote: IdempotencyConfig.Transactional needs a Store that is an idempotency.TxStore (pgstore.NewIdempotencyStore); %T is not", c.Store))
+	}
+	if c.StoreTimeout < 0 {
+		errs = append(errs, fmt.Errorf("antidote: IdempotencyConfig.StoreTimeout is %s: set a positive duration (0 picks the default %s)", c.StoreTimeout, DefaultIdempotencyStoreTimeout))
+	}
+	return errors.Join(errs...)
 }
 
 // Idempotency processes each idempotency key once: a message whose key was
@@ -202,12 +209,13 @@ type scopePrefix struct{ scope, prefix string }
 // waiting on I/O (idempotency.MemoryStore).
 type nonBlockingStore interface{ NonBlocking() bool }
 
-// NewIdempotency validates cfg, fills defaults and returns the middleware.
+// NewIdempotency fills cfg's defaults, validates it (see
+// IdempotencyConfig.Validate) and returns the middleware.
 func NewIdempotency(cfg IdempotencyConfig) (*Idempotency, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	m := &Idempotency{cfg: cfg}
 	if nb, ok := cfg.Store.(nonBlockingStore); ok && nb.NonBlocking() {
 		m.nonBlocking = true

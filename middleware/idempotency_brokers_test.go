@@ -235,7 +235,7 @@ func TestIdempotencyOnBrokers(t *testing.T) {
 		store     func(*testing.T) idempotency.Store
 	}{
 		{"one consumer, memory store", 1, func(t *testing.T) idempotency.Store {
-			s := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+			s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 			t.Cleanup(func() { _ = s.Close() })
 			return s
 		}},

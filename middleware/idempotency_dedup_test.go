@@ -94,7 +94,7 @@ func TestIdempotencyVersusWatermillDeduplicator(t *testing.T) {
 		return d.Middleware
 	}
 	antidoteIdem := func(t *testing.T) message.HandlerMiddleware {
-		s := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 		t.Cleanup(func() { _ = s.Close() })
 		return newIdem(t, middleware.IdempotencyConfig{Store: s}).Middleware
 	}

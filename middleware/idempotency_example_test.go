@@ -26,7 +26,7 @@ func ExampleNewIdempotency() {
 
 	// Production: pgstore.NewIdempotencyStore or
 	// redisstore.NewIdempotencyStore, shared by every consumer of the queue.
-	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	store := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 	defer store.Close()
 	var duplicates atomic.Int64
 	idem, err := middleware.NewIdempotency(middleware.IdempotencyConfig{

@@ -97,7 +97,7 @@ func (s *countingStore) Release(ctx context.Context, c idempotency.Claim) error 
 }
 
 func memStore(t *testing.T) *countingStore {
-	s := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 	t.Cleanup(func() { _ = s.Close() })
 	return &countingStore{Store: s}
 }
@@ -394,7 +394,7 @@ func TestIdempotencyStoreFailures(t *testing.T) {
 func TestIdempotencyConfigValidation(t *testing.T) {
 	_, err := middleware.NewIdempotency(middleware.IdempotencyConfig{})
 	assert.ErrorContains(t, err, "IdempotencyConfig.Store")
-	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	store := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 	_, err = middleware.NewIdempotency(middleware.IdempotencyConfig{Store: store, Lease: time.Microsecond})
 	assert.ErrorContains(t, err, "Lease")
 	_, err = middleware.NewIdempotency(middleware.IdempotencyConfig{Store: store, BusyWait: -1})

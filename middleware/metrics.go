@@ -68,6 +68,7 @@ type MetricsConfig struct {
 	// schedule (every scrape or export interval) under the collection's
 	// context, so it must answer quickly, e.g. a cached count or a
 	// PostgreSQL count of a small table. An error skips that collection.
+	// If nil, the gauge is not reported.
 	DLQDepth func(ctx context.Context) (map[string]int64, error)
 }
 
@@ -80,15 +81,18 @@ func (c *MetricsConfig) setDefaults() {
 	}
 }
 
-// Validate reports the first invalid field, after defaults.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewMetrics applies them first), in field order, joined with errors.Join.
+// The zero value is valid.
 func (c MetricsConfig) Validate() error {
-	c.setDefaults()
+	var errs []error
 	for i := 1; i < len(c.DurationBuckets); i++ {
 		if c.DurationBuckets[i] <= c.DurationBuckets[i-1] {
-			return fmt.Errorf("antidote: MetricsConfig.DurationBuckets must be strictly ascending; bucket %d (%v) is not above bucket %d (%v)", i, c.DurationBuckets[i], i-1, c.DurationBuckets[i-1])
+			errs = append(errs, fmt.Errorf("antidote: MetricsConfig.DurationBuckets must be strictly ascending; bucket %d (%v) is not above bucket %d (%v)", i, c.DurationBuckets[i], i-1, c.DurationBuckets[i-1]))
+			break
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Metrics counts deliveries by handler and outcome with the OpenTelemetry
@@ -138,12 +142,13 @@ type metricsOptKey struct {
 	a, b string
 }
 
-// NewMetrics validates cfg and creates the instruments.
+// NewMetrics fills cfg's defaults, validates it (see MetricsConfig.Validate)
+// and creates the instruments.
 func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	meter := cfg.MeterProvider.Meter(antidote.TracerName)
 	m := &Metrics{cfg: cfg}
 	switch cfg.MeterProvider.(type) {

@@ -63,7 +63,8 @@ type RetryConfig struct {
 	// the attempt that just failed (1 = the first run), its error and the
 	// wait that follows. For logs and custom hooks; it must not block.
 	// Metrics (above Retry) already counts retries by handler, and Tracing
-	// records them as span events: do not wire OnRetry for those.
+	// records them as span events: do not wire OnRetry for those. If nil,
+	// nothing is called.
 	OnRetry func(attempt int, err error, delay time.Duration)
 
 	// Logger receives one line per retry. Default watermill.NopLogger.
@@ -94,25 +95,32 @@ func (c *RetryConfig) setDefaults() {
 	}
 }
 
-// Validate reports the first invalid field, after defaults are applied (so
-// zero values are always fine), and says how to fix it.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewRetry applies them first), in field order, joined with errors.Join.
+// A zero field is valid: it stands for its default, which Validate uses in
+// the checks that compare fields.
 func (c RetryConfig) Validate() error {
-	c.setDefaults()
-	switch {
-	case c.MaxAttempts < 1:
-		return fmt.Errorf("antidote: RetryConfig.MaxAttempts is %d: set it to 1 or more (1 disables retries, 0 picks the default %d)", c.MaxAttempts, DefaultMaxAttempts)
-	case c.InitialInterval < 0:
-		return fmt.Errorf("antidote: RetryConfig.InitialInterval is %v: set a positive duration (0 picks the default %v)", c.InitialInterval, DefaultInitialInterval)
-	case c.MaxInterval < c.InitialInterval:
-		return fmt.Errorf("antidote: RetryConfig.MaxInterval (%v) is less than InitialInterval (%v): raise MaxInterval or lower InitialInterval", c.MaxInterval, c.InitialInterval)
-	case c.Multiplier < 1:
-		return fmt.Errorf("antidote: RetryConfig.Multiplier is %v: set it to 1 or more (1 keeps the interval constant, 0 picks the default %v)", c.Multiplier, DefaultMultiplier)
-	case c.RandomizationFactor > 1:
-		return fmt.Errorf("antidote: RetryConfig.RandomizationFactor is %v: set it between 0 and 1 (use NoJitter to disable jitter)", c.RandomizationFactor)
-	case c.MaxElapsedTime < 0:
-		return fmt.Errorf("antidote: RetryConfig.MaxElapsedTime is %v: set a positive duration, or 0 for no limit", c.MaxElapsedTime)
+	var errs []error
+	if c.MaxAttempts < 0 {
+		errs = append(errs, fmt.Errorf("antidote: RetryConfig.MaxAttempts is %d: set it to 1 or more (1 disables retries, 0 picks the default %d)", c.MaxAttempts, DefaultMaxAttempts))
 	}
-	return nil
+	if c.InitialInterval < 0 {
+		errs = append(errs, fmt.Errorf("antidote: RetryConfig.InitialInterval is %v: set a positive duration (0 picks the default %v)", c.InitialInterval, DefaultInitialInterval))
+	}
+	initial, maxInterval := orDefault(c.InitialInterval, DefaultInitialInterval), orDefault(c.MaxInterval, DefaultMaxInterval)
+	if maxInterval < initial {
+		errs = append(errs, fmt.Errorf("antidote: RetryConfig.MaxInterval (%v) is less than InitialInterval (%v): raise MaxInterval or lower InitialInterval", maxInterval, initial))
+	}
+	if c.Multiplier != 0 && c.Multiplier < 1 {
+		errs = append(errs, fmt.Errorf("antidote: RetryConfig.Multiplier is %v: set it to 1 or more (1 keeps the interval constant, 0 picks the default %v)", c.Multiplier, DefaultMultiplier))
+	}
+	if c.RandomizationFactor > 1 {
+		errs = append(errs, fmt.Errorf("antidote: RetryConfig.RandomizationFactor is %v: set it between 0 and 1 (use NoJitter to disable jitter)", c.RandomizationFactor))
+	}
+	if c.MaxElapsedTime < 0 {
+		errs = append(errs, fmt.Errorf("antidote: RetryConfig.MaxElapsedTime is %v: set a positive duration, or 0 for no limit", c.MaxElapsedTime))
+	}
+	return errors.Join(errs...)
 }
 
 // Retry re-runs a failing handler for transient and unknown errors with
@@ -129,13 +137,13 @@ type Retry struct {
 	cfg RetryConfig
 }
 
-// NewRetry validates cfg (see RetryConfig.Validate) and returns the
-// middleware.
+// NewRetry fills cfg's defaults, validates it (see RetryConfig.Validate)
+// and returns the middleware.
 func NewRetry(cfg RetryConfig) (*Retry, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	if cfg.RandomizationFactor < 0 {
 		cfg.RandomizationFactor = 0
 	}

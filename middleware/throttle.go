@@ -34,9 +34,11 @@ type ThrottleConfig struct {
 	KeyBurst int
 	// KeyMetadata names the metadata key whose value is a message's key,
 	// such as "partition_key" or poison.KeyProducer. Required with KeyRate
-	// unless Key is set. Messages without it share the key "".
+	// unless Key is set; if empty, Key computes the key. Messages without
+	// it share the key "".
 	KeyMetadata string
-	// Key computes a message's key instead of KeyMetadata.
+	// Key computes a message's key instead of KeyMetadata. If nil, the key
+	// is the value of the KeyMetadata metadata.
 	Key func(*message.Message) string
 	// MaxKeys bounds how many keys have a bucket (least recently used
 	// dropped first). Default 10,000. A key idle for Burst/KeyRate loses
@@ -63,7 +65,8 @@ type ThrottleConfig struct {
 
 	// OnWait, when set, is called for every message with how long it waited
 	// in this middleware (0 when it did not), including when the wait ended
-	// with the message context. For metrics; it must not block.
+	// with the message context. For metrics; it must not block. If nil,
+	// nothing is called.
 	OnWait func(msg *message.Message, waited time.Duration)
 }
 
@@ -88,10 +91,11 @@ func (c *ThrottleConfig) setDefaults() {
 	}
 }
 
-// Validate reports every field that cannot work, naming it and the fix.
-// Zero fields take their defaults first.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewThrottle applies them first), in field order, joined with errors.Join.
+// A zero field is valid: it stands for its default (the zero value limits
+// nothing).
 func (c ThrottleConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("antidote: ThrottleConfig."+format, args...))
@@ -99,19 +103,19 @@ func (c ThrottleConfig) Validate() error {
 	if c.Rate < 0 {
 		bad("Rate is %v: set messages per second above 0, or 0 for no rate limit", c.Rate)
 	}
-	if c.Burst < 1 {
+	if c.Burst < 0 {
 		bad("Burst is %d: set 1 or more (0 picks the default %d)", c.Burst, throttle.DefaultBurst)
 	}
 	if c.KeyRate < 0 {
 		bad("KeyRate is %v: set messages per second per key above 0, or 0 for no per-key limit", c.KeyRate)
 	}
-	if c.KeyBurst < 1 {
+	if c.KeyBurst < 0 {
 		bad("KeyBurst is %d: set 1 or more (0 picks the default %d)", c.KeyBurst, throttle.DefaultBurst)
 	}
 	if c.KeyRate > 0 && c.KeyMetadata == "" && c.Key == nil {
 		bad("KeyRate is set but neither KeyMetadata nor Key is: name the metadata key holding the message's key (e.g. %q) or set Key", poison.KeyProducer)
 	}
-	if c.MaxKeys < 1 {
+	if c.MaxKeys < 0 {
 		bad("MaxKeys is %d: set 1 or more (0 picks the default %d)", c.MaxKeys, throttle.DefaultMaxKeys)
 	}
 	if c.Concurrency < 0 {
@@ -147,13 +151,13 @@ type Throttle struct {
 	cfg ThrottleConfig
 }
 
-// NewThrottle validates cfg (see ThrottleConfig.Validate) and returns the
-// middleware.
+// NewThrottle fills cfg's defaults, validates it (see
+// ThrottleConfig.Validate) and returns the middleware.
 func NewThrottle(cfg ThrottleConfig) (*Throttle, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	return &Throttle{cfg: cfg}, nil
 }
 

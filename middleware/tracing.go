@@ -36,8 +36,8 @@ type TracingConfig struct {
 	// Default: "kafka" when the message context carries a Kafka partition
 	// and offset, otherwise the attribute is left out.
 	System string
-	// ConsumerGroup is messaging.consumer.group.name. Optional (it is not
-	// in the message context).
+	// ConsumerGroup is messaging.consumer.group.name (it is not in the
+	// message context). If empty, the attribute is left out.
 	ConsumerGroup string
 }
 
@@ -50,8 +50,9 @@ func (c *TracingConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work. Every field is optional, so
-// it never fails today; it is here so callers validate all configs alike.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewTracing applies them first). Every field is optional, so it never
+// fails today; it is here so callers validate all configs alike.
 func (c TracingConfig) Validate() error { return nil }
 
 // Tracing starts one consumer span per delivery, following the OpenTelemetry
@@ -98,7 +99,8 @@ func (t *Tracing) spanName(topic string) string {
 	return name
 }
 
-// NewTracing fills defaults, validates cfg and returns the middleware.
+// NewTracing fills cfg's defaults, validates it (see TracingConfig.Validate)
+// and returns the middleware.
 func NewTracing(cfg TracingConfig) (*Tracing, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {

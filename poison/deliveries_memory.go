@@ -2,6 +2,7 @@ package poison
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -38,16 +39,18 @@ func (c *MemoryDeliveryTrackerConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work. Zero values are valid (they
-// select the defaults).
+// Validate reports every invalid field of c, after defaults are applied
+// (NewMemoryDeliveryTracker applies them first), in field order, joined with
+// errors.Join. Zero values are valid (they select the defaults).
 func (c MemoryDeliveryTrackerConfig) Validate() error {
+	var errs []error
 	if c.MaxKeys < 0 {
-		return fmt.Errorf("poison: MemoryDeliveryTrackerConfig.MaxKeys is %d; set it to a positive bound, or 0 for the default %d", c.MaxKeys, DefaultMemoryDeliveryTrackerMaxKeys)
+		errs = append(errs, fmt.Errorf("poison: MemoryDeliveryTrackerConfig.MaxKeys is %d; set it to a positive bound, or 0 for the default %d", c.MaxKeys, DefaultMemoryDeliveryTrackerMaxKeys))
 	}
 	if c.TTL < 0 {
-		return fmt.Errorf("poison: MemoryDeliveryTrackerConfig.TTL is %s; set it to a positive duration, or 0 for the default %s", c.TTL, DefaultDeliveryTrackerTTL)
+		errs = append(errs, fmt.Errorf("poison: MemoryDeliveryTrackerConfig.TTL is %s; set it to a positive duration, or 0 for the default %s", c.TTL, DefaultDeliveryTrackerTTL))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // MemoryDeliveryTracker is an in-process DeliveryTracker.
@@ -74,20 +77,30 @@ type memDeliveryEntry struct {
 	expires time.Time
 }
 
-// NewMemoryDeliveryTracker returns an in-process, non-durable tracker (see
-// MemoryDeliveryTracker). It panics if cfg.Validate fails (a negative bound or
-// TTL is a programming error, like a bad regexp in regexp.MustCompile); call
-// Validate first to handle it as an error.
-func NewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) *MemoryDeliveryTracker {
-	if err := cfg.Validate(); err != nil {
-		panic(err)
-	}
+// NewMemoryDeliveryTracker fills cfg's defaults, validates it (see
+// MemoryDeliveryTrackerConfig.Validate) and returns an in-process,
+// non-durable tracker (see MemoryDeliveryTracker).
+func NewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) (*MemoryDeliveryTracker, error) {
 	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	keys, err := simplelru.NewLRU[string, *memDeliveryEntry](cfg.MaxKeys, nil)
 	if err != nil {
-		panic(err) // MaxKeys >= 1 after Validate and setDefaults
+		return nil, err // not reached: MaxKeys >= 1 after setDefaults and Validate
 	}
-	return &MemoryDeliveryTracker{cfg: cfg, now: time.Now, keys: keys}
+	return &MemoryDeliveryTracker{cfg: cfg, now: time.Now, keys: keys}, nil
+}
+
+// MustNewMemoryDeliveryTracker is NewMemoryDeliveryTracker that panics when
+// cfg is invalid (a negative bound or TTL is a programming error, like a bad
+// regexp in regexp.MustCompile).
+func MustNewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) *MemoryDeliveryTracker {
+	t, err := NewMemoryDeliveryTracker(cfg)
+	if err != nil {
+		panic(err)
+	}
+	return t
 }
 
 // Incr counts one more delivery of key and returns the new count. A count

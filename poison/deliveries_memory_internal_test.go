@@ -13,7 +13,7 @@ import (
 
 // memTrackerAt returns a tracker whose clock the test moves.
 func memTrackerAt(cfg MemoryDeliveryTrackerConfig) (*MemoryDeliveryTracker, func(time.Duration)) {
-	tr := NewMemoryDeliveryTracker(cfg)
+	tr := MustNewMemoryDeliveryTracker(cfg)
 	var mu sync.Mutex
 	now := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 	tr.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -28,7 +28,7 @@ func memIncr(t *testing.T, tr DeliveryTracker, key string) int {
 }
 
 func TestMemoryDeliveryTrackerDefaults(t *testing.T) {
-	tr := NewMemoryDeliveryTracker(MemoryDeliveryTrackerConfig{})
+	tr := MustNewMemoryDeliveryTracker(MemoryDeliveryTrackerConfig{})
 	assert.Equal(t, 100_000, tr.cfg.MaxKeys)
 	assert.Equal(t, 24*time.Hour, tr.cfg.TTL)
 }
@@ -63,7 +63,7 @@ func TestMemoryDeliveryTrackerBounded(t *testing.T) {
 }
 
 func TestMemoryDeliveryTrackerConcurrentBounded(t *testing.T) {
-	tr := NewMemoryDeliveryTracker(MemoryDeliveryTrackerConfig{MaxKeys: 100})
+	tr := MustNewMemoryDeliveryTracker(MemoryDeliveryTrackerConfig{MaxKeys: 100})
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
 		wg.Add(1)
@@ -99,7 +99,7 @@ func TestMemoryDeliveryTrackerConcurrentBounded(t *testing.T) {
 }
 
 func TestMemoryDeliveryTrackerHonoursContext(t *testing.T) {
-	tr := NewMemoryDeliveryTracker(MemoryDeliveryTrackerConfig{})
+	tr := MustNewMemoryDeliveryTracker(MemoryDeliveryTrackerConfig{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := tr.Incr(ctx, "a")

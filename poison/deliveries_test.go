@@ -41,7 +41,7 @@ func TestDeliveryKey(t *testing.T) {
 
 func TestMemoryDeliveryTracker(t *testing.T) {
 	storetest.DeliveryTracker(t, func(t *testing.T) poison.DeliveryTracker {
-		tr := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+		tr := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 		t.Cleanup(func() { _ = tr.Close() })
 		return tr
 	})
@@ -55,5 +55,5 @@ func TestMemoryDeliveryTrackerConfigValidate(t *testing.T) {
 	err = poison.MemoryDeliveryTrackerConfig{TTL: -time.Second}.Validate()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "TTL")
-	assert.Panics(t, func() { poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{MaxKeys: -1}) })
+	assert.Panics(t, func() { poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{MaxKeys: -1}) })
 }

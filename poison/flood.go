@@ -94,22 +94,27 @@ func (c *FloodDetectorConfig) setDefaults() {
 	}
 }
 
-// Validate names the first field that cannot work and the fix. Zero values
-// are valid (defaults).
+// Validate reports every invalid field of c, after defaults are applied
+// (NewFloodDetector applies them first), in field order, joined with
+// errors.Join. A zero field is valid: it stands for its default.
 func (c FloodDetectorConfig) Validate() error {
-	switch {
-	case c.Threshold < 0:
-		return fmt.Errorf("poison: FloodDetectorConfig.Threshold is %d; set a positive count, or 0 for the default %d", c.Threshold, DefaultFloodThreshold)
-	case c.Window < 0 || (c.Window > 0 && c.Window < time.Millisecond):
-		return fmt.Errorf("poison: FloodDetectorConfig.Window is %s; set at least 1ms, or 0 for the default %s", c.Window, DefaultFloodWindow)
-	case c.ReportInterval < 0:
-		return fmt.Errorf("poison: FloodDetectorConfig.ReportInterval is %s; set a positive duration, or 0 for the default %s", c.ReportInterval, DefaultFloodReportInterval)
-	case c.MaxKeys < 0:
-		return fmt.Errorf("poison: FloodDetectorConfig.MaxKeys is %d; set a positive bound, or 0 for the default %d", c.MaxKeys, DefaultFloodMaxKeys)
-	case c.MaxProducers < 0:
-		return fmt.Errorf("poison: FloodDetectorConfig.MaxProducers is %d; set a positive bound, or 0 for the default %d", c.MaxProducers, DefaultFloodMaxProducers)
+	var errs []error
+	if c.Threshold < 0 {
+		errs = append(errs, fmt.Errorf("poison: FloodDetectorConfig.Threshold is %d; set a positive count, or 0 for the default %d", c.Threshold, DefaultFloodThreshold))
 	}
-	return nil
+	if c.Window < 0 || (c.Window > 0 && c.Window < time.Millisecond) {
+		errs = append(errs, fmt.Errorf("poison: FloodDetectorConfig.Window is %s; set at least 1ms, or 0 for the default %s", c.Window, DefaultFloodWindow))
+	}
+	if c.ReportInterval < 0 {
+		errs = append(errs, fmt.Errorf("poison: FloodDetectorConfig.ReportInterval is %s; set a positive duration, or 0 for the default %s", c.ReportInterval, DefaultFloodReportInterval))
+	}
+	if c.MaxKeys < 0 {
+		errs = append(errs, fmt.Errorf("poison: FloodDetectorConfig.MaxKeys is %d; set a positive bound, or 0 for the default %d", c.MaxKeys, DefaultFloodMaxKeys))
+	}
+	if c.MaxProducers < 0 {
+		errs = append(errs, fmt.Errorf("poison: FloodDetectorConfig.MaxProducers is %d; set a positive bound, or 0 for the default %d", c.MaxProducers, DefaultFloodMaxProducers))
+	}
+	return errors.Join(errs...)
 }
 
 // FloodKey is the default identity of a message for flood detection:
@@ -187,12 +192,13 @@ type floodProducer struct {
 	keys       map[string]struct{}
 }
 
-// NewFloodDetector validates cfg, fills defaults and returns a detector.
+// NewFloodDetector fills cfg's defaults, validates it (see
+// FloodDetectorConfig.Validate) and returns a detector.
 func NewFloodDetector(cfg FloodDetectorConfig) (*FloodDetector, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	return &FloodDetector{
 		cfg:       cfg,
 		keys:      map[string]*list.Element{},

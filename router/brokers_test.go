@@ -331,5 +331,5 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 
 // memGuard opts the tests in to the in-memory crash-loop tracker.
 func memGuard() middleware.DeliveriesConfig {
-	return middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
+	return middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
 }

@@ -29,7 +29,7 @@ func ExampleNew() {
 		panic(err)
 	}
 
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}) // tests and demos only
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}) // tests and demos only
 	defer tracker.Close()
 	r, err := router.New(router.Config{
 		DeadLetter: middleware.DeadLetterConfig{Publisher: pubSub, ConsumerGroup: "order-sink"},

@@ -44,7 +44,10 @@ func (c *PublisherConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work. Every field is optional.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewPublisher and NewScheduler apply them first). Every field is
+// optional, so it never fails today; it is here so callers validate all
+// configs alike.
 func (c PublisherConfig) Validate() error { return nil }
 
 // producer starts producer spans; shared by Publisher and Scheduler.
@@ -53,12 +56,9 @@ type producer struct {
 	tracer trace.Tracer
 }
 
-func newProducer(cfg PublisherConfig) (producer, error) {
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
-		return producer{}, err
-	}
-	return producer{cfg: cfg, tracer: cfg.TracerProvider.Tracer(antidote.TracerName)}, nil
+// newProducer takes a config with its defaults applied and validated.
+func newProducer(cfg PublisherConfig) producer {
+	return producer{cfg: cfg, tracer: cfg.TracerProvider.Tracer(antidote.TracerName)}
 }
 
 // start begins the producer span of msg as a child of parent and injects it
@@ -123,16 +123,17 @@ type Publisher struct {
 	p   producer
 }
 
-// NewPublisher wraps pub.
+// NewPublisher fills cfg's defaults, validates it (see
+// PublisherConfig.Validate) and wraps pub.
 func NewPublisher(pub message.Publisher, cfg PublisherConfig) (*Publisher, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("telemetry: NewPublisher: %w", err)
+	}
 	if pub == nil {
 		return nil, errors.New("telemetry: NewPublisher: the publisher to wrap is nil")
 	}
-	p, err := newProducer(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("telemetry: NewPublisher: %w", err)
-	}
-	return &Publisher{pub: pub, p: p}, nil
+	return &Publisher{pub: pub, p: newProducer(cfg)}, nil
 }
 
 // Publish starts a span per message, publishes them all in one call to the
@@ -190,16 +191,17 @@ type Scheduler struct {
 	p producer
 }
 
-// NewScheduler wraps s.
+// NewScheduler fills cfg's defaults, validates it (see
+// PublisherConfig.Validate) and wraps s.
 func NewScheduler(s antidote.Scheduler, cfg PublisherConfig) (*Scheduler, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("telemetry: NewScheduler: %w", err)
+	}
 	if s == nil {
 		return nil, errors.New("telemetry: NewScheduler: the scheduler to wrap is nil")
 	}
-	p, err := newProducer(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("telemetry: NewScheduler: %w", err)
-	}
-	return &Scheduler{s: s, p: p}, nil
+	return &Scheduler{s: s, p: newProducer(cfg)}, nil
 }
 
 var _ antidote.Scheduler = (*Scheduler)(nil)

@@ -86,7 +86,8 @@ type AdaptiveConfig struct {
 
 	// OnLimit, when set, is called after every change of the limit with the
 	// new value, for metrics and logs. It runs on the caller's goroutine of
-	// the call that closed the window and must not block.
+	// the call that closed the window and must not block. If nil, nothing
+	// is called.
 	OnLimit func(limit int)
 }
 
@@ -120,33 +121,38 @@ func (c *AdaptiveConfig) setDefaults() {
 	}
 }
 
-// Validate reports every field that cannot work, naming it and the fix.
-// Zero fields take their defaults first.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewAdaptiveLimiter applies them first), in field order, joined with
+// errors.Join. A zero field is valid: it stands for its default, which
+// Validate uses in the checks that compare fields.
 func (c AdaptiveConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("throttle: AdaptiveConfig."+format, args...))
 	}
-	if c.MinLimit < 1 {
-		bad("MinLimit is %d: set 1 or more", c.MinLimit)
+	// The limits as NewAdaptiveLimiter will use them.
+	initial := orDefault(c.InitialLimit, DefaultAdaptiveInitialLimit)
+	minLimit := orDefault(c.MinLimit, DefaultAdaptiveMinLimit)
+	maxLimit := orDefault(c.MaxLimit, DefaultAdaptiveMaxLimit)
+	if initial < minLimit || initial > maxLimit {
+		bad("InitialLimit (%d) is outside [MinLimit %d, MaxLimit %d]: pick a value in that range", initial, minLimit, maxLimit)
 	}
-	if c.MaxLimit < c.MinLimit {
-		bad("MaxLimit (%d) is below MinLimit (%d): raise MaxLimit", c.MaxLimit, c.MinLimit)
+	if minLimit < 1 {
+		bad("MinLimit is %d: set 1 or more", minLimit)
 	}
-	if c.InitialLimit < c.MinLimit || c.InitialLimit > c.MaxLimit {
-		bad("InitialLimit (%d) is outside [MinLimit %d, MaxLimit %d]: pick a value in that range", c.InitialLimit, c.MinLimit, c.MaxLimit)
+	if maxLimit < minLimit {
+		bad("MaxLimit (%d) is below MinLimit (%d): raise MaxLimit", maxLimit, minLimit)
 	}
-	if !(c.Tolerance > 1) {
+	if c.Tolerance != 0 && !(c.Tolerance > 1) {
 		bad("Tolerance is %v: set a latency ratio above 1, such as %v", c.Tolerance, DefaultAdaptiveTolerance)
 	}
-	if !(c.Backoff > 0 && c.Backoff < 1) {
+	if c.Backoff != 0 && !(c.Backoff > 0 && c.Backoff < 1) {
 		bad("Backoff is %v: set a factor between 0 and 1, such as %v", c.Backoff, DefaultAdaptiveBackoff)
 	}
-	if !(c.MaxErrorRate > 0 && c.MaxErrorRate <= 1) {
+	if c.MaxErrorRate != 0 && !(c.MaxErrorRate > 0 && c.MaxErrorRate <= 1) {
 		bad("MaxErrorRate is %v: set a fraction in (0, 1], such as %v (1 disables the error signal)", c.MaxErrorRate, DefaultAdaptiveMaxErrorRate)
 	}
-	if c.MinWindow < 1 {
+	if c.MinWindow < 0 {
 		bad("MinWindow is %d: set 1 or more (0 picks the default %d)", c.MinWindow, DefaultAdaptiveMinWindow)
 	}
 	if c.BaselineWindow < 0 {
@@ -232,12 +238,13 @@ type AdaptiveLimiter struct {
 
 const noBaseline = time.Duration(math.MaxInt64)
 
-// NewAdaptiveLimiter validates cfg and returns a limiter at InitialLimit.
+// NewAdaptiveLimiter fills cfg's defaults, validates it (see
+// AdaptiveConfig.Validate) and returns a limiter at InitialLimit.
 func NewAdaptiveLimiter(cfg AdaptiveConfig) (*AdaptiveLimiter, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	l := &AdaptiveLimiter{
 		cfg:      cfg,
 		now:      time.Now,

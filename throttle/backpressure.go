@@ -101,11 +101,13 @@ const (
 
 // BackpressureConfig configures a BackpressurePublisher.
 type BackpressureConfig struct {
-	// Publisher does the publishing. Required. Close closes it, as
+	// Publisher does the publishing. Required: if nil,
+	// NewBackpressurePublisher fails. Close closes it, as
 	// Watermill's own publisher decorators do.
 	Publisher message.Publisher
 
-	// Source reads the consumer's backlog per topic. Required. It belongs
+	// Source reads the consumer's backlog per topic. Required: if nil,
+	// NewBackpressurePublisher fails. It belongs
 	// to the caller: Close does not close it (sources can be shared).
 	Source LagSource
 
@@ -152,10 +154,11 @@ type BackpressureConfig struct {
 	// OnWait, when set, is called after each Publish that met backpressure
 	// (waited for the backlog to fall, or was refused), with how long it
 	// waited and the error it returns (nil when it went on to publish). For
-	// metrics; it must not block.
+	// metrics; it must not block. If nil, nothing is called.
 	OnWait func(topic string, waited time.Duration, err error)
 
-	// Logger gets pause/resume transitions and reading errors. Default none.
+	// Logger gets pause/resume transitions and reading errors. Default
+	// watermill.NopLogger: none.
 	Logger watermill.LoggerAdapter
 }
 
@@ -177,10 +180,12 @@ func (c *BackpressureConfig) setDefaults() {
 	}
 }
 
-// Validate reports every field that cannot work, naming it and the fix.
-// Zero fields take their defaults first.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewBackpressurePublisher applies them first), in field order, joined
+// with errors.Join. Publisher and Source are required; the other zero
+// fields are valid: they stand for their defaults, which Validate uses in
+// the checks that compare fields.
 func (c BackpressureConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("throttle: BackpressureConfig."+format, args...))
@@ -191,11 +196,12 @@ func (c BackpressureConfig) Validate() error {
 	if c.Source == nil {
 		bad("Source is nil: pass a LagSource, such as adapters.OpenLagSource(ctx, broker.Config)")
 	}
-	if c.HighWatermark < 1 {
-		bad("HighWatermark is %d: set the backlog at which publishing stops, 1 or more", c.HighWatermark)
+	high := orDefault(c.HighWatermark, DefaultHighWatermark)
+	if high < 1 {
+		bad("HighWatermark is %d: set the backlog at which publishing stops, 1 or more", high)
 	}
-	if c.LowWatermark < 0 || c.LowWatermark >= c.HighWatermark {
-		bad("LowWatermark (%d) must be at least 0 and below HighWatermark (%d): lower it (0 picks HighWatermark/2)", c.LowWatermark, c.HighWatermark)
+	if low := orDefault(c.LowWatermark, high/2); low < 0 || low >= high {
+		bad("LowWatermark (%d) must be at least 0 and below HighWatermark (%d): lower it (0 picks HighWatermark/2)", low, high)
 	}
 	if c.Mode != Block && c.Mode != Reject {
 		bad("Mode is %v: use throttle.Block or throttle.Reject", c.Mode)
@@ -257,12 +263,13 @@ func (t *topicLag) backlog() int64 {
 	return t.lag + t.published - t.publishedAtReading
 }
 
-// NewBackpressurePublisher validates cfg and starts the poller.
+// NewBackpressurePublisher fills cfg's defaults, validates it (see
+// BackpressureConfig.Validate) and starts the poller.
 func NewBackpressurePublisher(cfg BackpressureConfig) (*BackpressurePublisher, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &BackpressurePublisher{
 		cfg:     cfg,

@@ -15,7 +15,8 @@ const DefaultMaxKeys = 10000
 
 // KeyedConfig configures a KeyedLimiter.
 type KeyedConfig struct {
-	// Rate is each key's sustained rate, in events per second. Required (> 0).
+	// Rate is each key's sustained rate, in events per second. Required
+	// (> 0): if 0, NewKeyedLimiter fails.
 	Rate float64
 
 	// Burst is each key's bucket size. Default 1.
@@ -39,17 +40,19 @@ func (c *KeyedConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work, naming the field and the fix.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewKeyedLimiter applies them first), in field order, joined with
+// errors.Join. Rate is required; zero Burst and MaxKeys are valid: they
+// stand for their defaults.
 func (c KeyedConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	if !(c.Rate > 0) {
 		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.Rate is %v: set each key's events per second, greater than 0", c.Rate))
 	}
-	if c.Burst < 1 {
+	if c.Burst < 0 {
 		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.Burst is %d: set 1 or more (0 picks the default %d)", c.Burst, DefaultBurst))
 	}
-	if c.MaxKeys < 1 {
+	if c.MaxKeys < 0 {
 		errs = append(errs, fmt.Errorf("throttle: KeyedConfig.MaxKeys is %d: set 1 or more (0 picks the default %d)", c.MaxKeys, DefaultMaxKeys))
 	}
 	return errors.Join(errs...)
@@ -64,15 +67,16 @@ type KeyedLimiter struct {
 	evicted uint64
 }
 
-// NewKeyedLimiter validates cfg and returns a limiter with no buckets yet.
+// NewKeyedLimiter fills cfg's defaults, validates it (see
+// KeyedConfig.Validate) and returns a limiter with no buckets yet.
 func NewKeyedLimiter(cfg KeyedConfig) (*KeyedLimiter, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	buckets, err := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxKeys, nil)
 	if err != nil {
-		return nil, err // MaxKeys >= 1 after Validate
+		return nil, err // not reached: MaxKeys >= 1 after setDefaults and Validate
 	}
 	return &KeyedLimiter{cfg: cfg, buckets: buckets}, nil
 }

@@ -12,7 +12,8 @@ import (
 
 // RateConfig configures a token bucket.
 type RateConfig struct {
-	// Rate is the sustained rate, in events per second. Required (> 0).
+	// Rate is the sustained rate, in events per second. Required (> 0): if
+	// 0, NewRateLimiter fails.
 	Rate float64
 
 	// Burst is how many events may pass at once after a quiet period (the
@@ -31,15 +32,16 @@ func (c *RateConfig) setDefaults() {
 	}
 }
 
-// Validate reports a config that cannot work, naming the field and the fix.
-// Zero fields take their defaults first.
+// Validate reports every invalid field of c, after defaults are applied
+// (NewRateLimiter applies them first), in field order, joined with
+// errors.Join. Rate is required; a zero Burst is valid: it stands for the
+// default.
 func (c RateConfig) Validate() error {
-	c.setDefaults()
 	var errs []error
 	if !(c.Rate > 0) {
 		errs = append(errs, fmt.Errorf("throttle: RateConfig.Rate is %v: set the events per second, greater than 0", c.Rate))
 	}
-	if c.Burst < 1 {
+	if c.Burst < 0 {
 		errs = append(errs, fmt.Errorf("throttle: RateConfig.Burst is %d: set 1 or more (0 picks the default %d)", c.Burst, DefaultBurst))
 	}
 	return errors.Join(errs...)
@@ -50,12 +52,13 @@ type RateLimiter struct {
 	lim *rate.Limiter
 }
 
-// NewRateLimiter validates cfg and returns a full bucket.
+// NewRateLimiter fills cfg's defaults, validates it (see
+// RateConfig.Validate) and returns a full bucket.
 func NewRateLimiter(cfg RateConfig) (*RateLimiter, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	return &RateLimiter{lim: rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Burst)}, nil
 }
 

@@ -28,7 +28,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	tracker := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	defer tracker.Close()
 	r, err := router.New(router.Config{
 		DeadLetter: middleware.DeadLetterConfig{Publisher: pubSub},

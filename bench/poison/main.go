@@ -434,12 +434,12 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	retry := middleware.RetryConfig{MaxAttempts: p.attempts, InitialInterval: p.delay, Multiplier: p.mult}
 	switch variant {
 	case "clean", "blocking", "blocking-hc", "nonblocking":
-		cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+		cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: dlq},
 			Retry:        retry,
 		}
-		cfg.Idempotency.Store = idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		cfg.Idempotency.Store = idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 		if variant == "blocking-hc" {
 			cfg.Breaker.HealthCheck = func(context.Context) error { return nil }
 		}

@@ -61,7 +61,7 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 		closers = append(closers, func() { _ = st.Close() })
 		r.idem = st
 	default:
-		st := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+		st := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
 		closers = append(closers, func() { _ = st.Close() })
 		r.idem = st
 	}
@@ -81,7 +81,7 @@ func (r *run) openConsumerSide(ctx context.Context, cfg adapters.Config) (func()
 		closers = append(closers, func() { _ = t.Close() })
 		r.tracker = t
 	default:
-		t := poison.NewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
+		t := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 		closers = append(closers, func() { _ = t.Close() })
 		r.tracker = t
 	}
