@@ -15,7 +15,7 @@ import (
 
 // AMQPConfigFor returns the watermill-amqp configuration Open uses: a durable
 // queue per topic on the default exchange, persistent messages, publisher
-// confirms, and the QoS prefetch of cfg. Deliveries are decoded by
+// confirms, and the QoS prefetch of cfg. CrashLoopGuard are decoded by
 // TolerantAMQPMarshaler. With Quorum, queues are declared as quorum queues.
 // Open's subscriber is watermill-amqp's; its publisher is the adapter's own
 // (mandatory publishes whose returns fail or repeat the publish, limits

@@ -192,7 +192,7 @@ func TestPostgresAckDeadlineRouterBreakerLosesNothing(t *testing.T) {
 	dlqTopic := antidote.DLQTopic(topic)
 	conn := pgConn(t, b, topic, dlqTopic)
 
-	r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+	r, err := router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 		CloseTimeout: 5 * time.Second,
 		DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 		Retry:        middleware.RetryConfig{InitialInterval: 5 * time.Millisecond},

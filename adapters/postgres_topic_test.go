@@ -50,7 +50,7 @@ func TestPostgresTopicAtTheLimit(t *testing.T) {
 		t.Fatal("the topic and its DLQ share a table")
 	}
 
-	r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}, CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+	r, err := router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}, CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 	if err != nil {
 		t.Fatal(err)
 	}

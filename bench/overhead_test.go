@@ -105,7 +105,7 @@ func newPieces(b *testing.B) pieces {
 	must(err)
 	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: discardPublisher{}})
 	must(err)
-	cheap, err := middleware.NewDeliveries(middleware.DeliveriesConfig{
+	cheap, err := middleware.NewCrashLoopGuard(middleware.CrashLoopGuardConfig{
 		Tracker:    poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}),
 		DeadLetter: dl,
 		// The cheap path without Kafka offsets: only what the broker flags as
@@ -113,7 +113,7 @@ func newPieces(b *testing.B) pieces {
 		MayBeRedelivery: middleware.BrokerSaysRedelivered,
 	})
 	must(err)
-	def, err := middleware.NewDeliveries(middleware.DeliveriesConfig{
+	def, err := middleware.NewCrashLoopGuard(middleware.CrashLoopGuardConfig{
 		Tracker:    poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}),
 		DeadLetter: dl,
 		// Default detector: without Kafka offsets every delivery is counted
@@ -145,7 +145,7 @@ func chain(h message.HandlerFunc, mws ...message.HandlerMiddleware) message.Hand
 
 // fullStack is router.New's default order with an idempotency store and the
 // breaker, throttle off, no flood guard, no delayed retries:
-// Recoverer → ReserveStack → Tracing → Metrics → Deliveries → DeadLetter → Breaker → Retry
+// Recoverer → ReserveStack → Tracing → Metrics → CrashLoopGuard → DeadLetter → Breaker → Retry
 // → Idempotency → Recover → handler.
 func (p pieces) fullStack(deliveries message.HandlerMiddleware) message.HandlerFunc {
 	return chain(noopHandler,
@@ -211,8 +211,8 @@ func BenchmarkOverheadDirect(b *testing.B) {
 		{"watermill-Recoverer", func(pieces) message.HandlerMiddleware { return wmiddleware.Recoverer }},
 		{"Tracing-noop", func(p pieces) message.HandlerMiddleware { return p.tracing }},
 		{"Metrics-noop", func(p pieces) message.HandlerMiddleware { return p.metrics }},
-		{"Deliveries-memory-cheap", func(p pieces) message.HandlerMiddleware { return p.deliveriesCheap }},
-		{"Deliveries-memory-default", func(p pieces) message.HandlerMiddleware { return p.deliveriesDefault }},
+		{"CrashLoopGuard-memory-cheap", func(p pieces) message.HandlerMiddleware { return p.deliveriesCheap }},
+		{"CrashLoopGuard-memory-default", func(p pieces) message.HandlerMiddleware { return p.deliveriesDefault }},
 		{"DeadLetter", func(p pieces) message.HandlerMiddleware { return p.deadLetter }},
 		{"Breaker", func(p pieces) message.HandlerMiddleware { return p.breaker }},
 		{"Retry", func(p pieces) message.HandlerMiddleware { return p.retry }},
@@ -281,9 +281,9 @@ func BenchmarkOverheadRouter(b *testing.B) {
 			if variant == "bare" {
 				r, err = message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 			} else {
-				r, err = router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+				r, err = router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 					DeadLetter:  middleware.DeadLetterConfig{Publisher: pubSub},
-					Idempotency: middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})},
+					Idempotency: &middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})},
 				})
 			}
 			if err != nil {

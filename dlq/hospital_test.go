@@ -73,7 +73,7 @@ func TestHospital(t *testing.T) {
 			b := brokers.Open(t, cfg)
 			svc := &service{processed: map[string]int{}}
 			svc.broken.Store(true)
-			r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+			r, err := router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 			if err != nil {
 				t.Fatal(err)
 			}

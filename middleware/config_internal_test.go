@@ -34,7 +34,7 @@ func TestValidateAcceptsDefaults(t *testing.T) {
 	deadLetter.setDefaults()
 	delayed := DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: nopScheduler{}}
 	delayed.setDefaults()
-	deliveries := DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), DeadLetter: dl}
+	deliveries := CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), DeadLetter: dl}
 	deliveries.setDefaults()
 	idem := IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})}
 	idem.setDefaults()
@@ -48,7 +48,7 @@ func TestValidateAcceptsDefaults(t *testing.T) {
 	tracing.setDefaults()
 	for name, err := range map[string]error{
 		"Retry": retry.Validate(), "Breaker": breaker.Validate(), "DeadLetter": deadLetter.Validate(),
-		"DelayedRetry": delayed.Validate(), "Deliveries": deliveries.Validate(), "Idempotency": idem.Validate(),
+		"DelayedRetry": delayed.Validate(), "CrashLoopGuard": deliveries.Validate(), "Idempotency": idem.Validate(),
 		"Metrics": metrics.Validate(), "Throttle": thr.Validate(), "FloodGuard": flood.Validate(), "Tracing": tracing.Validate(),
 	} {
 		if err != nil {

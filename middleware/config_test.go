@@ -46,8 +46,8 @@ func TestConfigValidateReportsEveryFieldInOrder(t *testing.T) {
 			[]string{"DeadLetterConfig.Publisher", "DeadLetterConfig.PublishTimeout"}},
 		"DelayedRetry": {middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second, -time.Second}, ScheduleTimeout: -time.Second}.Validate(),
 			[]string{"DelayedRetryConfig.Stages[1]", "DelayedRetryConfig.Scheduler", "DelayedRetryConfig.ScheduleTimeout"}},
-		"Deliveries": {middleware.DeliveriesConfig{MaxDeliveries: -1, OffsetBlock: -1}.Validate(),
-			[]string{"DeliveriesConfig.Tracker", "DeliveriesConfig.DeadLetter", "DeliveriesConfig.MaxDeliveries", "DeliveriesConfig.OffsetBlock"}},
+		"CrashLoopGuard": {middleware.CrashLoopGuardConfig{MaxDeliveries: -1, OffsetBlock: -1}.Validate(),
+			[]string{"CrashLoopGuardConfig.Tracker", "CrashLoopGuardConfig.DeadLetter", "CrashLoopGuardConfig.MaxDeliveries", "CrashLoopGuardConfig.OffsetBlock"}},
 		"Idempotency": {middleware.IdempotencyConfig{Lease: -time.Second, StoreTimeout: -time.Second}.Validate(),
 			[]string{"IdempotencyConfig.Store", "IdempotencyConfig.Lease", "IdempotencyConfig.StoreTimeout"}},
 		"Throttle": {middleware.ThrottleConfig{Burst: -1, MaxKeys: -1, Adaptive: &throttle.AdaptiveConfig{Backoff: 2}}.Validate(),
@@ -100,8 +100,8 @@ func TestConfigValidateZeroValuesAndConstructors(t *testing.T) {
 			_, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: nopScheduler{}, ScheduleTimeout: -time.Second})
 			return err
 		},
-		"Deliveries": func() error {
-			_, err := middleware.NewDeliveries(middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), DeadLetter: dl, OffsetBlock: -1})
+		"CrashLoopGuard": func() error {
+			_, err := middleware.NewCrashLoopGuard(middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}), DeadLetter: dl, OffsetBlock: -1})
 			return err
 		},
 		"Idempotency": func() error {

@@ -79,9 +79,9 @@ func (c FloodGuardConfig) Validate() error {
 // handler. Build it with NewFloodGuard.
 //
 // Place it above Idempotency, or duplicates are acked before it sees them
-// and the flood stays invisible; above Deliveries too, so flood arrivals it
+// and the flood stays invisible; above CrashLoopGuard too, so flood arrivals it
 // drops cost no durable write. Suggested: Tracing → Metrics → FloodGuard →
-// Deliveries → DeadLetter → Retry → Idempotency → Throttle → Recover.
+// CrashLoopGuard → DeadLetter → Retry → Idempotency → Throttle → Recover.
 type FloodGuard struct {
 	cfg FloodGuardConfig
 	det *poison.FloodDetector

@@ -166,12 +166,12 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 		errs = append(errs, err)
 		return c
 	}
-	m.processed = counter(MetricProcessed, "{message}", "Deliveries the handler processed successfully (acked).")
-	m.failed = counter(MetricFailed, "{message}", "Deliveries that ended in an error and were nacked, to be delivered again (outcome failed or deferred).")
+	m.processed = counter(MetricProcessed, "{message}", "CrashLoopGuard the handler processed successfully (acked).")
+	m.failed = counter(MetricFailed, "{message}", "CrashLoopGuard that ended in an error and were nacked, to be delivered again (outcome failed or deferred).")
 	m.retried = counter(MetricRetried, "{retry}", "In-process retries of a failed handler attempt.")
-	m.scheduled = counter(MetricRetryScheduled, "{message}", "Deliveries moved to a delayed (non-blocking) retry stage.")
-	m.deadLettered = counter(MetricDeadLettered, "{message}", "Deliveries published to the dead-letter queue, by reason.")
-	m.duplicates = counter(MetricDuplicates, "{message}", "Deliveries skipped because their idempotency key was already processed.")
+	m.scheduled = counter(MetricRetryScheduled, "{message}", "CrashLoopGuard moved to a delayed (non-blocking) retry stage.")
+	m.deadLettered = counter(MetricDeadLettered, "{message}", "CrashLoopGuard published to the dead-letter queue, by reason.")
+	m.duplicates = counter(MetricDuplicates, "{message}", "CrashLoopGuard skipped because their idempotency key was already processed.")
 	m.backpressure = counter(MetricBackpressure, "{block}", "Publishes that waited for consumers to catch up (producer backpressure).")
 	m.breakerChanges = counter(MetricBreakerChanges, "{transition}", "State changes of the DLQ-storm circuit breaker.")
 	m.throttleWait = seconds(MetricThrottleWait, "Time handlers waited for the throttle.")

@@ -309,7 +309,7 @@ func TestMetricsBreakerHeldThroughRouter(t *testing.T) {
 	defer ps.Close()
 	var up atomic.Bool
 	var userHolds atomic.Int64
-	r, err := router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+	r, err := router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 		DeadLetter:     middleware.DeadLetterConfig{Publisher: ps},
 		Metrics:        middleware.MetricsConfig{MeterProvider: mp},
 		DisableTracing: true,

@@ -58,7 +58,7 @@ type deliveryState struct {
 	// storm until it is over).
 	metrics *Metrics
 	handler string
-	// guard is the crash-loop guard's counted delivery (Deliveries), so
+	// guard is the crash-loop guard's counted delivery (CrashLoopGuard), so
 	// Retry can take its count back between attempts; zero when none.
 	guard inFlight
 }

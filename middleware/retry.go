@@ -235,7 +235,7 @@ func (r *Retry) retry(msg *message.Message, h message.HandlerFunc, ctx context.C
 			}
 		}
 		// The handler returned: while the message waits, a dying process
-		// is not its fault (see Deliveries.runTracked).
+		// is not its fault (see CrashLoopGuard.runTracked).
 		deliveryIdle(ctx)
 		now := time.Now()
 		if firstFailed.IsZero() {

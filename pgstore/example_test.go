@@ -17,7 +17,7 @@ import (
 const exampleURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
 // A durable delivery count for the crash-loop guard
-// (router.Config.Deliveries.Tracker): it outlives the consumer process,
+// (router.Config.CrashLoopGuard.Tracker): it outlives the consumer process,
 // which is what tells that the same message took it down before.
 func ExampleNewDeliveryTracker() {
 	ctx := context.Background()

@@ -87,7 +87,7 @@ func DeliveryKeyOf(o Origin, msgUUID string) string {
 
 // DeliveryTracker durably counts deliveries of messages that have not been
 // settled yet. It is the memory of the crash-loop guard
-// (middleware.Deliveries): when a handler kills the process (panic outside the
+// (middleware.CrashLoopGuard): when a handler kills the process (panic outside the
 // router, os.Exit, OOM kill), every in-memory retry counter dies with it, so
 // only a count kept outside the process can tell that the same message has
 // already taken the consumer down N times.

@@ -241,7 +241,7 @@ func runOne(i int, in Input, handler message.NoPublishHandlerFunc, o options) (R
 	}
 	defer func() { _ = b.Close() }()
 
-	cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+	cfg := router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 		CloseTimeout: time.Second,
 		DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher, PublishTimeout: o.timeout},
 		Retry: middleware.RetryConfig{

@@ -16,7 +16,7 @@ import (
 const exampleAddr = "127.0.0.1:6379"
 
 // A durable delivery count for the crash-loop guard
-// (router.Config.Deliveries.Tracker): it outlives the consumer process,
+// (router.Config.CrashLoopGuard.Tracker): it outlives the consumer process,
 // which is what tells that the same message took it down before.
 func ExampleNewDeliveryTracker() {
 	ctx := context.Background()

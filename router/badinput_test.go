@@ -37,7 +37,7 @@ func testMissingUUID(t *testing.T, oneAtATime bool, work time.Duration) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	r, err := router.New(router.Config{Deliveries: memGuard(),
+	r, err := router.New(router.Config{CrashLoopGuard: memGuard(),
 		DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
 		Retry:      middleware.RetryConfig{InitialInterval: time.Millisecond},
 	})

@@ -51,7 +51,7 @@ func TestDLQOutageLosesNothing(t *testing.T) {
 			var mu sync.Mutex
 			processed := map[string]int{}
 			topic := brokers.Topic("dlq_outage_")
-			r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: dlqPub, FailedPublishPause: 100 * time.Millisecond}})
+			r, err := router.New(router.Config{CrashLoopGuard: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: dlqPub, FailedPublishPause: 100 * time.Millisecond}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -164,7 +164,7 @@ func TestSinkOutageDeadLettersNothing(t *testing.T) {
 			b := brokers.Open(t, brokerConfig(t, kind))
 			var states []string
 			var mu sync.Mutex
-			r, err := router.New(router.Config{Deliveries: memGuard(),
+			r, err := router.New(router.Config{CrashLoopGuard: memGuard(),
 				CloseTimeout: 5 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 				Retry:        middleware.RetryConfig{InitialInterval: 5 * time.Millisecond},
@@ -237,11 +237,11 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 		t.Run(string(kind), func(t *testing.T) {
 			b := brokers.Open(t, brokerConfig(t, kind))
 			var scheduled atomic.Int64
-			cfg := router.Config{Deliveries: memGuard(),
+			cfg := router.Config{CrashLoopGuard: memGuard(),
 				CloseTimeout: 5 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 				Retry:        middleware.RetryConfig{MaxAttempts: 1},
-				DelayedRetry: middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler(),
+				DelayedRetry: &middleware.DelayedRetryConfig{Stages: stages, Scheduler: b.Scheduler(),
 					OnScheduled: func(int, time.Duration) { scheduled.Add(1) }},
 			}
 			r, err := router.New(cfg)
@@ -330,6 +330,6 @@ func TestDelayedRetriesDoNotBlock(t *testing.T) {
 }
 
 // memGuard opts the tests in to the in-memory crash-loop tracker.
-func memGuard() middleware.DeliveriesConfig {
-	return middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
+func memGuard() middleware.CrashLoopGuardConfig {
+	return middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
 }

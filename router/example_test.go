@@ -34,7 +34,7 @@ func ExampleNew() {
 	r, err := router.New(router.Config{
 		DeadLetter: middleware.DeadLetterConfig{Publisher: pubSub, ConsumerGroup: "order-sink"},
 		Retry:      middleware.RetryConfig{InitialInterval: time.Millisecond},
-		Deliveries: middleware.DeliveriesConfig{Tracker: tracker},
+		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: tracker},
 	})
 	if err != nil {
 		panic(err)

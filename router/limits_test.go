@@ -49,7 +49,7 @@ func kafkaLetterRun(t *testing.T, precreateDLQ bool, cc poison.ClaimCheck) (lett
 	}
 	var mu sync.Mutex
 	processed := 0
-	r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{
+	r, err := router.New(router.Config{CrashLoopGuard: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{
 		Publisher: b.Publisher, ClaimCheck: cc, FailedPublishPause: 200 * time.Millisecond,
 	}})
 	if err != nil {
@@ -168,7 +168,7 @@ func TestKafkaLetterThatDoesNotFitWithoutClaimCheckIsNacked(t *testing.T) {
 	logs := &errorLog{}
 	var runs atomic.Int64
 	const pause = 300 * time.Millisecond
-	r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, Logger: logs,
+	r, err := router.New(router.Config{CrashLoopGuard: memGuard(), CloseTimeout: 5 * time.Second, Logger: logs,
 		DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher, FailedPublishPause: pause}})
 	if err != nil {
 		t.Fatal(err)

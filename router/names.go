@@ -46,7 +46,10 @@ func (c Config) checkNames(topic string) error {
 			}
 		}
 	}
-	if sc, ok := c.DelayedRetry.Scheduler.(antidote.StageChecker); ok && len(c.DelayedRetry.Stages) > 0 {
+	if c.DelayedRetry == nil {
+		return nil
+	}
+	if sc, ok := c.DelayedRetry.Scheduler.(antidote.StageChecker); ok {
 		if err := sc.CheckStages(topic, c.DelayedRetry.Stages); err != nil {
 			return fmt.Errorf("router: a delayed-retry stage of %q cannot exist: %w", topic, err)
 		}

@@ -38,13 +38,13 @@ func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
 		want  error
 		says  string
 	}{
-		{"topic over 249", strings.Repeat("y", 250), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
-		{"its DLQ topic over 249", long + "z", router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
-		{"custom DLQ topic", brokers.Topic("orders_"), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
+		{"topic over 249", strings.Repeat("y", 250), router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
+		{"its DLQ topic over 249", long + "z", router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}}, antidote.ErrInvalidTopic, "249"},
+		{"custom DLQ topic", brokers.Topic("orders_"), router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: traced,
 			Topic: func(string) string { return "dead letters" }}}, antidote.ErrInvalidTopic, "dead letters"},
-		{"retry stage", long, router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
-			DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{10 * time.Second}, Scheduler: b.Scheduler()}}, antidote.ErrInvalidTopic, ".retry.10s"},
-		{"DLQ is the topic", brokers.Topic("loop_"), router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
+		{"retry stage", long, router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
+			DelayedRetry: &middleware.DelayedRetryConfig{Stages: []time.Duration{10 * time.Second}, Scheduler: b.Scheduler()}}, antidote.ErrInvalidTopic, ".retry.10s"},
+		{"DLQ is the topic", brokers.Topic("loop_"), router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher,
 			Topic: func(s string) string { return s }}}, middleware.ErrDeadLetterLoop, "loop_"},
 	}
 	for _, tc := range cases {
@@ -64,7 +64,7 @@ func TestRouterRefusesNamesThatCannotExistAtStart(t *testing.T) {
 		})
 	}
 	// The longest topic whose names all fit runs.
-	r, err := router.New(router.Config{Deliveries: memGuard(), CloseTimeout: time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
+	r, err := router.New(router.Config{CrashLoopGuard: memGuard(), CloseTimeout: time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher}})
 	if err != nil {
 		t.Fatal(err)
 	}

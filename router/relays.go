@@ -20,6 +20,9 @@ import (
 // retries, it registers nothing. The stages are cfg's, the ones New built
 // DelayedRetry from: declared once.
 func AddRetryRelays(r *message.Router, cfg Config, topic string) {
+	if cfg.DelayedRetry == nil {
+		return
+	}
 	relayer, ok := cfg.DelayedRetry.Scheduler.(antidote.Relayer)
 	if !ok {
 		return

@@ -24,8 +24,8 @@ func TestRetryRelayTrustsNoMetadata(t *testing.T) {
 	const stage = 500 * time.Millisecond
 	topic := brokers.Topic("relay_")
 	elsewhere := brokers.Topic("relay_elsewhere_")
-	cfg := router.Config{Deliveries: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
-		DelayedRetry: middleware.DelayedRetryConfig{Stages: []time.Duration{stage}, Scheduler: b.Scheduler()}}
+	cfg := router.Config{CrashLoopGuard: memGuard(), CloseTimeout: 5 * time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
+		DelayedRetry: &middleware.DelayedRetryConfig{Stages: []time.Duration{stage}, Scheduler: b.Scheduler()}}
 	r, err := router.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,7 @@
 //
 // The stack, outermost first (see docs/design.md for why this order):
 //
-//	Tracing → Metrics → [FloodGuard] → Deliveries (crash-loop guard) → DeadLetter → Breaker
+//	Tracing → Metrics → [FloodGuard] → CrashLoopGuard → DeadLetter → Breaker
 //	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler
 //
 // (bracketed pieces are on when configured). Above Tracing sit Watermill's
@@ -77,15 +77,15 @@ type Config struct {
 	// value means 3 attempts, 100ms doubling backoff with jitter.
 	Retry middleware.RetryConfig
 
-	// Deliveries configures the crash-loop guard. DeadLetter is filled by New.
+	// CrashLoopGuard configures the crash-loop guard. DeadLetter is filled by New.
 	// Tracker is required (unless DisableCrashLoopGuard): a durable
 	// pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker.
 	// poison.NewMemoryDeliveryTracker is an explicit opt-in, logged as not
 	// durable: it forgets on exit, so a handler that kills the process
 	// loops forever. MaxDeliveries default 3.
-	Deliveries middleware.DeliveriesConfig
+	CrashLoopGuard middleware.CrashLoopGuardConfig
 
-	// DisableCrashLoopGuard leaves Deliveries out of the stack. Default false.
+	// DisableCrashLoopGuard leaves CrashLoopGuard out of the stack. Default false.
 	DisableCrashLoopGuard bool
 
 	// Breaker configures the DLQ-storm breaker: when most messages fail
@@ -95,32 +95,38 @@ type Config struct {
 	// DisableBreaker leaves the breaker out of the stack. Default false.
 	DisableBreaker bool
 
-	// Idempotency turns on idempotency keys when Store is set: a completed
-	// key is acked without running (a duplicate), a failed attempt releases
-	// its key so the retry runs. It sits below Retry, so each attempt claims
-	// again. Default: off.
-	Idempotency middleware.IdempotencyConfig
+	// The optional pieces below are off when nil and on when set: one
+	// idiom for all four.
 
-	// Throttle limits the handlers' rate, per-key rate, concurrency or
-	// adaptive concurrency when any of them is set (ThrottleConfig.Enabled).
-	// Waits honour the message context, so shutdown never hangs on a token.
-	// Default: off.
-	Throttle middleware.ThrottleConfig
+	// Idempotency, if non-nil, turns on idempotency keys (Store is then
+	// required): a completed key is acked without running (a duplicate), a
+	// failed attempt releases its key so the retry runs. It sits below
+	// Retry, so each attempt claims again. If Idempotency is nil, keys are
+	// not checked.
+	Idempotency *middleware.IdempotencyConfig
 
-	// FloodGuard, when set, reports (and with Drop, dead-letters) messages
+	// Throttle, if non-nil, limits the handlers' rate, per-key rate,
+	// concurrency or adaptive concurrency (at least one must be set). Waits
+	// honour the message context, so shutdown never hangs on a token. If
+	// Throttle is nil, nothing is limited.
+	Throttle *middleware.ThrottleConfig
+
+	// FloodGuard, if non-nil, reports (and with Drop, dead-letters) messages
 	// that arrive more than a threshold of times in a window, naming their
 	// producer. It sits outermost so it sees copies before Idempotency acks
 	// them as duplicates, which is how a flood hides. With Drop and no
-	// DeadLetter, New fills in the stack's DeadLetter. Default: off.
+	// DeadLetter, New fills in the stack's DeadLetter. If FloodGuard is nil,
+	// floods are not watched.
 	FloodGuard *middleware.FloodGuardConfig
 
-	// DelayedRetry turns on non-blocking retries when Stages is set: after
-	// Retry's quick attempts, a message still failing transiently moves to
-	// a delayed stage and the original is acked (per-key order is given up
-	// for it). Scheduler: the broker's (adapters.Broker.Scheduler). Call
-	// AddRetryRelays(r, cfg, topic) for each topic: on Kafka it registers
-	// the stages' relays. Default: off (blocking retries only, order kept).
-	DelayedRetry middleware.DelayedRetryConfig
+	// DelayedRetry, if non-nil, turns on non-blocking retries (Stages and
+	// Scheduler are then required): after Retry's quick attempts, a message
+	// still failing transiently moves to a delayed stage and the original
+	// is acked (per-key order is given up for it). Scheduler: the broker's
+	// (adapters.Broker.Scheduler). Call AddRetryRelays(r, cfg, topic) for
+	// each topic: on Kafka it registers the stages' relays. If DelayedRetry
+	// is nil, retries only block (order kept).
+	DelayedRetry *middleware.DelayedRetryConfig
 }
 
 func (c *Config) setDefaults() {
@@ -145,8 +151,8 @@ func (c *Config) setDefaults() {
 	if c.Retry.Logger == nil {
 		c.Retry.Logger = c.Logger
 	}
-	if c.Deliveries.Logger == nil {
-		c.Deliveries.Logger = c.Logger
+	if c.CrashLoopGuard.Logger == nil {
+		c.CrashLoopGuard.Logger = c.Logger
 	}
 	if c.Breaker.Classifier == nil {
 		c.Breaker.Classifier = c.Classifier
@@ -154,8 +160,37 @@ func (c *Config) setDefaults() {
 	if c.Breaker.Logger == nil {
 		c.Breaker.Logger = c.Logger
 	}
-	if c.Deliveries.ConsumerGroup == "" {
-		c.Deliveries.ConsumerGroup = c.DeadLetter.ConsumerGroup
+	if c.CrashLoopGuard.ConsumerGroup == "" {
+		c.CrashLoopGuard.ConsumerGroup = c.DeadLetter.ConsumerGroup
+	}
+	// The optional pieces are the caller's: fill copies.
+	if c.Idempotency != nil {
+		ic := *c.Idempotency
+		if ic.Logger == nil {
+			ic.Logger = c.Logger
+		}
+		c.Idempotency = &ic
+	}
+	if c.Throttle != nil {
+		tc := *c.Throttle
+		c.Throttle = &tc
+	}
+	if c.FloodGuard != nil {
+		fc := *c.FloodGuard
+		if fc.Logger == nil {
+			fc.Logger = c.Logger
+		}
+		c.FloodGuard = &fc
+	}
+	if c.DelayedRetry != nil {
+		dc := *c.DelayedRetry
+		if dc.Classifier == nil {
+			dc.Classifier = c.Classifier
+		}
+		if dc.Logger == nil {
+			dc.Logger = c.Logger
+		}
+		c.DelayedRetry = &dc
 	}
 }
 
@@ -165,14 +200,17 @@ func (c Config) Validate() error {
 	if c.CloseTimeout < 0 {
 		errs = append(errs, fmt.Errorf("router: CloseTimeout %s is negative; use a positive duration such as 30s", c.CloseTimeout))
 	}
-	if c.Deliveries.Tracker == nil && !c.DisableCrashLoopGuard {
-		errs = append(errs, errors.New("router: Deliveries.Tracker is nil; pass a durable tracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker), opt in to poison.NewMemoryDeliveryTracker (lost on exit: tests and demos), or set DisableCrashLoopGuard"))
+	if c.CrashLoopGuard.Tracker == nil && !c.DisableCrashLoopGuard {
+		errs = append(errs, errors.New("router: CrashLoopGuard.Tracker is nil; pass a durable tracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker), opt in to poison.NewMemoryDeliveryTracker (lost on exit: tests and demos), or set DisableCrashLoopGuard"))
 	}
 	if c.DeadLetter.Publisher == nil {
 		errs = append(errs, errors.New("router: DeadLetter.Publisher is nil; pass the publisher of the broker the DLQ topics live on (adapters.Broker.Publisher)"))
 	}
 	if err := c.Retry.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("router: Retry: %w", err))
+	}
+	if c.Throttle != nil && !c.Throttle.Enabled() {
+		errs = append(errs, errors.New("router: Throttle is set but limits nothing; set Rate, KeyRate, Concurrency or Adaptive, or leave Throttle nil"))
 	}
 	return errors.Join(errs...)
 }
@@ -196,18 +234,22 @@ func New(cfg Config) (*message.Router, error) {
 		if metrics, err = middleware.NewMetrics(cfg.Metrics); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
-		onDup := cfg.Idempotency.OnDuplicate
-		cfg.Idempotency.OnDuplicate = func(msg *message.Message, key string) {
-			metrics.RecordDuplicate(msg.Context(), "")
-			if onDup != nil {
-				onDup(msg, key)
+		if cfg.Idempotency != nil {
+			onDup := cfg.Idempotency.OnDuplicate
+			cfg.Idempotency.OnDuplicate = func(msg *message.Message, key string) {
+				metrics.RecordDuplicate(msg.Context(), "")
+				if onDup != nil {
+					onDup(msg, key)
+				}
 			}
 		}
-		onWait := cfg.Throttle.OnWait
-		cfg.Throttle.OnWait = func(msg *message.Message, waited time.Duration) {
-			metrics.RecordThrottleWait(msg.Context(), "", waited)
-			if onWait != nil {
-				onWait(msg, waited)
+		if cfg.Throttle != nil {
+			onWait := cfg.Throttle.OnWait
+			cfg.Throttle.OnWait = func(msg *message.Message, waited time.Duration) {
+				metrics.RecordThrottleWait(msg.Context(), "", waited)
+				if onWait != nil {
+					onWait(msg, waited)
+				}
 			}
 		}
 		onState := cfg.Breaker.OnStateChange
@@ -234,29 +276,20 @@ func New(cfg Config) (*message.Router, error) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	var delayed *middleware.DelayedRetry
-	if len(cfg.DelayedRetry.Stages) > 0 {
-		if cfg.DelayedRetry.Classifier == nil {
-			cfg.DelayedRetry.Classifier = cfg.Classifier
-		}
-		if cfg.DelayedRetry.Logger == nil {
-			cfg.DelayedRetry.Logger = cfg.Logger
-		}
-		if delayed, err = middleware.NewDelayedRetry(cfg.DelayedRetry); err != nil {
+	if cfg.DelayedRetry != nil {
+		if delayed, err = middleware.NewDelayedRetry(*cfg.DelayedRetry); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
 	var idem *middleware.Idempotency
-	if cfg.Idempotency.Store != nil {
-		if cfg.Idempotency.Logger == nil {
-			cfg.Idempotency.Logger = cfg.Logger
-		}
-		if idem, err = middleware.NewIdempotency(cfg.Idempotency); err != nil {
+	if cfg.Idempotency != nil {
+		if idem, err = middleware.NewIdempotency(*cfg.Idempotency); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
 	var throttle *middleware.Throttle
-	if cfg.Throttle.Enabled() {
-		if throttle, err = middleware.NewThrottle(cfg.Throttle); err != nil {
+	if cfg.Throttle != nil {
+		if throttle, err = middleware.NewThrottle(*cfg.Throttle); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
@@ -265,9 +298,6 @@ func New(cfg Config) (*message.Router, error) {
 		fc := *cfg.FloodGuard
 		if fc.Drop && fc.DeadLetter == nil {
 			fc.DeadLetter = dl
-		}
-		if fc.Logger == nil {
-			fc.Logger = cfg.Logger
 		}
 		if flood, err = middleware.NewFloodGuard(fc); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
@@ -279,14 +309,14 @@ func New(cfg Config) (*message.Router, error) {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}
-	var guard *middleware.Deliveries
+	var guard *middleware.CrashLoopGuard
 	if !cfg.DisableCrashLoopGuard {
-		dc := cfg.Deliveries
+		dc := cfg.CrashLoopGuard
 		dc.DeadLetter = dl
 		if _, inMemory := dc.Tracker.(*poison.MemoryDeliveryTracker); inMemory {
 			cfg.Logger.Error("Crash-loop guard with an in-memory tracker: a message that kills the process is redelivered forever", antidote.ErrNotDurable, nil)
 		}
-		if guard, err = middleware.NewDeliveries(dc); err != nil {
+		if guard, err = middleware.NewCrashLoopGuard(dc); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}
 	}

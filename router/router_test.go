@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/idempotency"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -24,14 +25,38 @@ func TestNewValidates(t *testing.T) {
 		cfg  router.Config
 		want string
 	}{
-		{router.Config{Deliveries: memGuard()}, "DeadLetter.Publisher"},
-		{router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "Deliveries.Tracker is nil; pass a durable tracker"},
-		{router.Config{Deliveries: memGuard(), CloseTimeout: -time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "CloseTimeout"},
-		{router.Config{Deliveries: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Retry: middleware.RetryConfig{MaxAttempts: -1}}, "MaxAttempts"},
+		{router.Config{CrashLoopGuard: memGuard()}, "DeadLetter.Publisher"},
+		{router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "CrashLoopGuard.Tracker is nil; pass a durable tracker"},
+		{router.Config{CrashLoopGuard: memGuard(), CloseTimeout: -time.Second, DeadLetter: middleware.DeadLetterConfig{Publisher: ps}}, "CloseTimeout"},
+		{router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Retry: middleware.RetryConfig{MaxAttempts: -1}}, "MaxAttempts"},
+		// An optional piece that is set is on, and must be usable.
+		{router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Throttle: &middleware.ThrottleConfig{}}, "Throttle is set but limits nothing"},
+		{router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, Idempotency: &middleware.IdempotencyConfig{}}, "IdempotencyConfig.Store is nil"},
+		{router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps}, DelayedRetry: &middleware.DelayedRetryConfig{}}, "DelayedRetryConfig.Stages is empty"},
 	} {
 		if _, err := router.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err = %v, want mention of %s", err, tc.want)
 		}
+	}
+}
+
+// New fills defaults and wires its hooks into copies: the optional
+// pieces' configs the caller passed are not modified, so one config can
+// build several routers.
+func TestNewLeavesCallersConfigsAlone(t *testing.T) {
+	ps := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
+	idem := &middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})}
+	throttle := &middleware.ThrottleConfig{Rate: 1000}
+	flood := &middleware.FloodGuardConfig{}
+	cfg := router.Config{CrashLoopGuard: memGuard(), DeadLetter: middleware.DeadLetterConfig{Publisher: ps},
+		Idempotency: idem, Throttle: throttle, FloodGuard: flood}
+	for range 2 {
+		if _, err := router.New(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if idem.OnDuplicate != nil || idem.Logger != nil || throttle.OnWait != nil || throttle.Burst != 0 || flood.Logger != nil {
+		t.Fatalf("New modified the caller's configs: %+v %+v %+v", *idem, *throttle, *flood)
 	}
 }
 
@@ -42,7 +67,7 @@ func TestStackSettlesEveryKindOfPoison(t *testing.T) {
 	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 	var retries int
 	var mu sync.Mutex
-	r, err := router.New(router.Config{Deliveries: memGuard(),
+	r, err := router.New(router.Config{CrashLoopGuard: memGuard(),
 		DeadLetter: middleware.DeadLetterConfig{Publisher: ps, ConsumerGroup: "g"},
 		Breaker:    middleware.BreakerConfig{Backoff: time.Millisecond, MaxHoldTime: time.Nanosecond},
 		Retry: middleware.RetryConfig{InitialInterval: time.Millisecond, OnRetry: func(int, error, time.Duration) {

@@ -32,7 +32,7 @@ func main() {
 	defer tracker.Close()
 	r, err := router.New(router.Config{
 		DeadLetter: middleware.DeadLetterConfig{Publisher: pubSub},
-		Deliveries: middleware.DeliveriesConfig{Tracker: tracker},
+		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: tracker},
 	})
 	if err != nil {
 		fail(err)

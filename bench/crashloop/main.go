@@ -1,7 +1,7 @@
 // Command crashloop measures how long a message that kills the consumer
 // process takes to be quarantined (issue 8, part 4): the wall time from its
 // first delivery to its dead letter (reason crash_loop, written by
-// middleware.Deliveries), the number of consumer processes started, and the
+// middleware.CrashLoopGuard), the number of consumer processes started, and the
 // number of times the handler ran on it, per broker and durable delivery
 // tracker, in the same run.
 //
@@ -10,7 +10,7 @@
 // fresh topic, subscribes to the topic's DLQ itself, and then starts
 // consumer processes one after the other: the same binary re-executed with
 // -child. A consumer is router.New with the broker's publisher as DLQ
-// publisher and Deliveries on the chosen tracker (PostgreSQL or Redis; the
+// publisher and CrashLoopGuard on the chosen tracker (PostgreSQL or Redis; the
 // memory tracker cannot survive a restart), MaxDeliveries -max-deliveries
 // (default 3, the library's). Its handler calls os.Exit(3) on the crashing
 // payload, so no middleware ever sees an error: only the durable count
@@ -88,7 +88,7 @@ func main() {
 	runs := flag.Int("runs", 1, "measurements per broker × tracker")
 	healthy := flag.Int("healthy", 20, "valid messages published around the crashing one")
 	maxLives := flag.Int("max-lives", 10, "give up after this many consumer processes")
-	maxDeliveries := flag.Int("max-deliveries", 3, "DeliveriesConfig.MaxDeliveries")
+	maxDeliveries := flag.Int("max-deliveries", 3, "CrashLoopGuardConfig.MaxDeliveries")
 	session := flag.Duration("kafka-session-timeout", 6*time.Second, "Kafka consumer session timeout of the consumers")
 	drain := flag.Duration("drain", 30*time.Second, "after the letter, how long to wait for the healthy messages")
 	// The consumer side.
@@ -395,7 +395,7 @@ func consume(kind adapters.Kind, topic, tracker, logPath string, o opts) error {
 	r, err := router.New(router.Config{
 		CloseTimeout: 5 * time.Second,
 		DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher, ConsumerGroup: "bench-crashloop"},
-		Deliveries:   middleware.DeliveriesConfig{Tracker: t, MaxDeliveries: o.maxDeliveries},
+		CrashLoopGuard:   middleware.CrashLoopGuardConfig{Tracker: t, MaxDeliveries: o.maxDeliveries},
 	})
 	if err != nil {
 		return err

@@ -434,19 +434,19 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, p p
 	retry := middleware.RetryConfig{MaxAttempts: p.attempts, InitialInterval: p.delay, Multiplier: p.mult}
 	switch variant {
 	case "clean", "blocking", "blocking-hc", "nonblocking":
-		cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+		cfg := router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: dlq},
 			Retry:        retry,
 		}
-		cfg.Idempotency.Store = idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
+		cfg.Idempotency = &middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})}
 		if variant == "blocking-hc" {
 			cfg.Breaker.HealthCheck = func(context.Context) error { return nil }
 		}
 		if variant == "nonblocking" {
 			cfg.Retry.MaxAttempts = 1
 			// The relays subscribe with a subscriber the router cannot close.
-			cfg.DelayedRetry = middleware.DelayedRetryConfig{Stages: stages, Scheduler: relaysVia{Scheduler: b.Scheduler(), sub: sub}}
+			cfg.DelayedRetry = &middleware.DelayedRetryConfig{Stages: stages, Scheduler: relaysVia{Scheduler: b.Scheduler(), sub: sub}}
 		}
 		r, err = router.New(cfg)
 		if err == nil && variant == "nonblocking" {

@@ -233,10 +233,10 @@ func measure(ctx context.Context, cfg adapters.Config, pub *adapters.Broker, var
 		if variant == "bare" {
 			r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
 		} else {
-			r, err = router.New(router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+			r, err = router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 				CloseTimeout: 10 * time.Second,
 				DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
-				Idempotency:  middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})},
+				Idempotency:  &middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})},
 			})
 		}
 		if err != nil {

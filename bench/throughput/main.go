@@ -206,21 +206,20 @@ func measure(ctx context.Context, b *adapters.Broker, variant, topic string, n i
 	case "bare":
 		r, err = message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, watermill.NopLogger{})
 	case "antidote", "antidote-noidem", "antidote-pgidem", "antidote-pgidem-tx":
-		cfg := router.Config{Deliveries: middleware.DeliveriesConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+		cfg := router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 			CloseTimeout: 10 * time.Second,
 			DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher},
 		}
 		switch variant {
 		case "antidote":
-			cfg.Idempotency.Store = idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})
+			cfg.Idempotency = &middleware.IdempotencyConfig{Store: idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{})}
 		case "antidote-pgidem", "antidote-pgidem-tx":
 			store, serr := pgstore.NewIdempotencyStore(ctx, pgstore.IdempotencyStoreConfig{Pool: pool, Table: idemTable})
 			if serr != nil {
 				return 0, fmt.Errorf("postgres store: %w", serr)
 			}
 			defer store.Close()
-			cfg.Idempotency.Store = store
-			cfg.Idempotency.Transactional = variant == "antidote-pgidem-tx"
+			cfg.Idempotency = &middleware.IdempotencyConfig{Store: store, Transactional: variant == "antidote-pgidem-tx"}
 		}
 		r, err = router.New(cfg)
 	default:

@@ -288,7 +288,7 @@ func TestMatrixTopicNames(t *testing.T) {
 				t.Fatalf("Publish to a topic one byte over (%d bytes): %v", len(over), err)
 			}
 			rt, err := router.New(router.Config{DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher},
-				Deliveries: middleware.DeliveriesConfig{Tracker: st.tracker}, CloseTimeout: time.Second})
+				CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: st.tracker}, CloseTimeout: time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}

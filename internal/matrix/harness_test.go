@@ -257,8 +257,8 @@ func (r *run) stack(b *adapters.Broker) *message.Router {
 		CloseTimeout: 10 * time.Second,
 		Logger:       &r.logs,
 		DeadLetter:   middleware.DeadLetterConfig{Publisher: dlqPub, ClaimCheck: r.stores.claims, PublishTimeout: 3 * time.Second, FailedPublishPause: 200 * time.Millisecond},
-		Deliveries:   middleware.DeliveriesConfig{Tracker: r.stores.tracker},
-		Idempotency:  middleware.IdempotencyConfig{Store: r.stores.idem},
+		CrashLoopGuard:   middleware.CrashLoopGuardConfig{Tracker: r.stores.tracker},
+		Idempotency:  &middleware.IdempotencyConfig{Store: r.stores.idem},
 		Retry:        middleware.RetryConfig{MaxAttempts: attempts, InitialInterval: 10 * time.Millisecond, MaxInterval: 50 * time.Millisecond},
 		Breaker:      middleware.BreakerConfig{Backoff: holdBackoff, MaxHoldTime: maxHold},
 	})

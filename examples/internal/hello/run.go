@@ -236,6 +236,10 @@ func (r *run) do(ctx context.Context) error {
 	if r.kind == adapters.KindKafka {
 		group = cfg.Kafka.ConsumerGroup
 	}
+	var throttle *middleware.ThrottleConfig
+	if r.opts.Rate > 0 {
+		throttle = &middleware.ThrottleConfig{Rate: r.opts.Rate, Burst: 1}
+	}
 	rt, err := router.New(router.Config{
 		Logger:     logger,
 		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem(), ConsumerGroup: group},
@@ -245,9 +249,9 @@ func (r *run) do(ctx context.Context) error {
 		Retry: middleware.RetryConfig{
 			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
 		},
-		Deliveries: middleware.DeliveriesConfig{Tracker: r.tracker},
-		Throttle:   middleware.ThrottleConfig{Rate: r.opts.Rate, Burst: 1},
-		Idempotency: middleware.IdempotencyConfig{
+		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: r.tracker},
+		Throttle:       throttle,
+		Idempotency: &middleware.IdempotencyConfig{
 			Store:         r.idem,
 			Transactional: r.idemTx,
 			OnDuplicate: func(m *message.Message, _ string) {

@@ -96,7 +96,7 @@ type guardLife struct {
 
 // guardOpts describe one life.
 type guardOpts struct {
-	cfg     DeliveriesConfig // Tracker etc.; DeadLetter is filled in
+	cfg     CrashLoopGuardConfig // Tracker etc.; DeadLetter is filled in
 	handler message.NoPublishHandlerFunc
 	// retry, when set, puts Retry below DeadLetter.
 	retry *RetryConfig
@@ -124,7 +124,7 @@ func startGuardLife(t *testing.T, o guardOpts) *guardLife {
 	require.NoError(t, err)
 	cfg := o.cfg
 	cfg.DeadLetter = dl
-	guard, err := NewDeliveries(cfg)
+	guard, err := NewCrashLoopGuard(cfg)
 	require.NoError(t, err)
 
 	l.dlq, err = l.pubsub.Subscribe(context.Background(), antidote.DLQTopic(guardTopic))
@@ -188,7 +188,7 @@ func crashingHandler(runs *atomic.Int32, started chan<- string) message.NoPublis
 	}
 }
 
-func TestDeliveriesQuarantinesCrashLoopAcrossRestarts(t *testing.T) {
+func TestCrashLoopGuardQuarantinesCrashLoopAcrossRestarts(t *testing.T) {
 	for _, tc := range guardTrackers {
 		t.Run(tc.name, func(t *testing.T) {
 			tracker := tc.open(t)
@@ -200,7 +200,7 @@ func TestDeliveriesQuarantinesCrashLoopAcrossRestarts(t *testing.T) {
 			for life := 1; life <= maxDeliveries; life++ {
 				started := make(chan string, 1)
 				l := startGuardLife(t, guardOpts{
-					cfg:     DeliveriesConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
+					cfg:     CrashLoopGuardConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
 					handler: crashingHandler(&runs, started),
 				})
 				l.publish(t, poisonPill) // the broker redelivers the unacked message
@@ -217,7 +217,7 @@ func TestDeliveriesQuarantinesCrashLoopAcrossRestarts(t *testing.T) {
 			// Life 4: quarantined without running the handler.
 			started := make(chan string, 1)
 			l := startGuardLife(t, guardOpts{
-				cfg:     DeliveriesConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
+				cfg:     CrashLoopGuardConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
 				handler: crashingHandler(&runs, started),
 			})
 			l.publish(t, poisonPill)
@@ -270,7 +270,7 @@ func (p *guardFlakyPublisher) Publish(topic string, msgs ...*message.Message) er
 	return p.Publisher.Publish(topic, msgs...)
 }
 
-func TestDeliveriesDLQFailureNacksNothingLost(t *testing.T) {
+func TestCrashLoopGuardDLQFailureNacksNothingLost(t *testing.T) {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	msg := message.NewMessage(watermill.NewUUID(), []byte("crashes the consumer"))
 	key := poison.DeliveryKeyOf(poison.Origin{Topic: guardTopic, Handler: guardHandler}, msg.UUID)
@@ -284,7 +284,7 @@ func TestDeliveriesDLQFailureNacksNothingLost(t *testing.T) {
 	var runs atomic.Int32
 	started := make(chan string, 10)
 	l := startGuardLife(t, guardOpts{
-		cfg:          DeliveriesConfig{Tracker: tracker, MaxDeliveries: 3},
+		cfg:          CrashLoopGuardConfig{Tracker: tracker, MaxDeliveries: 3},
 		handler:      crashingHandler(&runs, started),
 		dlqPublisher: func(p message.Publisher) message.Publisher { flaky.Publisher = p; return flaky },
 	})
@@ -318,7 +318,7 @@ func TestDeliveriesDLQFailureNacksNothingLost(t *testing.T) {
 	assert.Equal(t, 0, tracker.Len(), "forgotten once quarantined")
 }
 
-func TestDeliveriesSettledDeliveriesAreForgotten(t *testing.T) {
+func TestCrashLoopGuardSettledDeliveriesAreForgotten(t *testing.T) {
 	for _, always := range []bool{false, true} {
 		t.Run("AlwaysCount="+strconv.FormatBool(always), func(t *testing.T) {
 			tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
@@ -330,7 +330,7 @@ func TestDeliveriesSettledDeliveriesAreForgotten(t *testing.T) {
 				}
 				return nil
 			}
-			l := startGuardLife(t, guardOpts{cfg: DeliveriesConfig{Tracker: tracker, AlwaysCount: always}, handler: handler})
+			l := startGuardLife(t, guardOpts{cfg: CrashLoopGuardConfig{Tracker: tracker, AlwaysCount: always}, handler: handler})
 			const n = 20
 			for i := 0; i < n; i++ {
 				payload := []byte("ok")
@@ -366,11 +366,11 @@ func TestDeliveriesSettledDeliveriesAreForgotten(t *testing.T) {
 // A handler that returns errors is settled each time (the broker redelivers
 // after the nack): that is Retry's and DeadLetter's business, not a crash
 // loop, however often it happens.
-func TestDeliveriesNackLoopIsNotACrashLoop(t *testing.T) {
+func TestCrashLoopGuardNackLoopIsNotACrashLoop(t *testing.T) {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	var runs atomic.Int32
 	l := startGuardLife(t, guardOpts{
-		cfg: DeliveriesConfig{Tracker: tracker, MaxDeliveries: 2},
+		cfg: CrashLoopGuardConfig{Tracker: tracker, MaxDeliveries: 2},
 		handler: func(*message.Message) error {
 			if runs.Add(1) <= 5 {
 				return errors.New("database busy")
@@ -386,11 +386,11 @@ func TestDeliveriesNackLoopIsNotACrashLoop(t *testing.T) {
 	assert.Equal(t, 0, tracker.Len())
 }
 
-func TestDeliveriesConsumerGroupInKeys(t *testing.T) {
+func TestCrashLoopGuardConsumerGroupInKeys(t *testing.T) {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	dl, err := NewDeadLetter(DeadLetterConfig{Publisher: gochannel.NewGoChannel(gochannel.Config{}, nil), ConsumerGroup: "billing"})
 	require.NoError(t, err)
-	d, err := NewDeliveries(DeliveriesConfig{Tracker: tracker, DeadLetter: dl})
+	d, err := NewCrashLoopGuard(CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl})
 	require.NoError(t, err)
 	assert.Equal(t, "billing", d.cfg.ConsumerGroup, "defaults to the DeadLetter's group")
 
@@ -426,11 +426,11 @@ func (f *forgetFailing) Forget(ctx context.Context, key string) error {
 // handler returned each time: no crash) must not pile up deliveries and be
 // quarantined as a crash loop: the next delivery forgets what the last one
 // could not. Before, the count grew by one per nack during the outage.
-func TestDeliveriesStoreOutageIsNotACrashLoop(t *testing.T) {
+func TestCrashLoopGuardStoreOutageIsNotACrashLoop(t *testing.T) {
 	tracker := &forgetFailing{DeliveryTracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})}
 	var runs atomic.Int32
 	l := startGuardLife(t, guardOpts{
-		cfg: DeliveriesConfig{Tracker: tracker, MaxDeliveries: 2},
+		cfg: CrashLoopGuardConfig{Tracker: tracker, MaxDeliveries: 2},
 		handler: func(*message.Message) error {
 			if runs.Add(1) <= 5 {
 				return errors.New("sink down")
@@ -515,7 +515,7 @@ func (c *countingTracker) count() int {
 // the process in its second attempt in every life is still quarantined
 // after MaxDeliveries lives. (The chaos test had quarantined a healthy
 // message that was waiting for its retries whenever the process died.)
-func TestDeliveriesWaitBetweenAttemptsIsNotCounted(t *testing.T) {
+func TestCrashLoopGuardWaitBetweenAttemptsIsNotCounted(t *testing.T) {
 	tracker := newCountingTracker()
 	const maxDeliveries = 3
 	var mu sync.Mutex
@@ -527,7 +527,7 @@ func TestDeliveriesWaitBetweenAttemptsIsNotCounted(t *testing.T) {
 	life := func(crash bool) (*guardLife, chan string) {
 		started := make(chan string, 10)
 		return startGuardLife(t, guardOpts{
-			cfg:   DeliveriesConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
+			cfg:   CrashLoopGuardConfig{Tracker: tracker, MaxDeliveries: maxDeliveries},
 			retry: retry,
 			handler: func(m *message.Message) error {
 				record(&duringAttempt)

@@ -9,14 +9,14 @@ import (
 	"github.com/antidote-mq/antidote/poison"
 )
 
-// BenchmarkDeliveriesHappyPath measures what the crash-loop guard adds to a
+// BenchmarkCrashLoopGuardHappyPath measures what the crash-loop guard adds to a
 // healthy Kafka message (a no-op handler, offsets in order, one partition):
 // the cheap path (default detector: one block lease per DefaultOffsetBlock
 // messages) against AlwaysCount (an Incr and a Forget per message), per
 // tracker. "none" is the handler without the guard.
 //
 //	go test -run '^$' -bench DeliveriesHappyPath ./middleware/
-func BenchmarkDeliveriesHappyPath(b *testing.B) {
+func BenchmarkCrashLoopGuardHappyPath(b *testing.B) {
 	msg := message.NewMessage("bench", []byte("{}"))
 	noop := func(*message.Message) ([]*message.Message, error) { return nil, nil }
 
@@ -40,7 +40,7 @@ func BenchmarkDeliveriesHappyPath(b *testing.B) {
 		for _, mode := range []string{"cheap", "always"} {
 			b.Run(tr.name+"/"+mode, func(b *testing.B) {
 				tracker := tr.open(b)
-				d, err := NewDeliveries(DeliveriesConfig{
+				d, err := NewCrashLoopGuard(CrashLoopGuardConfig{
 					Tracker:     tracker,
 					DeadLetter:  &DeadLetter{},
 					AlwaysCount: mode == "always",

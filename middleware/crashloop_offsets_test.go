@@ -19,7 +19,7 @@ import (
 
 // The watermill-kafka subscriber puts partition and offset in the message
 // context under unexported keys, so these tests carry them in metadata and
-// replace Deliveries.originOf, and call the guarded handler directly (one
+// replace CrashLoopGuard.originOf, and call the guarded handler directly (one
 // goroutine per delivery, so a handler can "crash" with runtime.Goexit).
 
 const (
@@ -107,17 +107,17 @@ func newGuardCountingTracker() *guardCountingTracker {
 
 // guardProcess is one life of a Kafka consumer process.
 type guardProcess struct {
-	d  *Deliveries
+	d  *CrashLoopGuard
 	mu sync.Mutex
 	// quarantined offsets, with the failure sent to the DLQ
 	letters map[int64]poison.Failure
 }
 
-func newGuardProcess(t *testing.T, tracker poison.DeliveryTracker, cfg DeliveriesConfig) *guardProcess {
+func newGuardProcess(t *testing.T, tracker poison.DeliveryTracker, cfg CrashLoopGuardConfig) *guardProcess {
 	t.Helper()
 	cfg.Tracker = tracker
 	cfg.DeadLetter = &DeadLetter{}
-	d, err := NewDeliveries(cfg)
+	d, err := NewCrashLoopGuard(cfg)
 	require.NoError(t, err)
 	p := &guardProcess{d: d, letters: map[int64]poison.Failure{}}
 	d.originOf = guardKafkaOrigin
@@ -145,9 +145,9 @@ func (p *guardProcess) deliver(h message.HandlerFunc, msg *message.Message) (ret
 
 func guardNoop(*message.Message) ([]*message.Message, error) { return nil, nil }
 
-func TestDeliveriesCheapPathSteadyState(t *testing.T) {
+func TestCrashLoopGuardCheapPathSteadyState(t *testing.T) {
 	tracker := newGuardCountingTracker()
-	p := newGuardProcess(t, tracker, DeliveriesConfig{})
+	p := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 	for off := int64(0); off < 2500; off++ {
 		_, err := p.d.Middleware(guardNoop)(guardKafkaMsg(0, off))
 		require.NoError(t, err)
@@ -164,7 +164,7 @@ func TestDeliveriesCheapPathSteadyState(t *testing.T) {
 // The scenario the cheap path must survive: the consumer dies on offset
 // 1500 while the last commit (sarama commits asynchronously) is at 1200, so
 // after every restart the crash record is the 301st delivery, not the first.
-func TestDeliveriesCheapPathCrashLoopWithCommitLag(t *testing.T) {
+func TestCrashLoopGuardCheapPathCrashLoopWithCommitLag(t *testing.T) {
 	const (
 		crashAt       = 1500
 		commitEvery   = 400
@@ -190,7 +190,7 @@ func TestDeliveriesCheapPathCrashLoopWithCommitLag(t *testing.T) {
 	for finished := false; !finished; {
 		lives++
 		require.LessOrEqual(t, lives, maxDeliveries+2, "the crash loop did not end")
-		p := newGuardProcess(t, tracker, DeliveriesConfig{MaxDeliveries: maxDeliveries})
+		p := newGuardProcess(t, tracker, CrashLoopGuardConfig{MaxDeliveries: maxDeliveries})
 		finished = true
 		for off := committed; off < logEnd; off++ {
 			returned, err := p.deliver(handler, guardKafkaMsg(0, off))
@@ -228,9 +228,9 @@ func TestDeliveriesCheapPathCrashLoopWithCommitLag(t *testing.T) {
 	}
 }
 
-func TestDeliveriesCheapPathAlwaysCount(t *testing.T) {
+func TestCrashLoopGuardCheapPathAlwaysCount(t *testing.T) {
 	tracker := newGuardCountingTracker()
-	p := newGuardProcess(t, tracker, DeliveriesConfig{AlwaysCount: true})
+	p := newGuardProcess(t, tracker, CrashLoopGuardConfig{AlwaysCount: true})
 	for off := int64(0); off < 10; off++ {
 		_, err := p.d.Middleware(guardNoop)(guardKafkaMsg(0, off))
 		require.NoError(t, err)
@@ -240,9 +240,9 @@ func TestDeliveriesCheapPathAlwaysCount(t *testing.T) {
 	assert.Equal(t, 10, tracker.forgets)
 }
 
-func TestDeliveriesCheapPathInProcessRedelivery(t *testing.T) {
+func TestCrashLoopGuardCheapPathInProcessRedelivery(t *testing.T) {
 	tracker := newGuardCountingTracker()
-	p := newGuardProcess(t, tracker, DeliveriesConfig{})
+	p := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 	failOnce := true
 	h := func(msg *message.Message) ([]*message.Message, error) {
 		if guardOffsetOf(msg) == 5 && failOnce {
@@ -257,7 +257,7 @@ func TestDeliveriesCheapPathInProcessRedelivery(t *testing.T) {
 	assert.Equal(t, map[int64]int{5: 1}, tracker.messageIncrs(), "only the redelivery is counted")
 }
 
-func TestDeliveriesCheapPathRebalance(t *testing.T) {
+func TestCrashLoopGuardCheapPathRebalance(t *testing.T) {
 	const poisonAt = 70
 	crash := func(msg *message.Message) ([]*message.Message, error) {
 		if guardOffsetOf(msg) == poisonAt {
@@ -268,12 +268,12 @@ func TestDeliveriesCheapPathRebalance(t *testing.T) {
 
 	t.Run("partition regained behind what this process saw", func(t *testing.T) {
 		tracker := newGuardCountingTracker()
-		a := newGuardProcess(t, tracker, DeliveriesConfig{})
+		a := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 		for off := int64(0); off < 69; off++ { // A runs 0..68, commits 50, loses the partition
 			_, err := a.d.Middleware(guardNoop)(guardKafkaMsg(0, off))
 			require.NoError(t, err)
 		}
-		b := newGuardProcess(t, tracker, DeliveriesConfig{})
+		b := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 		for off := int64(50); off <= poisonAt; off++ { // B replays 50.., dies on 70
 			if returned, _ := b.deliver(crash, guardKafkaMsg(0, off)); !returned {
 				break
@@ -291,12 +291,12 @@ func TestDeliveriesCheapPathRebalance(t *testing.T) {
 
 	t.Run("partition regained after a gap", func(t *testing.T) {
 		tracker := newGuardCountingTracker()
-		a := newGuardProcess(t, tracker, DeliveriesConfig{})
+		a := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 		for off := int64(0); off < 40; off++ { // A: 0..39, loses the partition
 			_, err := a.d.Middleware(guardNoop)(guardKafkaMsg(0, off))
 			require.NoError(t, err)
 		}
-		b := newGuardProcess(t, tracker, DeliveriesConfig{})
+		b := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 		for off := int64(40); off <= poisonAt; off++ { // B: 40.., dies on 70, committed 60
 			if returned, _ := b.deliver(crash, guardKafkaMsg(0, off)); !returned {
 				break
@@ -316,9 +316,9 @@ func TestDeliveriesCheapPathRebalance(t *testing.T) {
 	})
 }
 
-func TestDeliveriesCheapPathBrokerSaysRedelivered(t *testing.T) {
+func TestCrashLoopGuardCheapPathBrokerSaysRedelivered(t *testing.T) {
 	tracker := newGuardCountingTracker()
-	p := newGuardProcess(t, tracker, DeliveriesConfig{})
+	p := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 	msg := guardKafkaMsg(0, 0)
 	msg.Metadata.Set("x-delivery-count", "2")
 	_, err := p.d.Middleware(guardNoop)(msg)
@@ -342,9 +342,9 @@ func TestBrokerSaysRedelivered(t *testing.T) {
 	assert.False(t, BrokerSaysRedelivered(m("x-delivery-count", "junk")))
 }
 
-func TestDeliveriesCustomMayBeRedelivery(t *testing.T) {
+func TestCrashLoopGuardCustomMayBeRedelivery(t *testing.T) {
 	tracker := newGuardCountingTracker()
-	p := newGuardProcess(t, tracker, DeliveriesConfig{MayBeRedelivery: BrokerSaysRedelivered})
+	p := newGuardProcess(t, tracker, CrashLoopGuardConfig{MayBeRedelivery: BrokerSaysRedelivered})
 	// Without a Kafka offset the default would count everything; the AMQP
 	// flag is enough here.
 	p.d.originOf = func(*message.Message) poison.Origin { return poison.Origin{Topic: guardTopic, Handler: guardHandler} }
@@ -359,12 +359,12 @@ func TestDeliveriesCustomMayBeRedelivery(t *testing.T) {
 	assert.Contains(t, tracker.incrs[0], "u2")
 }
 
-func TestDeliveriesStoreDownRunsHandler(t *testing.T) {
+func TestCrashLoopGuardStoreDownRunsHandler(t *testing.T) {
 	for _, kafka := range []bool{false, true} {
 		t.Run("kafka="+strconv.FormatBool(kafka), func(t *testing.T) {
 			tracker := newGuardCountingTracker()
 			tracker.fail = true
-			p := newGuardProcess(t, tracker, DeliveriesConfig{})
+			p := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
 			if !kafka {
 				p.d.originOf = func(*message.Message) poison.Origin { return poison.Origin{Topic: guardTopic} }
 			}
@@ -380,26 +380,26 @@ func TestDeliveriesStoreDownRunsHandler(t *testing.T) {
 	}
 }
 
-func TestDeliveriesConfigValidate(t *testing.T) {
+func TestCrashLoopGuardConfigValidate(t *testing.T) {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	dl := &DeadLetter{}
 	cases := []struct {
-		cfg  DeliveriesConfig
+		cfg  CrashLoopGuardConfig
 		want string
 	}{
-		{DeliveriesConfig{DeadLetter: dl}, "Tracker"},
-		{DeliveriesConfig{Tracker: tracker}, "DeadLetter"},
-		{DeliveriesConfig{Tracker: tracker, DeadLetter: dl, MaxDeliveries: -1}, "MaxDeliveries"},
-		{DeliveriesConfig{Tracker: tracker, DeadLetter: dl, OffsetBlock: -1}, "OffsetBlock"},
-		{DeliveriesConfig{Tracker: tracker, DeadLetter: dl, AlwaysCount: true, MayBeRedelivery: BrokerSaysRedelivered}, "AlwaysCount"},
+		{CrashLoopGuardConfig{DeadLetter: dl}, "Tracker"},
+		{CrashLoopGuardConfig{Tracker: tracker}, "DeadLetter"},
+		{CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl, MaxDeliveries: -1}, "MaxDeliveries"},
+		{CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl, OffsetBlock: -1}, "OffsetBlock"},
+		{CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl, AlwaysCount: true, MayBeRedelivery: BrokerSaysRedelivered}, "AlwaysCount"},
 	}
 	for _, c := range cases {
-		_, err := NewDeliveries(c.cfg)
+		_, err := NewCrashLoopGuard(c.cfg)
 		if assert.Error(t, err) {
 			assert.Contains(t, err.Error(), c.want)
 		}
 	}
-	d, err := NewDeliveries(DeliveriesConfig{Tracker: tracker, DeadLetter: dl})
+	d, err := NewCrashLoopGuard(CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl})
 	require.NoError(t, err)
 	assert.Equal(t, DefaultMaxDeliveries, d.cfg.MaxDeliveries)
 	assert.Equal(t, int64(DefaultOffsetBlock), d.cfg.OffsetBlock)

@@ -17,11 +17,11 @@ import (
 	"github.com/antidote-mq/antidote/poison"
 )
 
-// Defaults of DeliveriesConfig.
+// Defaults of CrashLoopGuardConfig.
 const (
-	// DefaultMaxDeliveries is DeliveriesConfig.MaxDeliveries when zero.
+	// DefaultMaxDeliveries is CrashLoopGuardConfig.MaxDeliveries when zero.
 	DefaultMaxDeliveries = 3
-	// DefaultOffsetBlock is DeliveriesConfig.OffsetBlock when zero.
+	// DefaultOffsetBlock is CrashLoopGuardConfig.OffsetBlock when zero.
 	DefaultOffsetBlock = 1000
 )
 
@@ -33,9 +33,9 @@ const deliveriesForgetTimeout = 5 * time.Second
 // message the crash-loop guard quarantined.
 var ErrCrashLoop = errors.New("antidote: crash loop")
 
-// DeliveriesConfig configures NewDeliveries.
-type DeliveriesConfig struct {
-	// Tracker durably counts deliveries. Required: if nil, NewDeliveries
+// CrashLoopGuardConfig configures NewCrashLoopGuard.
+type CrashLoopGuardConfig struct {
+	// Tracker durably counts deliveries. Required: if nil, NewCrashLoopGuard
 	// fails. Use
 	// pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker;
 	// poison.NewMemoryDeliveryTracker forgets everything when the process
@@ -44,7 +44,7 @@ type DeliveriesConfig struct {
 	// partition/offset or UUID, handler and ConsumerGroup, nothing more.
 	Tracker poison.DeliveryTracker
 	// DeadLetter is where quarantined messages go, with reason
-	// poison.ReasonCrashLoop. Required: if nil, NewDeliveries fails;
+	// poison.ReasonCrashLoop. Required: if nil, NewCrashLoopGuard fails;
 	// usually the same DeadLetter that is in the stack below the guard.
 	DeadLetter *DeadLetter
 	// MaxDeliveries is how many unsettled deliveries a message may have.
@@ -61,14 +61,14 @@ type DeliveriesConfig struct {
 	// without touching the store. It must return true for any delivery that
 	// an earlier life of the consumer may already have handed to a handler,
 	// or a crash loop on it goes unnoticed. Default (nil): the offset-aware
-	// detector described on Deliveries (Kafka: about one write per
+	// detector described on CrashLoopGuard (Kafka: about one write per
 	// OffsetBlock messages; everything else: every delivery is counted).
 	// BrokerSaysRedelivered is a cheap choice for AMQP. Mutually exclusive
 	// with AlwaysCount.
 	MayBeRedelivery func(msg *message.Message) bool
 	// AlwaysCount counts every delivery: one Incr and one Forget per
 	// message, and exactly MaxDeliveries runs of a crash-looping handler
-	// before quarantine (the cheap path may allow one more, see Deliveries).
+	// before quarantine (the cheap path may allow one more, see CrashLoopGuard).
 	// Default false.
 	AlwaysCount bool
 	// OffsetBlock is the granularity, in Kafka offsets, of the default
@@ -86,7 +86,7 @@ type DeliveriesConfig struct {
 	Logger watermill.LoggerAdapter
 }
 
-func (c *DeliveriesConfig) setDefaults() {
+func (c *CrashLoopGuardConfig) setDefaults() {
 	if c.MaxDeliveries == 0 {
 		c.MaxDeliveries = DefaultMaxDeliveries
 	}
@@ -102,30 +102,30 @@ func (c *DeliveriesConfig) setDefaults() {
 }
 
 // Validate reports every invalid field of c, after defaults are applied
-// (NewDeliveries applies them first), in field order, joined with
+// (NewCrashLoopGuard applies them first), in field order, joined with
 // errors.Join. Tracker and DeadLetter are required; the other zero fields
 // are valid: they stand for their defaults.
-func (c DeliveriesConfig) Validate() error {
+func (c CrashLoopGuardConfig) Validate() error {
 	var errs []error
 	if c.Tracker == nil {
-		errs = append(errs, errors.New("antidote: DeliveriesConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker)"))
+		errs = append(errs, errors.New("antidote: CrashLoopGuardConfig.Tracker is nil: set it to a durable poison.DeliveryTracker (pgstore.NewDeliveryTracker or redisstore.NewDeliveryTracker)"))
 	}
 	if c.DeadLetter == nil {
-		errs = append(errs, errors.New("antidote: DeliveriesConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages"))
+		errs = append(errs, errors.New("antidote: CrashLoopGuardConfig.DeadLetter is nil: set it to the *DeadLetter (NewDeadLetter) that receives quarantined messages"))
 	}
 	if c.MaxDeliveries < 0 {
-		errs = append(errs, fmt.Errorf("antidote: DeliveriesConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries))
+		errs = append(errs, fmt.Errorf("antidote: CrashLoopGuardConfig.MaxDeliveries is %d: set a positive limit (0 picks the default %d)", c.MaxDeliveries, DefaultMaxDeliveries))
 	}
 	if c.AlwaysCount && c.MayBeRedelivery != nil {
-		errs = append(errs, errors.New("antidote: DeliveriesConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)"))
+		errs = append(errs, errors.New("antidote: CrashLoopGuardConfig sets both AlwaysCount and MayBeRedelivery: set only one (AlwaysCount counts everything, so MayBeRedelivery would never be asked)"))
 	}
 	if c.OffsetBlock < 0 {
-		errs = append(errs, fmt.Errorf("antidote: DeliveriesConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock))
+		errs = append(errs, fmt.Errorf("antidote: CrashLoopGuardConfig.OffsetBlock is %d: set a positive block size (0 picks the default %d)", c.OffsetBlock, DefaultOffsetBlock))
 	}
 	return errors.Join(errs...)
 }
 
-// Deliveries is the crash-loop guard: it counts deliveries of a message in a
+// CrashLoopGuard is the crash-loop guard: it counts deliveries of a message in a
 // durable store before the handler runs, and past MaxDeliveries sends the
 // message to the DLQ with reason crash_loop WITHOUT running the handler.
 // In-memory retry counters cannot do this: a handler that kills the process
@@ -150,7 +150,7 @@ func (c DeliveriesConfig) Validate() error {
 // If Incr fails (the store is down), the handler runs anyway, unguarded,
 // and the error is logged. This chooses availability over quarantine: a
 // store outage must not stop a healthy consumer, and a crash loop during it
-// goes on only until the store is back. Deliveries judged "cannot be a
+// goes on only until the store is back. CrashLoopGuard judged "cannot be a
 // redelivery" skip all of this and cost no store round trip.
 //
 // # Which deliveries are counted (the cheap path)
@@ -218,8 +218,8 @@ func (c DeliveriesConfig) Validate() error {
 //     the tracker's TTL, or lost by the store, likewise costs one more run.
 //   - Concurrent deliveries of one partition (not how watermill-kafka
 //     works) and store errors only ever make more deliveries counted.
-type Deliveries struct {
-	cfg      DeliveriesConfig
+type CrashLoopGuard struct {
+	cfg      CrashLoopGuardConfig
 	originOf func(*message.Message) poison.Origin                          // poison.OriginOf; tests replace it
 	send     func(context.Context, *message.Message, poison.Failure) error // DeadLetter.Send; tests replace it
 
@@ -267,15 +267,15 @@ type deliveriesPartition struct {
 	tainted    bool  // another process may have started messages of block
 }
 
-// NewDeliveries fills cfg's defaults, validates it (see
-// DeliveriesConfig.Validate) and returns the guard. It keeps a little state per partition
+// NewCrashLoopGuard fills cfg's defaults, validates it (see
+// CrashLoopGuardConfig.Validate) and returns the guard. It keeps a little state per partition
 // (the default detector); the tracker stays owned by the caller.
-func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
+func NewCrashLoopGuard(cfg CrashLoopGuardConfig) (*CrashLoopGuard, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Deliveries{
+	d := &CrashLoopGuard{
 		cfg:      cfg,
 		originOf: poison.OriginOf,
 		send:     cfg.DeadLetter.Send,
@@ -293,7 +293,7 @@ func NewDeliveries(cfg DeliveriesConfig) (*Deliveries, error) {
 
 // Middleware returns the guarded handler; pass d.Middleware to
 // message.Router.AddMiddleware or AddHandler(...).AddMiddleware.
-func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
+func (d *CrashLoopGuard) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		key, n, counted := d.count(msg)
 		if !counted {
@@ -320,7 +320,7 @@ func (d *Deliveries) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // against it; one that dies in its handler still does. Not with the memory
 // tracker: its counts die with the process anyway. Out of Middleware's
 // closure, as the rest of the non-happy path.
-func (d *Deliveries) runTracked(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
+func (d *CrashLoopGuard) runTracked(h message.HandlerFunc, msg *message.Message, key string) ([]*message.Message, error) {
 	ctx := msg.Context()
 	if ds := deliveryStateOf(ctx); ds != nil {
 		// Tracing or Metrics above keep a state per delivery already:
@@ -353,7 +353,7 @@ func inFlightOf(ctx context.Context) *inFlight {
 // inFlight is a counted delivery's state: busy while its count stands.
 // Only the message's own goroutine touches it.
 type inFlight struct {
-	d    *Deliveries
+	d    *CrashLoopGuard
 	key  string
 	busy bool
 }
@@ -411,7 +411,7 @@ func deliveryBusy(ctx context.Context) {
 // unguarded (not counted, no identity, or the tracker failed). Out of
 // Middleware's closure, so the frame kept on the stack while the handler
 // runs is small.
-func (d *Deliveries) count(msg *message.Message) (key string, n int, counted bool) {
+func (d *CrashLoopGuard) count(msg *message.Message) (key string, n int, counted bool) {
 	ctx := msg.Context()
 	o := d.originOf(msg)
 	if o.ConsumerGroup == "" {
@@ -445,7 +445,7 @@ func (d *Deliveries) count(msg *message.Message) (key string, n int, counted boo
 	return key, n, true
 }
 
-func (d *Deliveries) quarantine(msg *message.Message, key string, n int) ([]*message.Message, error) {
+func (d *CrashLoopGuard) quarantine(msg *message.Message, key string, n int) ([]*message.Message, error) {
 	f := poison.Failure{
 		Reason: poison.ReasonCrashLoop,
 		Err: fmt.Errorf("%w: delivered %d times without being settled; the handler likely crashes the process (limit MaxDeliveries=%d)",
@@ -472,7 +472,7 @@ func (d *Deliveries) quarantine(msg *message.Message, key string, n int) ([]*mes
 	return nil, nil
 }
 
-func (d *Deliveries) forget(msg *message.Message, key string) {
+func (d *CrashLoopGuard) forget(msg *message.Message, key string) {
 	var ctx context.Context
 	switch {
 	case d.memoryTracker:
@@ -498,7 +498,7 @@ func (d *Deliveries) forget(msg *message.Message, key string) {
 	}
 }
 
-func (d *Deliveries) mayBeRedelivery(ctx context.Context, msg *message.Message, o poison.Origin) bool {
+func (d *CrashLoopGuard) mayBeRedelivery(ctx context.Context, msg *message.Message, o poison.Origin) bool {
 	switch {
 	case d.cfg.AlwaysCount:
 		return true
@@ -514,8 +514,8 @@ func (d *Deliveries) mayBeRedelivery(ctx context.Context, msg *message.Message, 
 }
 
 // offsetMayBeRedelivery is the Kafka part of the default detector (see
-// Deliveries).
-func (d *Deliveries) offsetMayBeRedelivery(ctx context.Context, o poison.Origin) bool {
+// CrashLoopGuard).
+func (d *CrashLoopGuard) offsetMayBeRedelivery(ctx context.Context, o poison.Origin) bool {
 	id := deliveriesPartitionID{group: o.ConsumerGroup, handler: o.Handler, topic: o.Topic, partition: o.Partition}
 	block := o.Offset / d.cfg.OffsetBlock
 
@@ -598,7 +598,7 @@ const (
 // "x-delivery-count" header is above 0 (RabbitMQ quorum queues; needs a
 // marshaler that keeps non-string headers).
 //
-// The default detector counts such deliveries. As DeliveriesConfig.
+// The default detector counts such deliveries. As CrashLoopGuardConfig.
 // MayBeRedelivery it makes AMQP consumers cheap: first deliveries cost no
 // write, and a crash loop is caught from the first redelivery on (so the
 // handler may run MaxDeliveries+1 times before quarantine). Do not use it

@@ -23,7 +23,7 @@ import (
 	"github.com/antidote-mq/antidote/poison"
 )
 
-// TestDeliveriesKafkaCrashLoop runs the default (cheap) detector against a
+// TestCrashLoopGuardKafkaCrashLoop runs the default (cheap) detector against a
 // real Kafka protocol broker (kfake, in process) and the real
 // watermill-kafka subscriber: real offsets in the message context, a real
 // consumer group, sarama's asynchronous commits. The handler "kills the
@@ -32,7 +32,7 @@ import (
 // same tracker. The restarted consumer resumes at the last commit, well
 // before 150, so the crash record is never the first delivery of a life:
 // only the block leases can catch it.
-func TestDeliveriesKafkaCrashLoop(t *testing.T) {
+func TestCrashLoopGuardKafkaCrashLoop(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an in-process Kafka broker and several consumer group sessions")
 	}
@@ -112,7 +112,7 @@ func TestDeliveriesKafkaCrashLoop(t *testing.T) {
 		require.NoError(t, err)
 		dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: dlqPubSub, ConsumerGroup: "guarded-consumers"})
 		require.NoError(t, err)
-		guard, err := middleware.NewDeliveries(middleware.DeliveriesConfig{Tracker: tracker, DeadLetter: dl, MaxDeliveries: maxDeliveries})
+		guard, err := middleware.NewCrashLoopGuard(middleware.CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl, MaxDeliveries: maxDeliveries})
 		require.NoError(t, err)
 		router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
 		require.NoError(t, err)

@@ -15,7 +15,7 @@ import (
 
 // A message that killed the consumer three times is quarantined on its
 // fourth delivery, without running the handler again.
-func ExampleNewDeliveries() {
+func ExampleNewCrashLoopGuard() {
 	ctx := context.Background()
 	logger := watermill.NopLogger{}
 	pubSub := gochannel.NewGoChannel(gochannel.Config{}, logger)
@@ -31,7 +31,7 @@ func ExampleNewDeliveries() {
 	if err != nil {
 		panic(err)
 	}
-	guard, err := middleware.NewDeliveries(middleware.DeliveriesConfig{
+	guard, err := middleware.NewCrashLoopGuard(middleware.CrashLoopGuardConfig{
 		Tracker:       tracker,
 		DeadLetter:    deadLetter,
 		MaxDeliveries: 3,
