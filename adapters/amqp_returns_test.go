@@ -144,7 +144,7 @@ func TestAMQPDeadLettersSurviveDeletedDLQ(t *testing.T) {
 	r.cleanup(topic, dlq)
 
 	rt, err := router.New(router.Config{
-		CrashLoopGuard:     middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
 		CloseTimeout:   5 * time.Second,
 		DisableTracing: true, DisableMetrics: true,
 		DeadLetter: middleware.DeadLetterConfig{Publisher: b.Publisher, FailedPublishPause: 50 * time.Millisecond},

@@ -32,8 +32,8 @@ func ExampleNew() {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}) // tests and demos only
 	defer tracker.Close()
 	r, err := router.New(router.Config{
-		DeadLetter: middleware.DeadLetterConfig{Publisher: pubSub, ConsumerGroup: "order-sink"},
-		Retry:      middleware.RetryConfig{InitialInterval: time.Millisecond},
+		DeadLetter:     middleware.DeadLetterConfig{Publisher: pubSub, ConsumerGroup: "order-sink"},
+		Retry:          middleware.RetryConfig{InitialInterval: time.Millisecond},
 		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: tracker},
 	})
 	if err != nil {

@@ -31,7 +31,7 @@ func main() {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})
 	defer tracker.Close()
 	r, err := router.New(router.Config{
-		DeadLetter: middleware.DeadLetterConfig{Publisher: pubSub},
+		DeadLetter:     middleware.DeadLetterConfig{Publisher: pubSub},
 		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: tracker},
 	})
 	if err != nil {

@@ -393,9 +393,9 @@ func consume(kind adapters.Kind, topic, tracker, logPath string, o opts) error {
 	}
 	defer logf.Close()
 	r, err := router.New(router.Config{
-		CloseTimeout: 5 * time.Second,
-		DeadLetter:   middleware.DeadLetterConfig{Publisher: b.Publisher, ConsumerGroup: "bench-crashloop"},
-		CrashLoopGuard:   middleware.CrashLoopGuardConfig{Tracker: t, MaxDeliveries: o.maxDeliveries},
+		CloseTimeout:   5 * time.Second,
+		DeadLetter:     middleware.DeadLetterConfig{Publisher: b.Publisher, ConsumerGroup: "bench-crashloop"},
+		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: t, MaxDeliveries: o.maxDeliveries},
 	})
 	if err != nil {
 		return err

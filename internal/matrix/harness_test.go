@@ -254,13 +254,13 @@ func (r *run) stack(b *adapters.Broker) *message.Router {
 		dlqPub = r.dlqWrap(dlqPub)
 	}
 	rt, err := router.New(router.Config{
-		CloseTimeout: 10 * time.Second,
-		Logger:       &r.logs,
-		DeadLetter:   middleware.DeadLetterConfig{Publisher: dlqPub, ClaimCheck: r.stores.claims, PublishTimeout: 3 * time.Second, FailedPublishPause: 200 * time.Millisecond},
-		CrashLoopGuard:   middleware.CrashLoopGuardConfig{Tracker: r.stores.tracker},
-		Idempotency:  &middleware.IdempotencyConfig{Store: r.stores.idem},
-		Retry:        middleware.RetryConfig{MaxAttempts: attempts, InitialInterval: 10 * time.Millisecond, MaxInterval: 50 * time.Millisecond},
-		Breaker:      middleware.BreakerConfig{Backoff: holdBackoff, MaxHoldTime: maxHold},
+		CloseTimeout:   10 * time.Second,
+		Logger:         &r.logs,
+		DeadLetter:     middleware.DeadLetterConfig{Publisher: dlqPub, ClaimCheck: r.stores.claims, PublishTimeout: 3 * time.Second, FailedPublishPause: 200 * time.Millisecond},
+		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: r.stores.tracker},
+		Idempotency:    &middleware.IdempotencyConfig{Store: r.stores.idem},
+		Retry:          middleware.RetryConfig{MaxAttempts: attempts, InitialInterval: 10 * time.Millisecond, MaxInterval: 50 * time.Millisecond},
+		Breaker:        middleware.BreakerConfig{Backoff: holdBackoff, MaxHoldTime: maxHold},
 	})
 	if err != nil {
 		r.t.Fatal(err)
