@@ -2,7 +2,6 @@ package middleware_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -10,28 +9,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/antidote-mq/antidote/idempotency"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/throttle"
 )
-
-// requireFieldsInOrder fails unless err names every one of fields, each on
-// a line of its own (errors.Join), in that order.
-func requireFieldsInOrder(t *testing.T, err error, fields ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error; want one naming %v", fields)
-	}
-	lines := strings.Split(err.Error(), "\n")
-	if len(lines) != len(fields) {
-		t.Fatalf("%d errors, want %d (%v):\n%v", len(lines), len(fields), fields, err)
-	}
-	for i, f := range fields {
-		if !strings.Contains(lines[i], f) {
-			t.Errorf("error %d is %q; want it to name %s (field order: %v)", i, lines[i], f, fields)
-		}
-	}
-}
 
 func TestConfigValidateReportsEveryFieldInOrder(t *testing.T) {
 	for name, tc := range map[string]struct {
@@ -53,7 +35,7 @@ func TestConfigValidateReportsEveryFieldInOrder(t *testing.T) {
 		"Throttle": {middleware.ThrottleConfig{Burst: -1, MaxKeys: -1, Adaptive: &throttle.AdaptiveConfig{Backoff: 2}}.Validate(),
 			[]string{"ThrottleConfig.Burst", "ThrottleConfig.MaxKeys", "ThrottleConfig.Adaptive: throttle: AdaptiveConfig.Backoff"}},
 	} {
-		t.Run(name, func(t *testing.T) { requireFieldsInOrder(t, tc.err, tc.fields...) })
+		t.Run(name, func(t *testing.T) { testenv.RequireFieldsInOrder(t, tc.err, tc.fields...) })
 	}
 }
 

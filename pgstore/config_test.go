@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/pgstore"
 )
 
@@ -29,12 +29,9 @@ func TestValidateJoinsErrorsInFieldOrder(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			require.Error(t, c.err)
-			lines := strings.Split(c.err.Error(), "\n")
-			require.Len(t, lines, len(c.want), c.err.Error())
-			for i, w := range c.want {
-				assert.Contains(t, lines[i], w)
-				assert.True(t, strings.HasPrefix(lines[i], "pgstore: "), lines[i])
+			testenv.RequireFieldsInOrder(t, c.err, c.want...)
+			for _, line := range strings.Split(c.err.Error(), "\n") {
+				assert.True(t, strings.HasPrefix(line, "pgstore: "), line)
 			}
 		})
 	}

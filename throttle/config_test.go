@@ -1,36 +1,18 @@
 package throttle_test
 
 import (
-	"strings"
 	"testing"
 
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/throttle"
 )
 
-// requireFieldsInOrder fails unless err names every one of fields, each on
-// a line of its own (errors.Join), in that order.
-func requireFieldsInOrder(t *testing.T, err error, fields ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error; want one naming %v", fields)
-	}
-	lines := strings.Split(err.Error(), "\n")
-	if len(lines) != len(fields) {
-		t.Fatalf("%d errors, want %d (%v):\n%v", len(lines), len(fields), fields, err)
-	}
-	for i, f := range fields {
-		if !strings.Contains(lines[i], f) {
-			t.Errorf("error %d is %q; want it to name %s (field order: %v)", i, lines[i], f, fields)
-		}
-	}
-}
-
 func TestConfigValidateReportsEveryFieldInOrder(t *testing.T) {
-	requireFieldsInOrder(t, throttle.RateConfig{Rate: -1, Burst: -2}.Validate(), "RateConfig.Rate", "RateConfig.Burst")
-	requireFieldsInOrder(t, throttle.KeyedConfig{Rate: 1, Burst: -1, MaxKeys: -1}.Validate(), "KeyedConfig.Burst", "KeyedConfig.MaxKeys")
-	requireFieldsInOrder(t, throttle.AdaptiveConfig{InitialLimit: 2000, Backoff: 2, LatencyNoise: -1}.Validate(),
+	testenv.RequireFieldsInOrder(t, throttle.RateConfig{Rate: -1, Burst: -2}.Validate(), "RateConfig.Rate", "RateConfig.Burst")
+	testenv.RequireFieldsInOrder(t, throttle.KeyedConfig{Rate: 1, Burst: -1, MaxKeys: -1}.Validate(), "KeyedConfig.Burst", "KeyedConfig.MaxKeys")
+	testenv.RequireFieldsInOrder(t, throttle.AdaptiveConfig{InitialLimit: 2000, Backoff: 2, LatencyNoise: -1}.Validate(),
 		"AdaptiveConfig.InitialLimit", "AdaptiveConfig.Backoff", "AdaptiveConfig.LatencyNoise")
-	requireFieldsInOrder(t, throttle.BackpressureConfig{HighWatermark: -1, PollTimeout: -1}.Validate(),
+	testenv.RequireFieldsInOrder(t, throttle.BackpressureConfig{HighWatermark: -1, PollTimeout: -1}.Validate(),
 		"BackpressureConfig.Publisher", "BackpressureConfig.Source", "BackpressureConfig.HighWatermark", "BackpressureConfig.LowWatermark", "BackpressureConfig.PollTimeout")
 }
 
