@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/antidote-mq/antidote/internal/lru"
 )
 
 // DefaultMemoryStoreMaxKeys bounds a MemoryStore when MaxKeys is zero.
@@ -73,7 +73,7 @@ type MemoryStore struct {
 	mu sync.Mutex
 	// keys holds at most MaxKeys entries; adding one more evicts the least
 	// recently used. Entries are values, so updating one allocates nothing.
-	keys   *simplelru.LRU[string, memEntry]
+	keys   *lru.LRU[string, memEntry]
 	closed bool
 }
 
@@ -94,10 +94,7 @@ func NewMemoryStore(cfg MemoryStoreConfig) (*MemoryStore, error) {
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	keys, err := simplelru.NewLRU[string, memEntry](cfg.MaxKeys, nil)
-	if err != nil {
-		return nil, err // not reached: MaxKeys >= 1 after setDefaults and Validate
-	}
+	keys := lru.New[string, memEntry](cfg.MaxKeys)
 	return &MemoryStore{cfg: cfg, now: time.Now, keys: keys, tokenPrefix: hex.EncodeToString(b[:]) + "-"}, nil
 }
 

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/antidote-mq/antidote/internal/lru"
 )
 
 // Defaults of MemoryDeliveryTrackerConfig.
@@ -68,7 +68,7 @@ type MemoryDeliveryTracker struct {
 	mu sync.Mutex
 	// keys holds at most MaxKeys counts, in the order they were last
 	// incremented (Incr is a use, Decr is not).
-	keys   *simplelru.LRU[string, *memDeliveryEntry]
+	keys   *lru.LRU[string, *memDeliveryEntry]
 	closed bool
 }
 
@@ -85,10 +85,7 @@ func NewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) (*MemoryDeliveryT
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	keys, err := simplelru.NewLRU[string, *memDeliveryEntry](cfg.MaxKeys, nil)
-	if err != nil {
-		return nil, err // not reached: MaxKeys >= 1 after setDefaults and Validate
-	}
+	keys := lru.New[string, *memDeliveryEntry](cfg.MaxKeys)
 	return &MemoryDeliveryTracker{cfg: cfg, now: time.Now, keys: keys}, nil
 }
 

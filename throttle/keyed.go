@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/antidote-mq/antidote/internal/lru"
 	"golang.org/x/time/rate"
 )
 
@@ -63,7 +63,7 @@ type KeyedLimiter struct {
 	cfg KeyedConfig
 
 	mu      sync.Mutex
-	buckets *simplelru.LRU[string, *rate.Limiter] // at most MaxKeys; adding one more drops the least recently used
+	buckets *lru.LRU[string, *rate.Limiter] // at most MaxKeys; adding one more drops the least recently used
 	evicted uint64
 }
 
@@ -74,10 +74,7 @@ func NewKeyedLimiter(cfg KeyedConfig) (*KeyedLimiter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	buckets, err := simplelru.NewLRU[string, *rate.Limiter](cfg.MaxKeys, nil)
-	if err != nil {
-		return nil, err // not reached: MaxKeys >= 1 after setDefaults and Validate
-	}
+	buckets := lru.New[string, *rate.Limiter](cfg.MaxKeys)
 	return &KeyedLimiter{cfg: cfg, buckets: buckets}, nil
 }
 
