@@ -136,18 +136,21 @@ func (s *MemoryStore) Claim(ctx context.Context, key string, lease time.Duration
 		return Claim{}, fmt.Errorf("idempotency: claim %q: %w", key, ErrClosed)
 	}
 	s.sweepLocked(now)
-	if e, ok := s.keys.Get(key); ok { // Get makes it the most recently used
-		if now.Before(e.expires) {
-			if e.completed {
-				return Claim{Key: key, Status: StatusCompleted, Result: cloneBytes(e.result)}, nil
-			}
-			return Claim{Key: key, Status: StatusInProgress, LeaseLeft: e.expires.Sub(now)}, nil
+	e, found := s.keys.Get(key) // Get makes it the most recently used
+	if found && now.Before(e.expires) {
+		if e.completed {
+			return Claim{Key: key, Status: StatusCompleted, Result: cloneBytes(e.result)}, nil
 		}
-		// Expired claim or completion: take it over (below).
+		return Claim{Key: key, Status: StatusInProgress, LeaseLeft: e.expires.Sub(now)}, nil
 	}
-	// A new key when the store is full evicts the least recently used one.
-	e := memEntry{token: s.newToken(), expires: now.Add(lease)}
-	s.keys.Add(key, e)
+	// A new key, or an expired claim or completion taken over. A new key
+	// when the store is full evicts the least recently used one.
+	e = memEntry{token: s.newToken(), expires: now.Add(lease)}
+	if found {
+		s.keys.Add(key, e)
+	} else {
+		s.keys.Insert(key, e)
+	}
 	return Claim{Key: key, Status: StatusClaimed, Token: e.token}, nil
 }
 

@@ -123,7 +123,7 @@ func (t *MemoryDeliveryTracker) Incr(ctx context.Context, key string) (int, erro
 	if t.keys.Len() >= t.cfg.MaxKeys {
 		t.evictLocked(now)
 	}
-	t.keys.Add(key, &memDeliveryEntry{count: 1, expires: now.Add(t.cfg.TTL)})
+	t.keys.Insert(key, &memDeliveryEntry{count: 1, expires: now.Add(t.cfg.TTL)}) // Get missed
 	return 1, nil
 }
 

@@ -91,7 +91,7 @@ func (k *KeyedLimiter) reserve(key string) *rate.Reservation {
 	lim, ok := k.buckets.Get(key) // Get makes it the most recently used
 	if !ok {
 		lim = rate.NewLimiter(rate.Limit(k.cfg.Rate), k.cfg.Burst)
-		if k.buckets.Add(key, lim) {
+		if k.buckets.Insert(key, lim) { // Get missed
 			k.evicted++
 		}
 	}

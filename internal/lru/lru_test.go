@@ -113,3 +113,16 @@ func TestSizeBelowOne(t *testing.T) {
 		t.Fatalf("len %d, want 1", l.Len())
 	}
 }
+
+// Insert is Add for an absent key: same eviction, same order.
+func TestInsert(t *testing.T) {
+	l := New[string, int](2)
+	l.Insert("a", 1)
+	l.Insert("b", 2)
+	if !l.Insert("c", 3) {
+		t.Fatal("no eviction when full")
+	}
+	if got := l.Keys(); !equal(got, []string{"b", "c"}) {
+		t.Fatalf("Keys %v", got)
+	}
+}
