@@ -181,14 +181,24 @@ func (s *MemoryStore) Complete(ctx context.Context, c Claim, result []byte) erro
 	if s.closed {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClosed)
 	}
-	// Absent (evicted, or expired and swept): nobody holds it, so ours
-	// stands. Peek leaves a lost claim where it is in the LRU order.
-	if e, ok := s.keys.Peek(c.Key); ok && e.token != c.Token {
+	done := memEntry{token: c.Token, completed: true, result: cloneBytes(result), expires: now.Add(s.cfg.Retention)}
+	lost := false
+	found := s.keys.Update(c.Key, func(e *memEntry) bool {
+		if e.token != c.Token {
+			lost = true
+			return false // a lost claim stays where it is in the LRU order
+		}
+		*e = done
+		return true // the most recently used
+	})
+	if lost {
 		return fmt.Errorf("idempotency: complete %q: %w", c.Key, ErrClaimLost)
 	}
-	// Add makes it the most recently used (a new key evicts the least
-	// recently used one when the store is full).
-	s.keys.Add(c.Key, memEntry{token: c.Token, completed: true, result: cloneBytes(result), expires: now.Add(s.cfg.Retention)})
+	if !found {
+		// Evicted, or expired and swept: nobody holds it, so ours stands
+		// (a new key evicts the least recently used one when full).
+		s.keys.Insert(c.Key, done)
+	}
 	return nil
 }
 

@@ -75,6 +75,20 @@ func (l *LRU[K, V]) Get(key K) (value V, ok bool) {
 	return n.value, true
 }
 
+// Update finds key with one lookup and lets f change its value in place;
+// if f returns true the key becomes the most recently used. It reports
+// whether key was there (f is not called when it was not).
+func (l *LRU[K, V]) Update(key K, f func(*V) bool) bool {
+	n, ok := l.items[key]
+	if !ok {
+		return false
+	}
+	if f(&n.value) {
+		l.toFront(n)
+	}
+	return true
+}
+
 // Peek returns key's value without making it the most recently used.
 func (l *LRU[K, V]) Peek(key K) (value V, ok bool) {
 	n, ok := l.items[key]

@@ -126,3 +126,23 @@ func TestInsert(t *testing.T) {
 		t.Fatalf("Keys %v", got)
 	}
 }
+
+func TestUpdate(t *testing.T) {
+	l := New[string, int](3)
+	l.Add("a", 1)
+	l.Add("b", 2)
+	if l.Update("z", func(*int) bool { t.Fatal("f called for an absent key"); return false }) {
+		t.Fatal("found an absent key")
+	}
+	l.Update("a", func(v *int) bool { *v = 10; return false }) // changed, not moved
+	if got := l.Keys(); !equal(got, []string{"a", "b"}) {
+		t.Fatalf("Keys %v: a moved", got)
+	}
+	l.Update("a", func(v *int) bool { *v++; return true }) // changed and moved
+	if v, _ := l.Peek("a"); v != 11 {
+		t.Fatalf("a = %d", v)
+	}
+	if got := l.Keys(); !equal(got, []string{"b", "a"}) {
+		t.Fatalf("Keys %v: a not moved", got)
+	}
+}
