@@ -1,6 +1,9 @@
 package antidote
 
-import "context"
+import (
+	"context"
+	"sync/atomic"
+)
 
 type positionKey struct{}
 
@@ -9,17 +12,35 @@ type position struct {
 	offset    int64
 }
 
-// WithPosition returns ctx carrying a message's partition and offset. The
-// Kafka adapter sets it on every message it delivers, so the policy
-// packages (the envelope's origin, the crash-loop guard's key) know where a
-// message is without importing a Kafka client.
+// WithPosition returns ctx carrying a message's partition and offset, for
+// a subscriber that knows them and is not one whose reader is registered
+// (RegisterPositionReader).
 func WithPosition(ctx context.Context, partition int32, offset int64) context.Context {
 	return context.WithValue(ctx, positionKey{}, position{partition, offset})
 }
 
-// PositionFromCtx returns the partition and offset WithPosition set; ok is
-// false for messages of brokers without offsets.
+// PositionReader reads a message's partition and offset from the context
+// its broker client gave it; ok is false when the context has none.
+type PositionReader func(ctx context.Context) (partition int32, offset int64, ok bool)
+
+var positionReader atomic.Pointer[PositionReader]
+
+// RegisterPositionReader makes PositionFromCtx consult r. Package adapters
+// registers watermill-kafka's when it is imported, so the policy packages
+// (the envelope's origin, the crash-loop guard's offsets) know where a
+// Kafka message is without importing a Kafka client, and without a
+// goroutine between the subscriber and the router to copy it over.
+func RegisterPositionReader(r PositionReader) { positionReader.Store(&r) }
+
+// PositionFromCtx returns the partition and offset of the message whose
+// context ctx is: WithPosition's, else the registered reader's; ok is false
+// for messages of brokers without offsets.
 func PositionFromCtx(ctx context.Context) (partition int32, offset int64, ok bool) {
-	p, ok := ctx.Value(positionKey{}).(position)
-	return p.partition, p.offset, ok
+	if p, ok := ctx.Value(positionKey{}).(position); ok {
+		return p.partition, p.offset, true
+	}
+	if r := positionReader.Load(); r != nil {
+		return (*r)(ctx)
+	}
+	return 0, 0, false
 }

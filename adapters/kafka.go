@@ -159,9 +159,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	if err != nil {
 		return fmt.Errorf("kafka subscriber: %w", err)
 	}
-	ksub := kafkaSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), pub: kpub}
-	ksub.each = stampPosition
-	b.Subscriber = ksub
-	b.onClose(ksub.Close)
+	b.Subscriber = kafkaSubscriber{Subscriber: sub, pub: kpub}
+	b.onClose(sub.Close)
 	return nil
 }

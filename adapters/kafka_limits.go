@@ -298,34 +298,19 @@ func (p *kafkaPublisher) topicLimit(topic string) int {
 // itself) exists with room for the envelope before anyone creates it with
 // the broker's defaults by consuming it (the hospital) or by publishing.
 type kafkaSubscriber struct {
-	*closeWaitSubscriber
+	*kafka.Subscriber
 	pub *kafkaPublisher
 }
 
-// KafkaPositions is a message.SubscriberDecorator for a watermill-kafka
-// subscriber built by hand (the ones Open returns do this already): it
-// puts each message's partition and offset where the policy packages read
-// them (antidote.WithPosition), so the crash-loop guard can use offsets and
-// letters name their origin. Use it as
-// router.AddSubscriberDecorators(adapters.KafkaPositions). Messages without
-// a Kafka position pass unchanged.
-func KafkaPositions(sub message.Subscriber) (message.Subscriber, error) {
-	cw := newCloseWaitSubscriber(sub)
-	cw.each = stampPosition
-	return cw, nil
-}
+func init() { antidote.RegisterPositionReader(kafkaPosition) }
 
-// stampPosition copies the partition and offset watermill-kafka put in
-// msg's context to antidote.WithPosition, where the policy packages read
-// them without importing a Kafka client. watermill-kafka sets a fresh
-// context on every redelivery of a nacked message, and each passes here.
-func stampPosition(msg *message.Message) {
-	ctx := msg.Context()
+// kafkaPosition reads the partition and offset watermill-kafka puts in
+// every message's context (any watermill-kafka subscriber: Open's or one
+// built by hand).
+func kafkaPosition(ctx context.Context) (int32, int64, bool) {
 	partition, okP := kafka.MessagePartitionFromCtx(ctx)
 	offset, okO := kafka.MessagePartitionOffsetFromCtx(ctx)
-	if okP && okO {
-		msg.SetContext(antidote.WithPosition(ctx, partition, offset))
-	}
+	return partition, offset, okP && okO
 }
 
 func (s kafkaSubscriber) CheckName(name string) error { return checkKafkaName(name) }
@@ -341,7 +326,7 @@ func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 		}
 		s.pub.ensureLetterTopic(dlq)
 	}
-	return s.closeWaitSubscriber.Subscribe(ctx, topic)
+	return s.Subscriber.Subscribe(ctx, topic)
 }
 
 // CheckStages checks the retry topics "<topic>.retry.<delay>" and their DLQ

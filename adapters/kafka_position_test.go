@@ -12,10 +12,10 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 )
 
-// Every message the Kafka subscriber delivers carries its partition and
-// offset where the policy packages read them (antidote.PositionFromCtx),
-// redeliveries after a nack included (watermill-kafka gives those a fresh
-// context).
+// Every message the Kafka subscriber delivers has its partition and offset
+// where the policy packages read them (antidote.PositionFromCtx, through
+// the reader adapters registers), redeliveries after a nack included
+// (watermill-kafka gives those a fresh context).
 func TestKafkaPosition(t *testing.T) {
 	b, err := adapters.Open(t.Context(), kafkaConfig(t, "position-"+watermill.NewShortUUID()), watermill.NopLogger{})
 	if err != nil {
@@ -64,36 +64,3 @@ func TestKafkaPosition(t *testing.T) {
 		msg.Ack()
 	}
 }
-
-// A hand-built subscriber decorated with KafkaPositions passes messages
-// without a Kafka position through unchanged.
-func TestKafkaPositionsPassThrough(t *testing.T) {
-	in := make(chan *message.Message, 1)
-	sub, err := adapters.KafkaPositions(chanSubscriber(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := sub.Subscribe(t.Context(), "t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in <- message.NewMessage("1", nil)
-	got := <-out
-	if _, _, ok := antidote.PositionFromCtx(got.Context()); ok {
-		t.Fatal("a message without a Kafka position got one")
-	}
-	close(in)
-	if err := sub.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, open := <-out; open {
-		t.Fatal("the decorated channel stays open after the inner one closed")
-	}
-}
-
-type chanSubscriber chan *message.Message
-
-func (c chanSubscriber) Subscribe(context.Context, string) (<-chan *message.Message, error) {
-	return c, nil
-}
-func (c chanSubscriber) Close() error { return nil }

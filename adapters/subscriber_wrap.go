@@ -11,12 +11,8 @@ import (
 // by Subscribe is closed. watermill-sql v4.1.2 closes its output channel just
 // after Close has returned, so code that drains a subscription after Close
 // (the router, Watermill's Pub/Sub suite) can see it still open.
-//
-// each, when set, sees every message on its way out (the Kafka adapter
-// stamps the partition and offset with it).
 type closeWaitSubscriber struct {
 	message.Subscriber
-	each    func(*message.Message)
 	closing chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
@@ -37,9 +33,6 @@ func (s *closeWaitSubscriber) Subscribe(ctx context.Context, topic string) (<-ch
 		defer s.wg.Done()
 		defer close(out)
 		for msg := range in {
-			if s.each != nil {
-				s.each(msg)
-			}
 			select {
 			case out <- msg:
 			case <-s.closing:

@@ -18,7 +18,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/antidote-mq/antidote"
-	"github.com/antidote-mq/antidote/adapters"
+	// Its import registers watermill-kafka's position reader: the guard
+	// reads offsets of any watermill-kafka subscriber, this hand-built one
+	// too.
+	_ "github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -106,10 +109,6 @@ func TestCrashLoopGuardKafkaCrashLoop(t *testing.T) {
 			OverwriteSaramaConfig: saramaCfg,
 		}, logger)
 		require.NoError(t, err)
-		// A hand-built watermill-kafka subscriber: KafkaPositions gives the
-		// guard its offsets.
-		positioned, err := adapters.KafkaPositions(sub)
-		require.NoError(t, err)
 		dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: dlqPubSub, ConsumerGroup: "guarded-consumers"})
 		require.NoError(t, err)
 		guard, err := middleware.NewCrashLoopGuard(middleware.CrashLoopGuardConfig{Tracker: tracker, DeadLetter: dl, MaxDeliveries: maxDeliveries})
@@ -117,7 +116,7 @@ func TestCrashLoopGuardKafkaCrashLoop(t *testing.T) {
 		router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
 		require.NoError(t, err)
 		router.AddMiddleware(guard.Middleware, dl.Middleware, middleware.Recover)
-		router.AddConsumerHandler("guarded", topic, positioned, handler)
+		router.AddConsumerHandler("guarded", topic, sub, handler)
 		go func() { _ = router.Run(context.Background()) }()
 
 		select {
