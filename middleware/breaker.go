@@ -58,10 +58,11 @@ type BreakerConfig struct {
 	MaxHoldTime time.Duration
 	// HealthCheck, when set, answers what the breaker cannot see: whether
 	// the handler's dependencies are up (e.g. a pgxpool.Pool's Ping). It is
-	// called, within Backoff, for a message that fails transiently again
-	// after a hold: nil means they are up, so the failure is the message's
-	// own and it goes to the DLQ (retries_exhausted) at once; an error
-	// means an outage and the message is held. Default nil: the breaker
+	// called, within Backoff, before a held message runs again (failing:
+	// held again without running) and after it fails transiently again:
+	// nil both times means they are up, so the failure is the message's own
+	// and it goes to the DLQ (retries_exhausted) at once; an error means an
+	// outage and the message is held. Default nil: the breaker
 	// judges by other messages' successes alone, and on an ordered queue
 	// with nothing else flowing holds the message up to MaxHoldTime. It
 	// must not depend on the message.
@@ -251,6 +252,11 @@ func (b *Breaker) State() string { return b.cb.State().String() }
 // Middleware returns the breaker as a Watermill middleware.
 func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		if b.cfg.HealthCheck != nil && b.wasHeld(msg) {
+			if held, err := b.holdWhileUnhealthy(msg); held {
+				return nil, err
+			}
+		}
 		var produced []*message.Message
 		var herr error
 		// A message held before counts once: its redeliveries say nothing
@@ -647,6 +653,27 @@ func (b *Breaker) judged(msg *message.Message, k holdKey) (own bool, why string)
 		return false, "first failure: the health check judges its next one"
 	}
 	return false, "waiting for other messages to succeed"
+}
+
+// holdWhileUnhealthy holds a message held before again, without running
+// it, while the health check fails. Running it would only fail again; and
+// the check that judges a failure runs after it, so a failure caused by
+// the outage, checked just after the dependencies came back, would pass
+// for the message's own and send a healthy message to the DLQ. Only a
+// message that failed with the health check passing before and after its
+// run is judged its own. Past MaxHoldTime it runs, so a transient failure
+// then ends in the DLQ as promised.
+func (b *Breaker) holdWhileUnhealthy(msg *message.Message) (bool, error) {
+	k, ok := b.keyOf(msg)
+	if !ok || b.heldTooLong(k) {
+		return false, nil
+	}
+	err := b.healthCheck(msg)
+	if err == nil {
+		return false, nil
+	}
+	deliveryIdle(msg.Context()) // it does not run: the crash-loop guard takes its count back
+	return true, b.hold(msg, fmt.Errorf("not run while the health check fails: %w", err), "health check failing: "+err.Error())
 }
 
 // healthCheck runs HealthCheck within Backoff.

@@ -359,8 +359,9 @@ func TestBreakerHugeUUIDsAreDistinctHolds(t *testing.T) {
 func TestBreakerHoldIsPerHandler(t *testing.T) {
 	logs := &recordingLogger{}
 	holds := newHoldCounter(t)
+	var checks atomic.Int64
 	b, err := middleware.NewBreaker(middleware.BreakerConfig{Backoff: time.Millisecond, MaxHoldTime: time.Hour, Logger: logs, OnHold: holds.onHold,
-		HealthCheck: func(context.Context) error { return errors.New("database down") }})
+		HealthCheck: func(context.Context) error { checks.Add(1); return errors.New("database down") }})
 	require.NoError(t, err)
 	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: ps})
@@ -388,8 +389,11 @@ func TestBreakerHoldIsPerHandler(t *testing.T) {
 	<-r.Running()
 	require.NoError(t, ps.Publish("orders", message.NewMessage("shared", nil)))
 	<-okDone
-	after := stuckRuns.Load()
-	waitFor(t, "more holds of stuck", func() bool { return stuckRuns.Load() > after+5 })
+	// Each redelivery of the held message checks the dependency (and does
+	// not run the handler while it is down).
+	after := checks.Load()
+	waitFor(t, "more holds of stuck", func() bool { return checks.Load() > after+5 })
+	assert.Equal(t, int64(1), stuckRuns.Load(), "stuck ran once: held, it waits for the health check")
 	assert.Len(t, logs.matching(heldLine), 1, "stuck's hold went on through ok's success")
 	assert.Empty(t, logs.matching(endHeldLine))
 	assert.Equal(t, 1, holds.get("stuck"))
@@ -440,4 +444,55 @@ func TestBreakerHeldSpanEvent(t *testing.T) {
 		assert.Equal(t, time.Hour, d.Sub(s))
 		assert.Equal(t, "waiting for other messages to succeed", a[antidote.AttrHoldReason].AsString())
 	}
+}
+
+// The dependency comes back between a held message's failure and the
+// health check that judges it: that failure was the outage's, not the
+// message's, so it must not be dead-lettered. A held message runs again
+// only once the health check passes, so a failure is judged its own only
+// with the check passing before and after the run. (Before, under load,
+// the check after the failure saw the dependency back and sent a healthy
+// message to the DLQ.)
+func TestBreakerRecoveryBetweenFailureAndCheck(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	var checks atomic.Int64
+	b, err := middleware.NewBreaker(middleware.BreakerConfig{
+		Backoff: time.Millisecond, MaxHoldTime: time.Hour,
+		HealthCheck: func(context.Context) error {
+			// The third check finds the dependency back, right after a
+			// failure it caused.
+			if checks.Add(1) >= 3 {
+				down.Store(false)
+			}
+			if down.Load() {
+				return errors.New("database down")
+			}
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+	var runs, processed atomic.Int64
+	dlq := breakerHoldRouter(t, ps, b, "recovery.dlq", map[string]message.NoPublishHandlerFunc{
+		"recovery": func(*message.Message) error {
+			runs.Add(1)
+			if down.Load() {
+				return poison.Transient(errors.New("connection refused"))
+			}
+			processed.Add(1)
+			return nil
+		},
+	})
+	require.NoError(t, ps.Publish("recovery", message.NewMessage("m1", nil)))
+	waitFor(t, "processed once the dependency is back", func() bool { return processed.Load() == 1 })
+	select {
+	case l := <-dlq:
+		l.Ack()
+		t.Fatalf("dead-lettered after %d runs (%d health checks): %s", runs.Load(), checks.Load(), l.Metadata.Get(poison.KeyError))
+	default:
+	}
+	// Runs: the first failure (held, no check), then only after a passing
+	// check: the successful one.
+	assert.Equal(t, int64(2), runs.Load(), "the handler runs only when the health check passes")
 }

@@ -331,8 +331,10 @@ func TestBreakerHealthCheckJudgesAlone(t *testing.T) {
 			ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 			var up atomic.Bool
 			up.Store(tc.healthy)
+			var checks atomic.Int64
 			b, err := middleware.NewBreaker(middleware.BreakerConfig{Backoff: 5 * time.Millisecond, MaxHoldTime: time.Minute,
 				HealthCheck: func(context.Context) error {
+					checks.Add(1)
 					if up.Load() {
 						return nil
 					}
@@ -382,8 +384,11 @@ func TestBreakerHealthCheckJudgesAlone(t *testing.T) {
 				}
 				return
 			}
-			for runs.Load() < 10 {
-				time.Sleep(time.Millisecond)
+			// Held through ten redeliveries: each checks the dependency, and
+			// the handler does not run again while it is down.
+			testenv.Eventually(t, 10*time.Second, "ten health checks while held", func() bool { return checks.Load() >= 10 })
+			if n := runs.Load(); n != 1 {
+				t.Errorf("handler ran %d times during the outage, want 1 (the first failure; held ones wait for the health check)", n)
 			}
 			up.Store(true)
 			testenv.Eventually(t, 10*time.Second, "the message processed after the dependency came back", func() bool { return done.Load() != 0 })
