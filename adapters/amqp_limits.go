@@ -6,9 +6,9 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/internal/textcut"
 )
 

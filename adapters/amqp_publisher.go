@@ -10,8 +10,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/antidote-mq/antidote"
 )
 
 // amqpPublisher is the Publisher Open returns for RabbitMQ. It publishes on

@@ -10,6 +10,7 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+
 	// kafka.embedded needs the in-process broker linked in.
 	_ "github.com/antidote-mq/antidote/devkafka"
 )

@@ -21,8 +21,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/antidote-mq/antidote"
 )
 
 // FuzzParseYAML: ParseYAML, then SetDefaults and Validate, never panic, and

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/antidote-mq/antidote"
 )
 

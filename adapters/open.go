@@ -10,8 +10,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	"github.com/cenkalti/backoff/v5"
+
+	"github.com/antidote-mq/antidote"
 )
 
 // ErrUnreachable is wrapped by Open's error when a broker does not answer

@@ -9,9 +9,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/internal/textcut"
 )
 

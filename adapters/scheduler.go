@@ -9,8 +9,9 @@ import (
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/antidote-mq/antidote"
 )
 
 // Scheduler returns the broker's scheduler:

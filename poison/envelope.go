@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/internal/textcut"
 )
 

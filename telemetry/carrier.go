@@ -4,8 +4,9 @@ import (
 	"context"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/antidote-mq/antidote"
 	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/antidote-mq/antidote"
 )
 
 // Propagator is W3C Trace Context plus W3C Baggage: the "traceparent",

@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/antidote-mq/antidote/internal/lru"
 	"golang.org/x/time/rate"
+
+	"github.com/antidote-mq/antidote/internal/lru"
 )
 
 // DefaultMaxKeys is the KeyedConfig.MaxKeys used when it is 0.

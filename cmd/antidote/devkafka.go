@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/spf13/cobra"
+
+	"github.com/antidote-mq/antidote/devkafka"
 )
 
 func newDevKafkaCmd() *cobra.Command {

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/antidote-mq/antidote"
 )
 
