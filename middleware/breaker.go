@@ -252,8 +252,9 @@ func (b *Breaker) State() string { return b.cb.State().String() }
 // Middleware returns the breaker as a Watermill middleware.
 func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		if b.cfg.HealthCheck != nil && b.wasHeld(msg) {
-			if held, err := b.holdWhileUnhealthy(msg); held {
+		held := b.wasHeld(msg)
+		if held && b.cfg.HealthCheck != nil {
+			if again, err := b.holdWhileUnhealthy(msg); again {
 				return nil, err
 			}
 		}
@@ -263,7 +264,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		// new about the environment, and counting them would let one bad
 		// message in a quiet stream open the breaker for good. Probes
 		// (half-open) always count.
-		repeat := b.wasHeld(msg) && b.cb.State() == gobreaker.StateClosed
+		repeat := held && b.cb.State() == gobreaker.StateClosed
 		_, err := b.cb.Execute(func() (struct{}, error) {
 			produced, herr = h(msg)
 			// Deferred (a key busy elsewhere, a failed schedule) says nothing
