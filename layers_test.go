@@ -58,6 +58,7 @@ var allowedImports = map[string][]string{
 	"pgstore":     {"", "poison", "idempotency", "claimcheck"},
 	"redisstore":  {"", "poison", "idempotency", "claimcheck"},
 	"dlq":         {"", "poison", "claimcheck", "adapters"},
+	"fingerprint": {"poison"},
 }
 
 func TestLayers(t *testing.T) {
