@@ -55,10 +55,11 @@ var allowedImports = map[string][]string{
 	"telemetry":   {"", "poison"},
 	"adapters":    {"", "poison"},
 	"devkafka":    {"adapters"},
-	"pgstore":     {"", "poison", "idempotency", "claimcheck"},
+	"pgstore":     {"", "poison", "idempotency", "claimcheck", "fingerprint", "hospital"},
 	"redisstore":  {"", "poison", "idempotency", "claimcheck"},
 	"dlq":         {"", "poison", "claimcheck", "adapters"},
 	"fingerprint": {"poison"},
+	"hospital":    {"", "poison", "fingerprint"},
 }
 
 func TestLayers(t *testing.T) {

@@ -1,0 +1,116 @@
+package hospital
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/antidote-mq/antidote/fingerprint"
+)
+
+// ErrNotFound is wrapped by a Store's error for a letter it does not hold.
+var ErrNotFound = errors.New("hospital: no such letter")
+
+// Store keeps letters and their groups. pgstore.HospitalStore is the
+// PostgreSQL one. Implementations are safe for concurrent use.
+type Store interface {
+	// Put stores l unless a letter with its Identity is stored already, and
+	// counts it in its group, in one transaction. It reports whether l was
+	// new. Once Put returns nil the letter is durable: the DLQ message may
+	// be acked.
+	Put(ctx context.Context, l Letter) (inserted bool, err error)
+	// Letter returns the letter with id, or an error wrapping ErrNotFound.
+	Letter(ctx context.Context, id int64) (Letter, error)
+	// Letters returns one page of the letters q selects, without their
+	// payloads and stacks (Letter has them).
+	Letters(ctx context.Context, q LetterQuery) (LetterPage, error)
+	// Groups returns one page of groups.
+	Groups(ctx context.Context, q GroupQuery) (GroupPage, error)
+}
+
+// LetterQuery selects letters. Empty fields select everything.
+type LetterQuery struct {
+	// State selects letters in that state. If State is empty, every
+	// state.
+	State State
+	// Fingerprint selects one group's letters.
+	Fingerprint string
+	// Reason, Handler, OriginalTopic, DLQTopic and Producer select exact
+	// values.
+	Reason, Handler, OriginalTopic, DLQTopic, Producer string
+	// Newest lists the most recently ingested first. If false, oldest first.
+	Newest bool
+	// After is the cursor of the previous page (LetterPage.Next); 0 starts
+	// at the first page.
+	After int64
+	// Limit is the page size. If Limit is 0, 50; at most 1000.
+	Limit int
+}
+
+// LetterPage is one page of letters.
+type LetterPage struct {
+	Letters []Letter `json:"letters"`
+	// Next is the cursor of the next page (LetterQuery.After), 0 when
+	// this is the last page.
+	Next int64 `json:"next"`
+}
+
+// GroupOrder sorts groups.
+type GroupOrder string
+
+// The orders of GroupQuery.
+const (
+	// ByLastSeen: the group that received a letter most recently first.
+	ByLastSeen GroupOrder = "last_seen"
+	// ByCount: the group with the most letters waiting first.
+	ByCount GroupOrder = "count"
+)
+
+// GroupQuery selects groups.
+type GroupQuery struct {
+	// Reason and Handler select exact values; empty selects all.
+	Reason, Handler string
+	// WithResolved also lists groups with no letter waiting. If false,
+	// only groups with letters in state dead.
+	WithResolved bool
+	// Order sorts. If Order is empty, ByLastSeen.
+	Order GroupOrder
+	// Offset skips that many groups (groups are few: a page offset is
+	// enough). Limit is the page size: if 0, 50; at most 1000.
+	Offset, Limit int
+}
+
+// Group is the letters sharing one fingerprint.
+type Group struct {
+	Fingerprint fingerprint.Fingerprint `json:"fingerprint"`
+	// Count is every letter ever ingested into the group; Dead those still
+	// waiting.
+	Count int64 `json:"count"`
+	Dead  int64 `json:"dead"`
+	// FirstSeen and LastSeen are the ingest times of its first and latest
+	// letters.
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	// Example is the ID of its first letter.
+	Example int64 `json:"example"`
+	// OriginalTopic is the example's original topic.
+	OriginalTopic string `json:"original_topic"`
+}
+
+// GroupPage is one page of groups.
+type GroupPage struct {
+	Groups []Group `json:"groups"`
+	// Total is how many groups the query selects, over all pages.
+	Total int `json:"total"`
+}
+
+// PageLimit clamps a page size: 0 is 50, more than 1000 is 1000.
+func PageLimit(n int) int {
+	switch {
+	case n <= 0:
+		return 50
+	case n > 1000:
+		return 1000
+	}
+	return n
+}

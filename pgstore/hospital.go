@@ -1,0 +1,388 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/antidote-mq/antidote/fingerprint"
+	"github.com/antidote-mq/antidote/hospital"
+)
+
+// DefaultHospitalTable is the name prefix of a HospitalStore's tables
+// (<prefix>_letters, <prefix>_groups) when the config leaves Table empty.
+const DefaultHospitalTable = "antidote_hospital"
+
+// HospitalStoreConfig configures NewHospitalStore. Set exactly one of Pool
+// and URL.
+type HospitalStoreConfig struct {
+	// Pool is an existing pgx pool; the store never closes it. If Pool is
+	// nil, URL must be set.
+	Pool *pgxpool.Pool
+	// URL is a connection string; the store opens its own pool and closes
+	// it on Close. If URL is empty, Pool must be set.
+	URL string
+	// Table is the prefix of the store's two tables, optionally
+	// schema-qualified. If Table is empty, "antidote_hospital".
+	Table string
+	// SkipCreateTable skips the CREATE TABLE IF NOT EXISTS of
+	// NewHospitalStore, for schemas managed by migrations (CreateTableSQL).
+	// If false, the store creates its tables on start.
+	SkipCreateTable bool
+}
+
+func (c *HospitalStoreConfig) setDefaults() {
+	if c.Table == "" {
+		c.Table = DefaultHospitalTable
+	}
+}
+
+// Validate reports every field that cannot work, in field order.
+func (c HospitalStoreConfig) Validate() error {
+	errs := validateDB("HospitalStoreConfig", c.Pool, c.URL, c.Table, DefaultHospitalTable)
+	// The longest derived name, <table>_letters_fingerprint, must fit
+	// PostgreSQL's 63 bytes.
+	parts := strings.Split(c.Table, ".")
+	if name := parts[len(parts)-1]; len(name)+len("_letters_fingerprint") > 63 {
+		errs = append(errs, fmt.Errorf("pgstore: HospitalStoreConfig.Table %q is too long: %q would exceed PostgreSQL's 63-byte names; use at most %d bytes", c.Table, name+"_letters_fingerprint", 63-len("_letters_fingerprint")))
+	}
+	return errors.Join(errs...)
+}
+
+// HospitalStore is a hospital.Store in PostgreSQL: one row per letter
+// (unique by identity, so an ingest redelivery stores nothing twice) and one
+// per group, updated in the letter's transaction, so listing groups reads a
+// small table however many letters there are. Safe for concurrent use by
+// many ingesters.
+type HospitalStore struct {
+	t              *table
+	letters, group string // sanitized identifiers
+	lettersName    string
+}
+
+// NewHospitalStore fills cfg's defaults, validates it, opens a pool when
+// cfg.URL is set and creates the tables unless cfg.SkipCreateTable.
+func NewHospitalStore(ctx context.Context, cfg HospitalStoreConfig) (*HospitalStore, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t, err := openTable(ctx, "hospital store", "HospitalStoreConfig", cfg.Pool, cfg.URL, cfg.Table, "", -1)
+	if err != nil {
+		return nil, err
+	}
+	parts := strings.Split(cfg.Table, ".")
+	with := func(suffix string) string {
+		p := append([]string(nil), parts...)
+		p[len(p)-1] += suffix
+		return pgx.Identifier(p).Sanitize()
+	}
+	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), lettersName: parts[len(parts)-1] + "_letters"}
+	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.hospital", s.CreateTableSQL()); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// CreateTableSQL is the DDL NewHospitalStore runs, for migrations.
+func (s *HospitalStore) CreateTableSQL() string {
+	idx := func(suffix string) string { return pgx.Identifier{s.lettersName + suffix}.Sanitize() }
+	return `CREATE TABLE IF NOT EXISTS ` + s.letters + ` (
+  id               BIGSERIAL PRIMARY KEY,
+  identity         TEXT NOT NULL UNIQUE,
+  broker           TEXT NOT NULL,
+  dlq_topic        TEXT NOT NULL,
+  format           TEXT NOT NULL,
+  uuid             TEXT NOT NULL,
+  original_topic   TEXT NOT NULL,
+  handler          TEXT NOT NULL,
+  consumer_group   TEXT NOT NULL,
+  reason           TEXT NOT NULL,
+  error            TEXT NOT NULL,
+  error_type       TEXT NOT NULL,
+  stack            TEXT NOT NULL,
+  producer         TEXT NOT NULL,
+  consumer_version TEXT NOT NULL,
+  attempts         INTEGER NOT NULL,
+  first_failed_at  TIMESTAMPTZ,
+  last_failed_at   TIMESTAMPTZ,
+  fingerprint      TEXT NOT NULL,
+  payload          BYTEA NOT NULL,
+  metadata         BYTEA NOT NULL,
+  problem          TEXT NOT NULL,
+  state            TEXT NOT NULL DEFAULT 'dead',
+  ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ` + idx("_fingerprint") + ` ON ` + s.letters + ` (fingerprint, id);
+CREATE INDEX IF NOT EXISTS ` + idx("_state") + ` ON ` + s.letters + ` (state, id);
+CREATE TABLE IF NOT EXISTS ` + s.group + ` (
+  fingerprint    TEXT PRIMARY KEY,
+  handler        TEXT NOT NULL,
+  reason         TEXT NOT NULL,
+  error_type     TEXT NOT NULL,
+  frame          TEXT NOT NULL,
+  message        TEXT NOT NULL,
+  shape          TEXT NOT NULL,
+  producer       TEXT NOT NULL,
+  count          BIGINT NOT NULL,
+  dead           BIGINT NOT NULL,
+  first_seen     TIMESTAMPTZ NOT NULL,
+  last_seen      TIMESTAMPTZ NOT NULL,
+  example        BIGINT NOT NULL,
+  original_topic TEXT NOT NULL
+)`
+}
+
+// text makes s storable in a TEXT column: PostgreSQL refuses NUL bytes
+// and invalid UTF-8, which a foreign producer's letter may carry; refusing
+// the letter would stall ingest on it.
+func text(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// Put implements hospital.Store.
+func (s *HospitalStore) Put(ctx context.Context, l hospital.Letter) (bool, error) {
+	md, err := json.Marshal(l.Metadata)
+	if err != nil {
+		return false, fmt.Errorf("pgstore: hospital store: encode metadata of %s: %w", l.UUID, err)
+	}
+	if l.Metadata == nil {
+		md = []byte("{}")
+	}
+	payload := l.Payload
+	if payload == nil {
+		payload = []byte{}
+	}
+	state := l.State
+	if state == "" {
+		state = hospital.StateDead
+	}
+	f := l.Fingerprint
+	var inserted bool
+	err = pgx.BeginFunc(ctx, s.t.pool, func(tx pgx.Tx) error {
+		var id int64
+		var at time.Time
+		err := tx.QueryRow(ctx, `INSERT INTO `+s.letters+` (identity, broker, dlq_topic, format, uuid, original_topic, handler,
+  consumer_group, reason, error, error_type, stack, producer, consumer_version, attempts, first_failed_at, last_failed_at,
+  fingerprint, payload, metadata, problem, state)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
+ON CONFLICT (identity) DO NOTHING RETURNING id, ingested_at`,
+			text(l.Identity), text(l.Broker), text(l.DLQTopic), text(string(l.Format)), text(l.UUID), text(l.OriginalTopic), text(l.Handler),
+			text(l.ConsumerGroup), text(l.Reason), text(l.Error), text(l.ErrorType), text(l.Stack), text(l.Producer), text(l.ConsumerVersion),
+			l.Attempts, nullTime(l.FirstFailedAt), nullTime(l.LastFailedAt), f.ID, payload, md, text(l.Problem), string(state)).Scan(&id, &at)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // stored before: a redelivery
+		}
+		if err != nil {
+			return err
+		}
+		inserted = true
+		dead := 0
+		if state == hospital.StateDead {
+			dead = 1
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO `+s.group+` AS g (fingerprint, handler, reason, error_type, frame, message, shape, producer,
+  count, dead, first_seen, last_seen, example, original_topic)
+VALUES ($1,$2,$3,$4,$5,$6,$7,$8,1,$9,$10,$10,$11,$12)
+ON CONFLICT (fingerprint) DO UPDATE SET count = g.count + 1, dead = g.dead + EXCLUDED.dead,
+  last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)`,
+			f.ID, text(f.Handler), text(f.Reason), text(f.ErrorType), text(f.Frame), text(f.Message), text(f.Shape), text(f.Producer),
+			dead, at, id, text(l.OriginalTopic))
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("pgstore: hospital store: put letter %s (%s): %w", text(l.UUID), text(l.Identity), err)
+	}
+	return inserted, nil
+}
+
+const letterColumns = `id, identity, broker, dlq_topic, format, uuid, original_topic, handler, consumer_group, reason, error,
+  error_type, producer, consumer_version, attempts, first_failed_at, last_failed_at, fingerprint, problem, state, ingested_at`
+
+func scanLetter(row pgx.Row, extra ...any) (hospital.Letter, error) {
+	var l hospital.Letter
+	var first, last *time.Time
+	var format, state string
+	dest := append([]any{&l.ID, &l.Identity, &l.Broker, &l.DLQTopic, &format, &l.UUID, &l.OriginalTopic, &l.Handler,
+		&l.ConsumerGroup, &l.Reason, &l.Error, &l.ErrorType, &l.Producer, &l.ConsumerVersion, &l.Attempts, &first, &last,
+		&l.Fingerprint.ID, &l.Problem, &state, &l.IngestedAt}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return l, err
+	}
+	l.Format, l.State = hospital.Format(format), hospital.State(state)
+	if first != nil {
+		l.FirstFailedAt = *first
+	}
+	if last != nil {
+		l.LastFailedAt = *last
+	}
+	return l, nil
+}
+
+// Letter implements hospital.Store: the whole letter, with its payload,
+// metadata, stack and the parts of its fingerprint.
+func (s *HospitalStore) Letter(ctx context.Context, id int64) (hospital.Letter, error) {
+	var md []byte
+	var stack string
+	var f fingerprint.Fingerprint
+	row := s.t.pool.QueryRow(ctx, `SELECT `+prefixed("l.", letterColumns)+`, l.stack, l.payload, l.metadata,
+  g.handler, g.reason, g.error_type, g.frame, g.message, g.shape, g.producer
+FROM `+s.letters+` l JOIN `+s.group+` g ON g.fingerprint = l.fingerprint WHERE l.id = $1`, id)
+	var payload []byte
+	l, err := scanLetter(row, &stack, &payload, &md, &f.Handler, &f.Reason, &f.ErrorType, &f.Frame, &f.Message, &f.Shape, &f.Producer)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return hospital.Letter{}, fmt.Errorf("pgstore: hospital store: letter %d: %w", id, hospital.ErrNotFound)
+	}
+	if err != nil {
+		return hospital.Letter{}, fmt.Errorf("pgstore: hospital store: letter %d: %w", id, err)
+	}
+	f.ID = l.Fingerprint.ID
+	l.Fingerprint, l.Stack, l.Payload = f, stack, payload
+	if err := json.Unmarshal(md, &l.Metadata); err != nil {
+		return l, fmt.Errorf("pgstore: hospital store: letter %d: metadata: %w", id, err)
+	}
+	return l, nil
+}
+
+func prefixed(p, cols string) string {
+	fields := strings.Split(cols, ",")
+	for i, f := range fields {
+		fields[i] = p + strings.TrimSpace(f)
+	}
+	return strings.Join(fields, ", ")
+}
+
+// Letters implements hospital.Store. Pages are keyset-paginated on id, so
+// a page costs the same at the start and the end of a million letters.
+func (s *HospitalStore) Letters(ctx context.Context, q hospital.LetterQuery) (hospital.LetterPage, error) {
+	limit := hospital.PageLimit(q.Limit)
+	var where []string
+	var args []any
+	eq := func(col, v string) {
+		if v != "" {
+			args = append(args, v)
+			where = append(where, col+" = $"+strconv.Itoa(len(args)))
+		}
+	}
+	eq("state", string(q.State))
+	eq("fingerprint", q.Fingerprint)
+	eq("reason", q.Reason)
+	eq("handler", q.Handler)
+	eq("original_topic", q.OriginalTopic)
+	eq("dlq_topic", q.DLQTopic)
+	eq("producer", q.Producer)
+	order := "ASC"
+	if q.Newest {
+		order = "DESC"
+	}
+	if q.After > 0 {
+		args = append(args, q.After)
+		op := ">"
+		if q.Newest {
+			op = "<"
+		}
+		where = append(where, "id "+op+" $"+strconv.Itoa(len(args)))
+	}
+	sql := `SELECT ` + letterColumns + ` FROM ` + s.letters
+	if len(where) > 0 {
+		sql += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	sql += ` ORDER BY id ` + order + ` LIMIT ` + strconv.Itoa(limit+1)
+	rows, err := s.t.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return hospital.LetterPage{}, fmt.Errorf("pgstore: hospital store: list letters: %w", err)
+	}
+	defer rows.Close()
+	var page hospital.LetterPage
+	for rows.Next() {
+		l, err := scanLetter(rows)
+		if err != nil {
+			return hospital.LetterPage{}, fmt.Errorf("pgstore: hospital store: list letters: %w", err)
+		}
+		page.Letters = append(page.Letters, l)
+	}
+	if err := rows.Err(); err != nil {
+		return hospital.LetterPage{}, fmt.Errorf("pgstore: hospital store: list letters: %w", err)
+	}
+	if len(page.Letters) > limit {
+		page.Letters = page.Letters[:limit]
+		page.Next = page.Letters[limit-1].ID
+	}
+	return page, nil
+}
+
+// Groups implements hospital.Store.
+func (s *HospitalStore) Groups(ctx context.Context, q hospital.GroupQuery) (hospital.GroupPage, error) {
+	limit := hospital.PageLimit(q.Limit)
+	var where []string
+	var args []any
+	if !q.WithResolved {
+		where = append(where, "dead > 0")
+	}
+	if q.Reason != "" {
+		args = append(args, q.Reason)
+		where = append(where, "reason = $"+strconv.Itoa(len(args)))
+	}
+	if q.Handler != "" {
+		args = append(args, q.Handler)
+		where = append(where, "handler = $"+strconv.Itoa(len(args)))
+	}
+	cond := ""
+	if len(where) > 0 {
+		cond = ` WHERE ` + strings.Join(where, " AND ")
+	}
+	var order string
+	switch q.Order {
+	case hospital.ByLastSeen, "":
+		order = "last_seen DESC, fingerprint"
+	case hospital.ByCount:
+		order = "dead DESC, last_seen DESC, fingerprint"
+	default:
+		return hospital.GroupPage{}, fmt.Errorf("pgstore: hospital store: group order %q is not %s or %s", q.Order, hospital.ByLastSeen, hospital.ByCount)
+	}
+	var page hospital.GroupPage
+	if err := s.t.pool.QueryRow(ctx, `SELECT count(*) FROM `+s.group+cond, args...).Scan(&page.Total); err != nil {
+		return page, fmt.Errorf("pgstore: hospital store: count groups: %w", err)
+	}
+	rows, err := s.t.pool.Query(ctx, `SELECT fingerprint, handler, reason, error_type, frame, message, shape, producer, count, dead,
+  first_seen, last_seen, example, original_topic FROM `+s.group+cond+` ORDER BY `+order+
+		` LIMIT `+strconv.Itoa(limit)+` OFFSET `+strconv.Itoa(max(0, q.Offset)), args...)
+	if err != nil {
+		return page, fmt.Errorf("pgstore: hospital store: list groups: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var g hospital.Group
+		f := &g.Fingerprint
+		if err := rows.Scan(&f.ID, &f.Handler, &f.Reason, &f.ErrorType, &f.Frame, &f.Message, &f.Shape, &f.Producer,
+			&g.Count, &g.Dead, &g.FirstSeen, &g.LastSeen, &g.Example, &g.OriginalTopic); err != nil {
+			return page, fmt.Errorf("pgstore: hospital store: list groups: %w", err)
+		}
+		page.Groups = append(page.Groups, g)
+	}
+	return page, rows.Err()
+}
+
+// Close closes the pool if the store opened it (never a Pool passed in the
+// config). Idempotent.
+func (s *HospitalStore) Close() error {
+	s.t.close()
+	return nil
+}
+
+var _ hospital.Store = (*HospitalStore)(nil)

@@ -1,0 +1,207 @@
+package pgstore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/antidote-mq/antidote/fingerprint"
+	"github.com/antidote-mq/antidote/hospital"
+	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/pgstore"
+)
+
+func newHospitalStore(t *testing.T) (*pgstore.HospitalStore, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	prefix := "hosp_" + strings.ToLower(watermill.NewShortUUID())
+	s, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{Pool: pool, Table: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+prefix+`_letters", "`+prefix+`_groups"`)
+	})
+	return s, pool
+}
+
+func letter(i int, bug string) hospital.Letter {
+	l := hospital.Letter{
+		Identity: fmt.Sprintf("kafka:orders.dlq/0/%d", i), Broker: "kafka", DLQTopic: "orders.dlq",
+		Format: hospital.FormatAntidote, UUID: fmt.Sprintf("u-%d", i), OriginalTopic: "orders", Handler: "orders",
+		Reason: "permanent", Error: bug + fmt.Sprintf(" %d", i), ErrorType: "*errors.errorString", Attempts: 1,
+		LastFailedAt: time.Date(2026, 11, 26, 10, 0, i%60, 0, time.UTC),
+		Payload:      []byte(fmt.Sprintf(`{"id":%d}`, i)), Metadata: map[string]string{"k": "v"}, State: hospital.StateDead,
+	}
+	l.Fingerprint = fingerprint.Of(fingerprint.Input{Handler: l.Handler, Reason: l.Reason, Error: l.Error, Payload: l.Payload})
+	return l
+}
+
+// A letter put twice (ingest redelivered it) is one row and counts once in
+// its group, even when four ingesters race with the same letters.
+func TestHospitalStorePutIsIdempotent(t *testing.T) {
+	s, _ := newHospitalStore(t)
+	ctx := context.Background()
+	const n = 100
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	inserted := 0
+	for w := 0; w < 4; w++ {
+		wg.Go(func() {
+			for i := 0; i < n; i++ {
+				bug := "order not found"
+				if i%4 == 0 {
+					bug = "stock negative"
+				}
+				ok, err := s.Put(ctx, letter(i, bug))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					mu.Lock()
+					inserted++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if inserted != n {
+		t.Errorf("%d letters reported new, want %d", inserted, n)
+	}
+	page, err := s.Groups(ctx, hospital.GroupQuery{Order: hospital.ByCount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Total != 2 || len(page.Groups) != 2 {
+		t.Fatalf("%d groups (%d listed), want 2: %+v", page.Total, len(page.Groups), page.Groups)
+	}
+	if g := page.Groups[0]; g.Count != 75 || g.Dead != 75 || g.Fingerprint.Message != "order not found <n>" {
+		t.Errorf("first group %+v, want 75 'order not found <n>'", g)
+	}
+	if g := page.Groups[1]; g.Count != 25 || g.Dead != 25 || g.Fingerprint.Message != "stock negative <n>" {
+		t.Errorf("second group %+v, want 25 'stock negative <n>'", g)
+	}
+}
+
+// Pages walk every letter once, both ways, filtered by group.
+func TestHospitalStoreLettersPages(t *testing.T) {
+	s, _ := newHospitalStore(t)
+	ctx := context.Background()
+	const n = 130
+	var fp string
+	for i := 0; i < n; i++ {
+		bug := "a"
+		if i%2 == 1 {
+			bug = "b"
+		}
+		l := letter(i, bug)
+		if bug == "b" {
+			fp = l.Fingerprint.ID
+		}
+		if _, err := s.Put(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, newest := range []bool{false, true} {
+		for _, q := range []hospital.LetterQuery{{}, {Fingerprint: fp}} {
+			q.Newest, q.Limit = newest, 20
+			seen := map[string]bool{}
+			var prev int64
+			pages := 0
+			for {
+				page, err := s.Letters(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pages++
+				for _, l := range page.Letters {
+					if seen[l.UUID] {
+						t.Fatalf("%s listed twice", l.UUID)
+					}
+					seen[l.UUID] = true
+					if prev != 0 && (newest && l.ID >= prev || !newest && l.ID <= prev) {
+						t.Fatalf("ids out of order: %d after %d (newest %v)", l.ID, prev, newest)
+					}
+					prev = l.ID
+					if q.Fingerprint != "" && l.Fingerprint.ID != fp {
+						t.Fatalf("letter of group %s listed for %s", l.Fingerprint.ID, fp)
+					}
+					if l.Payload != nil || l.Stack != "" {
+						t.Fatal("a listing carries payloads")
+					}
+				}
+				if page.Next == 0 {
+					break
+				}
+				q.After = page.Next
+			}
+			want := n
+			if q.Fingerprint != "" {
+				want = n / 2
+			}
+			if len(seen) != want || pages != (want+19)/20 {
+				t.Errorf("query %+v: %d letters in %d pages, want %d in %d", q, len(seen), pages, want, (want+19)/20)
+			}
+		}
+	}
+}
+
+// What a foreign producer may put in a letter (NUL bytes, invalid UTF-8,
+// in any field or key) is stored and read back, never refused: a refused
+// letter would stall ingest.
+func TestHospitalStoreHostileLetter(t *testing.T) {
+	s, _ := newHospitalStore(t)
+	ctx := context.Background()
+	l := letter(1, "bad\x00byte \xff\xfe")
+	l.Handler, l.Stack, l.Producer = "h\x00", "st\xffack", "p\xc3"
+	l.Metadata = map[string]string{"k\x00": "v\xff", "null": "\x00"}
+	l.Payload = []byte{0, 1, 2, 0xff}
+	l.Fingerprint = fingerprint.Of(fingerprint.Input{Handler: l.Handler, Error: l.Error, Payload: l.Payload})
+	if ok, err := s.Put(ctx, l); err != nil || !ok {
+		t.Fatalf("put: %v %v", ok, err)
+	}
+	page, err := s.Letters(ctx, hospital.LetterQuery{})
+	if err != nil || len(page.Letters) != 1 {
+		t.Fatalf("list: %v %d", err, len(page.Letters))
+	}
+	got, err := s.Letter(ctx, page.Letters[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Payload) != string(l.Payload) {
+		t.Errorf("payload %q, want %q", got.Payload, l.Payload)
+	}
+	if got.Error != "bad\uFFFDbyte \uFFFD 1" || got.Metadata["null"] != "\x00" || len(got.Metadata) != 2 {
+		t.Errorf("read back error %q metadata %q", got.Error, got.Metadata)
+	}
+	if got.Fingerprint.ID != l.Fingerprint.ID || got.Fingerprint.Message == "" {
+		t.Errorf("fingerprint %+v, want %+v", got.Fingerprint, l.Fingerprint)
+	}
+	if _, err := s.Letter(ctx, got.ID+1000); err == nil || !strings.Contains(err.Error(), "no such letter") {
+		t.Errorf("missing letter: %v", err)
+	}
+}
+
+func TestHospitalStoreConfigValidates(t *testing.T) {
+	ctx := context.Background()
+	_, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{URL: "postgres://x@127.0.0.1/y", Table: strings.Repeat("t", 50)})
+	if err == nil || !strings.Contains(err.Error(), "63-byte") {
+		t.Errorf("a table prefix too long for its index names: %v", err)
+	}
+	if _, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{}); err == nil {
+		t.Error("no database accepted")
+	}
+}
