@@ -240,6 +240,12 @@ func (f failingStore) Letters(context.Context, hospital.LetterQuery) (hospital.L
 func (f failingStore) Groups(context.Context, hospital.GroupQuery) (hospital.GroupPage, error) {
 	return hospital.GroupPage{}, f.err
 }
+func (f failingStore) Audit(context.Context, int64, int) ([]hospital.AuditEntry, error) {
+	return nil, f.err
+}
+func (f failingStore) Treat(context.Context, int64, hospital.State, string, string, func(hospital.Letter) error) error {
+	return f.err
+}
 
 func TestIngestConfigValidates(t *testing.T) {
 	_, err := hospital.Ingest(context.Background(), hospital.IngestConfig{Idle: -1})

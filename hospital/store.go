@@ -11,6 +11,10 @@ import (
 // ErrNotFound is wrapped by a Store's error for a letter it does not hold.
 var ErrNotFound = errors.New("hospital: no such letter")
 
+// ErrNotDead is wrapped by Treat's error for a letter already replayed or
+// purged.
+var ErrNotDead = errors.New("hospital: letter already treated")
+
 // Store keeps letters and their groups. pgstore.HospitalStore is the
 // PostgreSQL one. Implementations are safe for concurrent use.
 type Store interface {
@@ -26,6 +30,29 @@ type Store interface {
 	Letters(ctx context.Context, q LetterQuery) (LetterPage, error)
 	// Groups returns one page of groups.
 	Groups(ctx context.Context, q GroupQuery) (GroupPage, error)
+	// Treat moves letter id from StateDead to to (StateReplayed or
+	// StatePurged) in one transaction that first locks the letter, then
+	// runs do with the whole letter (a replay publishes it there), then
+	// changes its state, counts it out of its group and writes the audit
+	// row (actor, action, detail). If do fails nothing changes. A letter
+	// that is not dead (a racing replay or purge got it first) is an error
+	// wrapping ErrNotDead, and do does not run: each letter is treated
+	// exactly one way.
+	Treat(ctx context.Context, id int64, to State, actor, detail string, do func(Letter) error) error
+	// Audit returns the latest audit entries, newest first: limit is
+	// clamped as PageLimit; letterID 0 means every letter.
+	Audit(ctx context.Context, letterID int64, limit int) ([]AuditEntry, error)
+}
+
+// AuditEntry is one treatment: who did what to which letter, when.
+type AuditEntry struct {
+	ID          int64     `json:"id"`
+	At          time.Time `json:"at"`
+	Actor       string    `json:"actor"`
+	Action      string    `json:"action"`
+	LetterID    int64     `json:"letter_id"`
+	Fingerprint string    `json:"fingerprint"`
+	Detail      string    `json:"detail"`
 }
 
 // LetterQuery selects letters. Empty fields select everything.

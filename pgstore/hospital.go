@@ -63,7 +63,7 @@ func (c HospitalStoreConfig) Validate() error {
 // many ingesters.
 type HospitalStore struct {
 	t              *table
-	letters, group string // sanitized identifiers
+	letters, group, audit string // sanitized identifiers
 	lettersName    string
 }
 
@@ -84,7 +84,7 @@ func NewHospitalStore(ctx context.Context, cfg HospitalStoreConfig) (*HospitalSt
 		p[len(p)-1] += suffix
 		return pgx.Identifier(p).Sanitize()
 	}
-	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), lettersName: parts[len(parts)-1] + "_letters"}
+	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), audit: with("_audit"), lettersName: parts[len(parts)-1] + "_letters"}
 	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.hospital", s.CreateTableSQL()); err != nil {
 		return nil, err
 	}
@@ -118,7 +118,9 @@ func (s *HospitalStore) CreateTableSQL() string {
   metadata         BYTEA NOT NULL,
   problem          TEXT NOT NULL,
   state            TEXT NOT NULL DEFAULT 'dead',
-  ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+  ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+  treated_at       TIMESTAMPTZ,
+  treated_by       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS ` + idx("_fingerprint") + ` ON ` + s.letters + ` (fingerprint, id);
 CREATE INDEX IF NOT EXISTS ` + idx("_state") + ` ON ` + s.letters + ` (state, id);
@@ -137,6 +139,15 @@ CREATE TABLE IF NOT EXISTS ` + s.group + ` (
   last_seen      TIMESTAMPTZ NOT NULL,
   example        BIGINT NOT NULL,
   original_topic TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ` + s.audit + ` (
+  id          BIGSERIAL PRIMARY KEY,
+  at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+  actor       TEXT NOT NULL,
+  action      TEXT NOT NULL,
+  letter_id   BIGINT NOT NULL,
+  fingerprint TEXT NOT NULL,
+  detail      TEXT NOT NULL
 )`
 }
 
@@ -237,10 +248,18 @@ func scanLetter(row pgx.Row, extra ...any) (hospital.Letter, error) {
 // Letter implements hospital.Store: the whole letter, with its payload,
 // metadata, stack and the parts of its fingerprint.
 func (s *HospitalStore) Letter(ctx context.Context, id int64) (hospital.Letter, error) {
+	return s.letterIn(ctx, s.t.pool, id)
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func (s *HospitalStore) letterIn(ctx context.Context, q querier, id int64) (hospital.Letter, error) {
 	var md []byte
 	var stack string
 	var f fingerprint.Fingerprint
-	row := s.t.pool.QueryRow(ctx, `SELECT `+prefixed("l.", letterColumns)+`, l.stack, l.payload, l.metadata,
+	row := q.QueryRow(ctx, `SELECT `+prefixed("l.", letterColumns)+`, l.stack, l.payload, l.metadata,
   g.handler, g.reason, g.error_type, g.frame, g.message, g.shape, g.producer
 FROM `+s.letters+` l JOIN `+s.group+` g ON g.fingerprint = l.fingerprint WHERE l.id = $1`, id)
 	var payload []byte
@@ -376,6 +395,72 @@ func (s *HospitalStore) Groups(ctx context.Context, q hospital.GroupQuery) (hosp
 		page.Groups = append(page.Groups, g)
 	}
 	return page, rows.Err()
+}
+
+// Treat implements hospital.Store.
+func (s *HospitalStore) Treat(ctx context.Context, id int64, to hospital.State, actor, detail string, do func(hospital.Letter) error) error {
+	if to != hospital.StateReplayed && to != hospital.StatePurged {
+		return fmt.Errorf("pgstore: hospital store: treat letter %d: state %q is not %s or %s", id, to, hospital.StateReplayed, hospital.StatePurged)
+	}
+	return pgx.BeginFunc(ctx, s.t.pool, func(tx pgx.Tx) error {
+		// The row lock makes a racing Treat of the same letter wait here,
+		// then find it treated: a letter is replayed or purged, never both.
+		var state string
+		err := tx.QueryRow(ctx, `SELECT state FROM `+s.letters+` WHERE id = $1 FOR UPDATE`, id).Scan(&state)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("pgstore: hospital store: letter %d: %w", id, hospital.ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("pgstore: hospital store: lock letter %d: %w", id, err)
+		}
+		if hospital.State(state) != hospital.StateDead {
+			return fmt.Errorf("pgstore: hospital store: letter %d is %s: %w", id, state, hospital.ErrNotDead)
+		}
+		l, err := s.letterIn(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if do != nil {
+			if err := do(l); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE `+s.letters+` SET state = $2, treated_at = now(), treated_by = $3 WHERE id = $1`, id, string(to), text(actor)); err != nil {
+			return fmt.Errorf("pgstore: hospital store: mark letter %d %s: %w", id, to, err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE `+s.group+` SET dead = dead - 1 WHERE fingerprint = $1`, l.Fingerprint.ID); err != nil {
+			return fmt.Errorf("pgstore: hospital store: count letter %d out of its group: %w", id, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+s.audit+` (actor, action, letter_id, fingerprint, detail) VALUES ($1, $2, $3, $4, $5)`,
+			text(actor), string(to), id, l.Fingerprint.ID, text(detail)); err != nil {
+			return fmt.Errorf("pgstore: hospital store: audit letter %d: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// Audit implements hospital.Store.
+func (s *HospitalStore) Audit(ctx context.Context, letterID int64, limit int) ([]hospital.AuditEntry, error) {
+	sql := `SELECT id, at, actor, action, letter_id, fingerprint, detail FROM ` + s.audit
+	args := []any{}
+	if letterID != 0 {
+		sql += ` WHERE letter_id = $1`
+		args = append(args, letterID)
+	}
+	rows, err := s.t.pool.Query(ctx, sql+` ORDER BY id DESC LIMIT `+strconv.Itoa(hospital.PageLimit(limit)), args...)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: hospital store: audit: %w", err)
+	}
+	defer rows.Close()
+	var out []hospital.AuditEntry
+	for rows.Next() {
+		var e hospital.AuditEntry
+		if err := rows.Scan(&e.ID, &e.At, &e.Actor, &e.Action, &e.LetterID, &e.Fingerprint, &e.Detail); err != nil {
+			return nil, fmt.Errorf("pgstore: hospital store: audit: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
 }
 
 // Close closes the pool if the store opened it (never a Pool passed in the

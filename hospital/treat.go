@@ -1,0 +1,176 @@
+package hospital
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"golang.org/x/time/rate"
+
+	"github.com/antidote-mq/antidote/poison"
+)
+
+// TreatConfig configures Replay and Purge.
+type TreatConfig struct {
+	// Store holds the letters. Required.
+	Store Store
+	// Publisher sends replays (Replay only; required there). Wrap it with
+	// telemetry.NewPublisher for a producer span per replay.
+	Publisher message.Publisher
+	// Actor is who treats the letters, written to the audit table. If
+	// Actor is empty, "unknown".
+	Actor string
+	// Rate caps replays per second. If Rate is 0, 100: replaying a large
+	// group at full speed would be a flood of its own.
+	Rate float64
+	// Now stamps replays. If Now is nil, time.Now.
+	Now func() time.Time
+}
+
+func (c *TreatConfig) setDefaults() {
+	if c.Actor == "" {
+		c.Actor = "unknown"
+	}
+	if c.Rate == 0 {
+		c.Rate = 100
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate names every field that cannot work, in field order.
+func (c TreatConfig) Validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("hospital: TreatConfig.Store is nil; pass the hospital store"))
+	}
+	if c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("hospital: TreatConfig.Rate %v is negative; use e.g. 100", c.Rate))
+	}
+	return errors.Join(errs...)
+}
+
+// Result counts what a treatment did.
+type Result struct {
+	// Treated letters (replayed or purged), Skipped ones another treatment
+	// got first.
+	Treated, Skipped int
+	// Failed are the letters that could not be treated, each with why; they
+	// stay dead. A failed letter never stops the others.
+	Failed []LetterError
+}
+
+// LetterError is why one letter could not be treated.
+type LetterError struct {
+	ID  int64
+	Err error
+}
+
+func (e LetterError) Error() string { return fmt.Sprintf("letter %d: %v", e.ID, e.Err) }
+
+// Err joins the failures, or nil.
+func (r Result) Err() error {
+	errs := make([]error, len(r.Failed))
+	for i, f := range r.Failed {
+		errs[i] = f
+	}
+	return errors.Join(errs...)
+}
+
+// Select lists the ids of the dead letters q selects (q.State is ignored),
+// oldest first, all pages.
+func Select(ctx context.Context, s Store, q LetterQuery) ([]int64, error) {
+	q.State, q.Newest, q.After, q.Limit = StateDead, false, 0, 1000
+	var ids []int64
+	for {
+		page, err := s.Letters(ctx, q)
+		if err != nil {
+			return ids, err
+		}
+		for _, l := range page.Letters {
+			ids = append(ids, l.ID)
+		}
+		if page.Next == 0 {
+			return ids, nil
+		}
+		q.After = page.Next
+	}
+}
+
+// ReplayMessage is the message that sends l back to its topic: the
+// letter's UUID, payload and original metadata, without its failure
+// keys, one more replay counted (poison.Replay).
+func ReplayMessage(l Letter, now time.Time) *message.Message {
+	m := message.NewMessage(l.UUID, l.Payload)
+	for k, v := range l.Metadata {
+		m.Metadata.Set(k, v)
+	}
+	return poison.Replay(m, now)
+}
+
+// Replay sends each letter of ids back to its original topic and marks it
+// replayed, each in its own transaction with the letter locked (Store.Treat):
+// a purge racing the replay gets the letters the replay has not, never the
+// same one. A letter that cannot be replayed (no original topic, its
+// payload still in a claim check, the publish failed) stays dead and is
+// reported in Result.Failed; the others go on. If the store commit fails
+// after the publish, the letter stays dead and a later replay sends it
+// again: at least once, as every delivery (the consumer's idempotency
+// skips the copy, which keeps its UUID).
+func Replay(ctx context.Context, cfg TreatConfig, ids []int64) (Result, error) {
+	cfg.setDefaults()
+	err := cfg.Validate()
+	if err == nil && cfg.Publisher == nil {
+		err = errors.New("hospital: TreatConfig.Publisher is nil; Replay needs the broker's publisher")
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	limiter := rate.NewLimiter(rate.Limit(cfg.Rate), 1)
+	return treat(ctx, cfg, ids, StateReplayed, func(l Letter) error {
+		if l.OriginalTopic == "" {
+			return fmt.Errorf("it names no original topic (%s): nowhere to replay it", poison.KeyOriginalTopic)
+		}
+		if key := l.Metadata[poison.KeyClaimCheck]; key != "" {
+			return fmt.Errorf("its payload is still in the claim check %s: ingest it with the claim-check store configured", key)
+		}
+		if err := limiter.Wait(ctx); err != nil {
+			return err
+		}
+		return cfg.Publisher.Publish(l.OriginalTopic, ReplayMessage(l, cfg.Now()))
+	}, "replayed to original topic")
+}
+
+// Purge marks each letter of ids purged (Store.Treat): it stays in the
+// store, out of every count of waiting letters, with who purged it when.
+func Purge(ctx context.Context, cfg TreatConfig, ids []int64) (Result, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Result{}, err
+	}
+	return treat(ctx, cfg, ids, StatePurged, nil, "purged")
+}
+
+func treat(ctx context.Context, cfg TreatConfig, ids []int64, to State, do func(Letter) error, detail string) (Result, error) {
+	var res Result
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		err := cfg.Store.Treat(ctx, id, to, cfg.Actor, detail, do)
+		switch {
+		case err == nil:
+			res.Treated++
+		case errors.Is(err, ErrNotDead):
+			res.Skipped++
+		case ctx.Err() != nil:
+			return res, ctx.Err()
+		default:
+			res.Failed = append(res.Failed, LetterError{ID: id, Err: err})
+		}
+	}
+	return res, nil
+}
