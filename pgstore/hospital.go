@@ -62,9 +62,9 @@ func (c HospitalStoreConfig) Validate() error {
 // small table however many letters there are. Safe for concurrent use by
 // many ingesters.
 type HospitalStore struct {
-	t              *table
+	t                     *table
 	letters, group, audit string // sanitized identifiers
-	lettersName    string
+	lettersName           string
 }
 
 // NewHospitalStore fills cfg's defaults, validates it, opens a pool when
