@@ -91,7 +91,13 @@ const (
 	ByLastSeen GroupOrder = "last_seen"
 	// ByCount: the group with the most letters waiting first.
 	ByCount GroupOrder = "count"
+	// ByRecent: the group with the most letters in the current and the
+	// previous hour first: what is failing now.
+	ByRecent GroupOrder = "recent"
 )
+
+// RecentHours is how many hours Group.Recent covers.
+const RecentHours = 24
 
 // GroupQuery selects groups.
 type GroupQuery struct {
@@ -122,6 +128,9 @@ type Group struct {
 	Example int64 `json:"example"`
 	// OriginalTopic is the example's original topic.
 	OriginalTopic string `json:"original_topic"`
+	// Recent is the group's letters per hour over the last RecentHours
+	// hours, oldest first, the current hour last: its sparkline.
+	Recent []int64 `json:"recent"`
 }
 
 // GroupPage is one page of groups.

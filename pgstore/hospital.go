@@ -62,9 +62,9 @@ func (c HospitalStoreConfig) Validate() error {
 // small table however many letters there are. Safe for concurrent use by
 // many ingesters.
 type HospitalStore struct {
-	t                     *table
-	letters, group, audit string // sanitized identifiers
-	lettersName           string
+	t                            *table
+	letters, group, audit, rates string // sanitized identifiers
+	lettersName                  string
 }
 
 // NewHospitalStore fills cfg's defaults, validates it, opens a pool when
@@ -84,7 +84,7 @@ func NewHospitalStore(ctx context.Context, cfg HospitalStoreConfig) (*HospitalSt
 		p[len(p)-1] += suffix
 		return pgx.Identifier(p).Sanitize()
 	}
-	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), audit: with("_audit"), lettersName: parts[len(parts)-1] + "_letters"}
+	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), audit: with("_audit"), rates: with("_rates"), lettersName: parts[len(parts)-1] + "_letters"}
 	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.hospital", s.CreateTableSQL()); err != nil {
 		return nil, err
 	}
@@ -139,6 +139,12 @@ CREATE TABLE IF NOT EXISTS ` + s.group + ` (
   last_seen      TIMESTAMPTZ NOT NULL,
   example        BIGINT NOT NULL,
   original_topic TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ` + s.rates + ` (
+  fingerprint TEXT NOT NULL,
+  hour        TIMESTAMPTZ NOT NULL,
+  count       BIGINT NOT NULL,
+  PRIMARY KEY (fingerprint, hour)
 );
 CREATE TABLE IF NOT EXISTS ` + s.audit + ` (
   id          BIGSERIAL PRIMARY KEY,
@@ -214,6 +220,11 @@ ON CONFLICT (fingerprint) DO UPDATE SET count = g.count + 1, dead = g.dead + EXC
   last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)`,
 			f.ID, text(f.Handler), text(f.Reason), text(f.ErrorType), text(f.Frame), text(f.Message), text(f.Shape), text(f.Producer),
 			dead, at, id, text(l.OriginalTopic))
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO `+s.rates+` AS r (fingerprint, hour, count) VALUES ($1, date_trunc('hour', $2::timestamptz), 1)
+ON CONFLICT (fingerprint, hour) DO UPDATE SET count = r.count + 1`, f.ID, at)
 		return err
 	})
 	if err != nil {
@@ -371,15 +382,18 @@ func (s *HospitalStore) Groups(ctx context.Context, q hospital.GroupQuery) (hosp
 		order = "last_seen DESC, fingerprint"
 	case hospital.ByCount:
 		order = "dead DESC, last_seen DESC, fingerprint"
+	case hospital.ByRecent:
+		order = `(SELECT coalesce(sum(r.count), 0) FROM ` + s.rates + ` r WHERE r.fingerprint = g.fingerprint
+  AND r.hour >= date_trunc('hour', now()) - interval '1 hour') DESC, last_seen DESC, fingerprint`
 	default:
-		return hospital.GroupPage{}, fmt.Errorf("pgstore: hospital store: group order %q is not %s or %s", q.Order, hospital.ByLastSeen, hospital.ByCount)
+		return hospital.GroupPage{}, fmt.Errorf("pgstore: hospital store: group order %q is not %s, %s or %s", q.Order, hospital.ByLastSeen, hospital.ByCount, hospital.ByRecent)
 	}
 	var page hospital.GroupPage
 	if err := s.t.pool.QueryRow(ctx, `SELECT count(*) FROM `+s.group+cond, args...).Scan(&page.Total); err != nil {
 		return page, fmt.Errorf("pgstore: hospital store: count groups: %w", err)
 	}
 	rows, err := s.t.pool.Query(ctx, `SELECT fingerprint, handler, reason, error_type, frame, message, shape, producer, count, dead,
-  first_seen, last_seen, example, original_topic FROM `+s.group+cond+` ORDER BY `+order+
+  first_seen, last_seen, example, original_topic FROM `+s.group+` g`+cond+` ORDER BY `+order+
 		` LIMIT `+strconv.Itoa(limit)+` OFFSET `+strconv.Itoa(max(0, q.Offset)), args...)
 	if err != nil {
 		return page, fmt.Errorf("pgstore: hospital store: list groups: %w", err)
@@ -394,7 +408,46 @@ func (s *HospitalStore) Groups(ctx context.Context, q hospital.GroupQuery) (hosp
 		}
 		page.Groups = append(page.Groups, g)
 	}
-	return page, rows.Err()
+	if err := rows.Err(); err != nil {
+		return page, fmt.Errorf("pgstore: hospital store: list groups: %w", err)
+	}
+	rows.Close()
+	return page, s.fillRecent(ctx, page.Groups)
+}
+
+// fillRecent sets each group's Recent: its letters per hour over the last
+// hospital.RecentHours hours, oldest first, from the rates table (one row
+// per group and hour, kept by Put), so it costs the same at a million
+// letters.
+func (s *HospitalStore) fillRecent(ctx context.Context, groups []hospital.Group) error {
+	if len(groups) == 0 {
+		return nil
+	}
+	fps := make([]string, len(groups))
+	at := make(map[string]int, len(groups))
+	for i := range groups {
+		fps[i] = groups[i].Fingerprint.ID
+		at[fps[i]] = i
+		groups[i].Recent = make([]int64, hospital.RecentHours)
+	}
+	rows, err := s.t.pool.Query(ctx, `SELECT fingerprint, (extract(epoch from date_trunc('hour', now()) - hour) / 3600)::int, count
+FROM `+s.rates+` WHERE fingerprint = ANY($1) AND hour > date_trunc('hour', now()) - make_interval(hours => $2)`, fps, hospital.RecentHours)
+	if err != nil {
+		return fmt.Errorf("pgstore: hospital store: group rates: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var fp string
+		var ago int
+		var n int64
+		if err := rows.Scan(&fp, &ago, &n); err != nil {
+			return fmt.Errorf("pgstore: hospital store: group rates: %w", err)
+		}
+		if i, ok := at[fp]; ok && ago >= 0 && ago < hospital.RecentHours {
+			groups[i].Recent[hospital.RecentHours-1-ago] = n
+		}
+	}
+	return rows.Err()
 }
 
 // Treat implements hospital.Store.

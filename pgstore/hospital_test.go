@@ -94,6 +94,29 @@ func TestHospitalStorePutIsIdempotent(t *testing.T) {
 	if g := page.Groups[1]; g.Count != 25 || g.Dead != 25 || g.Fingerprint.Message != "stock negative <n>" {
 		t.Errorf("second group %+v, want 25 'stock negative <n>'", g)
 	}
+	// Every letter arrived this hour: the sparkline's last point.
+	for _, order := range []hospital.GroupOrder{hospital.ByRecent, hospital.ByLastSeen} {
+		page, err := s.Groups(ctx, hospital.GroupQuery{Order: order})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum int64
+		for _, g := range page.Groups {
+			if len(g.Recent) != hospital.RecentHours || g.Recent[hospital.RecentHours-1] != g.Count {
+				t.Errorf("%s: group %s recent %v, want %d in the last hour", order, g.Fingerprint.Message, g.Recent, g.Count)
+			}
+			sum += g.Count
+		}
+		if sum != n {
+			t.Errorf("%s: %d letters over the groups, want %d", order, sum, n)
+		}
+		if order == hospital.ByRecent && page.Groups[0].Count != 75 {
+			t.Errorf("by recent: %s first", page.Groups[0].Fingerprint.Message)
+		}
+	}
+	if _, err := s.Groups(ctx, hospital.GroupQuery{Order: "bogus"}); err == nil {
+		t.Error("an unknown order accepted")
+	}
 }
 
 // Pages walk every letter once, both ways, filtered by group.
