@@ -51,6 +51,7 @@ func TestDLQCommandsOnPostgres(t *testing.T) {
 	t.Setenv("ANTIDOTE_BROKER", "postgres")
 	t.Setenv("ANTIDOTE_POSTGRES_URL", url)
 	topic := "cli_" + watermill.NewShortUUID()
+	t.Setenv("COLUMNS", "100")
 	deadLetter(t, adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{URL: url}}, topic, 3)
 
 	out, _, err := runCLI(t, "", "dlq", "list", "--topic", topic, "--json")
@@ -68,7 +69,7 @@ func TestDLQCommandsOnPostgres(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(out, "user <n> not found") || !strings.Contains(out, "3 letters in 1 groups") {
+	if !strings.Contains(out, "user <n> not found") || !strings.Contains(out, "3 letters in 1 group\n") {
 		t.Errorf("group output:\n%s", out)
 	}
 	out, _, err = runCLI(t, "", "dlq", "replay", "--topic", topic, "--dry-run")
@@ -79,8 +80,8 @@ func TestDLQCommandsOnPostgres(t *testing.T) {
 	if _, _, err = runCLI(t, "", "dlq", "purge", "--topic", topic); err == nil || !strings.Contains(err.Error(), "--yes") {
 		t.Fatalf("purge without confirmation: %v", err)
 	}
-	if _, _, err = runCLI(t, "y\n", "dlq", "purge", "--topic", topic, "--reason", "panic"); err != nil {
-		t.Fatal(err)
+	if _, _, err = runCLI(t, "y\n", "dlq", "purge", "--topic", topic, "--reason", "panic"); exitCode(err) != exitNoMatch {
+		t.Fatalf("purge of a reason no letter has: %v, exit code %d", err, exitCode(err))
 	}
 	out, _, _ = runCLI(t, "", "dlq", "list", "--topic", topic, "--json")
 	if strings.Count(out, "\n") != 3 {
@@ -90,10 +91,10 @@ func TestDLQCommandsOnPostgres(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"purged":3`) {
 		t.Fatalf("purge --yes: %v %s", err, out)
 	}
-	if _, _, err = runCLI(t, "", "dlq", "list"); err == nil || !strings.Contains(err.Error(), "--topic") {
+	if _, _, err = runCLI(t, "", "dlq", "list"); exitCode(err) != exitUsage || !strings.Contains(err.Error(), "--topic") {
 		t.Errorf("missing --topic: %v", err)
 	}
-	if _, _, err = runCLI(t, "", "dlq", "list", "--topic", topic, "--since", "yesterday"); err == nil || !strings.Contains(err.Error(), "--since") {
+	if _, _, err = runCLI(t, "", "dlq", "list", "--topic", topic, "--since", "yesterday"); exitCode(err) != exitUsage || !strings.Contains(err.Error(), "--since") {
 		t.Errorf("bad --since: %v", err)
 	}
 }
@@ -104,8 +105,8 @@ func TestDLQHidesCredentials(t *testing.T) {
 	t.Setenv("ANTIDOTE_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/")
 	t.Setenv("ANTIDOTE_CONNECT_TIMEOUT", "1s")
 	out, errOut, err := runCLI(t, "", "dlq", "list", "--topic", "x")
-	if err == nil || !errors.Is(err, adapters.ErrUnreachable) {
-		t.Fatalf("err = %v", err)
+	if err == nil || !errors.Is(err, adapters.ErrUnreachable) || exitCode(err) != exitUnreachable {
+		t.Fatalf("err = %v, exit code %d", err, exitCode(err))
 	}
 	if strings.Contains(err.Error()+out+errOut, "hunter2") {
 		t.Fatalf("password printed: %v %s %s", err, out, errOut)

@@ -53,6 +53,9 @@ func main() {
 // run executes the command line args and returns the process's exit code,
 // having printed any error on stderr.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if args == nil {
+		args = []string{} // cobra reads os.Args for nil
+	}
 	root := newRootCmd()
 	root.SetArgs(args)
 	root.SetIn(stdin)
