@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -141,7 +142,26 @@ func postgresCLI(t *testing.T) adapters.Config {
 // Empty selections exit 3 and change nothing; counts are in the singular
 // for one letter.
 func TestDLQNothingMatchedAndPlurals(t *testing.T) {
-	cfg := postgresCLI(t)
+	t.Run("postgres", func(t *testing.T) { testNothingMatchedAndPlurals(t, postgresCLI(t)) })
+	t.Run("amqp", func(t *testing.T) {
+		url := testenv.AMQPURL(t)
+		t.Setenv("ANTIDOTE_BROKER", "amqp")
+		t.Setenv("ANTIDOTE_AMQP_URL", url)
+		testNothingMatchedAndPlurals(t, adapters.Config{Broker: adapters.KindAMQP, AMQP: adapters.AMQPConfig{URL: url}})
+	})
+	t.Run("kafka", func(t *testing.T) {
+		k, err := devkafka.Start(devkafka.Config{Addr: "127.0.0.1:0", Partitions: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer k.Close()
+		t.Setenv("ANTIDOTE_BROKER", "kafka")
+		t.Setenv("ANTIDOTE_KAFKA_BROKERS", strings.Join(k.Addrs(), ","))
+		testNothingMatchedAndPlurals(t, adapters.Config{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Brokers: k.Addrs()}})
+	})
+}
+
+func testNothingMatchedAndPlurals(t *testing.T, cfg adapters.Config) {
 	topic := "cli_" + watermill.NewShortUUID()
 	t.Setenv("COLUMNS", "")
 
