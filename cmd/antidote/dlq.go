@@ -3,20 +3,26 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/internal/textcut"
 	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/redisstore"
@@ -43,13 +49,29 @@ func newDLQCmd() *cobra.Command {
 		Long: `Inspects and treats the dead letters of a topic (its DLQ, "<topic>.dlq").
 The broker comes from the same ANTIDOTE_* env and --config file as the services.
 On RabbitMQ and PostgreSQL, replay and purge remove letters; on Kafka they move
-the hospital's own consumer-group offset on the DLQ topic.`,
+the hospital's own consumer-group offset on the DLQ topic.
+
+--reason takes the reasons Antidote writes: ` + reasonList() + `.
+
+The ERROR column of list and group fits the terminal: its width when stdout is
+one, else $COLUMNS when set, else no limit (piped output keeps whole errors).
+--json always carries whole errors and payloads.
+
+` + exitCodesHelp,
+		Example: `  # What is in the orders DLQ, and what are the causes?
+  antidote dlq list --topic orders
+  antidote dlq group --topic orders --since 24h
+
+  # Replay yesterday's panics after the fix, 20 per second
+  antidote dlq replay --topic orders --reason panic --since 24h --rate 20`,
+		Args: subcommandArgs,
+		RunE: showHelp,
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.topic, "topic", "", "the original topic whose DLQ is inspected (required)")
 	pf.StringVar(&f.config, "config", "", "adapters YAML config (ANTIDOTE_* env overrides it)")
 	pf.StringVar(&f.broker, "broker", "", "kafka, amqp or postgres (default: ANTIDOTE_BROKER or the config)")
-	pf.StringSliceVar(&f.reasons, "reason", nil, "only letters with this reason (repeatable or comma-separated)")
+	pf.StringSliceVar(&f.reasons, "reason", nil, "only letters with this reason (repeatable or comma-separated): "+reasonList())
 	pf.StringSliceVar(&f.handlers, "handler", nil, "only letters from this handler")
 	pf.StringSliceVar(&f.errorTypes, "error-type", nil, "only letters with this Go error type, e.g. *json.SyntaxError")
 	pf.StringVar(&f.since, "since", "", "only letters that last failed at or after this (RFC 3339, or a duration ago such as 24h)")
@@ -63,18 +85,33 @@ the hospital's own consumer-group offset on the DLQ topic.`,
 
 func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) {
 	if f.topic == "" {
-		return nil, dlq.Filter{}, errors.New("--topic is required: name the original topic whose DLQ to inspect")
+		return nil, dlq.Filter{}, usagef("--topic is required: name the original topic whose DLQ to inspect")
 	}
 	filter, err := f.filter()
 	if err != nil {
-		return nil, filter, err
+		return nil, filter, usageErr(err)
+	}
+	switch f.claimCheck {
+	case "", "postgres", "redis":
+	default:
+		return nil, filter, usagef("--claim-check %q: use one of: postgres, redis", f.claimCheck)
 	}
 	cfg, err := adapters.LoadConfig(f.config)
 	if err != nil {
-		return nil, filter, err
+		return nil, filter, usageErr(err)
 	}
 	if f.broker != "" {
+		if !slices.Contains(hospitalBrokers, adapters.Kind(f.broker)) {
+			return nil, filter, usagef("--broker %q: use one of: %s", f.broker, joinKinds(hospitalBrokers))
+		}
 		cfg.Broker = adapters.Kind(f.broker)
+	}
+	// A config the hospital cannot work with is bad usage, told apart from
+	// a broker that does not answer.
+	checked := cfg
+	checked.SetDefaults()
+	if err := (dlq.Config{Adapters: checked}).Validate(); err != nil {
+		return nil, filter, usageErr(err)
 	}
 	// Replays get a producer span of their own (a new trace linked to the
 	// letter's original one) when OTEL_EXPORTER_OTLP_ENDPOINT is set.
@@ -153,6 +190,10 @@ func (f *dlqFlags) close(h *dlq.Hospital) {
 func (f *dlqFlags) filter() (dlq.Filter, error) {
 	var out dlq.Filter
 	for _, r := range f.reasons {
+		r = strings.TrimSpace(r)
+		if !slices.Contains(knownReasons, poison.Reason(r)) {
+			return out, fmt.Errorf("--reason %q is not a reason Antidote writes; use one of: %s", r, reasonList())
+		}
 		out.Reasons = append(out.Reasons, poison.Reason(r))
 	}
 	out.Handlers, out.ErrorTypes = f.handlers, f.errorTypes
@@ -162,6 +203,41 @@ func (f *dlqFlags) filter() (dlq.Filter, error) {
 	}
 	out.Until, err = parseWhen("--until", f.until)
 	return out, err
+}
+
+// knownReasons are the reasons --reason accepts: every poison.Reason
+// constant (TestKnownReasonsArePoisonReasons keeps the two in step).
+var knownReasons = []poison.Reason{
+	poison.ReasonPermanent, poison.ReasonRetriesExhausted, poison.ReasonCrashLoop,
+	poison.ReasonUndecodable, poison.ReasonPanic, poison.ReasonFloodGuard,
+}
+
+func reasonList() string {
+	s := make([]string, len(knownReasons))
+	for i, r := range knownReasons {
+		s[i] = string(r)
+	}
+	return strings.Join(s, ", ")
+}
+
+// hospitalBrokers are the brokers --broker accepts (memory keeps its dead
+// letters inside the service's process).
+var hospitalBrokers = []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres}
+
+func joinKinds(kinds []adapters.Kind) string {
+	s := make([]string, len(kinds))
+	for i, k := range kinds {
+		s[i] = string(k)
+	}
+	return strings.Join(s, ", ")
+}
+
+// plural is n with the noun, in the singular for one: "1 letter", "2 letters".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func parseWhen(flag, v string) (time.Time, error) {
@@ -192,12 +268,15 @@ type letterView struct {
 	FirstFailedAt     *time.Time        `json:"first_failed_at,omitempty"`
 	LastFailedAt      *time.Time        `json:"last_failed_at,omitempty"`
 	ReplayCount       int               `json:"replay_count,omitempty"`
+	PayloadBytes      *int              `json:"payload_bytes,omitempty"`
 	Payload           *string           `json:"payload,omitempty"`
 	PayloadBase64     []byte            `json:"payload_base64,omitempty"`
 	Metadata          map[string]string `json:"metadata,omitempty"`
 }
 
-func view(l poison.Letter, full bool) letterView {
+// view is l as printed: with withPayload, its metadata and whole payload
+// (text when it is UTF-8, else base64).
+func view(l poison.Letter, withPayload bool) letterView {
 	v := letterView{UUID: l.UUID, Reason: string(l.Reason), Handler: l.Handler, ConsumerGroup: l.ConsumerGroup,
 		OriginalTopic: l.OriginalTopic, Error: l.Error, ErrorType: l.ErrorType, Attempts: l.Attempts, ReplayCount: l.ReplayCount}
 	if l.HasOffset {
@@ -209,7 +288,9 @@ func view(l poison.Letter, full bool) letterView {
 	if !l.LastFailedAt.IsZero() {
 		v.LastFailedAt = &l.LastFailedAt
 	}
-	if full {
+	if withPayload {
+		n := len(l.Payload)
+		v.PayloadBytes = &n
 		if utf8.Valid(l.Payload) {
 			p := string(l.Payload)
 			v.Payload = &p
@@ -230,14 +311,44 @@ func printJSON(w io.Writer, v any) error {
 	return err
 }
 
-// trunc fits s into n columns, marking the cut.
+// trunc puts s on one line and fits it into n columns (runes), marking a
+// cut with an ellipsis; n < 0 keeps it whole.
 func trunc(s string, n int) string {
 	s = strings.Join(strings.Fields(s), " ")
-	if utf8.RuneCountInString(s) <= n {
+	if n < 0 {
 		return s
 	}
-	r := []rune(s)
-	return string(r[:n-1]) + "…"
+	return textcut.Runes(s, n, "…")
+}
+
+// minErrorColumn is the narrowest ERROR column: on a terminal narrower than
+// the other columns need, lines wrap rather than lose the error entirely.
+const minErrorColumn = 20
+
+// outputWidth is the width tables are fitted to: the terminal's when w is
+// one, else $COLUMNS when it is a positive number, else 0 (no limit).
+func outputWidth(w io.Writer) int {
+	if f, ok := w.(interface{ Fd() uintptr }); ok {
+		if fd := int(f.Fd()); term.IsTerminal(fd) {
+			if cols, _, err := term.GetSize(fd); err == nil && cols > 0 {
+				return cols
+			}
+		}
+	}
+	if c, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && c > 0 {
+		return c
+	}
+	return 0
+}
+
+// errorColumn is how many runes the ERROR column may take on w after the
+// other columns' used ones; -1 means no limit.
+func errorColumn(w io.Writer, used int) int {
+	width := outputWidth(w)
+	if width == 0 {
+		return -1
+	}
+	return max(width-used, minErrorColumn)
 }
 
 func age(t time.Time) string {
@@ -261,7 +372,13 @@ func newDLQListCmd(f *dlqFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
 		Short: "List unresolved dead letters, oldest first",
-		Args:  cobra.NoArgs,
+		Long: `Lists the unresolved dead letters the filters select, oldest first. The ERROR
+column fits the terminal's width (else $COLUMNS, else whole errors when piped);
+--json prints one whole letter per line. Exits 3 when no letter matched.`,
+		Example: `  antidote dlq list --topic orders
+  antidote dlq list --topic orders --reason permanent,panic --since 2h
+  antidote dlq list --topic orders --handler charge --json | jq -r .uuid`,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			letters, dlqTopic, err := f.list(cmd.Context())
 			if err != nil {
@@ -274,14 +391,18 @@ func newDLQListCmd(f *dlqFlags) *cobra.Command {
 						return err
 					}
 				}
-				return nil
+			} else {
+				// UUID 36, REASON 17, HANDLER 12, AGE 4, four spaces: 73.
+				errW := errorColumn(w, 73)
+				fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", "UUID", "REASON", "HANDLER", "AGE", "ERROR")
+				for _, l := range letters {
+					fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", trunc(l.UUID, 36), trunc(string(l.Reason), 17), trunc(l.Handler, 12), age(l.LastFailedAt), trunc(l.Error, errW))
+				}
+				fmt.Fprintf(w, "%s in %s\n", plural(len(letters), "letter"), dlqTopic)
 			}
-			// 36 + 1 + 17 + 1 + 12 + 1 + 4 + 1 + 27 = 100 columns.
-			fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", "UUID", "REASON", "HANDLER", "AGE", "ERROR")
-			for _, l := range letters {
-				fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", trunc(l.UUID, 36), trunc(string(l.Reason), 17), trunc(l.Handler, 12), age(l.LastFailedAt), trunc(l.Error, 27))
+			if len(letters) == 0 {
+				return nothingMatched("no letter in " + dlqTopic + " matched")
 			}
-			fmt.Fprintf(w, "%d letters in %s\n", len(letters), dlqTopic)
 			return nil
 		},
 	}
@@ -291,9 +412,15 @@ func newDLQGroupCmd(f *dlqFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "group",
 		Short: "Group dead letters by cause: handler, reason, error type, normalized error",
-		Args:  cobra.NoArgs,
+		Long: `Groups the dead letters the filters select by cause: handler, reason, Go error
+type and the error with its numbers, UUIDs and quoted values replaced, biggest
+group first. The ERROR column fits the terminal as in list. Exits 3 when no
+letter matched.`,
+		Example: `  antidote dlq group --topic orders
+  antidote dlq group --topic orders --since 24h --json`,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			letters, _, err := f.list(cmd.Context())
+			letters, dlqTopic, err := f.list(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -305,24 +432,93 @@ func newDLQGroupCmd(f *dlqFlags) *cobra.Command {
 						return err
 					}
 				}
-				return nil
+			} else {
+				// COUNT 6, REASON 17, HANDLER 12, ERROR TYPE 22, four spaces: 61.
+				errW := errorColumn(w, 61)
+				fmt.Fprintf(w, "%6s %-17s %-12s %-22s %s\n", "COUNT", "REASON", "HANDLER", "ERROR TYPE", "ERROR")
+				for _, g := range groups {
+					fmt.Fprintf(w, "%6d %-17s %-12s %-22s %s\n", g.Count, trunc(string(g.Reason), 17), trunc(g.Handler, 12), trunc(g.ErrorType, 22), trunc(g.Error, errW))
+				}
+				fmt.Fprintf(w, "%s in %s\n", plural(len(letters), "letter"), plural(len(groups), "group"))
 			}
-			// 6 + 1 + 17 + 1 + 12 + 1 + 22 + 1 + 39 = 100 columns.
-			fmt.Fprintf(w, "%6s %-17s %-12s %-22s %s\n", "COUNT", "REASON", "HANDLER", "ERROR TYPE", "ERROR")
-			for _, g := range groups {
-				fmt.Fprintf(w, "%6d %-17s %-12s %-22s %s\n", g.Count, trunc(string(g.Reason), 17), trunc(g.Handler, 12), trunc(g.ErrorType, 22), trunc(g.Error, 39))
+			if len(letters) == 0 {
+				return nothingMatched("no letter in " + dlqTopic + " matched")
 			}
-			fmt.Fprintf(w, "%d letters in %d groups\n", len(letters), len(groups))
 			return nil
 		},
 	}
 }
 
+// payloadLimit is how much of a payload show prints without --full.
+const payloadLimit = 4 << 10
+
+// printable says whether p can go to a terminal as it is: UTF-8 without
+// control characters other than tab and newlines (no escape sequences).
+func printable(p []byte) bool {
+	if !utf8.Valid(p) {
+		return false
+	}
+	for _, r := range string(p) {
+		if unicode.IsControl(r) && r != '\n' && r != '\t' && r != '\r' {
+			return false
+		}
+	}
+	return true
+}
+
+// writePayload prints p for a human: as text when printable, else as a hex
+// dump; unless full, only its first payloadLimit bytes, saying how many
+// were cut.
+func writePayload(w io.Writer, p []byte, full bool) {
+	if len(p) == 0 {
+		fmt.Fprintln(w, "payload: empty")
+		return
+	}
+	text := printable(p)
+	shown := p
+	if !full && len(p) > payloadLimit {
+		if text {
+			shown = []byte(textcut.Prefix(string(p), payloadLimit))
+		} else {
+			shown = p[:payloadLimit]
+		}
+	}
+	kind := "text"
+	if !text {
+		kind = "binary, as a hex dump"
+	}
+	if cut := len(p) - len(shown); cut > 0 {
+		fmt.Fprintf(w, "payload (%s, %s; the first %s shown, %s cut: --full shows all):\n",
+			plural(len(p), "byte"), kind, plural(len(shown), "byte"), plural(cut, "byte"))
+	} else {
+		fmt.Fprintf(w, "payload (%s, %s):\n", plural(len(p), "byte"), kind)
+	}
+	if text {
+		s := string(shown)
+		fmt.Fprint(w, s)
+		if !strings.HasSuffix(s, "\n") {
+			fmt.Fprintln(w)
+		}
+		return
+	}
+	fmt.Fprint(w, hex.Dump(shown))
+}
+
 func newDLQShowCmd(f *dlqFlags) *cobra.Command {
-	return &cobra.Command{
+	var full bool
+	cmd := &cobra.Command{
 		Use:   "show UUID",
 		Short: "Show one dead letter whole: envelope, metadata and payload",
-		Args:  cobra.ExactArgs(1),
+		Long: `Shows one dead letter: its envelope and metadata, then its payload. A payload
+over 4 KiB is cut to its first 4 KiB, saying how many bytes were cut, unless
+--full; a payload that is not printable text (not UTF-8, or with control
+characters) is shown as a hex dump. --json prints the whole letter on one line,
+its payload whole (as base64 in payload_base64 when it is not UTF-8). Exits 3
+when the DLQ has no unresolved letter with that UUID.`,
+		Example: `  antidote dlq show --topic orders 6f1c2a9e-3b0d-4c1e-9f7a-2d5b8e4a1c03
+  antidote dlq show --topic orders --full 6f1c2a9e-3b0d-4c1e-9f7a-2d5b8e4a1c03 | less
+  antidote dlq show --topic orders --json 6f1c2a9e-3b0d-4c1e-9f7a-2d5b8e4a1c03 | jq -r .payload`,
+		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			h, _, err := f.open(cmd.Context())
 			if err != nil {
@@ -333,20 +529,26 @@ func newDLQShowCmd(f *dlqFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			w := cmd.OutOrStdout()
 			if f.jsonOut {
-				return printJSON(cmd.OutOrStdout(), view(l, true))
+				return printJSON(w, view(l, true))
 			}
-			b, err := json.MarshalIndent(view(l, true), "", "  ")
+			v := view(l, false)
+			v.Metadata = l.Metadata
+			b, err := json.MarshalIndent(v, "", "  ")
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), string(b))
+			fmt.Fprintln(w, string(b))
+			writePayload(w, l.Payload, full)
 			if l.Stack != "" {
-				fmt.Fprintln(cmd.OutOrStdout(), "\nstack:\n"+l.Stack)
+				fmt.Fprintln(w, "\nstack:\n"+l.Stack)
 			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&full, "full", false, fmt.Sprintf("print the whole payload (default: its first %d bytes)", payloadLimit))
+	return cmd
 }
 
 // confirm asks on the command's stdin unless yes is set.
@@ -369,34 +571,56 @@ func newDLQReplayCmd(f *dlqFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay",
 		Short: "Send dead letters back to their original topic (same UUID and idempotency key), rate-limited",
-		Args:  cobra.NoArgs,
+		Long: `Sends the dead letters the filters select back to their original topic (or
+--to), with the same UUID and idempotency key, at --rate per second, and
+resolves each once it is sent. Asks before it starts unless --yes. Exits 3
+when no letter matched (with --dry-run too).`,
+		Example: `  # How many would go?
+  antidote dlq replay --topic orders --reason retries_exhausted --dry-run
+
+  # Replay them, 20 per second, without the question
+  antidote dlq replay --topic orders --reason retries_exhausted --rate 20 --yes
+
+  # Replay into a staging topic instead
+  antidote dlq replay --topic orders --to orders.staging --allow-replay-to orders.staging`,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to != "" && !slices.Contains(f.allowTo, to) {
+				return usagef("--to %q is not in --allow-replay-to; list it there too (a typo must not route letters into another service)", to)
+			}
+			if rate < 0 {
+				return usagef("--rate %v: use a positive number of replays per second", rate)
+			}
 			h, filter, err := f.open(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer f.close(h)
+			from := h.DLQTopic(f.topic)
 			plan, err := h.Replay(cmd.Context(), f.topic, filter, dlq.ReplayOptions{To: to, DryRun: true})
 			if err != nil {
 				return err
 			}
-			if dryRun || plan.Matched == 0 {
-				return report(cmd, f.jsonOut, plan, fmt.Sprintf("would replay %d letters from %s", plan.Matched, h.DLQTopic(f.topic)))
+			if plan.Matched == 0 {
+				return noneMatched(cmd, f.jsonOut, plan, from, "replay")
+			}
+			if dryRun {
+				return report(cmd, f.jsonOut, plan, fmt.Sprintf("would replay %s from %s", plural(plan.Matched, "letter"), from))
 			}
 			dest := "their original topics"
 			if to != "" {
 				dest = to
 			}
-			if err := confirm(cmd, yes, fmt.Sprintf("Replay %d letters from %s to %s?", plan.Matched, h.DLQTopic(f.topic), dest)); err != nil {
+			if err := confirm(cmd, yes, fmt.Sprintf("Replay %s from %s to %s?", plural(plan.Matched, "letter"), from, dest)); err != nil {
 				return err
 			}
 			bar := newProgress(cmd.ErrOrStderr(), plan.Matched)
 			res, err := h.Replay(cmd.Context(), f.topic, filter, dlq.ReplayOptions{To: to, Rate: rate, Progress: bar.set})
 			bar.done()
 			if err != nil {
-				return fmt.Errorf("%w (replayed %d before the error)", err, res.Replayed)
+				return fmt.Errorf("%w (replayed %s before the error)", err, plural(res.Replayed, "letter"))
 			}
-			return report(cmd, f.jsonOut, res, fmt.Sprintf("replayed %d letters from %s", res.Replayed, h.DLQTopic(f.topic)))
+			return report(cmd, f.jsonOut, res, fmt.Sprintf("replayed %s from %s", plural(res.Replayed, "letter"), from))
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "replay to this topic instead of the original (must be in --allow-replay-to)")
@@ -412,35 +636,54 @@ func newDLQPurgeCmd(f *dlqFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "purge",
 		Short: "Remove dead letters without replaying them",
-		Args:  cobra.NoArgs,
+		Long: `Removes the dead letters the filters (and --uuid) select without replaying
+them. Asks before it starts unless --yes. Exits 3 when no letter matched (with
+--dry-run too).`,
+		Example: `  antidote dlq purge --topic orders --reason undecodable --dry-run
+  antidote dlq purge --topic orders --uuid 6f1c2a9e-3b0d-4c1e-9f7a-2d5b8e4a1c03 --yes
+  antidote dlq purge --topic orders --until 720h --yes   # older than 30 days`,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			h, filter, err := f.open(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer f.close(h)
+			from := h.DLQTopic(f.topic)
 			filter.UUIDs = uuids
 			plan, err := h.Purge(cmd.Context(), f.topic, filter, true)
 			if err != nil {
 				return err
 			}
-			if dryRun || plan.Matched == 0 {
-				return report(cmd, f.jsonOut, plan, fmt.Sprintf("would purge %d letters from %s", plan.Matched, h.DLQTopic(f.topic)))
+			if plan.Matched == 0 {
+				return noneMatched(cmd, f.jsonOut, plan, from, "purge")
 			}
-			if err := confirm(cmd, yes, fmt.Sprintf("Purge %d letters from %s? They cannot be replayed afterwards.", plan.Matched, h.DLQTopic(f.topic))); err != nil {
+			if dryRun {
+				return report(cmd, f.jsonOut, plan, fmt.Sprintf("would purge %s from %s", plural(plan.Matched, "letter"), from))
+			}
+			if err := confirm(cmd, yes, fmt.Sprintf("Purge %s from %s? They cannot be replayed afterwards.", plural(plan.Matched, "letter"), from)); err != nil {
 				return err
 			}
 			res, err := h.Purge(cmd.Context(), f.topic, filter, false)
 			if err != nil {
 				return err
 			}
-			return report(cmd, f.jsonOut, res, fmt.Sprintf("purged %d letters from %s", res.Purged, h.DLQTopic(f.topic)))
+			return report(cmd, f.jsonOut, res, fmt.Sprintf("purged %s from %s", plural(res.Purged, "letter"), from))
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count what would be purged, change nothing")
 	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
 	cmd.Flags().StringSliceVar(&uuids, "uuid", nil, "only these letters")
 	return cmd
+}
+
+// noneMatched reports an empty selection of replay or purge: exit code 3.
+func noneMatched(cmd *cobra.Command, jsonOut bool, res dlq.Result, from, verb string) error {
+	msg := fmt.Sprintf("no letter in %s matched: nothing to %s", from, verb)
+	if err := report(cmd, jsonOut, res, msg); err != nil {
+		return err
+	}
+	return nothingMatched(msg)
 }
 
 func report(cmd *cobra.Command, jsonOut bool, res dlq.Result, text string) error {
