@@ -40,8 +40,12 @@ func leafKeys(t *testing.T) []string {
 			if name == "-" {
 				continue
 			}
-			if f.Type.Kind() == reflect.Struct && !reflect.PointerTo(f.Type).Implements(unmarshaler) {
-				walk(f.Type, prefix+name+".")
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && !reflect.PointerTo(ft).Implements(unmarshaler) {
+				walk(ft, prefix+name+".")
 				continue
 			}
 			keys = append(keys, prefix+name)
@@ -57,6 +61,12 @@ func fieldOf(t *testing.T, c *adapters.Config, key string) reflect.Value {
 	v := reflect.ValueOf(c).Elem()
 next:
 	for part := range strings.SplitSeq(key, ".") {
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				v.Set(reflect.New(v.Type().Elem()))
+			}
+			v = v.Elem()
+		}
 		for i := range v.NumField() {
 			if name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ","); name == part {
 				v = v.Field(i)
@@ -103,7 +113,11 @@ func TestEnvVarsCoverEveryYAMLKey(t *testing.T) {
 		}
 	}
 	if !t.Failed() && !slices.Equal(fields, keys) {
-		t.Errorf("EnvVars are not in the order of Config's fields (the README's and the errors' order); want\n%s", strings.Join(keys, "\n"))
+		i := 0
+		for fields[i] == keys[i] {
+			i++
+		}
+		t.Errorf("EnvVars[%d] sets %s where the order of Config's fields (the README's and the errors' order) puts %s; the whole order:\n%s", i, fields[i], keys[i], strings.Join(keys, "\n"))
 	}
 	if got := adapters.ConfigKeys(); !slices.Equal(got, keys) {
 		t.Errorf("the package's key walk disagrees with the test's:\n got %v\nwant %v", got, keys)
@@ -262,6 +276,16 @@ func TestEnvSecretFile(t *testing.T) {
 		i := slices.IndexFunc(adapters.EnvVars, func(e adapters.EnvVar) bool { return e.Name == name })
 		if i < 0 || !adapters.EnvVars[i].Secret {
 			t.Errorf("%s is not marked Secret", name)
+		}
+	}
+
+	// A key whose name says it holds a credential must be Secret.
+	for _, e := range adapters.EnvVars {
+		key := e.Field[strings.LastIndex(e.Field, ".")+1:]
+		for _, w := range []string{"password", "secret", "token", "url"} {
+			if strings.Contains(key, w) && !e.Secret {
+				t.Errorf("%s (%s) looks like a credential but is not Secret: declare it with secretVar", e.Name, e.Field)
+			}
 		}
 	}
 

@@ -281,6 +281,12 @@ func (e EnvVar) set(c reflect.Value, v string) error {
 func fieldByKey(c reflect.Value, key string) (reflect.Value, error) {
 	v := c
 	for part := range strings.SplitSeq(key, ".") {
+		if v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct {
+			if v.IsNil() {
+				v.Set(reflect.New(v.Type().Elem())) // a section behind a pointer: allocated when set
+			}
+			v = v.Elem()
+		}
 		i := slices.IndexFunc(yamlFields(v.Type()), func(f yamlField) bool { return f.name == part })
 		if i < 0 || v.Kind() != reflect.Struct {
 			return reflect.Value{}, fmt.Errorf("no config key %s (a bug: EnvVars names a key Config lacks)", key)
@@ -301,6 +307,9 @@ type yamlField struct {
 // fields not tagged "-", named by their tag or, untagged, their lower-cased
 // name (as yaml does); inline structs contribute their own.
 func yamlFields(t reflect.Type) []yamlField {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
 	if t.Kind() != reflect.Struct {
 		return nil
 	}
@@ -331,7 +340,11 @@ func yamlFields(t reflect.Type) []yamlField {
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
 // isSection tells whether YAML sees t as a mapping of keys of its own.
+// A pointer to a section is a section too.
 func isSection(t reflect.Type) bool {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
 	return t.Kind() == reflect.Struct && !reflect.PointerTo(t).Implements(unmarshalerType) && t != reflect.TypeFor[time.Time]()
 }
 
