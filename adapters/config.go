@@ -78,8 +78,8 @@ type MemoryConfig struct {
 // KafkaConfig configures watermill-kafka (Sarama).
 type KafkaConfig struct {
 	// Brokers are the bootstrap addresses (host:port). Required unless
-	// Embedded.
-	Brokers []string `yaml:"brokers"`
+	// Embedded. In YAML a list or one comma-separated string.
+	Brokers HostList `yaml:"brokers"`
 
 	// Embedded starts a Kafka-protocol broker in the process (franz-go's
 	// kfake) instead of connecting to Brokers: nothing to install, and
@@ -449,7 +449,8 @@ func checkURL(raw string, schemes ...string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("scheme %q is not %s", u.Scheme, strings.Join(schemes, " or "))
+	// Not even the scheme is quoted: in a malformed URL it may be a password.
+	return fmt.Errorf("the scheme is not %s (the URL is not shown: it may hold a password)", strings.Join(schemes, " or "))
 }
 
 func validTablePrefix(s string) bool {

@@ -4,3 +4,5 @@ package adapters
 var KafkaRecordSize = kafkaRecordSize
 
 var JSONMetadataBound = jsonMetadataBound
+
+var ConfigKeys = configKeys

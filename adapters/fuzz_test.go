@@ -32,6 +32,8 @@ import (
 func FuzzParseYAML(f *testing.F) {
 	f.Add([]byte("broker: kafka\nkafka:\n  brokers: [127.0.0.1:9092]\n"))
 	f.Add([]byte("broker: memory\n"))
+	f.Add([]byte("broker: kafka\nkafka:\n  brokers: a:1, b:2\n"))
+	f.Add([]byte("broker: kafka\nkafka:\n  brokres: &x [a:1]\namqp: *x\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseYAML(data)
 		if err != nil {
