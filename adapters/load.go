@@ -64,6 +64,23 @@ var EnvVars = []EnvVar{
 	{"ANTIDOTE_POSTGRES_TABLE_PREFIX", "postgres.table_prefix", "queue table name prefix", func(c *Config, v string) error { c.Postgres.TablePrefix = v; return nil }},
 	{"ANTIDOTE_POSTGRES_BATCH_SIZE", "postgres.batch_size", "rows one subscriber query locks", func(c *Config, v string) error { return setInt(&c.Postgres.BatchSize, v) }},
 	{"ANTIDOTE_POSTGRES_POLL_INTERVAL", "postgres.poll_interval", "poll interval when the queue is empty", func(c *Config, v string) error { return setDuration(&c.Postgres.PollInterval, v) }},
+	// security
+	{"ANTIDOTE_KAFKA_SASL_MECHANISM", "kafka.sasl.mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL", func(c *Config, v string) error { c.Kafka.SASL.Mechanism = v; return nil }},
+	{"ANTIDOTE_KAFKA_SASL_USERNAME", "kafka.sasl.username", "SASL user", func(c *Config, v string) error { c.Kafka.SASL.Username = v; return nil }},
+	{"ANTIDOTE_KAFKA_SASL_PASSWORD", "kafka.sasl.password", "SASL password (secret: never logged)", func(c *Config, v string) error { c.Kafka.SASL.Password = v; return nil }},
+	{"ANTIDOTE_KAFKA_TLS_ENABLED", "kafka.tls.enabled", "true: TLS to the brokers", func(c *Config, v string) error { return setBool(&c.Kafka.TLS.Enabled, v) }},
+	{"ANTIDOTE_KAFKA_TLS_CA_FILE", "kafka.tls.ca_file", "PEM CA file; empty: the system's CAs", func(c *Config, v string) error { c.Kafka.TLS.CAFile = v; return nil }},
+	{"ANTIDOTE_KAFKA_TLS_CERT_FILE", "kafka.tls.cert_file", "PEM client certificate (mutual TLS)", func(c *Config, v string) error { c.Kafka.TLS.CertFile = v; return nil }},
+	{"ANTIDOTE_KAFKA_TLS_KEY_FILE", "kafka.tls.key_file", "PEM key of the client certificate", func(c *Config, v string) error { c.Kafka.TLS.KeyFile = v; return nil }},
+	{"ANTIDOTE_KAFKA_TLS_SERVER_NAME", "kafka.tls.server_name", "name the brokers' certificates must carry; empty: the dialled host", func(c *Config, v string) error { c.Kafka.TLS.ServerName = v; return nil }},
+	{"ANTIDOTE_KAFKA_TLS_INSECURE_SKIP_VERIFY", "kafka.tls.insecure_skip_verify", "true: accept any certificate (tests only; logged as an error)", func(c *Config, v string) error { return setBool(&c.Kafka.TLS.InsecureSkipVerify, v) }},
+	{"ANTIDOTE_AMQP_TLS_ENABLED", "amqp.tls.enabled", "true: TLS settings below for an amqps:// URL", func(c *Config, v string) error { return setBool(&c.AMQP.TLS.Enabled, v) }},
+	{"ANTIDOTE_AMQP_TLS_CA_FILE", "amqp.tls.ca_file", "PEM CA file; empty: the system's CAs", func(c *Config, v string) error { c.AMQP.TLS.CAFile = v; return nil }},
+	{"ANTIDOTE_AMQP_TLS_CERT_FILE", "amqp.tls.cert_file", "PEM client certificate", func(c *Config, v string) error { c.AMQP.TLS.CertFile = v; return nil }},
+	{"ANTIDOTE_AMQP_TLS_KEY_FILE", "amqp.tls.key_file", "PEM key of the client certificate", func(c *Config, v string) error { c.AMQP.TLS.KeyFile = v; return nil }},
+	{"ANTIDOTE_AMQP_TLS_SERVER_NAME", "amqp.tls.server_name", "name RabbitMQ's certificate must carry; empty: the URL's host", func(c *Config, v string) error { c.AMQP.TLS.ServerName = v; return nil }},
+	{"ANTIDOTE_AMQP_TLS_INSECURE_SKIP_VERIFY", "amqp.tls.insecure_skip_verify", "true: accept any certificate (tests only; logged as an error)", func(c *Config, v string) error { return setBool(&c.AMQP.TLS.InsecureSkipVerify, v) }},
+	{"ANTIDOTE_AMQP_EXTERNAL_AUTH", "amqp.external_auth", "true: SASL EXTERNAL, the user from the client certificate", func(c *Config, v string) error { return setBool(&c.AMQP.ExternalAuth, v) }},
 }
 
 // ApplyEnv overrides c with every variable of EnvVars that lookup finds set

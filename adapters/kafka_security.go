@@ -1,0 +1,183 @@
+package adapters
+
+import (
+	"crypto/sha256"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/IBM/sarama"
+	"github.com/xdg-go/scram"
+)
+
+// The SASL mechanisms kafka.sasl.mechanism accepts.
+const (
+	SASLPlain       = "PLAIN"
+	SASLScramSHA256 = "SCRAM-SHA-256"
+	SASLScramSHA512 = "SCRAM-SHA-512"
+	// SASLOAuthBearer is set by KafkaSASLConfig.TokenProvider (code only).
+	SASLOAuthBearer = "OAUTHBEARER"
+)
+
+// SASLMechanisms lists the mechanisms settable by name, in README order.
+var SASLMechanisms = []string{SASLPlain, SASLScramSHA256, SASLScramSHA512}
+
+// ErrAuthentication is wrapped by Open's error when a broker refuses the
+// configured credentials.
+var ErrAuthentication = errors.New("authentication failed")
+
+// KafkaSASLConfig is kafka.sasl: how the client authenticates to the brokers.
+type KafkaSASLConfig struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (case does not
+	// matter). If Mechanism is empty (the default), the client does not
+	// authenticate. PLAIN sends the password as it is: use it only with
+	// kafka.tls.enabled. SCRAM never sends the password itself.
+	Mechanism string `yaml:"mechanism"`
+
+	// Username to authenticate as. Required when Mechanism is set.
+	Username string `yaml:"username"`
+
+	// Password of Username. Required when Mechanism is set. It is never
+	// written to logs or errors; prefer ANTIDOTE_KAFKA_SASL_PASSWORD (or
+	// its _FILE variant) to a YAML file.
+	Password string `yaml:"password"`
+
+	// TokenProvider, if set, authenticates with SASL/OAUTHBEARER using the
+	// tokens it returns (code only, not YAML); Mechanism, Username and
+	// Password must then be empty. If TokenProvider is nil, Mechanism
+	// decides.
+	TokenProvider sarama.AccessTokenProvider `yaml:"-"`
+}
+
+// enabled reports whether any SASL is configured.
+func (s KafkaSASLConfig) enabled() bool { return s.Mechanism != "" || s.TokenProvider != nil }
+
+// mechanism is the normalized mechanism name.
+func (s KafkaSASLConfig) mechanism() string {
+	if s.TokenProvider != nil {
+		return SASLOAuthBearer
+	}
+	return strings.ToUpper(strings.TrimSpace(s.Mechanism))
+}
+
+// validate reports the fields of kafka.sasl that cannot work. No message
+// holds the password.
+func (s KafkaSASLConfig) validate() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("kafka.sasl.%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if s.TokenProvider != nil {
+		if s.Mechanism != "" || s.Username != "" || s.Password != "" {
+			bad("mechanism", "is %q (or username/password set) while TokenProvider is set, which uses OAUTHBEARER; set one or the other", s.Mechanism)
+		}
+		return errs
+	}
+	if s.Mechanism == "" {
+		if s.Username != "" || s.Password != "" {
+			bad("mechanism", "is empty while kafka.sasl.username or kafka.sasl.password is set; choose one of %s (ANTIDOTE_KAFKA_SASL_MECHANISM)", strings.Join(SASLMechanisms, ", "))
+		}
+		return errs
+	}
+	switch s.mechanism() {
+	case SASLPlain, SASLScramSHA256, SASLScramSHA512:
+	default:
+		bad("mechanism", "unknown mechanism %q; use one of %s (OAUTHBEARER: set TokenProvider in code)", s.Mechanism, strings.Join(SASLMechanisms, ", "))
+		return errs
+	}
+	if s.Username == "" {
+		bad("username", "is empty while kafka.sasl.mechanism is %s; set the user (ANTIDOTE_KAFKA_SASL_USERNAME)", s.mechanism())
+	}
+	if s.Password == "" {
+		bad("password", "is empty while kafka.sasl.mechanism is %s; set the password (ANTIDOTE_KAFKA_SASL_PASSWORD)", s.mechanism())
+	}
+	return errs
+}
+
+// applyKafkaSecurity sets TLS and SASL on sc from k.
+func applyKafkaSecurity(sc *sarama.Config, k KafkaConfig) error {
+	tc, err := k.TLS.Build("kafka.tls")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	if tc != nil {
+		sc.Net.TLS.Enable = true
+		sc.Net.TLS.Config = tc
+	}
+	s := k.SASL
+	if !s.enabled() {
+		return nil
+	}
+	if errs := s.validate(); len(errs) > 0 {
+		return fmt.Errorf("%w: %v", ErrInvalidConfig, errors.Join(errs...))
+	}
+	sc.Net.SASL.Enable = true
+	sc.Net.SASL.Handshake = true
+	sc.Net.SASL.Version = sarama.SASLHandshakeV1
+	switch s.mechanism() {
+	case SASLOAuthBearer:
+		sc.Net.SASL.Mechanism = sarama.SASLTypeOAuth
+		sc.Net.SASL.TokenProvider = s.TokenProvider
+		return nil
+	case SASLPlain:
+		sc.Net.SASL.Mechanism = sarama.SASLTypePlaintext
+	case SASLScramSHA256:
+		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA256
+		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha256.New} }
+	case SASLScramSHA512:
+		sc.Net.SASL.Mechanism = sarama.SASLTypeSCRAMSHA512
+		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha512.New} }
+	}
+	sc.Net.SASL.User = s.Username
+	sc.Net.SASL.Password = s.Password
+	return nil
+}
+
+// scramClient is sarama's SCRAMClient on github.com/xdg-go/scram, as in
+// sarama's own examples.
+type scramClient struct {
+	hash scram.HashGeneratorFcn
+	conv *scram.ClientConversation
+}
+
+func (c *scramClient) Begin(user, password, authzID string) error {
+	client, err := c.hash.NewClient(user, password, authzID)
+	if err != nil {
+		// xdg-go/scram's SASLprep errors do not quote the password.
+		return fmt.Errorf("scram: %w", err)
+	}
+	c.conv = client.NewConversation()
+	return nil
+}
+
+func (c *scramClient) Step(challenge string) (string, error) { return c.conv.Step(challenge) }
+
+func (c *scramClient) Done() bool { return c.conv.Done() }
+
+// kafkaAuthError turns a client error caused by refused credentials into
+// one wrapping ErrAuthentication that names the mechanism and user (never
+// the password); other errors come back as they are, nil if not an
+// authentication failure.
+func kafkaAuthError(err error, k KafkaConfig, addrs string) error {
+	if err == nil || !k.SASL.enabled() {
+		return nil
+	}
+	if !errors.Is(err, sarama.ErrSASLAuthenticationFailed) && !strings.Contains(err.Error(), "SASL") {
+		return nil
+	}
+	who := ""
+	if k.SASL.TokenProvider == nil {
+		who = fmt.Sprintf(", user %q", k.SASL.Username)
+	}
+	return fmt.Errorf("%w: kafka at %s refused SASL %s%s: %s; check kafka.sasl.username and kafka.sasl.password (ANTIDOTE_KAFKA_SASL_USERNAME, ANTIDOTE_KAFKA_SASL_PASSWORD) and the mechanism the brokers enable",
+		ErrAuthentication, addrs, k.SASL.mechanism(), who, redactSecret(err.Error(), k.SASL.Password))
+}
+
+// redactSecret hides secret in s, in case a client library quoted it.
+func redactSecret(s, secret string) string {
+	if secret == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, secret, "[REDACTED]")
+}
