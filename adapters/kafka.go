@@ -149,7 +149,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		OverwriteSaramaConfig: pc,
 	}, logger)
 	if err != nil {
-		if aerr := kafkaAuthError(err, *k, b.Addr); aerr != nil {
+		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
 			return aerr
 		}
 		return fmt.Errorf("%w: kafka at %s: %v", ErrUnreachable, b.Addr, redactSecret(err.Error(), k.SASL.Password))
@@ -170,7 +170,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		},
 	}, logger)
 	if err != nil {
-		if aerr := kafkaAuthError(err, *k, b.Addr); aerr != nil {
+		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
 			return aerr
 		}
 		return fmt.Errorf("kafka subscriber: %s", redactSecret(err.Error(), k.SASL.Password))

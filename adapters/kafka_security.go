@@ -157,21 +157,60 @@ func (c *scramClient) Done() bool { return c.conv.Done() }
 
 // kafkaAuthError turns a client error caused by refused credentials into
 // one wrapping ErrAuthentication that names the mechanism and user (never
-// the password); other errors come back as they are, nil if not an
-// authentication failure.
-func kafkaAuthError(err error, k KafkaConfig, addrs string) error {
-	if err == nil || !k.SASL.enabled() {
+// the password); it returns nil when err is not an authentication failure.
+// A broker that refuses credentials may just close the connection (the
+// client then sees EOF): when SASL is on and the error says nothing, one
+// broker is asked the same question without SASL; if it answers then, the
+// credentials were what it refused.
+func kafkaAuthError(err error, k KafkaConfig, sc *sarama.Config) error {
+	if err == nil || !k.SASL.enabled() || sc == nil {
 		return nil
 	}
-	if !errors.Is(err, sarama.ErrSASLAuthenticationFailed) && !strings.Contains(err.Error(), "SASL") {
-		return nil
+	var cause string
+	switch {
+	case errors.Is(err, sarama.ErrSASLAuthenticationFailed):
+		cause = "the broker says the credentials are wrong"
+	case errors.Is(err, sarama.ErrUnsupportedSASLMechanism):
+		cause = "the broker does not enable this mechanism"
+	case errors.Is(err, sarama.ErrIllegalSASLState):
+		cause = "the broker refused the SASL exchange"
+	default:
+		addr, ok := answersWithoutSASL(k.Brokers, sc)
+		if !ok {
+			return nil
+		}
+		cause = "the broker at " + addr + " answers without SASL but closed the connection when the credentials were sent"
 	}
 	who := ""
 	if k.SASL.TokenProvider == nil {
 		who = fmt.Sprintf(", user %q", k.SASL.Username)
 	}
-	return fmt.Errorf("%w: kafka at %s refused SASL %s%s: %s; check kafka.sasl.username and kafka.sasl.password (ANTIDOTE_KAFKA_SASL_USERNAME, ANTIDOTE_KAFKA_SASL_PASSWORD) and the mechanism the brokers enable",
-		ErrAuthentication, addrs, k.SASL.mechanism(), who, redactSecret(err.Error(), k.SASL.Password))
+	return fmt.Errorf("kafka at %s: SASL %s %w%s (%s); check kafka.sasl.username and kafka.sasl.password (ANTIDOTE_KAFKA_SASL_USERNAME, ANTIDOTE_KAFKA_SASL_PASSWORD) and the mechanism the brokers enable",
+		strings.Join(k.Brokers, ","), k.SASL.mechanism(), ErrAuthentication, who, redactSecret(cause, k.SASL.Password))
+}
+
+// answersWithoutSASL reports the first of addrs that answers an ApiVersions
+// request over sc's connection (TLS included) with SASL off, while it
+// refuses the same request with sc's SASL on.
+func answersWithoutSASL(addrs []string, sc *sarama.Config) (string, bool) {
+	plain := *sc
+	plain.Net.SASL.Enable = false
+	ask := func(addr string, c *sarama.Config) error {
+		b := sarama.NewBroker(addr)
+		if err := b.Open(c); err != nil {
+			return err
+		}
+		defer func() { _ = b.Close() }()
+		_, err := b.ApiVersions(&sarama.ApiVersionsRequest{})
+		return err
+	}
+	for _, addr := range addrs {
+		if ask(addr, &plain) != nil {
+			continue
+		}
+		return addr, ask(addr, sc) != nil
+	}
+	return "", false
 }
 
 // redactSecret hides secret in s, in case a client library quoted it.
