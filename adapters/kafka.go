@@ -152,7 +152,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
 			return aerr
 		}
-		return fmt.Errorf("%w: kafka at %s: %v", ErrUnreachable, b.Addr, redactSecret(err.Error(), k.SASL.Password))
+		return fmt.Errorf("%w: kafka at %s: %v%s", ErrUnreachable, b.Addr, redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
 	}
 	kpub := &kafkaPublisher{Publisher: pub, cfg: cfg, marshaler: marshaler, logger: logger}
 	b.Publisher = kpub
@@ -173,7 +173,7 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
 			return aerr
 		}
-		return fmt.Errorf("kafka subscriber: %s", redactSecret(err.Error(), k.SASL.Password))
+		return fmt.Errorf("kafka subscriber: %s%s", redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
 	}
 	b.Subscriber = kafkaSubscriber{Subscriber: sub, pub: kpub}
 	b.onClose(sub.Close)

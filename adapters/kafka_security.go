@@ -3,6 +3,7 @@ package adapters
 import (
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -213,9 +214,27 @@ func answersWithoutSASL(addrs []string, sc *sarama.Config) (string, bool) {
 	return "", false
 }
 
-// redactSecret hides secret in s, in case a client library quoted it.
+// kafkaTLSHint says what to set when err is a certificate the client did
+// not trust; "" otherwise.
+func kafkaTLSHint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	switch {
+	case errors.As(err, &unknown) || strings.Contains(err.Error(), "x509: certificate signed by unknown authority"):
+		return "; the brokers' TLS certificate is signed by a CA this process does not trust: set kafka.tls.ca_file (ANTIDOTE_KAFKA_TLS_CA_FILE) to it"
+	case errors.As(err, &host) || strings.Contains(err.Error(), "x509: certificate is valid for"):
+		return "; the brokers' TLS certificate does not carry the name dialled: set kafka.tls.server_name (ANTIDOTE_KAFKA_TLS_SERVER_NAME) to a name it carries"
+	case strings.Contains(err.Error(), "tls: "):
+		return "; TLS failed: check kafka.tls.* (a broker without TLS, or one that wants a client certificate: kafka.tls.cert_file and key_file)"
+	}
+	return ""
+}
+
+// redactSecret hides secret in s, in case a client library quoted it. A
+// secret under 4 bytes is left alone: hiding it would mangle the message
+// (no client library this package uses quotes passwords anyway).
 func redactSecret(s, secret string) string {
-	if secret == "" {
+	if len(secret) < 4 {
 		return s
 	}
 	return strings.ReplaceAll(s, secret, "[REDACTED]")

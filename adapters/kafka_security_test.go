@@ -264,8 +264,8 @@ func TestKafkaTLSUntrustedCA(t *testing.T) {
 	if err == nil {
 		t.Fatal("Open trusted a broker whose CA is not configured")
 	}
-	if !strings.Contains(err.Error(), "certificate") {
-		t.Errorf("error does not mention the certificate: %v", err)
+	if !strings.Contains(err.Error(), "certificate") || !strings.Contains(err.Error(), "kafka.tls.ca_file") {
+		t.Errorf("error does not say which certificate setting to fix: %v", err)
 	}
 }
 
