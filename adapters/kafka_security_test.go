@@ -370,7 +370,7 @@ func TestKafkaClusterBrokerKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	cfg := adapters.Config{Broker: adapters.KindKafka, ConnectTimeout: 2 * time.Second, Kafka: adapters.KafkaConfig{
-		Brokers:        append([]string{freeClosedPort(t)}, k.Addrs()...),
+		Brokers:       append([]string{freeClosedPort(t)}, k.Addrs()...),
 		ConsumerGroup: "cluster",
 	}}
 	b, err := adapters.Open(ctx, cfg, nil)
