@@ -429,3 +429,43 @@ func TestKafkaClusterBrokerKilled(t *testing.T) {
 		t.Fatalf("published %d of %d, processed %d distinct", published, n, got)
 	}
 }
+
+// The YAML keys and env variables of the contract reach the fields.
+func TestSecurityYAMLAndEnv(t *testing.T) {
+	c, err := adapters.ParseYAML([]byte(`
+broker: kafka
+kafka:
+  brokers: ["h:9092"]
+  sasl: {mechanism: SCRAM-SHA-512, username: u, password: p}
+  tls: {enabled: true, ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem, server_name: kafka.internal, insecure_skip_verify: true}
+amqp:
+  tls: {enabled: true, ca_file: /aca.pem}
+  external_auth: true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := adapters.TLSConfig{Enabled: true, CAFile: "/ca.pem", CertFile: "/c.pem", KeyFile: "/k.pem", ServerName: "kafka.internal", InsecureSkipVerify: true}
+	if c.Kafka.TLS != want || c.Kafka.SASL.Mechanism != "SCRAM-SHA-512" || c.Kafka.SASL.Username != "u" || c.Kafka.SASL.Password != "p" ||
+		c.AMQP.TLS.CAFile != "/aca.pem" || !c.AMQP.ExternalAuth {
+		t.Fatalf("YAML: %+v %+v", c.Kafka, c.AMQP)
+	}
+	env := map[string]string{
+		"ANTIDOTE_KAFKA_SASL_MECHANISM": "PLAIN", "ANTIDOTE_KAFKA_SASL_USERNAME": "eu", "ANTIDOTE_KAFKA_SASL_PASSWORD": "ep",
+		"ANTIDOTE_KAFKA_TLS_ENABLED": "true", "ANTIDOTE_KAFKA_TLS_CA_FILE": "/eca", "ANTIDOTE_KAFKA_TLS_CERT_FILE": "/ec",
+		"ANTIDOTE_KAFKA_TLS_KEY_FILE": "/ek", "ANTIDOTE_KAFKA_TLS_SERVER_NAME": "en", "ANTIDOTE_KAFKA_TLS_INSECURE_SKIP_VERIFY": "true",
+		"ANTIDOTE_AMQP_TLS_ENABLED": "true", "ANTIDOTE_AMQP_TLS_CA_FILE": "/a1", "ANTIDOTE_AMQP_TLS_CERT_FILE": "/a2",
+		"ANTIDOTE_AMQP_TLS_KEY_FILE": "/a3", "ANTIDOTE_AMQP_TLS_SERVER_NAME": "an", "ANTIDOTE_AMQP_TLS_INSECURE_SKIP_VERIFY": "true",
+		"ANTIDOTE_AMQP_EXTERNAL_AUTH": "true",
+	}
+	var e adapters.Config
+	if err := e.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if (e.Kafka.SASL != adapters.KafkaSASLConfig{Mechanism: "PLAIN", Username: "eu", Password: "ep"}) ||
+		e.Kafka.TLS != (adapters.TLSConfig{Enabled: true, CAFile: "/eca", CertFile: "/ec", KeyFile: "/ek", ServerName: "en", InsecureSkipVerify: true}) ||
+		e.AMQP.TLS != (adapters.TLSConfig{Enabled: true, CAFile: "/a1", CertFile: "/a2", KeyFile: "/a3", ServerName: "an", InsecureSkipVerify: true}) ||
+		!e.AMQP.ExternalAuth {
+		t.Fatalf("env: %+v %+v", e.Kafka, e.AMQP)
+	}
+}
