@@ -20,12 +20,13 @@ func throttleBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 	return brokers.Config(t, kind)
 }
 
-// 600 messages at 200/s with a burst of 1 take no less than 3s (599 intervals of
-// 5ms: 2.995s, 5% allowed for clock reads) and not grossly more, through a Watermill router with middleware.Throttle on each
-// real broker, measured from the first handled message to the last, and
-// every message is handled. The messages are published before the router
-// starts, so the broker is never what limits the rate. (Kafka runs its 4
-// partitions concurrently: the limit holds across them.)
+// 600 messages at 200/s with a burst of 1 take no less than 3s (599
+// intervals of 5ms: 2.995s, 5% allowed for clock reads) and not grossly
+// more, through a Watermill router with middleware.Throttle on each real
+// broker, measured from the first handled message to the last, and every
+// message is handled. The messages are published before the router starts,
+// so the broker is never what limits the rate. (Kafka runs its 4 partitions
+// concurrently: the limit holds across them.)
 func TestThrottleRateOnBrokers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("about 5s per broker")
