@@ -223,7 +223,9 @@ func TestIngestStoreDown(t *testing.T) {
 	if !errors.Is(err, down) || !strings.Contains(err.Error(), "stays in the DLQ") {
 		t.Errorf("error %v, want the store's, saying the letter stays", err)
 	}
-	if stats.Stored != 0 || stats.Received != 1 {
+	// Nacked, the letter may come again to another worker before Ingest
+	// stops: received at least once, stored never.
+	if stats.Stored != 0 || stats.Received < 1 {
 		t.Errorf("stats %+v", stats)
 	}
 }

@@ -3,13 +3,14 @@
 //   - ingest: letters per second from each broker's DLQ into the PostgreSQL
 //     store (hospital.Ingest into pgstore.HospitalStore), from the first
 //     letter stored to the last, every letter counted;
+//
 //   - store: the latency of the hospital's reads with a million letters in
 //     the store: the groups page (by recent rate and by count), the first
 //     and a deep page of letters, one group's letters, one whole letter.
 //
-//	go run ./bench/hospital                              # both, every broker
-//	go run ./bench/hospital -mode store -letters 1000000 -groups 200
-//	go run ./bench/hospital -mode ingest -brokers kafka,amqp,postgres -n 20000
+//     go run ./bench/hospital                              # both, every broker
+//     go run ./bench/hospital -mode store -letters 1000000 -groups 200
+//     go run ./bench/hospital -mode ingest -brokers kafka,amqp,postgres -n 20000
 //
 // Broker addresses come from the same env as adapters (LoadConfig); Kafka
 // without ANTIDOTE_KAFKA_BROKERS uses the embedded broker. The store is at
