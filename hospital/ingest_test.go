@@ -245,6 +245,9 @@ func (f failingStore) Groups(context.Context, hospital.GroupQuery) (hospital.Gro
 func (f failingStore) Audit(context.Context, int64, int) ([]hospital.AuditEntry, error) {
 	return nil, f.err
 }
+func (f failingStore) ClaimCanary(context.Context, string, string) (bool, error)  { return false, f.err }
+func (f failingStore) FinishCanary(context.Context, string, string, string) error { return f.err }
+func (f failingStore) LatestVersion(context.Context, string) (string, error)      { return "", f.err }
 func (f failingStore) Treat(context.Context, int64, hospital.State, string, string, func(hospital.Letter) error) error {
 	return f.err
 }

@@ -39,6 +39,15 @@ type Store interface {
 	// wrapping ErrNotDead, and do does not run: each letter is treated
 	// exactly one way.
 	Treat(ctx context.Context, id int64, to State, actor, detail string, do func(Letter) error) error
+	// ClaimCanary records that group fp's canaries run at consumer
+	// version: it reports false when they ran (or run) at that version
+	// already, so a group is never canaried twice at one version, however
+	// many hospitals run. FinishCanary records the outcome.
+	ClaimCanary(ctx context.Context, fp, version string) (bool, error)
+	FinishCanary(ctx context.Context, fp, version, outcome string) error
+	// LatestVersion is the consumer version of the newest letter of
+	// handler that carries one, or "".
+	LatestVersion(ctx context.Context, handler string) (string, error)
 	// Audit returns the latest audit entries, newest first: limit is
 	// clamped as PageLimit; letterID 0 means every letter.
 	Audit(ctx context.Context, letterID int64, limit int) ([]AuditEntry, error)
@@ -128,6 +137,9 @@ type Group struct {
 	Example int64 `json:"example"`
 	// OriginalTopic is the example's original topic.
 	OriginalTopic string `json:"original_topic"`
+	// ConsumerVersion is the version of the consumer that sent its latest
+	// letter (antidote.consumer_version), or "".
+	ConsumerVersion string `json:"consumer_version"`
 	// Recent is the group's letters per hour over the last RecentHours
 	// hours, oldest first, the current hour last: its sparkline.
 	Recent []int64 `json:"recent"`

@@ -62,9 +62,9 @@ func (c HospitalStoreConfig) Validate() error {
 // small table however many letters there are. Safe for concurrent use by
 // many ingesters.
 type HospitalStore struct {
-	t                            *table
-	letters, group, audit, rates string // sanitized identifiers
-	lettersName                  string
+	t                                      *table
+	letters, group, audit, rates, canaries string // sanitized identifiers
+	lettersName                            string
 }
 
 // NewHospitalStore fills cfg's defaults, validates it, opens a pool when
@@ -84,7 +84,7 @@ func NewHospitalStore(ctx context.Context, cfg HospitalStoreConfig) (*HospitalSt
 		p[len(p)-1] += suffix
 		return pgx.Identifier(p).Sanitize()
 	}
-	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), audit: with("_audit"), rates: with("_rates"), lettersName: parts[len(parts)-1] + "_letters"}
+	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), audit: with("_audit"), rates: with("_rates"), canaries: with("_canaries"), lettersName: parts[len(parts)-1] + "_letters"}
 	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.hospital", s.CreateTableSQL()); err != nil {
 		return nil, err
 	}
@@ -139,7 +139,15 @@ CREATE TABLE IF NOT EXISTS ` + s.group + ` (
   first_seen     TIMESTAMPTZ NOT NULL,
   last_seen      TIMESTAMPTZ NOT NULL,
   example        BIGINT NOT NULL,
-  original_topic TEXT NOT NULL
+  original_topic TEXT NOT NULL,
+  consumer_version TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS ` + s.canaries + ` (
+  fingerprint TEXT NOT NULL,
+  version     TEXT NOT NULL,
+  started_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+  outcome     TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (fingerprint, version)
 );
 CREATE TABLE IF NOT EXISTS ` + s.rates + ` (
   fingerprint TEXT NOT NULL,
@@ -209,10 +217,11 @@ func (s *HospitalStore) Put(ctx context.Context, l hospital.Letter) (bool, error
   ON CONFLICT (identity) DO NOTHING RETURNING id, ingested_at
 ), grp AS (
   INSERT INTO `+s.group+` AS g (fingerprint, handler, reason, error_type, frame, message, shape, producer,
-    count, dead, first_seen, last_seen, example, original_topic)
-  SELECT $18, $23, $24, $25, $26, $27, $28, $29, 1, $30, ingested_at, ingested_at, id, $6 FROM ins
+    count, dead, first_seen, last_seen, example, original_topic, consumer_version)
+  SELECT $18, $23, $24, $25, $26, $27, $28, $29, 1, $30, ingested_at, ingested_at, id, $6, $14 FROM ins
   ON CONFLICT (fingerprint) DO UPDATE SET count = g.count + 1, dead = g.dead + EXCLUDED.dead,
-    last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)
+    last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen),
+    consumer_version = CASE WHEN EXCLUDED.consumer_version <> '' THEN EXCLUDED.consumer_version ELSE g.consumer_version END
 ), rate AS (
   INSERT INTO `+s.rates+` AS r (fingerprint, hour, count)
   SELECT $18, date_trunc('hour', ingested_at), 1 FROM ins
@@ -391,7 +400,7 @@ func (s *HospitalStore) Groups(ctx context.Context, q hospital.GroupQuery) (hosp
 		return page, fmt.Errorf("pgstore: hospital store: count groups: %w", err)
 	}
 	rows, err := s.t.pool.Query(ctx, `SELECT fingerprint, handler, reason, error_type, frame, message, shape, producer, count, dead,
-  first_seen, last_seen, example, original_topic FROM `+s.group+` g`+cond+` ORDER BY `+order+
+  first_seen, last_seen, example, original_topic, consumer_version FROM `+s.group+` g`+cond+` ORDER BY `+order+
 		` LIMIT `+strconv.Itoa(limit)+` OFFSET `+strconv.Itoa(max(0, q.Offset)), args...)
 	if err != nil {
 		return page, fmt.Errorf("pgstore: hospital store: list groups: %w", err)
@@ -401,7 +410,7 @@ func (s *HospitalStore) Groups(ctx context.Context, q hospital.GroupQuery) (hosp
 		var g hospital.Group
 		f := &g.Fingerprint
 		if err := rows.Scan(&f.ID, &f.Handler, &f.Reason, &f.ErrorType, &f.Frame, &f.Message, &f.Shape, &f.Producer,
-			&g.Count, &g.Dead, &g.FirstSeen, &g.LastSeen, &g.Example, &g.OriginalTopic); err != nil {
+			&g.Count, &g.Dead, &g.FirstSeen, &g.LastSeen, &g.Example, &g.OriginalTopic, &g.ConsumerVersion); err != nil {
 			return page, fmt.Errorf("pgstore: hospital store: list groups: %w", err)
 		}
 		page.Groups = append(page.Groups, g)
@@ -512,6 +521,36 @@ func (s *HospitalStore) Audit(ctx context.Context, letterID int64, limit int) ([
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// ClaimCanary implements hospital.Store.
+func (s *HospitalStore) ClaimCanary(ctx context.Context, fp, version string) (bool, error) {
+	tag, err := s.t.pool.Exec(ctx, `INSERT INTO `+s.canaries+` (fingerprint, version) VALUES ($1, $2) ON CONFLICT DO NOTHING`, fp, text(version))
+	if err != nil {
+		return false, fmt.Errorf("pgstore: hospital store: claim canary of %s at %s: %w", fp, text(version), err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// FinishCanary implements hospital.Store.
+func (s *HospitalStore) FinishCanary(ctx context.Context, fp, version, outcome string) error {
+	if _, err := s.t.pool.Exec(ctx, `UPDATE `+s.canaries+` SET outcome = $3 WHERE fingerprint = $1 AND version = $2`, fp, text(version), text(outcome)); err != nil {
+		return fmt.Errorf("pgstore: hospital store: finish canary of %s at %s: %w", fp, text(version), err)
+	}
+	return nil
+}
+
+// LatestVersion implements hospital.Store.
+func (s *HospitalStore) LatestVersion(ctx context.Context, handler string) (string, error) {
+	var v string
+	err := s.t.pool.QueryRow(ctx, `SELECT consumer_version FROM `+s.letters+` WHERE handler = $1 AND consumer_version <> '' ORDER BY id DESC LIMIT 1`, handler).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("pgstore: hospital store: latest version of %s: %w", handler, err)
+	}
+	return v, nil
 }
 
 // Close closes the pool if the store opened it (never a Pool passed in the
