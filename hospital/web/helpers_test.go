@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -107,7 +108,11 @@ func put(t *testing.T, s hospital.Store, b bug) []hospital.Letter {
 		m.Metadata.Set(poison.KeyHandler, b.handler)
 		m.Metadata.Set(poison.KeyReason, b.reason)
 		m.Metadata.Set(poison.KeyErrorType, b.errorType)
-		m.Metadata.Set(poison.KeyError, fmt.Sprintf(b.err, 1000+i))
+		msg := b.err
+		if strings.Contains(msg, "%d") {
+			msg = fmt.Sprintf(msg, 1000+i)
+		}
+		m.Metadata.Set(poison.KeyError, msg)
 		m.Metadata.Set(poison.KeyAttempts, "3")
 		m.Metadata.Set(poison.KeyConsumerGroup, "shop")
 		m.Metadata.Set(poison.KeyProducer, "checkout@1.4.2")
@@ -242,3 +247,17 @@ func csrf(t *testing.T, c *http.Client, srv *httptest.Server, path string) strin
 	}
 	return m[1]
 }
+
+// seedRate sets a group's letters in the hour that began ago hours ago,
+// for a sparkline with history.
+func seedRate(t *testing.T, pool *pgxpool.Pool, prefix, fp string, ago, n int) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), `INSERT INTO "`+prefix+`_rates" (fingerprint, hour, count)
+VALUES ($1, date_trunc('hour', now()) - make_interval(hours => $2), $3)
+ON CONFLICT (fingerprint, hour) DO UPDATE SET count = EXCLUDED.count`, fp, ago, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
