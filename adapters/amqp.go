@@ -2,9 +2,13 @@ package adapters
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -20,6 +24,10 @@ import (
 // Open's subscriber is watermill-amqp's; its publisher is the adapter's own
 // (mandatory publishes whose returns fail or repeat the publish, limits
 // checked before sending), built from the same configuration.
+//
+// amqp.tls becomes the connection's TLS config (for amqps:// URLs) and
+// amqp.external_auth its SASL EXTERNAL mechanism. A TLS file that cannot
+// be loaded leaves TLS to the URL's defaults: Validate and Open report it.
 func AMQPConfigFor(cfg Config) wamqp.Config {
 	a := cfg.AMQP
 	c := wamqp.NewDurableQueueConfig(a.URL)
@@ -28,6 +36,12 @@ func AMQPConfigFor(cfg Config) wamqp.Config {
 		Heartbeat: 10 * time.Second,
 		Locale:    "en_US",
 	}
+	if tc, err := a.TLS.Build("amqp.tls"); err == nil && tc != nil {
+		c.Connection.AmqpConfig.TLSClientConfig = tc
+	}
+	if a.ExternalAuth {
+		c.Connection.AmqpConfig.SASL = []amqp.Authentication{&amqp.ExternalAuth{}}
+	}
 	c.Marshaler = TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}}
 	c.Publish.ConfirmDelivery = true
 	c.Consume.Qos.PrefetchCount = a.Prefetch
@@ -35,6 +49,27 @@ func AMQPConfigFor(cfg Config) wamqp.Config {
 		c.Queue.Arguments = amqp.Table{"x-queue-type": "quorum"}
 	}
 	return c
+}
+
+// amqpDialHint says what a failed RabbitMQ connection most likely means,
+// without quoting the client's error (which can hold the URL).
+func amqpDialHint(err error) string {
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.As(err, &certErr), errors.As(err, &unknownAuth):
+		return "its TLS certificate is not signed by a trusted CA: set amqp.tls.ca_file to the CA that signed it"
+	case errors.As(err, &hostErr):
+		return "its TLS certificate is not for this host: set amqp.tls.server_name to the name it carries"
+	case errors.Is(err, amqp.ErrSASL), errors.Is(err, amqp.ErrCredentials):
+		return "authentication refused: check user and password, or the client certificate with amqp.external_auth"
+	}
+	var tlsAlert tls.AlertError
+	if errors.As(err, &tlsAlert) {
+		return "TLS handshake refused by the server (" + tlsAlert.Error() + "): check amqp.tls.cert_file and key_file"
+	}
+	return "check user, password and vhost"
 }
 
 func amqpHostPort(raw string) string {
@@ -51,8 +86,32 @@ func amqpHostPort(raw string) string {
 	return net.JoinHostPort(u.Hostname(), "5672")
 }
 
+// validateTLS reports what cannot work in amqp.tls and amqp.external_auth.
+func (a AMQPConfig) validateTLS() []error {
+	errs := a.TLS.validate("amqp.tls")
+	tlsURL := strings.HasPrefix(a.URL, "amqps://")
+	if a.TLS.Enabled && !tlsURL {
+		errs = append(errs, fmt.Errorf("amqp.tls.enabled: is true but amqp.url is not amqps://; RabbitMQ takes TLS on its own port: write amqps://user:password@host:5671/"))
+	}
+	if a.ExternalAuth {
+		if !tlsURL {
+			errs = append(errs, fmt.Errorf("amqp.external_auth: needs TLS: write amqp.url as amqps://host:5671/"))
+		}
+		if !a.TLS.Enabled || a.TLS.CertFile == "" {
+			errs = append(errs, fmt.Errorf("amqp.external_auth: RabbitMQ takes the user from the client certificate: set amqp.tls.enabled, amqp.tls.cert_file and amqp.tls.key_file"))
+		}
+	}
+	return errs
+}
+
 func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.LoggerAdapter) error {
 	b.Addr = Redact(cfg.AMQP.URL)
+	if _, err := cfg.AMQP.TLS.Build("amqp.tls"); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	if cfg.AMQP.TLS.Enabled && cfg.AMQP.TLS.InsecureSkipVerify {
+		logger.Error("amqp.tls.insecure_skip_verify is true: RabbitMQ's certificate is not checked; never use this in production", ErrInsecureTLS, watermill.LogFields{"addr": b.Addr})
+	}
 	if err := dialCheck(ctx, KindAMQP, amqpHostPort(cfg.AMQP.URL), cfg.ConnectTimeout); err != nil {
 		return err
 	}
@@ -60,7 +119,7 @@ func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.Logge
 	conn, err := wamqp.NewConnection(wc.Connection, logger)
 	if err != nil {
 		// The client's error can quote the URL; say where without the password.
-		return fmt.Errorf("%w: amqp at %s: connection refused by RabbitMQ (check user, password and vhost)", ErrUnreachable, b.Addr)
+		return fmt.Errorf("%w: amqp at %s: connection refused by RabbitMQ (%s)", ErrUnreachable, b.Addr, amqpDialHint(err))
 	}
 	b.onClose(conn.Close)
 	pub, err := newAMQPPublisher(wc, cfg.AMQP.MaxMessageBytes, logger)

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Kind names a broker.
@@ -155,6 +157,22 @@ type KafkaConfig struct {
 	// not YAML). Whatever it is, it is wrapped in TolerantKafkaUnmarshaler,
 	// so a record it rejects is dead-lettered instead of blocking the partition.
 	Unmarshaler kafka.Unmarshaler `yaml:"-"`
+
+	// TLS encrypts the connections to the brokers (kafka.tls.*). If
+	// TLS.Enabled is false (the default), connections are plain TCP.
+	TLS TLSConfig `yaml:"tls"`
+
+	// SASL authenticates to the brokers (kafka.sasl.*). If SASL.Mechanism
+	// is empty and no TokenProvider is set (the default), the client does
+	// not authenticate.
+	SASL KafkaSASLConfig `yaml:"sasl"`
+
+	// ConfigureSarama, if set, is called last on every Sarama config the
+	// adapter builds (SaramaConfig: subscriber, publisher, dead letters'
+	// producer, admin, lag sources, the dlq package), for settings this
+	// struct does not cover (code only, not YAML). If ConfigureSarama is
+	// nil, the config is used as built. What it changes is not validated.
+	ConfigureSarama func(*sarama.Config) `yaml:"-"`
 }
 
 // AMQPConfig configures watermill-amqp: one durable queue per topic.
@@ -178,6 +196,21 @@ type AMQPConfig struct {
 	// limit and this setting, instead of RabbitMQ closing the channel.
 	// Headers have a limit of their own: they must fit in one AMQP frame.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
+
+	// TLS configures the TLS connection to RabbitMQ (amqp.tls.*): custom CA,
+	// client certificate, server name. An amqps:// URL uses TLS even if
+	// TLS.Enabled is false (with the system's CAs); setting TLS.Enabled with
+	// an amqp:// URL is an error, since RabbitMQ listens for TLS on its own
+	// port (5671). If TLS.Enabled is false (the default), an amqp:// URL
+	// connects in plain TCP.
+	TLS TLSConfig `yaml:"tls"`
+
+	// ExternalAuth authenticates with SASL EXTERNAL: RabbitMQ takes the
+	// user from the client certificate (rabbitmq_auth_mechanism_ssl) and the
+	// URL's user and password are not sent. It needs amqp.tls.cert_file and
+	// amqp.tls.key_file and an amqps:// URL. Default false: the URL's user
+	// and password (SASL PLAIN).
+	ExternalAuth bool `yaml:"external_auth"`
 }
 
 // PostgresConfig configures watermill-sql/v4 with pgx and its PostgreSQL queue
@@ -218,6 +251,14 @@ type PostgresConfig struct {
 	// an error naming its size, this limit and this setting. Dead letters may
 	// exceed it by antidote.LetterHeadroom.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
+
+	// ConfigurePool, if set, is called last on the pgx pool config the
+	// adapter builds (OpenPostgresPool: the subscriber's and publisher's
+	// pool, the lag source, the dlq package), for anything the URL cannot
+	// say: a BeforeConnect that fetches a cloud IAM token, AfterConnect,
+	// tracers (code only, not YAML). If ConfigurePool is nil, the pool is
+	// built from URL, MaxConns and connect_timeout alone.
+	ConfigurePool func(*pgxpool.Config) `yaml:"-"`
 }
 
 // Defaults used by SetDefaults.
@@ -370,6 +411,12 @@ func (c Config) Validate() error {
 		if k.MaxMessageBytes < 1 {
 			bad("kafka.max_message_bytes", "%d is less than 1; use the topics' max.message.bytes, e.g. 1048576", k.MaxMessageBytes)
 		}
+		for _, err := range k.TLS.validate("kafka.tls") {
+			errs = append(errs, fmt.Errorf("%w: %v", ErrInvalidConfig, err))
+		}
+		for _, err := range k.SASL.validate() {
+			errs = append(errs, fmt.Errorf("%w: %v", ErrInvalidConfig, err))
+		}
 		if k.Embedded {
 			if err := checkHostPort(k.EmbeddedAddr); err != nil {
 				bad("kafka.embedded_addr", "%q is not host:port (%v); use e.g. 127.0.0.1:9092", k.EmbeddedAddr, err)
@@ -385,10 +432,13 @@ func (c Config) Validate() error {
 		if c.AMQP.MaxMessageBytes < 1 {
 			bad("amqp.max_message_bytes", "%d is less than 1; use the server's max_message_size, e.g. 134217728", c.AMQP.MaxMessageBytes)
 		}
+		for _, err := range c.AMQP.validateTLS() {
+			errs = append(errs, fmt.Errorf("%w: %v", ErrInvalidConfig, err))
+		}
 	case KindPostgres:
 		p := c.Postgres
-		if err := checkURL(p.URL, "postgres", "postgresql"); err != nil {
-			bad("postgres.url", "%v; write it like postgres://user@host:5432/db?sslmode=disable", err)
+		if err := checkPostgresURL(p.URL); err != nil {
+			bad("postgres.url", "%v; write it like postgres://user@host:5432/db?sslmode=disable (or host=... dbname=... keyword/value, or several hosts postgres://h1:5432,h2:5432/db)", err)
 		}
 		if !validTablePrefix(p.TablePrefix) {
 			bad("postgres.table_prefix", "%q must be letters, digits and underscores, starting with a letter", p.TablePrefix)
@@ -468,11 +518,47 @@ func validTablePrefix(s string) bool {
 	return true
 }
 
-// Redact hides the password of a URL, for logs and errors.
+// Redact hides the password of a URL, for logs and errors. A PostgreSQL
+// keyword/value string (host=h password=p) gets its password hidden too.
 func Redact(raw string) string {
+	if !strings.Contains(raw, "://") {
+		return redactPostgresPassword(raw)
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "<unparseable URL>"
 	}
 	return u.Redacted()
+}
+
+// redactPostgresPassword hides the value of every password= keyword (quoted
+// or not) of a keyword/value connection string, and of ?password= in a URL.
+func redactPostgresPassword(s string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "password=")
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i+len("password=")])
+		b.WriteString("xxxxx")
+		rest := s[i+len("password="):]
+		end := 0
+		if strings.HasPrefix(rest, "'") {
+			end = 1
+			for end < len(rest) && rest[end] != '\'' {
+				if rest[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			end++
+		} else {
+			for end < len(rest) && rest[end] != ' ' && rest[end] != '&' {
+				end++
+			}
+		}
+		s = rest[min(end, len(rest)):]
+	}
 }

@@ -44,7 +44,9 @@ func (m keyMarshaler) Marshal(topic string, msg *message.Message) (*sarama.Produ
 }
 
 // SaramaConfig returns the Sarama settings Open uses for cfg, for users who
-// build watermill-kafka publishers or subscribers themselves.
+// build watermill-kafka publishers or subscribers themselves. Every Kafka
+// client Antidote builds starts from it, so kafka.tls, kafka.sasl and
+// KafkaConfig.ConfigureSarama (called last) reach all of them.
 //
 // Offsets: the subscriber marks an offset only after its message is acked and
 // Sarama commits marked offsets every second (or, with SyncCommit, right
@@ -80,6 +82,12 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	// Also the most Sarama packs into one batch: a batch over the topic's
 	// max.message.bytes would be refused whole.
 	sc.Producer.MaxMessageBytes = k.MaxMessageBytes
+	if err := applyKafkaSecurity(sc, k); err != nil {
+		return nil, err
+	}
+	if k.ConfigureSarama != nil {
+		k.ConfigureSarama(sc)
+	}
 	return sc, nil
 }
 
@@ -116,10 +124,11 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	}
 	b.Config = cfg
 	b.Addr = strings.Join(k.Brokers, ",")
-	for _, addr := range k.Brokers {
-		if err := dialCheck(ctx, KindKafka, addr, cfg.ConnectTimeout); err != nil {
-			return err
-		}
+	if k.TLS.Enabled && k.TLS.InsecureSkipVerify {
+		logger.Error("kafka.tls.insecure_skip_verify is true: the brokers' certificates are not checked; never use this in production", ErrInsecureTLS, watermill.LogFields{"addr": b.Addr})
+	}
+	if err := anyAnswers(ctx, KindKafka, k.Brokers, cfg.ConnectTimeout, logger); err != nil {
+		return err
 	}
 	sc, err := SaramaConfig(cfg)
 	if err != nil {
@@ -140,7 +149,10 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		OverwriteSaramaConfig: pc,
 	}, logger)
 	if err != nil {
-		return fmt.Errorf("%w: kafka at %s: %v", ErrUnreachable, b.Addr, err)
+		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
+			return aerr
+		}
+		return fmt.Errorf("%w: kafka at %s: %v%s", ErrUnreachable, b.Addr, redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
 	}
 	kpub := &kafkaPublisher{Publisher: pub, cfg: cfg, marshaler: marshaler, logger: logger}
 	b.Publisher = kpub
@@ -158,7 +170,10 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		},
 	}, logger)
 	if err != nil {
-		return fmt.Errorf("kafka subscriber: %w", err)
+		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
+			return aerr
+		}
+		return fmt.Errorf("kafka subscriber: %s%s", redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
 	}
 	b.Subscriber = kafkaSubscriber{Subscriber: sub, pub: kpub}
 	b.onClose(sub.Close)

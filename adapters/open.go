@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -89,6 +90,66 @@ func Open(ctx context.Context, cfg Config, logger watermill.LoggerAdapter) (*Bro
 		return nil, err
 	}
 	return b, nil
+}
+
+// anyAnswers probes every address concurrently with dialCheck and returns
+// as soon as one answers, logging those that did not answer (yet); only
+// when none answers within timeout does it fail, naming them all. A cluster
+// in a rolling restart, or a bootstrap list with a retired broker, starts.
+func anyAnswers(ctx context.Context, kind Kind, addrs []string, timeout time.Duration, logger watermill.LoggerAdapter) error {
+	if len(addrs) == 1 {
+		return dialCheck(ctx, kind, addrs[0], timeout)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		addr string
+		err  error
+	}
+	results := make(chan result, len(addrs))
+	for _, addr := range addrs {
+		go func() { results <- result{addr, dialCheck(ctx, kind, addr, timeout)} }()
+	}
+	var failed []result
+	answered := false
+	var grace <-chan time.Time
+	for range addrs {
+		var r result
+		select {
+		case r = <-results:
+		case <-grace:
+			// One broker answered: the rest get a moment to answer too,
+			// not the whole timeout, before start-up goes on.
+			cancel()
+			r = <-results
+		}
+		if r.err == nil {
+			if !answered {
+				answered = true
+				grace = time.After(min(250*time.Millisecond, timeout))
+			}
+			continue
+		}
+		failed = append(failed, r)
+	}
+	if !answered {
+		if len(failed) > 0 && ctx.Err() == nil {
+			msgs := make([]string, len(failed))
+			for i, f := range failed {
+				msgs[i] = f.err.Error()
+			}
+			return fmt.Errorf("%w: none of the %d %s bootstrap brokers answered within %s: %s", ErrUnreachable, len(addrs), kind, timeout, strings.Join(msgs, "; "))
+		}
+		return fmt.Errorf("%w: %s at %s: %v", ErrUnreachable, kind, strings.Join(addrs, ","), ctx.Err())
+	}
+	if len(failed) > 0 {
+		down := make([]string, len(failed))
+		for i, f := range failed {
+			down[i] = f.addr
+		}
+		logger.Error(fmt.Sprintf("%s: %d of %d bootstrap brokers did not answer; starting with the others", kind, len(failed), len(addrs)), ErrUnreachable, watermill.LogFields{"not_answering": strings.Join(down, ",")})
+	}
+	return nil
 }
 
 // dialCheck waits up to timeout for something to listen at addr, dialing

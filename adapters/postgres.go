@@ -3,9 +3,12 @@ package adapters
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -13,6 +16,7 @@ import (
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote"
@@ -161,8 +165,57 @@ func ackedRows(rows []wsql.Row, last wsql.Row) []wsql.Row {
 	return nil
 }
 
+// checkPostgresURL accepts what pgx accepts: URLs (with several hosts,
+// postgres://h1:5432,h2:5432/db), keyword/value strings (host=h dbname=d)
+// and every parameter pgx knows (sslmode, target_session_attrs, ...). The
+// error never holds the password.
+func checkPostgresURL(raw string) error {
+	if strings.TrimSpace(raw) == "" {
+		return errors.New("is empty")
+	}
+	if _, err := pgxpool.ParseConfig(raw); err != nil {
+		// pgx's errors hold the connection string with the password
+		// redacted; redact again in case a future version does not.
+		msg := err.Error()
+		if pc, perr := pgconn.ParseConfig(raw); perr == nil {
+			msg = redactSecret(msg, pc.Password)
+		}
+		// A string pgx cannot parse is quoted whole in its error, password
+		// and all, wherever pgx could not tell the password apart: drop
+		// every quoted part.
+		msg = backquoted.ReplaceAllString(msg, "it")
+		return fmt.Errorf("pgx cannot parse it: %s", redactPostgresPassword(msg))
+	}
+	return nil
+}
+
+// postgresAddrs lists the distinct TCP host:port pairs pc may connect to,
+// its first host first; Unix sockets are left out (nothing to dial-check).
+func postgresAddrs(pc *pgxpool.Config) []string {
+	var addrs []string
+	seen := map[string]bool{}
+	add := func(host string, port uint16) {
+		if strings.HasPrefix(host, "/") {
+			return
+		}
+		a := net.JoinHostPort(host, strconv.Itoa(int(port)))
+		if !seen[a] {
+			seen[a] = true
+			addrs = append(addrs, a)
+		}
+	}
+	add(pc.ConnConfig.Host, pc.ConnConfig.Port)
+	for _, f := range pc.ConnConfig.Fallbacks {
+		add(f.Host, f.Port)
+	}
+	return addrs
+}
+
 // OpenPostgresPool connects a pgx pool to cfg.Postgres.URL and checks that
-// the server answers within cfg.ConnectTimeout.
+// the server answers within cfg.ConnectTimeout. With several hosts in the
+// URL, any one answering is enough (pgx tries them in order, honouring
+// target_session_attrs). PostgresConfig.ConfigurePool is called last on the
+// pool config.
 func OpenPostgresPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 	addr := Redact(cfg.Postgres.URL)
 	pc, err := pgxpool.ParseConfig(cfg.Postgres.URL)
@@ -171,8 +224,13 @@ func OpenPostgresPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 	}
 	pc.MaxConns = cfg.Postgres.MaxConns
 	pc.ConnConfig.ConnectTimeout = cfg.ConnectTimeout
-	if err := dialCheck(ctx, KindPostgres, net.JoinHostPort(pc.ConnConfig.Host, strconv.Itoa(int(pc.ConnConfig.Port))), cfg.ConnectTimeout); err != nil {
-		return nil, err
+	if cfg.Postgres.ConfigurePool != nil {
+		cfg.Postgres.ConfigurePool(pc)
+	}
+	if addrs := postgresAddrs(pc); len(addrs) > 0 {
+		if err := anyAnswers(ctx, KindPostgres, addrs, cfg.ConnectTimeout, watermill.NopLogger{}); err != nil {
+			return nil, err
+		}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
@@ -268,3 +326,6 @@ func (t ackSafeTx) Commit() error {
 	defer cancel()
 	return t.PgxTx.Tx.Commit(ctx)
 }
+
+// backquoted is a part of an error that pgx quoted from its input.
+var backquoted = regexp.MustCompile("`[^`]*`")

@@ -62,9 +62,9 @@ type LetterQuery struct {
 	State State
 	// Fingerprint selects one group's letters.
 	Fingerprint string
-	// Reason, Handler, OriginalTopic, DLQTopic and Producer select exact
-	// values.
-	Reason, Handler, OriginalTopic, DLQTopic, Producer string
+	// UUID, Reason, Handler, OriginalTopic, DLQTopic and Producer select
+	// exact values.
+	UUID, Reason, Handler, OriginalTopic, DLQTopic, Producer string
 	// Newest lists the most recently ingested first. If false, oldest first.
 	Newest bool
 	// After is the cursor of the previous page (LetterPage.Next); 0 starts

@@ -42,6 +42,12 @@ type DeadLetterConfig struct {
 	// the message context). If empty, letters carry no consumer group unless
 	// the message context names one.
 	ConsumerGroup string
+	// ConsumerVersion is recorded under poison.KeyConsumerVersion, so the
+	// hospital knows which version of the service gave up on a letter (a
+	// canary replay waits for a newer one). If empty, the main module's
+	// version from the build information, or its VCS revision when the
+	// version is "(devel)", or nothing when the binary has neither.
+	ConsumerVersion string
 	// PublishTimeout bounds one DLQ publish. Default 10s. It runs under its
 	// own context derived from context.Background(), not msg.Context(), so
 	// a message whose context is already cancelled (shutdown) can still be
@@ -82,6 +88,9 @@ type DeadLetter struct {
 }
 
 func (c *DeadLetterConfig) setDefaults() {
+	if c.ConsumerVersion == "" {
+		c.ConsumerVersion = buildVersion()
+	}
 	if c.Topic == nil {
 		c.Topic = antidote.DLQTopic
 	}
@@ -248,6 +257,7 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	if o.ConsumerGroup == "" {
 		o.ConsumerGroup = d.cfg.ConsumerGroup
 	}
+	o.ConsumerVersion = d.cfg.ConsumerVersion
 	if o.Topic == "" {
 		return fmt.Errorf("antidote: cannot dead-letter message %s: its source topic is unknown (message.SubscribeTopicFromCtx is empty; consume it through a message.Router)", msg.UUID)
 	}

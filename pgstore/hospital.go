@@ -124,6 +124,7 @@ func (s *HospitalStore) CreateTableSQL() string {
 );
 CREATE INDEX IF NOT EXISTS ` + idx("_fingerprint") + ` ON ` + s.letters + ` (fingerprint, id);
 CREATE INDEX IF NOT EXISTS ` + idx("_state") + ` ON ` + s.letters + ` (state, id);
+CREATE INDEX IF NOT EXISTS ` + idx("_uuid") + ` ON ` + s.letters + ` (uuid, id);
 CREATE TABLE IF NOT EXISTS ` + s.group + ` (
   fingerprint    TEXT PRIMARY KEY,
   handler        TEXT NOT NULL,
@@ -311,6 +312,7 @@ func (s *HospitalStore) Letters(ctx context.Context, q hospital.LetterQuery) (ho
 	}
 	eq("state", string(q.State))
 	eq("fingerprint", q.Fingerprint)
+	eq("uuid", q.UUID)
 	eq("reason", q.Reason)
 	eq("handler", q.Handler)
 	eq("original_topic", q.OriginalTopic)

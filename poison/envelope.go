@@ -28,6 +28,10 @@ const (
 	KeyHandler = "antidote.handler"
 	// KeyConsumerGroup is the consumer group, when configured.
 	KeyConsumerGroup = "antidote.consumer_group"
+	// KeyConsumerVersion is the version of the service that gave up on the
+	// message (its build's module version or VCS revision, or configured):
+	// the hospital replays canaries once a newer version runs.
+	KeyConsumerVersion = "antidote.consumer_version"
 	// KeyReason is one of the Reason constants.
 	KeyReason = "antidote.reason"
 	// KeyError is the final error text, truncated to MaxErrorBytes.
@@ -75,7 +79,7 @@ const truncatedMarker = "\n...[truncated]"
 // stale stack or partition from its previous death.
 var failureKeys = []string{
 	KeyOriginalTopic, KeyOriginalPartition, KeyOriginalOffset, KeyHandler,
-	KeyConsumerGroup, KeyReason, KeyError, KeyErrorType, KeyStack,
+	KeyConsumerGroup, KeyConsumerVersion, KeyReason, KeyError, KeyErrorType, KeyStack,
 	KeyFirstFailedAt, KeyLastFailedAt, KeyShrunk, KeyMalformed,
 }
 
@@ -84,6 +88,8 @@ type Origin struct {
 	Topic         string
 	Handler       string
 	ConsumerGroup string
+	// ConsumerVersion is the consuming service's version, when known.
+	ConsumerVersion string
 	// Partition and Offset are only meaningful when HasOffset is true
 	// (Kafka); other brokers identify a message by its UUID.
 	Partition int32
@@ -146,6 +152,7 @@ func Envelope(msg *message.Message, o Origin, f Failure) *message.Message {
 	setIf(KeyOriginalTopic, o.Topic)
 	setIf(KeyHandler, o.Handler)
 	setIf(KeyConsumerGroup, o.ConsumerGroup)
+	setIf(KeyConsumerVersion, o.ConsumerVersion)
 	if o.HasOffset {
 		out.Metadata.Set(KeyOriginalPartition, strconv.FormatInt(int64(o.Partition), 10))
 		out.Metadata.Set(KeyOriginalOffset, strconv.FormatInt(o.Offset, 10))

@@ -74,3 +74,20 @@ func TestDevKafkaRejectsBadFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestDevKafkaRejectsBadSecurityFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"devkafka", "--brokers", "0"},
+		{"devkafka", "--addr", "127.0.0.1:0", "--sasl-mechanism", "BOGUS", "--sasl-user", "u", "--sasl-password", "p"},
+		{"devkafka", "--addr", "127.0.0.1:0", "--sasl-mechanism", "PLAIN"},
+		{"devkafka", "--addr", "127.0.0.1:0", "--tls-cert", "only-cert.pem"},
+	} {
+		cmd := newRootCmd()
+		cmd.SetArgs(args)
+		cmd.SetOut(&bytes.Buffer{})
+		cmd.SetErr(&bytes.Buffer{})
+		if err := cmd.ExecuteContext(context.Background()); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}

@@ -124,15 +124,33 @@ func versionOf(binDir string) int {
 type RabbitMQ struct {
 	URL  string // amqp://guest:guest@127.0.0.1:PORT/
 	Node string
+	// TLSURL is amqps://guest:guest@localhost:PORT/ when the node was
+	// started with RabbitMQTLS, else empty.
+	TLSURL string
 
 	ctl string
 	env []string
+}
+
+// RabbitMQTLS adds a TLS listener to a private node: the server's PEM
+// certificate and key, and the CA its clients' certificates must be signed
+// by (a client without a certificate is refused). SASL EXTERNAL is enabled,
+// taking the user from the client certificate's common name.
+type RabbitMQTLS struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // StartRabbitMQ starts a private node on free ports and shuts it down and
 // removes its files when t ends. Missing rabbitmq-server skips the test, or
 // fails it under ANTIDOTE_REQUIRE_SERVICES=1.
 func StartRabbitMQ(t testing.TB) *RabbitMQ {
+	t.Helper()
+	return StartRabbitMQWithTLS(t, nil)
+}
+
+// StartRabbitMQWithTLS is StartRabbitMQ with, if tc is not nil, a TLS
+// listener (RabbitMQ.TLSURL) as tc says.
+func StartRabbitMQWithTLS(t testing.TB, tc *RabbitMQTLS) *RabbitMQ {
 	t.Helper()
 	server, ctl := sbin("rabbitmq-server"), sbin("rabbitmqctl")
 	if server == "" || ctl == "" {
@@ -146,19 +164,50 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	ports := FreePorts(t, 2)
+	ports := FreePorts(t, 3)
 	conf := filepath.Join(dir, "rabbitmq.conf")
 	plugins := filepath.Join(dir, "enabled_plugins")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, "listeners.tcp.local = 127.0.0.1:%d\n", ports[0]), 0o644); err != nil {
+	confText := fmt.Sprintf("listeners.tcp.local = 127.0.0.1:%d\n", ports[0])
+	enabled := "[]." // no management listener to collide
+	if tc != nil {
+		// The server may run as the rabbitmq user: give it copies it can read.
+		cp := func(src, name string) string {
+			data, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst := filepath.Join(dir, name)
+			if err := os.WriteFile(dst, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return dst
+		}
+		confText += fmt.Sprintf("listeners.ssl.local = 127.0.0.1:%d\n", ports[2]) +
+			"ssl_options.cacertfile = " + cp(tc.CAFile, "tls-ca.pem") + "\n" +
+			"ssl_options.certfile = " + cp(tc.CertFile, "tls-cert.pem") + "\n" +
+			"ssl_options.keyfile = " + cp(tc.KeyFile, "tls-key.pem") + "\n" +
+			"ssl_options.verify = verify_peer\n" +
+			"ssl_options.fail_if_no_peer_cert = true\n" +
+			"ssl_cert_login_from = common_name\n" +
+			"auth_mechanisms.1 = PLAIN\n" +
+			"auth_mechanisms.2 = AMQPLAIN\n" +
+			"auth_mechanisms.3 = EXTERNAL\n" +
+			"loopback_users = none\n"
+		enabled = "[rabbitmq_auth_mechanism_ssl]."
+	}
+	if err := os.WriteFile(conf, []byte(confText), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(plugins, []byte("[].\n"), 0o644); err != nil { // no management listener to collide
+	if err := os.WriteFile(plugins, []byte(enabled+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r := &RabbitMQ{
 		Node: fmt.Sprintf("antidote-%d-%d@localhost", os.Getpid(), ports[0]),
 		URL:  fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", ports[0]),
 		ctl:  ctl,
+	}
+	if tc != nil {
+		r.TLSURL = fmt.Sprintf("amqps://guest:guest@localhost:%d/", ports[2])
 	}
 	r.env = append(os.Environ(),
 		"RABBITMQ_NODENAME="+r.Node,
@@ -199,6 +248,17 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 func (r *RabbitMQ) SetPolicy(name, pattern, definition string) error {
 	if out, err := r.rabbitmqctl(time.Minute, "set_policy", "--apply-to", "queues", name, pattern, definition); err != nil {
 		return fmt.Errorf("rabbitmqctl set_policy %s: %w\n%s", name, err, out)
+	}
+	return nil
+}
+
+// AddUser adds a user with every permission on the default vhost, e.g.
+// the common name of a client certificate for SASL EXTERNAL.
+func (r *RabbitMQ) AddUser(name, password string) error {
+	for _, args := range [][]string{{"add_user", name, password}, {"set_permissions", "-p", "/", name, ".*", ".*", ".*"}} {
+		if out, err := r.rabbitmqctl(time.Minute, args...); err != nil {
+			return fmt.Errorf("rabbitmqctl %s: %w\n%s", args[0], err, out)
+		}
 	}
 	return nil
 }

@@ -105,15 +105,16 @@ func child(t *testing.T, mode string, kind adapters.Kind, env []string, args ...
 }
 
 // devKafka starts `antidote devkafka` as its own process, so the broker
-// outlives the consumers, and returns its address.
-func devKafka(t *testing.T) string {
+// outlives the consumers, and returns its address (comma-separated for a
+// cluster). extra are more devkafka flags.
+func devKafka(t *testing.T, extra ...string) string {
 	t.Helper()
 	bin := t.TempDir() + "/antidote"
 	build := exec.Command("go", "build", "-o", bin, "github.com/antidote-mq/antidote/cmd/antidote")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build antidote: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "devkafka", "--addr", "127.0.0.1:0", "--partitions", "4")
+	cmd := exec.Command(bin, append([]string{"devkafka", "--addr", "127.0.0.1:0", "--partitions", "4"}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

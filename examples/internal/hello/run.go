@@ -119,7 +119,9 @@ func (r *run) logger() watermill.LoggerAdapter {
 // quietOnStop drops error logs once shutdown began: subscribers report their
 // cancelled queries then, which is expected and would only alarm the reader.
 // The library's "not durable" lines (antidote.ErrNotDurable: what the demo
-// opted in to) are warnings, not errors.
+// opted in to), a bootstrap broker of several that did not answer at start
+// (adapters.ErrUnreachable while Open went on) and TLS without verification
+// (adapters.ErrInsecureTLS) are warnings, not errors.
 type quietOnStop struct {
 	watermill.LoggerAdapter
 	slog     *slog.Logger
@@ -128,7 +130,7 @@ type quietOnStop struct {
 
 func (l quietOnStop) Error(msg string, err error, fields watermill.LogFields) {
 	switch {
-	case errors.Is(err, antidote.ErrNotDurable):
+	case errors.Is(err, antidote.ErrNotDurable), errors.Is(err, adapters.ErrUnreachable), errors.Is(err, adapters.ErrInsecureTLS):
 		attrs := []any{"why", err.Error()}
 		for k, v := range fields {
 			attrs = append(attrs, k, v)
