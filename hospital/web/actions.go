@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 
@@ -16,7 +17,7 @@ import (
 // to letter Upto, so letters arriving after the confirmation page are left
 // alone) and where replays go.
 type plan struct {
-	Action string // "replay" or "purge"
+	Action string // "replay", "canary" or "purge"
 	// What names the target: "group <fp>" or "letter <id>".
 	What string
 	// Back is the target's page.
@@ -29,6 +30,10 @@ type plan struct {
 	Upto    int64
 	// Post is where the confirmation form posts.
 	Post string
+	// Canaries is how many letters a canary replay sends first.
+	Canaries int
+	// Quiet and Timeout are a canary replay's waits, for the page.
+	Quiet, Timeout time.Duration
 }
 
 type topicCount struct {
@@ -39,6 +44,8 @@ type topicCount struct {
 type resultView struct {
 	Plan   plan
 	Result hospital.Result
+	// Canary is a canary replay's outcome.
+	Canary *hospital.CanaryResult
 	Actor  string
 	Err    string
 }
@@ -46,7 +53,7 @@ type resultView struct {
 func parseAction(w http.ResponseWriter, r *http.Request, s *server) (string, bool) {
 	a := r.PathValue("action")
 	switch a {
-	case "replay":
+	case "replay", "canary":
 		if s.cfg.Publisher == nil {
 			s.fail(w, r, http.StatusServiceUnavailable, "This hospital has no publisher configured: it cannot replay.")
 			return "", false
@@ -55,14 +62,14 @@ func parseAction(w http.ResponseWriter, r *http.Request, s *server) (string, boo
 	case "purge":
 		return a, true
 	}
-	s.fail(w, r, http.StatusNotFound, "Unknown action "+strconv.Quote(a)+": use replay or purge.")
+	s.fail(w, r, http.StatusNotFound, "Unknown action "+strconv.Quote(a)+": use replay, canary or purge.")
 	return "", false
 }
 
 // planGroup lists the group's dead letters (up to letter upto, unless 0)
 // and their topics.
 func (s *server) planGroup(ctx context.Context, fp, action string, upto int64) (plan, error) {
-	pl := plan{Action: action, What: "group " + fp, Back: "/groups/" + fp, Post: "/groups/" + fp + "/" + action + "/confirm"}
+	pl := plan{Action: action, Quiet: s.cfg.CanaryQuiet, Timeout: s.cfg.CanaryTimeout, What: "group " + fp, Back: "/groups/" + fp, Post: "/groups/" + fp + "/" + action + "/confirm"}
 	topics := map[string]int{}
 	q := hospital.LetterQuery{Fingerprint: fp, State: hospital.StateDead, Limit: 1000}
 	for {
@@ -103,6 +110,23 @@ func (s *server) planGroup(ctx context.Context, fp, action string, upto int64) (
 	return pl, nil
 }
 
+// canaries reads a canary replay's number of canaries (default 1).
+func (s *server) canaries(w http.ResponseWriter, r *http.Request, action string) (int, bool) {
+	if action != "canary" {
+		return 0, true
+	}
+	v := r.PostFormValue("canaries")
+	if v == "" {
+		return 1, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		s.fail(w, r, http.StatusBadRequest, "canaries must be a number of letters, 1 or more.")
+		return 0, false
+	}
+	return n, true
+}
+
 // confirmGroup shows what replaying or purging the group would do; the
 // page's form posts to executeGroup.
 func (s *server) confirmGroup(w http.ResponseWriter, r *http.Request, p principal) {
@@ -118,6 +142,9 @@ func (s *server) confirmGroup(w http.ResponseWriter, r *http.Request, p principa
 	pl, err := s.planGroup(r.Context(), fp, action, 0)
 	if err != nil {
 		s.internal(w, r, err)
+		return
+	}
+	if pl.Canaries, ok = s.canaries(w, r, action); !ok {
 		return
 	}
 	s.render(w, r, http.StatusOK, "confirm.html", p, "Confirm: "+action+" "+pl.What, pl)
@@ -147,6 +174,9 @@ func (s *server) executeGroup(w http.ResponseWriter, r *http.Request, p principa
 		return
 	}
 	ids = slices.DeleteFunc(ids, func(id int64) bool { return id > upto })
+	if pl.Canaries, ok = s.canaries(w, r, action); !ok {
+		return
+	}
 	s.execute(w, r, p, pl, ids)
 }
 
@@ -170,6 +200,10 @@ func (s *server) confirmLetter(w http.ResponseWriter, r *http.Request, p princip
 	if !ok {
 		return
 	}
+	if action == "canary" {
+		s.fail(w, r, http.StatusNotFound, "A canary replay is for a group: replay one letter as it is.")
+		return
+	}
 	l, ok := s.letter(w, r)
 	if !ok {
 		return
@@ -181,6 +215,10 @@ func (s *server) confirmLetter(w http.ResponseWriter, r *http.Request, p princip
 func (s *server) executeLetter(w http.ResponseWriter, r *http.Request, p principal) {
 	action, ok := parseAction(w, r, s)
 	if !ok {
+		return
+	}
+	if action == "canary" {
+		s.fail(w, r, http.StatusNotFound, "A canary replay is for a group: replay one letter as it is.")
 		return
 	}
 	l, ok := s.letter(w, r)
@@ -196,13 +234,22 @@ func (s *server) execute(w http.ResponseWriter, r *http.Request, p principal, pl
 	ctx := detached(r.Context())
 	cfg := hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate}
 	var res hospital.Result
+	var canary *hospital.CanaryResult
 	var err error
-	if pl.Action == "replay" {
+	switch pl.Action {
+	case "replay":
 		res, err = hospital.Replay(ctx, cfg, ids)
-	} else {
+	case "canary":
+		var cr hospital.CanaryResult
+		cr, err = hospital.Canary(ctx, hospital.CanaryConfig{TreatConfig: cfg, Canaries: pl.Canaries,
+			Settled: s.cfg.CanarySettled, Quiet: s.cfg.CanaryQuiet, Timeout: s.cfg.CanaryTimeout}, ids)
+		canary = &cr
+		res = hospital.Result{Treated: cr.Canaries.Treated + cr.Rest.Treated, Skipped: cr.Canaries.Skipped + cr.Rest.Skipped,
+			Failed: append(append([]hospital.LetterError(nil), cr.Canaries.Failed...), cr.Rest.Failed...)}
+	default:
 		res, err = hospital.Purge(ctx, cfg, ids)
 	}
-	v := resultView{Plan: pl, Result: res, Actor: p.actor}
+	v := resultView{Plan: pl, Result: res, Canary: canary, Actor: p.actor}
 	status := http.StatusOK
 	if err != nil {
 		v.Err = err.Error()

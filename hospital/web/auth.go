@@ -154,7 +154,7 @@ func (s *server) authed(h func(http.ResponseWriter, *http.Request, principal)) h
 			return
 		}
 		if r.Method == http.MethodPost {
-			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			r.Body = http.MaxBytesReader(w, r.Body, 16<<20) // an edited payload
 			if !s.csrfOK(r, p) {
 				s.fail(w, r, http.StatusForbidden, "The form's CSRF token is missing or stale: reload the page and try again.")
 				return

@@ -27,7 +27,7 @@ func TestBrowser(t *testing.T) {
 	b := startBrowser(t)
 	store, pool, prefix := newStore(t)
 	orders := put(t, store, ordersBug)
-	put(t, store, panicBug)
+	panics := put(t, store, panicBug)
 	put(t, store, bug{topic: "inventory", handler: "reserve", reason: "retries_exhausted", errorType: "*net.OpError",
 		err: "dial tcp 10.0.0.7:%d: connect: connection refused", n: 4})
 	// A day of history for the sparklines: the orders bug started 6 hours
@@ -50,7 +50,9 @@ func TestBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := web.New(web.Config{Store: store, Publisher: pub, Token: token, ReplayRate: 10000, JaegerURL: "http://127.0.0.1:16686"})
+	h, err := web.New(web.Config{Store: store, Publisher: pub, Token: token, ReplayRate: 10000, JaegerURL: "http://127.0.0.1:16686",
+		// The consumer has caught up at once: no canary comes back.
+		CanarySettled: func(context.Context) (bool, error) { return true, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +162,17 @@ func TestBrowser(t *testing.T) {
 	expect("the replayed letter", "replayed", "oncall-alice", "replayed to original topic")
 	if n := b.eval(`document.querySelectorAll("#replay-letter").length`); n != float64(0) {
 		t.Errorf("a replayed letter still offers a replay")
+	}
+
+	// A canary replay of the panic group: one letter first, then the rest.
+	b.navigate(srv.URL + "/groups/" + panics[0].Fingerprint.ID)
+	b.click(`#canary-group`)
+	expect("the canary confirmation", "replay 1 canary letter first of the 3 dead letters", "replay the other 2 only if no canary comes back")
+	b.click(`#confirm`)
+	expect("the canary outcome", "Canaries: 1 replayed; the rest: 2 replayed.", "3 replayed by oncall-alice to orders.")
+	shot("canary.png")
+	if pub.total() != ordersBug.n+panicBug.n {
+		t.Errorf("%d published after the canary replay, want %d", pub.total(), ordersBug.n+panicBug.n)
 	}
 	t.Logf("screenshots in %s", dir)
 }

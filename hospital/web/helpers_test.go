@@ -57,6 +57,7 @@ type recorder struct {
 	message.Publisher
 	mu   sync.Mutex
 	sent map[string][]string // topic → UUIDs
+	msgs []*message.Message
 }
 
 func newRecorder(t *testing.T) *recorder {
@@ -69,6 +70,7 @@ func (r *recorder) Publish(topic string, msgs ...*message.Message) error {
 	r.mu.Lock()
 	for _, m := range msgs {
 		r.sent[topic] = append(r.sent[topic], m.UUID)
+		r.msgs = append(r.msgs, m)
 	}
 	r.mu.Unlock()
 	return r.Publisher.Publish(topic, msgs...)

@@ -39,6 +39,7 @@ var funcs = template.FuncMap{
 	"sum":       sum,
 	"add":       func(a, b int) int { return a + b },
 	"sub":       func(a, b int) int { return a - b },
+	"min":       func(a, b int) int { return min(a, b) },
 	"plural":    plural,
 	"states":    func() []string { return []string{"dead", "replayed", "purged", "all"} },
 }

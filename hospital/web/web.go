@@ -72,6 +72,17 @@ type Config struct {
 	ReplayRate float64
 	// SessionTTL is how long a login lasts. If SessionTTL is 0, 12 hours.
 	SessionTTL time.Duration
+	// CanarySettled tells a canary replay that its canaries' outcome is
+	// known (hospital.CanaryConfig.Settled: e.g. the consumer's lag and the
+	// ingester's are 0). If CanarySettled is nil, a canary replay waits
+	// CanaryQuiet for a relapse and takes none for success.
+	CanarySettled func(ctx context.Context) (bool, error)
+	// CanaryQuiet is that wait (hospital.CanaryConfig.Quiet). If
+	// CanaryQuiet is 0, 30s.
+	CanaryQuiet time.Duration
+	// CanaryTimeout bounds the wait for the canaries' outcome
+	// (hospital.CanaryConfig.Timeout). If CanaryTimeout is 0, 5 minutes.
+	CanaryTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -86,6 +97,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.SessionTTL == 0 {
 		c.SessionTTL = 12 * time.Hour
+	}
+	if c.CanaryQuiet == 0 {
+		c.CanaryQuiet = 30 * time.Second
+	}
+	if c.CanaryTimeout == 0 {
+		c.CanaryTimeout = 5 * time.Minute
 	}
 }
 
@@ -112,6 +129,12 @@ func (c Config) Validate() error {
 	}
 	if c.SessionTTL < 0 {
 		errs = append(errs, fmt.Errorf("web: Config.SessionTTL %s is negative; use e.g. 12h", c.SessionTTL))
+	}
+	if c.CanaryQuiet < 0 {
+		errs = append(errs, fmt.Errorf("web: Config.CanaryQuiet %s is negative; use e.g. 30s", c.CanaryQuiet))
+	}
+	if c.CanaryTimeout < 0 {
+		errs = append(errs, fmt.Errorf("web: Config.CanaryTimeout %s is negative; use e.g. 5m", c.CanaryTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -157,6 +180,9 @@ func New(cfg Config) (http.Handler, error) {
 	mux.Handle("GET /letters/{id}", s.authed(s.letterPage))
 	mux.Handle("POST /groups/{fingerprint}/{action}", s.authed(s.confirmGroup))
 	mux.Handle("POST /groups/{fingerprint}/{action}/confirm", s.authed(s.executeGroup))
+	mux.Handle("GET /letters/{id}/edit", s.authed(s.editPage))
+	mux.Handle("POST /letters/{id}/edit", s.authed(s.editConfirm))
+	mux.Handle("POST /letters/{id}/edit/confirm", s.authed(s.editExecute))
 	mux.Handle("POST /letters/{id}/{action}", s.authed(s.confirmLetter))
 	mux.Handle("POST /letters/{id}/{action}/confirm", s.authed(s.executeLetter))
 
