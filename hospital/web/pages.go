@@ -140,9 +140,9 @@ type letterView struct {
 	// TraceID is the letter's trace (its traceparent metadata), TraceURL
 	// its page in Jaeger when Config.JaegerURL is set.
 	TraceID, TraceURL string
-	Audit     []hospital.AuditEntry
-	CanReplay bool
-	Dead      bool
+	Audit             []hospital.AuditEntry
+	CanReplay         bool
+	Dead              bool
 }
 
 type kv struct{ Key, Value string }
