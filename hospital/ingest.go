@@ -41,6 +41,11 @@ type IngestConfig struct {
 	// runs until ctx is done (follow). Too short on Kafka stops before the
 	// consumer group has even joined; 5s is a safe value.
 	Idle time.Duration
+	// Workers read each topic's channel at once. If Workers is 0, 4. More
+	// than one helps where the subscriber delivers several messages at a
+	// time (Kafka: one per partition); a broker that hands out one message
+	// at a time per subscription gains nothing.
+	Workers int
 	// MaxStoreWait bounds how long one letter waits for the Store to come
 	// back (retrying with backoff) before it is nacked and Ingest returns
 	// the error. If MaxStoreWait is 0, a minute. The letter stays in the
@@ -51,6 +56,9 @@ type IngestConfig struct {
 }
 
 func (c *IngestConfig) setDefaults() {
+	if c.Workers == 0 {
+		c.Workers = 4
+	}
 	if c.MaxStoreWait == 0 {
 		c.MaxStoreWait = time.Minute
 	}
@@ -82,6 +90,9 @@ func (c IngestConfig) Validate() error {
 	if c.Idle < 0 {
 		errs = append(errs, fmt.Errorf("hospital: IngestConfig.Idle %s is negative; use 0 to follow, or e.g. 5s to drain", c.Idle))
 	}
+	if c.Workers < 0 {
+		errs = append(errs, fmt.Errorf("hospital: IngestConfig.Workers %d is negative; use 1 or more", c.Workers))
+	}
 	if c.MaxStoreWait < 0 {
 		errs = append(errs, fmt.Errorf("hospital: IngestConfig.MaxStoreWait %s is negative; use e.g. 1m", c.MaxStoreWait))
 	}
@@ -112,7 +123,7 @@ func Ingest(ctx context.Context, cfg IngestConfig) (IngestStats, error) {
 	in.touch()
 
 	var wg sync.WaitGroup
-	errc := make(chan error, len(cfg.Topics))
+	errc := make(chan error, len(cfg.Topics)*max(1, cfg.Workers))
 	for _, topic := range cfg.Topics {
 		ch, err := cfg.Subscriber.Subscribe(ctx, topic)
 		if err != nil {
@@ -120,12 +131,14 @@ func Ingest(ctx context.Context, cfg IngestConfig) (IngestStats, error) {
 			wg.Wait()
 			return in.stats(), fmt.Errorf("hospital: subscribe to %s: %w", topic, err)
 		}
-		wg.Go(func() {
-			if err := in.consume(ctx, topic, ch); err != nil {
-				errc <- err
-				cancel()
-			}
-		})
+		for range cfg.Workers {
+			wg.Go(func() {
+				if err := in.consume(ctx, topic, ch); err != nil {
+					errc <- err
+					cancel()
+				}
+			})
+		}
 	}
 	if cfg.Idle > 0 {
 		wg.Go(func() { in.stopWhenIdle(ctx, cancel) })

@@ -20,12 +20,13 @@ func throttleBrokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 	return brokers.Config(t, kind)
 }
 
-// 600 messages at 200/s with a burst of 1 take 3s ± 15% (599 intervals of
-// 5ms: 2.995s) through a Watermill router with middleware.Throttle on each
-// real broker, measured from the first handled message to the last, and
-// every message is handled. The messages are published before the router
-// starts, so the broker is never what limits the rate. (Kafka runs its 4
-// partitions concurrently: the limit holds across them.)
+// 600 messages at 200/s with a burst of 1 take no less than 3s (599
+// intervals of 5ms: 2.995s, 5% allowed for clock reads) and not grossly
+// more, through a Watermill router with middleware.Throttle on each real
+// broker, measured from the first handled message to the last, and every
+// message is handled. The messages are published before the router starts,
+// so the broker is never what limits the rate. (Kafka runs its 4 partitions
+// concurrently: the limit holds across them.)
 func TestThrottleRateOnBrokers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("about 5s per broker")
@@ -100,8 +101,12 @@ func TestThrottleRateOnBrokers(t *testing.T) {
 			took := last.Sub(first)
 			t.Logf("%s: %d messages (%d handler calls) in %s = %.1f/s (limit %.0f/s, burst 1; expected %s); %s waited in the throttle in all",
 				kind, len(handled), calls, took.Round(time.Millisecond), float64(calls-1)/took.Seconds(), rate, want, waited.Round(time.Millisecond))
-			if took < want*85/100 || took > want*115/100 {
-				t.Errorf("%d messages at %.0f/s took %s; want %s ± 15%%", total, rate, took, want)
+			// A rate limit promises a floor on the time: a loaded machine
+			// can only make the run slower, so the floor is tight and the
+			// ceiling loose (it catches a limiter at a fraction of its
+			// rate, not a busy CI machine).
+			if took < want*95/100 || took > want*18/10 {
+				t.Errorf("%d messages at %.0f/s took %s; want at least %s and at most 1.8 times that", total, rate, took, want*95/100)
 			}
 		})
 	}

@@ -191,43 +191,39 @@ func (s *HospitalStore) Put(ctx context.Context, l hospital.Letter) (bool, error
 		state = hospital.StateDead
 	}
 	f := l.Fingerprint
-	var inserted bool
-	err = pgx.BeginFunc(ctx, s.t.pool, func(tx pgx.Tx) error {
-		var id int64
-		var at time.Time
-		err := tx.QueryRow(ctx, `INSERT INTO `+s.letters+` (identity, broker, dlq_topic, format, uuid, original_topic, handler,
-  consumer_group, reason, error, error_type, stack, producer, consumer_version, attempts, first_failed_at, last_failed_at,
-  fingerprint, payload, metadata, problem, state)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
-ON CONFLICT (identity) DO NOTHING RETURNING id, ingested_at`,
-			text(l.Identity), text(l.Broker), text(l.DLQTopic), text(string(l.Format)), text(l.UUID), text(l.OriginalTopic), text(l.Handler),
-			text(l.ConsumerGroup), text(l.Reason), text(l.Error), text(l.ErrorType), text(l.Stack), text(l.Producer), text(l.ConsumerVersion),
-			l.Attempts, nullTime(l.FirstFailedAt), nullTime(l.LastFailedAt), f.ID, payload, md, text(l.Problem), string(state)).Scan(&id, &at)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // stored before: a redelivery
-		}
-		if err != nil {
-			return err
-		}
-		inserted = true
-		dead := 0
-		if state == hospital.StateDead {
-			dead = 1
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO `+s.group+` AS g (fingerprint, handler, reason, error_type, frame, message, shape, producer,
-  count, dead, first_seen, last_seen, example, original_topic)
-VALUES ($1,$2,$3,$4,$5,$6,$7,$8,1,$9,$10,$10,$11,$12)
-ON CONFLICT (fingerprint) DO UPDATE SET count = g.count + 1, dead = g.dead + EXCLUDED.dead,
-  last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)`,
-			f.ID, text(f.Handler), text(f.Reason), text(f.ErrorType), text(f.Frame), text(f.Message), text(f.Shape), text(f.Producer),
-			dead, at, id, text(l.OriginalTopic))
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO `+s.rates+` AS r (fingerprint, hour, count) VALUES ($1, date_trunc('hour', $2::timestamptz), 1)
-ON CONFLICT (fingerprint, hour) DO UPDATE SET count = r.count + 1`, f.ID, at)
-		return err
-	})
+	dead := 0
+	if state == hospital.StateDead {
+		dead = 1
+	}
+	// One statement (data-modifying CTEs), so one round trip and one
+	// implicit transaction: the letter, its group's counts and its hour's
+	// rate change together or not at all. A letter stored before (an
+	// ingest redelivery) inserts no row, and the group and rate CTEs then
+	// see none.
+	var n int
+	err = s.t.pool.QueryRow(ctx, `WITH ins AS (
+  INSERT INTO `+s.letters+` (identity, broker, dlq_topic, format, uuid, original_topic, handler,
+    consumer_group, reason, error, error_type, stack, producer, consumer_version, attempts, first_failed_at, last_failed_at,
+    fingerprint, payload, metadata, problem, state)
+  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
+  ON CONFLICT (identity) DO NOTHING RETURNING id, ingested_at
+), grp AS (
+  INSERT INTO `+s.group+` AS g (fingerprint, handler, reason, error_type, frame, message, shape, producer,
+    count, dead, first_seen, last_seen, example, original_topic)
+  SELECT $18, $23, $24, $25, $26, $27, $28, $29, 1, $30, ingested_at, ingested_at, id, $6 FROM ins
+  ON CONFLICT (fingerprint) DO UPDATE SET count = g.count + 1, dead = g.dead + EXCLUDED.dead,
+    last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)
+), rate AS (
+  INSERT INTO `+s.rates+` AS r (fingerprint, hour, count)
+  SELECT $18, date_trunc('hour', ingested_at), 1 FROM ins
+  ON CONFLICT (fingerprint, hour) DO UPDATE SET count = r.count + 1
+)
+SELECT count(*) FROM ins`,
+		text(l.Identity), text(l.Broker), text(l.DLQTopic), text(string(l.Format)), text(l.UUID), text(l.OriginalTopic), text(l.Handler),
+		text(l.ConsumerGroup), text(l.Reason), text(l.Error), text(l.ErrorType), text(l.Stack), text(l.Producer), text(l.ConsumerVersion),
+		l.Attempts, nullTime(l.FirstFailedAt), nullTime(l.LastFailedAt), f.ID, payload, md, text(l.Problem), string(state),
+		text(f.Handler), text(f.Reason), text(f.ErrorType), text(f.Frame), text(f.Message), text(f.Shape), text(f.Producer), dead).Scan(&n)
+	inserted := n == 1
 	if err != nil {
 		return false, fmt.Errorf("pgstore: hospital store: put letter %s (%s): %w", text(l.UUID), text(l.Identity), err)
 	}
