@@ -45,21 +45,22 @@ const module = "github.com/antidote-mq/antidote"
 // import. Commands, examples, benchmarks and internal test helpers may
 // import anything.
 var allowedImports = map[string][]string{
-	"":            {},
-	"poison":      {""},
-	"idempotency": {"", "poison"},
-	"claimcheck":  {"", "poison"},
-	"throttle":    {""},
-	"middleware":  {"", "poison", "idempotency", "claimcheck", "throttle"},
-	"router":      {"", "poison", "middleware"},
-	"telemetry":   {"", "poison"},
-	"adapters":    {"", "poison"},
-	"devkafka":    {"adapters"},
-	"pgstore":     {"", "poison", "idempotency", "claimcheck", "fingerprint", "hospital"},
-	"redisstore":  {"", "poison", "idempotency", "claimcheck"},
-	"dlq":         {"", "poison", "claimcheck", "adapters"},
-	"fingerprint": {"poison"},
-	"hospital":    {"", "poison", "fingerprint"},
+	"":             {},
+	"poison":       {""},
+	"idempotency":  {"", "poison"},
+	"claimcheck":   {"", "poison"},
+	"throttle":     {""},
+	"middleware":   {"", "poison", "idempotency", "claimcheck", "throttle"},
+	"router":       {"", "poison", "middleware"},
+	"telemetry":    {"", "poison"},
+	"adapters":     {"", "poison"},
+	"devkafka":     {"adapters"},
+	"pgstore":      {"", "poison", "idempotency", "claimcheck", "fingerprint", "hospital"},
+	"redisstore":   {"", "poison", "idempotency", "claimcheck"},
+	"dlq":          {"", "poison", "claimcheck", "adapters"},
+	"fingerprint":  {"poison"},
+	"hospital":     {"", "poison", "fingerprint"},
+	"hospital/web": {"", "hospital", "fingerprint", "poison"},
 }
 
 func TestLayers(t *testing.T) {

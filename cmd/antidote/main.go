@@ -180,7 +180,7 @@ hospital (antidote dlq) and an embedded Kafka-protocol broker for development
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
-	root.AddCommand(newDevKafkaCmd(), newDLQCmd())
+	root.AddCommand(newDevKafkaCmd(), newDLQCmd(), newHospitalCmd())
 	return root
 }
 

@@ -208,7 +208,7 @@ func TestHelpHasExamples(t *testing.T) {
 		if code != exitOK || !strings.Contains(out, "Examples:") || !strings.Contains(out, "  "+c.CommandPath()) {
 			t.Errorf("%s --help: exit code %d, no examples running it:\n%s", c.CommandPath(), code, out)
 		}
-		if c.Name() == "antidote" || c.Name() == "dlq" {
+		if c.Name() == "antidote" || c.Name() == "dlq" || c.Name() == "hospital" {
 			for _, w := range []string{"Exit codes:", "2  bad usage", "3  nothing matched", "4  broker unreachable"} {
 				if !strings.Contains(out, w) {
 					t.Errorf("%s --help lacks %q", c.CommandPath(), w)
@@ -220,7 +220,7 @@ func TestHelpHasExamples(t *testing.T) {
 		}
 	}
 	walk(newRootCmd())
-	if len(seen) != 7 { // antidote, dlq and its five subcommands
+	if len(seen) != 10 { // antidote, dlq and its five subcommands, hospital and its two
 		t.Errorf("walked %v", seen)
 	}
 	if _, out, _ := runCode(t, "", "dlq", "show", "--help"); !strings.Contains(out, "--full") {
