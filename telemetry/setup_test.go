@@ -144,7 +144,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	assert.True(t, tel.TracesExported)
 	assert.True(t, tel.MetricsExported)
 	assert.Equal(t, telemetry.ProtocolHTTP, tel.Protocol)
-	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "orders process")
+	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "process orders")
 	assert.True(t, span.IsRecording())
 	span.End()
 	metrics, err := middleware.NewMetrics(middleware.MetricsConfig{MeterProvider: tel.MeterProvider})
@@ -163,7 +163,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	collector.mu.Lock()
 	defer collector.mu.Unlock()
 	names, services := spanNamesOf(collector.traces)
-	assert.Equal(t, []string{"orders process"}, names)
+	assert.Equal(t, []string{"process orders"}, names)
 	assert.Equal(t, []string{"billing"}, services, "OTEL_SERVICE_NAME wins over the config")
 	var metricNames []string
 	for _, req := range collector.metrics {
@@ -205,7 +205,7 @@ func TestSetupExportsOverOTLPGRPC(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, telemetry.ProtocolGRPC, tel.Protocol)
 	assert.False(t, tel.MetricsExported)
-	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "orders publish")
+	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "send orders")
 	span.End()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -214,7 +214,7 @@ func TestSetupExportsOverOTLPGRPC(t *testing.T) {
 	select {
 	case req := <-collector.got:
 		names, services := spanNamesOf([]*collectortrace.ExportTraceServiceRequest{req})
-		assert.Equal(t, []string{"orders publish"}, names)
+		assert.Equal(t, []string{"send orders"}, names)
 		assert.Equal(t, []string{"billing"}, services, "the config's name when env has none")
 	case <-time.After(5 * time.Second):
 		t.Fatal("the gRPC collector received nothing")
