@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -295,4 +296,27 @@ func reasonClass(r poison.Reason) string {
 		return semconv.ErrorTypeOther.Value.AsString()
 	}
 	return string(r)
+}
+
+// Log field names of the trace context the middleware adds to its own log
+// lines about a message (watermill.LoggerAdapter has no context), as
+// telemetry.NewLogHandler does for slog records: the W3C hex forms.
+const (
+	LogFieldTraceID = "trace_id"
+	LogFieldSpanID  = "span_id"
+)
+
+// traceFields adds trace_id and span_id of the span in ctx (the consumer
+// span below Tracing, else the producer's remote one) to fields.
+func traceFields(ctx context.Context, fields watermill.LogFields) watermill.LogFields {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return fields
+	}
+	if fields == nil {
+		fields = watermill.LogFields{}
+	}
+	fields[LogFieldTraceID] = sc.TraceID().String()
+	fields[LogFieldSpanID] = sc.SpanID().String()
+	return fields
 }

@@ -1,8 +1,12 @@
 package middleware_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -555,4 +559,70 @@ func TestTracingRabbitMQAttributes(t *testing.T) {
 		_, hasKey := a["messaging.kafka.message.key"]
 		assert.False(t, hasKey, "no Kafka key on RabbitMQ")
 	}
+}
+
+// Log lines written while a message is processed carry its span's ids: the
+// middleware's own (DeadLetter's "Message dead-lettered", Retry's "Handler
+// failed, retrying", through a watermill LoggerAdapter) and the handler's,
+// through slog with telemetry.NewLogHandler and the message context.
+func TestTracingLogLinesCarryTheSpan(t *testing.T) {
+	r := newTraceRig(t)
+	captured := watermill.NewCaptureLogger()
+	var buf bytes.Buffer
+	var bufMu sync.Mutex
+	slogger := slog.New(telemetry.NewLogHandler(slog.NewJSONHandler(&lockedWriter{w: &buf, mu: &bufMu}, nil)))
+
+	tracing, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: r.tp})
+	require.NoError(t, err)
+	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: r.pub, Logger: captured})
+	require.NoError(t, err)
+	rt, err := middleware.NewRetry(middleware.RetryConfig{MaxAttempts: 2, InitialInterval: time.Millisecond, Logger: captured})
+	require.NoError(t, err)
+	letters, err := r.pubSub.Subscribe(context.Background(), "orders.dlq")
+	require.NoError(t, err)
+	r.run(t, r.pubSub, func(msg *message.Message) error {
+		slogger.InfoContext(msg.Context(), "charging", "uuid", msg.UUID)
+		return poison.Transient(errors.New("card service down"))
+	}, tracing.Middleware, dl.Middleware, rt.Middleware)
+
+	r.publish(t, `{}`)
+	(<-letters).Ack()
+	process := r.waitSpans(t, "process orders", 1)[0]
+	traceID, spanID := process.SpanContext().TraceID().String(), process.SpanContext().SpanID().String()
+
+	var seen []string
+	for _, msgs := range captured.Captured() {
+		for _, m := range msgs {
+			if m.Msg == "Message dead-lettered" || m.Msg == "Handler failed, retrying" {
+				seen = append(seen, m.Msg)
+				assert.Equal(t, traceID, m.Fields[middleware.LogFieldTraceID], m.Msg)
+				assert.Equal(t, spanID, m.Fields[middleware.LogFieldSpanID], m.Msg)
+			}
+		}
+	}
+	assert.ElementsMatch(t, []string{"Message dead-lettered", "Handler failed, retrying"}, seen)
+
+	bufMu.Lock()
+	defer bufMu.Unlock()
+	var handlerLines int
+	dec := json.NewDecoder(&buf)
+	for dec.More() {
+		var line map[string]any
+		require.NoError(t, dec.Decode(&line))
+		handlerLines++
+		assert.Equal(t, traceID, line[telemetry.LogTraceID])
+		assert.Equal(t, spanID, line[telemetry.LogSpanID])
+	}
+	assert.Equal(t, 2, handlerLines, "one per attempt")
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
