@@ -118,6 +118,6 @@ func TestSetupPrometheusOnTheCallersRegisterer(t *testing.T) {
 
 type registerOnly struct{ r *prometheus.Registry }
 
-func (o registerOnly) Register(c prometheus.Collector) error  { return o.r.Register(c) }
+func (o registerOnly) Register(c prometheus.Collector) error   { return o.r.Register(c) }
 func (o registerOnly) MustRegister(cs ...prometheus.Collector) { o.r.MustRegister(cs...) }
 func (o registerOnly) Unregister(c prometheus.Collector) bool  { return o.r.Unregister(c) }
