@@ -120,6 +120,10 @@ type tracingTopic struct {
 	attrs []attribute.KeyValue // system, operation, destination, group, server, routing key
 }
 
+// producerLinkAttrs are the attributes of the consumer span's link to its
+// producer span.
+var producerLinkAttrs = []attribute.KeyValue{semconv.OpenTracingRefTypeChildOf}
+
 // consumerSpanOpts is passed as opts... (a slice made per call would
 // escape through the Tracer interface: one allocation per delivery).
 var consumerSpanOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
@@ -204,7 +208,10 @@ func (t *Tracing) Middleware(h message.HandlerFunc) message.HandlerFunc {
 func (t *Tracing) traced(msg *message.Message, h message.HandlerFunc, ctx context.Context, span trace.Span, tt *tracingTopic, producer trace.SpanContext) (produced []*message.Message, err error) {
 	span.SetAttributes(t.attributes(msg, poison.OriginOf(msg), tt)...)
 	if producer.IsValid() {
-		span.AddLink(trace.Link{SpanContext: producer})
+		// The link names the relation: the producer span is also the
+		// parent. Jaeger folds a link to the parent into the parent
+		// reference and would otherwise turn it into FOLLOWS_FROM.
+		span.AddLink(trace.Link{SpanContext: producer, Attributes: producerLinkAttrs})
 	}
 	if link, ok := antidote.OriginalTraceLink(msg.Metadata); ok {
 		span.AddLink(link)

@@ -190,6 +190,8 @@ func TestTracingSuccessIsOneTraceFromProducerToConsumer(t *testing.T) {
 	require.Len(t, process.Links(), 1, "the consumer span links to the producer's span too")
 	assert.Equal(t, publish.SpanContext().SpanID(), process.Links()[0].SpanContext.SpanID())
 	assert.Equal(t, publish.SpanContext().TraceID(), process.Links()[0].SpanContext.TraceID())
+	assert.Equal(t, []attribute.KeyValue{attribute.String("opentracing.ref_type", "child_of")}, process.Links()[0].Attributes,
+		"the link says the producer is the parent too (Jaeger would otherwise show FOLLOWS_FROM)")
 	_, hasErr := ca["error.type"]
 	assert.False(t, hasErr, "a processed message has no error.type")
 	assert.Equal(t, "billing", ca["messaging.consumer.group.name"].AsString())

@@ -93,28 +93,19 @@ func TestPoisonTracesInJaeger(t *testing.T) {
 				if process.Tag("messaging.operation.name") != "process" || dlqPublish.Tag("messaging.destination.name") != tp+".dlq" {
 					t.Errorf("letter %s: process %v, dlq send %v", l.UUID, process.Tags, dlqPublish.Tags)
 				}
-				if !linksTo(*process, publish.SpanID) {
-					t.Errorf("letter %s: the process span does not link to its producer span: %+v", l.UUID, process.References)
-				}
 			}
 			t.Logf("%s: %d poison traces joined send → process → send to the DLQ", kind, len(letters))
 		})
 	}
 }
 
+// childOf: the reference to parent is CHILD_OF. The consumer span also links
+// to its producer (its parent); Jaeger folds such a link into the parent
+// reference with the link's opentracing.ref_type, which middleware.Tracing
+// sets to child_of (without it Jaeger shows FOLLOWS_FROM).
 func childOf(s testenv.JaegerSpan, parent string) bool {
 	for _, r := range s.References {
 		if r.SpanID == parent && r.RefType == "CHILD_OF" {
-			return true
-		}
-	}
-	return false
-}
-
-// linksTo: a span link is a FOLLOWS_FROM reference in Jaeger's API.
-func linksTo(s testenv.JaegerSpan, span string) bool {
-	for _, r := range s.References {
-		if r.SpanID == span && r.RefType == "FOLLOWS_FROM" {
 			return true
 		}
 	}
