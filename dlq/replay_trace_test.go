@@ -118,18 +118,22 @@ func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
 				continue
 			}
 			switch s.Name() {
-			case topic + " publish":
+			case "send " + topic:
 				replayPublish = s
-			case topic + " process":
+			case "process " + topic:
 				replayProcess = s
 			}
 		}
 		return replayPublish != nil && replayProcess != nil, ""
 	})
-	for _, s := range []sdktrace.ReadOnlySpan{replayPublish, replayProcess} {
-		if len(s.Links()) != 1 || s.Links()[0].SpanContext.TraceID() != original {
-			t.Fatalf("%s: links %+v, want one to trace %s", s.Name(), s.Links(), original)
-		}
+	if links := replayPublish.Links(); len(links) != 1 || links[0].SpanContext.TraceID() != original {
+		t.Fatalf("%s: links %+v, want one to trace %s", replayPublish.Name(), links, original)
+	}
+	// The consumer span links to its producer (the replay's send) and to
+	// the original trace.
+	if links := replayProcess.Links(); len(links) != 2 || links[0].SpanContext.SpanID() != replayPublish.SpanContext().SpanID() ||
+		links[1].SpanContext.TraceID() != original {
+		t.Fatalf("%s: links %+v, want the replay's send %s, then trace %s", replayProcess.Name(), links, replayPublish.SpanContext().SpanID(), original)
 	}
 	if replayProcess.Parent().SpanID() != replayPublish.SpanContext().SpanID() {
 		t.Fatal("the replay's consumer span is not the child of the replay's publish span")

@@ -334,12 +334,12 @@ func (b *Breaker) settleUntracked(msg *message.Message, herr error) ([]*message.
 		}
 		why = "it fails while the health check passes"
 	}
-	b.cfg.Logger.Info("Message without a UUID not held by the breaker: its holds cannot be tracked", watermill.LogFields{
+	b.cfg.Logger.Info("Message without a UUID not held by the breaker: its holds cannot be tracked", traceFields(msg.Context(), watermill.LogFields{
 		"topic":        message.SubscribeTopicFromCtx(msg.Context()),
 		"handler_name": message.HandlerNameFromCtx(msg.Context()),
 		"err":          traceErrorText(herr),
 		"why":          why,
-	})
+	}))
 	return nil, herr
 }
 
@@ -429,9 +429,9 @@ func logTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 func (b *Breaker) hold(msg *message.Message, err error, why string) error {
 	k, tracked := b.keyOf(msg)
 	if !tracked {
-		b.cfg.Logger.Debug("Message without a UUID held by the breaker; its holds are not tracked", watermill.LogFields{
+		b.cfg.Logger.Debug("Message without a UUID held by the breaker; its holds are not tracked", traceFields(msg.Context(), watermill.LogFields{
 			"topic": message.SubscribeTopicFromCtx(msg.Context()), "handler_name": message.HandlerNameFromCtx(msg.Context()), "why": why,
-		})
+		}))
 		noteHeld(msg.Context(), time.Time{}, 0, time.Time{}, why)
 		return b.pause(msg, err)
 	}
@@ -476,7 +476,7 @@ func (b *Breaker) hold(msg *message.Message, err error, why string) error {
 			fields["holds"] = r.holds
 			msgText = "Message held by the breaker again after it was not delivered for a while"
 		}
-		b.cfg.Logger.Info(msgText, fields)
+		b.cfg.Logger.Info(msgText, traceFields(msg.Context(), fields))
 	}
 	noteHeld(msg.Context(), r.first, r.holds, decideBy, why)
 	return b.pause(msg, err)
@@ -552,7 +552,7 @@ func (b *Breaker) end(msg *message.Message, how, why string) {
 	if !found {
 		return
 	}
-	b.cfg.Logger.Info("Message no longer held by the breaker", k.logFields(msg).Add(watermill.LogFields{
+	b.cfg.Logger.Info("Message no longer held by the breaker", traceFields(msg.Context(), k.logFields(msg)).Add(watermill.LogFields{
 		"outcome":    how,
 		"why":        traceText(why),
 		"held_since": logTime(r.first),

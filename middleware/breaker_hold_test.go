@@ -422,7 +422,7 @@ func TestBreakerHeldSpanEvent(t *testing.T) {
 	}, tracing.Middleware, dl.Middleware, b.Middleware)
 	r.publish(t, "{}")
 	<-done
-	spans := r.waitSpans(t, "orders process", 4)
+	spans := r.waitSpans(t, "process orders", 4)
 	var held []map[attribute.Key]attribute.Value
 	for _, s := range spans {
 		for _, e := range s.Events() {

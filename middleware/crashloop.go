@@ -386,7 +386,7 @@ func deliveryIdle(ctx context.Context) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deliveriesForgetTimeout)
 	defer cancel()
 	if _, err := st.d.decr.Decr(tctx, st.key); err != nil {
-		st.d.cfg.Logger.Error("Crash-loop guard could not take back the count of a waiting delivery", err, watermill.LogFields{"delivery_key": st.key})
+		st.d.cfg.Logger.Error("Crash-loop guard could not take back the count of a waiting delivery", err, traceFields(ctx, watermill.LogFields{"delivery_key": st.key}))
 		return // the count stands: busy as before
 	}
 	st.busy = false
@@ -400,7 +400,7 @@ func deliveryBusy(ctx context.Context) {
 		return
 	}
 	if _, err := st.d.cfg.Tracker.Incr(ctx, st.key); err != nil {
-		st.d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the attempt unguarded", err, watermill.LogFields{"delivery_key": st.key})
+		st.d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the attempt unguarded", err, traceFields(ctx, watermill.LogFields{"delivery_key": st.key}))
 		return
 	}
 	st.busy = true
@@ -436,10 +436,10 @@ func (d *CrashLoopGuard) count(msg *message.Message) (key string, n int, counted
 	}
 	n, err := d.cfg.Tracker.Incr(ctx, key)
 	if err != nil {
-		d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, watermill.LogFields{
+		d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"delivery_key": key,
-		})
+		}))
 		return "", 0, false
 	}
 	return key, n, true
@@ -455,19 +455,19 @@ func (d *CrashLoopGuard) quarantine(msg *message.Message, key string, n int) ([]
 	// Not msg.Context(): a message whose context is already cancelled can
 	// still be quarantined (Send bounds the publish itself).
 	if err := d.send(context.WithoutCancel(msg.Context()), msg, f); err != nil {
-		d.cfg.Logger.Error("Crash-loop guard could not quarantine the message; nacking it", err, watermill.LogFields{
+		d.cfg.Logger.Error("Crash-loop guard could not quarantine the message; nacking it", err, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"delivery_key": key,
 			"deliveries":   n,
-		})
+		}))
 		return nil, fmt.Errorf("antidote: message %s delivered %d times (limit %d) but not quarantined, nacking it: %w",
 			msg.UUID, n, d.cfg.MaxDeliveries, err)
 	}
-	d.cfg.Logger.Info("Crash-loop guard quarantined the message without running the handler", watermill.LogFields{
+	d.cfg.Logger.Info("Crash-loop guard quarantined the message without running the handler", traceFields(msg.Context(), watermill.LogFields{
 		"message_uuid": msg.UUID,
 		"delivery_key": key,
 		"deliveries":   n,
-	})
+	}))
 	d.forget(msg, key)
 	return nil, nil
 }
@@ -491,10 +491,10 @@ func (d *CrashLoopGuard) forget(msg *message.Message, key string) {
 				d.nUnforgotten.Add(1)
 			}
 		}
-		d.cfg.Logger.Error("Crash-loop guard could not forget a settled delivery; it forgets it at the next delivery, else its count expires by TTL", err, watermill.LogFields{
+		d.cfg.Logger.Error("Crash-loop guard could not forget a settled delivery; it forgets it at the next delivery, else its count expires by TTL", err, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"delivery_key": key,
-		})
+		}))
 	}
 }
 
@@ -545,11 +545,11 @@ func (d *CrashLoopGuard) offsetMayBeRedelivery(ctx context.Context, o poison.Ori
 
 	n, err := d.cfg.Tracker.Incr(ctx, deliveriesBlockKey(o, block))
 	if err != nil {
-		d.cfg.Logger.Error("Crash-loop guard cannot take the offset block lease; counting the delivery", err, watermill.LogFields{
+		d.cfg.Logger.Error("Crash-loop guard cannot take the offset block lease; counting the delivery", err, traceFields(ctx, watermill.LogFields{
 			"topic":     o.Topic,
 			"partition": o.Partition,
 			"offset":    o.Offset,
-		})
+		}))
 		return true
 	}
 	tainted := n > 1

@@ -186,10 +186,10 @@ func (d *DeadLetter) settleFailed(msg *message.Message, err error) error {
 // settle dead-letters msg; a nil result acks it, an error nacks it.
 func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
 	if sendErr := d.Send(context.Background(), msg, f); sendErr != nil {
-		d.cfg.Logger.Error("Dead-lettering failed, nacking the message so it is redelivered", sendErr, watermill.LogFields{
+		d.cfg.Logger.Error("Dead-lettering failed, nacking the message so it is redelivered", sendErr, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"handler_err":  f.Err.Error(),
-		})
+		}))
 		if d.cfg.FailedPublishPause > 0 {
 			clock.Sleep(msg.Context(), d.cfg.FailedPublishPause)
 		}
@@ -315,7 +315,7 @@ func (d *DeadLetter) Send(ctx context.Context, msg *message.Message, f poison.Fa
 	if f.Err != nil {
 		fields["err"] = f.Err.Error()
 	}
-	d.cfg.Logger.Info("Message dead-lettered", fields)
+	d.cfg.Logger.Info("Message dead-lettered", traceFields(msg.Context(), fields))
 	return nil
 }
 

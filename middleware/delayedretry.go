@@ -156,17 +156,17 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 				// It can never be moved (the stage's metadata pushes it over
 				// the broker's limit, or the stage cannot exist): holding it
 				// would loop. DeadLetter takes it as it is.
-				d.cfg.Logger.Error("Message cannot move to a delayed retry stage; dead-lettering it instead", serr, watermill.LogFields{
+				d.cfg.Logger.Error("Message cannot move to a delayed retry stage; dead-lettering it instead", serr, traceFields(msg.Context(), watermill.LogFields{
 					"message_uuid": msg.UUID, "topic": topic, "stage": stage + 1,
-				})
+				}))
 				return nil, err
 			}
 			// Not moved: keep it where it is (nack), never drop it.
 			return nil, poison.Defer(fmt.Errorf("antidote: moving message %s to retry stage %d failed: %w (handler error: %w)", msg.UUID, stage+1, serr, err))
 		}
-		d.cfg.Logger.Info("Message moved to a delayed retry stage", watermill.LogFields{
+		d.cfg.Logger.Info("Message moved to a delayed retry stage", traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID, "topic": topic, "stage": stage + 1, "after": after.String(), "err": err.Error(),
-		})
+		}))
 		noteRetryScheduled(msg.Context(), stage+1, after, err)
 		if d.cfg.OnScheduled != nil {
 			d.cfg.OnScheduled(stage+1, after)

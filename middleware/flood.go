@@ -165,5 +165,5 @@ func (g *FloodGuard) report(msg *message.Message, v poison.FloodVerdict, action 
 		fields["since"] = v.Since.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 	}
 	g.cfg.Logger.Error(fmt.Sprintf("Redelivery flood from producer %s: message %s arrived %d times in %s (%.1f/s)",
-		v.Producer, v.Key, v.Arrivals, v.Window, v.Rate), poison.ErrFlood, fields)
+		v.Producer, v.Key, v.Arrivals, v.Window, v.Rate), poison.ErrFlood, traceFields(msg.Context(), fields))
 }

@@ -327,11 +327,11 @@ func (m *Idempotency) whenNotBusy(msg *message.Message, key string, try func() (
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
-			m.cfg.Logger.Info("Idempotency key still held by another consumer; nacking the message to be redelivered", watermill.LogFields{
+			m.cfg.Logger.Info("Idempotency key still held by another consumer; nacking the message to be redelivered", traceFields(msg.Context(), watermill.LogFields{
 				"message_uuid":    msg.UUID,
 				"idempotency_key": key,
 				"busy_wait":       m.cfg.BusyWait.String(),
-			})
+			}))
 			return c, poison.Defer(fmt.Errorf("%w: key %q of message %s still held after %s", ErrKeyInProgress, key, msg.UUID, m.cfg.BusyWait))
 		}
 		d := min(pause, left)
@@ -375,11 +375,11 @@ func (m *Idempotency) complete(msg *message.Message, key string, c idempotency.C
 		if errors.Is(cerr, idempotency.ErrClaimLost) {
 			msgText = "Handler overran its idempotency lease and another consumer claimed the key: the message may have been processed twice; raise IdempotencyConfig.Lease above the slowest handler"
 		}
-		m.cfg.Logger.Error(msgText, cerr, watermill.LogFields{
+		m.cfg.Logger.Error(msgText, cerr, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid":    msg.UUID,
 			"idempotency_key": key,
 			"lease":           m.cfg.Lease.String(),
-		})
+		}))
 	}
 }
 
@@ -429,19 +429,19 @@ func (m *Idempotency) duplicate(msg *message.Message, key string, c idempotency.
 	if m.cfg.OnDuplicate != nil {
 		m.cfg.OnDuplicate(msg, key)
 	}
-	m.cfg.Logger.Debug("Duplicate acked without running the handler", watermill.LogFields{
+	m.cfg.Logger.Debug("Duplicate acked without running the handler", traceFields(msg.Context(), watermill.LogFields{
 		"message_uuid":    msg.UUID,
 		"idempotency_key": key,
-	})
+	}))
 	if m.cfg.DisableOutputReplay || len(c.Result) == 0 {
 		return nil, nil
 	}
 	out, err := decodeOutput(c.Result)
 	if err != nil {
-		m.cfg.Logger.Error("Stored output of a completed key cannot be decoded; acking the duplicate without it", err, watermill.LogFields{
+		m.cfg.Logger.Error("Stored output of a completed key cannot be decoded; acking the duplicate without it", err, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid":    msg.UUID,
 			"idempotency_key": key,
-		})
+		}))
 		return nil, nil
 	}
 	return out, nil
@@ -451,11 +451,11 @@ func (m *Idempotency) release(msg *message.Message, key string, c idempotency.Cl
 	ctx, cancel := m.settleContext(msg)
 	defer cancel()
 	if err := m.cfg.Store.Release(ctx, c); err != nil {
-		m.cfg.Logger.Error("Idempotency key not released after a failure; its retry waits until the lease ends", err, watermill.LogFields{
+		m.cfg.Logger.Error("Idempotency key not released after a failure; its retry waits until the lease ends", err, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid":    msg.UUID,
 			"idempotency_key": key,
 			"lease":           m.cfg.Lease.String(),
-		})
+		}))
 	}
 }
 
@@ -491,7 +491,7 @@ func (m *Idempotency) encodeOutput(msg *message.Message, produced []*message.Mes
 	}
 	b, err := json.Marshal(out)
 	if err != nil { // cannot happen for strings and bytes; be safe anyway
-		m.cfg.Logger.Error("Handler output cannot be stored with the idempotency key; a duplicate will not republish it", err, watermill.LogFields{"message_uuid": msg.UUID})
+		m.cfg.Logger.Error("Handler output cannot be stored with the idempotency key; a duplicate will not republish it", err, traceFields(msg.Context(), watermill.LogFields{"message_uuid": msg.UUID}))
 		return nil
 	}
 	return b

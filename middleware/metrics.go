@@ -12,9 +12,11 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/otelconv"
 )
 
 // DefaultDurationBuckets are the handler-duration histogram bounds, in
@@ -40,7 +42,19 @@ const (
 	MetricBreakerChanges   = "antidote.breaker.transitions"
 	MetricBreakerHeld      = "antidote.breaker.held"
 	MetricDLQDepth         = "antidote.dlq.depth"
+	MetricConsumerLag      = "antidote.consumer.lag"
+
+	// The OpenTelemetry messaging conventions' consumer metrics (semconv
+	// v1.43.0), beside Antidote's own: Prometheus names
+	// messaging_process_duration_seconds and
+	// messaging_client_consumed_messages_total.
+	MetricProcessDuration  = "messaging.process.duration"
+	MetricConsumedMessages = "messaging.client.consumed.messages"
 )
+
+// SemconvDurationBuckets are the bounds (seconds) the messaging conventions
+// advise for messaging.process.duration.
+var SemconvDurationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
 
 // Metric attribute keys: short, since they become Prometheus labels.
 const (
@@ -71,6 +85,19 @@ type MetricsConfig struct {
 	// PostgreSQL count of a small table. An error skips that collection.
 	// If nil, the gauge is not reported.
 	DLQDepth func(ctx context.Context) (map[string]int64, error)
+	// ConsumerLag, when set, is read at every metrics collection like
+	// DLQDepth and reported as the gauge antidote.consumer.lag (Prometheus
+	// antidote_consumer_lag), one series per topic (the map's keys): how
+	// many messages wait to be consumed (an adapters.LagSource's Lag per
+	// topic). If nil, the gauge is not reported.
+	ConsumerLag func(ctx context.Context) (map[string]int64, error)
+
+	// System, ConsumerGroup and ServerAddress are the semconv attributes
+	// messaging.system, messaging.consumer.group.name and
+	// server.address/server.port of messaging.process.duration and
+	// messaging.client.consumed.messages, as in TracingConfig (router.New
+	// copies them from its Tracing config when unset here). Optional.
+	System, ConsumerGroup, ServerAddress string
 }
 
 func (c *MetricsConfig) setDefaults() {
@@ -128,12 +155,16 @@ type Metrics struct {
 	duration                                                        metric.Float64Histogram
 	breakerState                                                    metric.Int64Gauge
 	breakerHeld                                                     metric.Int64UpDownCounter
+	processDuration                                                 metric.Float64Histogram
+	consumed                                                        metric.Int64Counter
+	semconvBase                                                     []attribute.KeyValue // system, operation, group, server
 
-	registration metric.Registration // the DLQ depth callback, if any
+	registrations []metric.Registration // the DLQ depth and lag callbacks, if any
 
 	// attribute sets are built once per label combination: a delivery
 	// then records without allocating them again.
-	opts sync.Map // metricsOptKey → *metricOpts
+	opts        sync.Map // metricsOptKey → *metricOpts
+	semconvOpts sync.Map // semconvOptKey → *metricOpts
 
 	noop bool // the MeterProvider is metric/noop's: Middleware adds nothing
 }
@@ -143,6 +174,9 @@ type metricsOptKey struct {
 	a, b string
 }
 
+// semconvOptKey is what the semconv consumer metrics' attributes vary by.
+type semconvOptKey struct{ topic, errorType string }
+
 // NewMetrics fills cfg's defaults, validates it (see MetricsConfig.Validate)
 // and creates the instruments.
 func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
@@ -150,7 +184,7 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	meter := cfg.MeterProvider.Meter(antidote.TracerName)
+	meter := cfg.MeterProvider.Meter(antidote.TracerName, metric.WithSchemaURL(semconv.SchemaURL))
 	m := &Metrics{cfg: cfg}
 	switch cfg.MeterProvider.(type) {
 	case metricnoop.MeterProvider, *metricnoop.MeterProvider:
@@ -167,12 +201,12 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 		errs = append(errs, err)
 		return c
 	}
-	m.processed = counter(MetricProcessed, "{message}", "CrashLoopGuard the handler processed successfully (acked).")
-	m.failed = counter(MetricFailed, "{message}", "CrashLoopGuard that ended in an error and were nacked, to be delivered again (outcome failed or deferred).")
+	m.processed = counter(MetricProcessed, "{message}", "Messages the handler processed successfully (acked).")
+	m.failed = counter(MetricFailed, "{message}", "Messages that ended in an error and were nacked, to be delivered again (outcome failed or deferred).")
 	m.retried = counter(MetricRetried, "{retry}", "In-process retries of a failed handler attempt.")
-	m.scheduled = counter(MetricRetryScheduled, "{message}", "CrashLoopGuard moved to a delayed (non-blocking) retry stage.")
-	m.deadLettered = counter(MetricDeadLettered, "{message}", "CrashLoopGuard published to the dead-letter queue, by reason.")
-	m.duplicates = counter(MetricDuplicates, "{message}", "CrashLoopGuard skipped because their idempotency key was already processed.")
+	m.scheduled = counter(MetricRetryScheduled, "{message}", "Messages moved to a delayed (non-blocking) retry stage.")
+	m.deadLettered = counter(MetricDeadLettered, "{message}", "Messages published to the dead-letter queue, by reason.")
+	m.duplicates = counter(MetricDuplicates, "{message}", "Messages skipped because their idempotency key was already processed.")
 	m.backpressure = counter(MetricBackpressure, "{block}", "Publishes that waited for consumers to catch up (producer backpressure).")
 	m.breakerChanges = counter(MetricBreakerChanges, "{transition}", "State changes of the DLQ-storm circuit breaker.")
 	m.throttleWait = seconds(MetricThrottleWait, "Time handlers waited for the throttle.")
@@ -188,40 +222,68 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 	m.breakerHeld, err = meter.Int64UpDownCounter(MetricBreakerHeld, metric.WithUnit("{message}"),
 		metric.WithDescription("Messages the DLQ-storm breaker holds back now (nacked after a backoff instead of dead-lettered), by handler."))
 	errs = append(errs, err)
-	if cfg.DLQDepth != nil {
-		depth, err := meter.Int64ObservableGauge(MetricDLQDepth, metric.WithUnit("{message}"),
-			metric.WithDescription("Unresolved letters in each dead-letter topic."))
+	m.processDuration, err = meter.Float64Histogram(MetricProcessDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of processing operation."),
+		metric.WithExplicitBucketBoundaries(SemconvDurationBuckets...))
+	errs = append(errs, err)
+	m.consumed, err = meter.Int64Counter(MetricConsumedMessages, metric.WithUnit("{message}"),
+		metric.WithDescription("Number of messages that were delivered to the application."))
+	errs = append(errs, err)
+	if cfg.System != "" {
+		m.semconvBase = append(m.semconvBase, semconv.MessagingSystemKey.String(cfg.System))
+	}
+	m.semconvBase = append(m.semconvBase, semconv.MessagingOperationName(otelconv.OpProcess), semconv.MessagingOperationTypeProcess)
+	if cfg.ConsumerGroup != "" {
+		m.semconvBase = append(m.semconvBase, semconv.MessagingConsumerGroupName(cfg.ConsumerGroup))
+	}
+	m.semconvBase = append(m.semconvBase, otelconv.ServerAttributes(cfg.ServerAddress)...)
+	gauge := func(name, desc, what string, read func(context.Context) (map[string]int64, error)) {
+		if read == nil {
+			return
+		}
+		g, err := meter.Int64ObservableGauge(name, metric.WithUnit("{message}"), metric.WithDescription(desc))
+		errs = append(errs, err)
+		if err != nil {
+			return
+		}
+		reg, err := meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+			values, err := read(ctx)
+			if err != nil {
+				return fmt.Errorf("antidote: reading %s: %w", what, err)
+			}
+			for topic, n := range values {
+				o.ObserveInt64(g, n, metric.WithAttributes(MetricAttrTopic.String(topic)))
+			}
+			return nil
+		}, g)
 		errs = append(errs, err)
 		if err == nil {
-			m.registration, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-				depths, err := cfg.DLQDepth(ctx)
-				if err != nil {
-					return fmt.Errorf("antidote: reading DLQ depth: %w", err)
-				}
-				for topic, n := range depths {
-					o.ObserveInt64(depth, n, metric.WithAttributes(MetricAttrTopic.String(topic)))
-				}
-				return nil
-			}, depth)
-			errs = append(errs, err)
+			m.registrations = append(m.registrations, reg)
 		}
 	}
+	gauge(MetricDLQDepth, "Unresolved letters in each dead-letter topic.", "DLQ depth", cfg.DLQDepth)
+	gauge(MetricConsumerLag, "Messages waiting to be consumed, by topic.", "consumer lag", cfg.ConsumerLag)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("antidote: creating metric instruments: %w", err)
 	}
 	return m, nil
 }
 
-// Close unregisters the DLQ depth callback, so a provider that outlives
-// this Metrics stops calling DLQDepth. It starts and leaves no goroutine.
+// Close unregisters the DLQ depth and consumer lag callbacks, so a
+// provider that outlives this Metrics stops calling DLQDepth and
+// ConsumerLag. It starts and leaves no goroutine.
 func (m *Metrics) Close() error {
-	if m == nil || m.registration == nil {
+	if m == nil {
 		return nil
 	}
-	if err := m.registration.Unregister(); err != nil {
-		return fmt.Errorf("antidote: unregistering the DLQ depth gauge: %w", err)
+	var errs []error
+	for _, r := range m.registrations {
+		if err := r.Unregister(); err != nil {
+			errs = append(errs, fmt.Errorf("antidote: unregistering a gauge callback: %w", err))
+		}
 	}
-	return nil
+	m.registrations = nil
+	return errors.Join(errs...)
 }
 
 // Middleware returns the counting handler. With a no-op MeterProvider
@@ -266,6 +328,37 @@ func (m *Metrics) record(ctx context.Context, st *deliveryState, handler string,
 		m.scheduled.Add(rec, 1, m.handlerOpt(handler).add...)
 	}
 	// OutcomeDuplicate was counted by RecordDuplicate when it happened.
+
+	// The semconv pair: by destination, with error.type on failure (the
+	// DLQ reason for a dead-lettered message, as on the span).
+	k := semconvOptKey{topic: message.SubscribeTopicFromCtx(ctx)}
+	switch outcome {
+	case OutcomeFailed, OutcomeDeferred:
+		k.errorType = otelconv.ErrorType(err)
+	case OutcomeDeadLettered:
+		k.errorType = reasonClass(reason)
+	}
+	sc := m.semconvOpt(k)
+	m.processDuration.Record(rec, elapsed, sc.rec...)
+	m.consumed.Add(rec, 1, sc.add...)
+}
+
+// semconvOpt returns the cached attribute options of the semconv consumer
+// metrics for k: topics and error classes are a small, bounded set.
+func (m *Metrics) semconvOpt(k semconvOptKey) *metricOpts {
+	if v, ok := m.semconvOpts.Load(k); ok {
+		return v.(*metricOpts)
+	}
+	attrs := append([]attribute.KeyValue(nil), m.semconvBase...)
+	if k.topic != "" {
+		attrs = append(attrs, semconv.MessagingDestinationName(k.topic))
+	}
+	if k.errorType != "" {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(k.errorType))
+	}
+	o := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	v, _ := m.semconvOpts.LoadOrStore(k, &metricOpts{add: []metric.AddOption{o}, rec: []metric.RecordOption{o}})
+	return v.(*metricOpts)
 }
 
 // recordContext is ctx without its cancellation, so a measurement is not

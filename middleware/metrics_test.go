@@ -102,7 +102,7 @@ func TestMetricsCountsOutcomesThroughTheRouter(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	metrics, err := middleware.NewMetrics(middleware.MetricsConfig{MeterProvider: mp})
+	metrics, err := middleware.NewMetrics(middleware.MetricsConfig{MeterProvider: mp, System: "gochannel", ConsumerGroup: "billing"})
 	require.NoError(t, err)
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -184,6 +184,21 @@ func TestMetricsCountsOutcomesThroughTheRouter(t *testing.T) {
 	assert.Equal(t, 2.0, value(t, rm, middleware.MetricHandlerDuration, map[string]string{"handler": "orders-handler", "outcome": "dead_lettered"}))
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricHandlerDuration, map[string]string{"handler": "orders-handler", "outcome": "duplicate"}))
 
+	// The semconv pair, by destination, error.type the DLQ reason.
+	sc := func(errorType string) map[string]string {
+		m := map[string]string{"messaging.system": "gochannel", "messaging.destination.name": "orders",
+			"messaging.operation.name": "process", "messaging.operation.type": "process", "messaging.consumer.group.name": "billing"}
+		if errorType != "" {
+			m["error.type"] = errorType
+		}
+		return m
+	}
+	assert.Equal(t, 5.0, value(t, rm, middleware.MetricConsumedMessages, sc("")), "ok ×3, flaky, dup")
+	assert.Equal(t, 1.0, value(t, rm, middleware.MetricConsumedMessages, sc("permanent")))
+	assert.Equal(t, 1.0, value(t, rm, middleware.MetricConsumedMessages, sc("panic")))
+	assert.Equal(t, 5.0, value(t, rm, middleware.MetricProcessDuration, sc("")))
+	assert.Equal(t, 1.0, value(t, rm, middleware.MetricProcessDuration, sc("permanent")))
+
 	// Tracing read the same outcome.
 	var outcomes []string
 	for _, s := range rec.Ended() {
@@ -241,6 +256,11 @@ func TestMetricsFailedAndDeferredDeliveries(t *testing.T) {
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricFailed, map[string]string{"handler": "orders-handler", "outcome": "failed"}))
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricFailed, map[string]string{"handler": "orders-handler", "outcome": "deferred"}))
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricHandlerDuration, map[string]string{"handler": "orders-handler", "outcome": "deferred"}))
+	failed := map[string]string{"messaging.destination.name": "orders", "messaging.operation.name": "process",
+		"messaging.operation.type": "process", "error.type": "*errors.errorString"}
+	assert.Equal(t, 2.0, value(t, rm, middleware.MetricProcessDuration, failed), "error.type is the error's class")
+	delete(failed, "error.type")
+	assert.Equal(t, 2.0, value(t, rm, middleware.MetricConsumedMessages, failed))
 }
 
 func TestMetricsHooksAndDLQDepth(t *testing.T) {
@@ -252,6 +272,9 @@ func TestMetricsHooksAndDLQDepth(t *testing.T) {
 		DLQDepth: func(context.Context) (map[string]int64, error) {
 			depthCalls++
 			return map[string]int64{"orders.dlq": 7, "payments.dlq": 0}, nil
+		},
+		ConsumerLag: func(context.Context) (map[string]int64, error) {
+			return map[string]int64{"orders": 42}, nil
 		},
 	})
 	require.NoError(t, err)
@@ -278,6 +301,7 @@ func TestMetricsHooksAndDLQDepth(t *testing.T) {
 	assert.Equal(t, 1.0, value(t, rm, middleware.MetricBreakerHeld, map[string]string{"handler": "payments-handler"}))
 	assert.Equal(t, 7.0, value(t, rm, middleware.MetricDLQDepth, map[string]string{"topic": "orders.dlq"}))
 	assert.Equal(t, 1, depthCalls)
+	assert.Equal(t, 42.0, value(t, rm, middleware.MetricConsumerLag, map[string]string{"topic": "orders"}))
 
 	metrics.RecordBreakerState(ctx, "open", "half-open")
 	assert.Equal(t, 1.0, value(t, collect(t, reader), middleware.MetricBreakerState, map[string]string{}), "half-open")
@@ -285,6 +309,8 @@ func TestMetricsHooksAndDLQDepth(t *testing.T) {
 	require.NoError(t, metrics.Close())
 	_, present := findMetric(collect(t, reader), middleware.MetricDLQDepth)
 	assert.False(t, present, "after Close the depth callback is no longer read")
+	_, present = findMetric(collect(t, reader), middleware.MetricConsumerLag)
+	assert.False(t, present, "nor the lag callback")
 	assert.Equal(t, 2, depthCalls, "read at the two collections before Close only")
 
 	// A nil *Metrics is a valid no-op, so hooks can be wired unconditionally.

@@ -267,7 +267,7 @@ func (r *Retry) retry(msg *message.Message, h message.HandlerFunc, ctx context.C
 			r.cfg.OnRetry(attempt, err, delay)
 		}
 		noteRetry(ctx, attempt+1, delay) // span event; Metrics counts it
-		r.cfg.Logger.Info("Handler failed, retrying", watermill.LogFields{
+		r.cfg.Logger.Info("Handler failed, retrying", traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"handler_name": message.HandlerNameFromCtx(ctx),
 			"attempt":      attempt,
@@ -275,7 +275,7 @@ func (r *Retry) retry(msg *message.Message, h message.HandlerFunc, ctx context.C
 			"class":        class.String(),
 			"wait":         delay.String(),
 			"err":          err.Error(),
-		})
+		}))
 		if !clock.Sleep(ctx, delay) {
 			return nil, interrupted(ctx, attempt, err)
 		}

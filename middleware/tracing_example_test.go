@@ -52,11 +52,17 @@ func ExampleNewTracing() {
 	spans := rec.Ended()
 	sort.Slice(spans, func(i, j int) bool { return spans[i].Name() < spans[j].Name() })
 	for _, s := range spans {
-		fmt.Printf("%-18s %-8s status=%s events=%d same trace=%v\n", s.Name(), s.SpanKind(), s.Status().Code,
-			len(s.Events()), s.SpanContext().TraceID() == spans[0].SpanContext().TraceID())
+		errorType := "-"
+		for _, a := range s.Attributes() {
+			if a.Key == "error.type" {
+				errorType = a.Value.AsString()
+			}
+		}
+		fmt.Printf("%-15s %-8s status=%-5s error.type=%-9s events=%d same trace=%v\n", s.Name(), s.SpanKind(), s.Status().Code,
+			errorType, len(s.Events()), s.SpanContext().TraceID() == spans[0].SpanContext().TraceID())
 	}
 	// Output:
-	// orders process     consumer status=Error events=2 same trace=true
-	// orders publish     producer status=Unset events=0 same trace=true
-	// orders.dlq publish producer status=Unset events=0 same trace=true
+	// process orders  consumer status=Error error.type=permanent events=2 same trace=true
+	// send orders     producer status=Unset error.type=-         events=0 same trace=true
+	// send orders.dlq producer status=Unset error.type=-         events=0 same trace=true
 }

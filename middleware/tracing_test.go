@@ -1,8 +1,15 @@
 package middleware_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,6 +140,8 @@ func eventAttrs(e sdktrace.Event) map[attribute.Key]attribute.Value {
 	return m
 }
 
+const semconvSchemaURL = "https://opentelemetry.io/schemas/1.43.0"
+
 // traceparentOf reads the span context a message's metadata points at.
 func traceparentOf(md message.Metadata) trace.SpanContext {
 	return trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), antidote.MetadataCarrier(md)))
@@ -151,8 +160,8 @@ func TestTracingSuccessIsOneTraceFromProducerToConsumer(t *testing.T) {
 	origin, msg := r.publish(t, `{"user_id":1}`)
 	<-handled
 
-	publish := r.waitSpans(t, "orders publish", 1)[0]
-	process := r.waitSpans(t, "orders process", 1)[0]
+	publish := r.waitSpans(t, "send orders", 1)[0]
+	process := r.waitSpans(t, "process orders", 1)[0]
 
 	assert.Equal(t, trace.SpanKindProducer, publish.SpanKind())
 	assert.Equal(t, origin.TraceID(), publish.SpanContext().TraceID())
@@ -161,7 +170,11 @@ func TestTracingSuccessIsOneTraceFromProducerToConsumer(t *testing.T) {
 	assert.Equal(t, "gochannel", pa["messaging.system"].AsString())
 	assert.Equal(t, "orders", pa["messaging.destination.name"].AsString())
 	assert.Equal(t, "send", pa["messaging.operation.type"].AsString())
+	assert.Equal(t, "send", pa["messaging.operation.name"].AsString())
 	assert.Equal(t, msg.UUID, pa["messaging.message.id"].AsString())
+	assert.Equal(t, semconvSchemaURL, publish.InstrumentationScope().SchemaURL)
+	_, pubErr := pa["error.type"]
+	assert.False(t, pubErr, "a successful send has no error.type")
 
 	assert.Equal(t, trace.SpanKindConsumer, process.SpanKind())
 	assert.Equal(t, origin.TraceID(), process.SpanContext().TraceID(), "one trace")
@@ -171,7 +184,16 @@ func TestTracingSuccessIsOneTraceFromProducerToConsumer(t *testing.T) {
 	assert.Equal(t, "gochannel", ca["messaging.system"].AsString())
 	assert.Equal(t, "orders", ca["messaging.destination.name"].AsString())
 	assert.Equal(t, "process", ca["messaging.operation.type"].AsString())
+	assert.Equal(t, "process", ca["messaging.operation.name"].AsString())
 	assert.Equal(t, msg.UUID, ca["messaging.message.id"].AsString())
+	assert.Equal(t, semconvSchemaURL, process.InstrumentationScope().SchemaURL)
+	require.Len(t, process.Links(), 1, "the consumer span links to the producer's span too")
+	assert.Equal(t, publish.SpanContext().SpanID(), process.Links()[0].SpanContext.SpanID())
+	assert.Equal(t, publish.SpanContext().TraceID(), process.Links()[0].SpanContext.TraceID())
+	assert.Equal(t, []attribute.KeyValue{attribute.String("opentracing.ref_type", "child_of")}, process.Links()[0].Attributes,
+		"the link says the producer is the parent too (Jaeger would otherwise show FOLLOWS_FROM)")
+	_, hasErr := ca["error.type"]
+	assert.False(t, hasErr, "a processed message has no error.type")
 	assert.Equal(t, "billing", ca["messaging.consumer.group.name"].AsString())
 	assert.Equal(t, "orders-handler", ca["antidote.handler"].AsString())
 	assert.Equal(t, "processed", ca["antidote.outcome"].AsString())
@@ -195,7 +217,7 @@ func TestTracingRetriesAreEventsOnTheConsumerSpan(t *testing.T) {
 
 	r.publish(t, `{"user_id":2}`)
 	<-done
-	process := r.waitSpans(t, "orders process", 1)[0]
+	process := r.waitSpans(t, "process orders", 1)[0]
 
 	assert.Equal(t, []string{"attempt failed", "retry", "attempt failed", "retry"}, eventNames(process))
 	first := eventAttrs(process.Events()[0])
@@ -207,7 +229,7 @@ func TestTracingRetriesAreEventsOnTheConsumerSpan(t *testing.T) {
 	assert.NotEmpty(t, eventAttrs(process.Events()[1])["antidote.retry_delay"].AsString())
 	assert.Equal(t, codes.Unset, process.Status().Code, "the final outcome is a success")
 	assert.Equal(t, "processed", attrs(process)["antidote.outcome"].AsString())
-	assert.Len(t, r.waitSpans(t, "orders process", 1), 1, "retries are not spans of their own")
+	assert.Len(t, r.waitSpans(t, "process orders", 1), 1, "retries are not spans of their own")
 }
 
 func TestTracingDeadLetterIsInTheSameTrace(t *testing.T) {
@@ -227,11 +249,12 @@ func TestTracingDeadLetterIsInTheSameTrace(t *testing.T) {
 		t.Fatal("no letter in orders.dlq")
 	}
 
-	process := r.waitSpans(t, "orders process", 1)[0]
-	dlqPublish := r.waitSpans(t, "orders.dlq publish", 1)[0]
+	process := r.waitSpans(t, "process orders", 1)[0]
+	dlqPublish := r.waitSpans(t, "send orders.dlq", 1)[0]
 
 	assert.Equal(t, codes.Error, process.Status().Code, "a dead-lettered delivery is a failure")
 	assert.Equal(t, "dead_lettered", attrs(process)["antidote.outcome"].AsString())
+	assert.Equal(t, "permanent", attrs(process)["error.type"].AsString(), "error.type is the DLQ reason")
 	assert.Equal(t, []string{"attempt failed", "dead-lettered"}, eventNames(process))
 	dl := eventAttrs(process.Events()[1])
 	assert.Equal(t, "permanent", dl["antidote.reason"].AsString())
@@ -269,7 +292,7 @@ func TestTracingReplayLinksToTheOriginalTrace(t *testing.T) {
 	origin, _ := r.publish(t, `{}`)
 	letter := <-letters
 	letter.Ack()
-	r.waitSpans(t, "orders process", 1)
+	r.waitSpans(t, "process orders", 1)
 
 	// The hospital's replay: a fresh message (no span in its context)
 	// through a decorated publisher, after the handler was fixed.
@@ -280,8 +303,8 @@ func TestTracingReplayLinksToTheOriginalTrace(t *testing.T) {
 	require.NoError(t, r.pub.Publish("orders", replay))
 	<-processed
 
-	publishes := r.waitSpans(t, "orders publish", 2)
-	processes := r.waitSpans(t, "orders process", 2)
+	publishes := r.waitSpans(t, "send orders", 2)
+	processes := r.waitSpans(t, "process orders", 2)
 	replayPublish, replayProcess := publishes[1], processes[1]
 
 	assert.NotEqual(t, origin.TraceID(), replayPublish.SpanContext().TraceID(), "a new trace")
@@ -291,8 +314,9 @@ func TestTracingReplayLinksToTheOriginalTrace(t *testing.T) {
 
 	assert.Equal(t, replayPublish.SpanContext().TraceID(), replayProcess.SpanContext().TraceID())
 	assert.Equal(t, replayPublish.SpanContext().SpanID(), replayProcess.Parent().SpanID())
-	require.Len(t, replayProcess.Links(), 1, "the replay's consumer span links to the original trace")
-	link := replayProcess.Links()[0]
+	require.Len(t, replayProcess.Links(), 2, "the replay's consumer span links to its producer and to the original trace")
+	assert.Equal(t, replayPublish.SpanContext().SpanID(), replayProcess.Links()[0].SpanContext.SpanID())
+	link := replayProcess.Links()[1]
 	assert.Equal(t, origin.TraceID(), link.SpanContext.TraceID())
 	assert.Equal(t, traceparentOf(letter.Metadata).SpanID(), link.SpanContext.SpanID(), "to where the message was dead-lettered")
 	assert.Equal(t, "original", link.Attributes[0].Value.AsString())
@@ -332,8 +356,8 @@ func TestTracingDelayedRetryStagesStayInTheTrace(t *testing.T) {
 	root.End()
 	<-done
 
-	processes := r.waitSpans(t, "orders process", 2)
-	publishes := r.waitSpans(t, "orders publish", 2) // the producer's and the stage's
+	processes := r.waitSpans(t, "process orders", 2)
+	publishes := r.waitSpans(t, "send orders", 2) // the producer's and the stage's
 	// Picked by the stage attribute, not by position: the spans end in an
 	// order the scheduler's timing decides.
 	byStage := func(spans []sdktrace.ReadOnlySpan) (without, with sdktrace.ReadOnlySpan) {
@@ -383,7 +407,7 @@ func TestTracingUndecoratedDLQPublisherKeepsTheTrace(t *testing.T) {
 	origin, _ := r.publish(t, `{}`)
 	letter := <-letters
 	letter.Ack()
-	process := r.waitSpans(t, "orders process", 1)[0]
+	process := r.waitSpans(t, "process orders", 1)[0]
 	tp := traceparentOf(letter.Metadata)
 	assert.Equal(t, origin.TraceID(), tp.TraceID())
 	assert.Equal(t, process.SpanContext().SpanID(), tp.SpanID())
@@ -413,10 +437,11 @@ func TestTracingNackedDeliveryIsAnError(t *testing.T) {
 
 	r.publish(t, `{}`)
 	<-done
-	spans := r.waitSpans(t, "orders process", 2)
+	spans := r.waitSpans(t, "process orders", 2)
 	assert.Equal(t, codes.Error, spans[0].Status().Code)
 	assert.Equal(t, "dlq down", spans[0].Status().Description)
 	assert.Equal(t, "failed", attrs(spans[0])["antidote.outcome"].AsString())
+	assert.Equal(t, "*errors.errorString", attrs(spans[0])["error.type"].AsString(), "error.type is the error's class")
 	assert.Equal(t, []string{"exception"}, eventNames(spans[0]))
 	assert.Equal(t, codes.Unset, spans[1].Status().Code)
 	assert.Equal(t, spans[0].Parent().SpanID(), spans[1].Parent().SpanID(), "a redelivery is a sibling under the same producer span")
@@ -443,8 +468,8 @@ func TestTracingParentsProducedMessages(t *testing.T) {
 	origin, _ := r.publish(t, `{}`)
 	invoice := <-invoices
 	invoice.Ack()
-	process := r.waitSpans(t, "orders process", 1)[0]
-	out := r.waitSpans(t, "invoices publish", 1)[0]
+	process := r.waitSpans(t, "process orders", 1)[0]
+	out := r.waitSpans(t, "send invoices", 1)[0]
 	assert.Equal(t, origin.TraceID(), out.SpanContext().TraceID())
 	assert.Equal(t, process.SpanContext().SpanID(), out.Parent().SpanID())
 	assert.Equal(t, out.SpanContext().SpanID(), traceparentOf(invoice.Metadata).SpanID())
@@ -463,9 +488,9 @@ func TestTracingKafkaPartitionAndOffset(t *testing.T) {
 	b, err := adapters.Open(context.Background(), cfg, watermill.NopLogger{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close() })
-	pub, err := telemetry.NewPublisher(b.Publisher, telemetry.PublisherConfig{TracerProvider: r.tp, System: b.Kind.MessagingSystem()})
+	pub, err := telemetry.NewPublisher(b.Publisher, telemetry.PublisherConfig{TracerProvider: r.tp, System: b.Kind.MessagingSystem(), ServerAddress: b.Addr})
 	require.NoError(t, err)
-	tracing, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: r.tp, ConsumerGroup: "billing"})
+	tracing, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: r.tp, ConsumerGroup: "billing", ServerAddress: b.Addr})
 	require.NoError(t, err)
 	done := make(chan struct{}, 2)
 	r.run(t, b.Subscriber, func(*message.Message) error { done <- struct{}{}; return nil }, tracing.Middleware)
@@ -473,10 +498,15 @@ func TestTracingKafkaPartitionAndOffset(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		ctx, root := r.tp.Tracer("test-producer").Start(context.Background(), "POST /orders")
 		msg := message.NewMessage(watermill.NewUUID(), []byte(`{"user_id":4}`))
+		msg.Metadata.Set("partition_key", "user-4") // the adapter's record key
 		msg.SetContext(ctx)
 		require.NoError(t, pub.Publish("orders", msg))
 		root.End()
 	}
+	host, port, err := net.SplitHostPort(strings.Split(b.Addr, ",")[0])
+	require.NoError(t, err)
+	wantPort, err := strconv.Atoi(port)
+	require.NoError(t, err)
 	for i := 0; i < 2; i++ {
 		select {
 		case <-done:
@@ -484,15 +514,117 @@ func TestTracingKafkaPartitionAndOffset(t *testing.T) {
 			t.Fatal("the Kafka consumer got nothing")
 		}
 	}
-	publishes := r.waitSpans(t, "orders publish", 2)
-	processes := r.waitSpans(t, "orders process", 2)
+	publishes := r.waitSpans(t, "send orders", 2)
+	processes := r.waitSpans(t, "process orders", 2)
 	assert.Equal(t, "kafka", attrs(publishes[0])["messaging.system"].AsString())
+	assert.Equal(t, "user-4", attrs(publishes[0])["messaging.kafka.message.key"].AsString())
+	assert.Equal(t, host, attrs(publishes[0])["server.address"].AsString())
+	assert.Equal(t, int64(wantPort), attrs(publishes[0])["server.port"].AsInt64())
 	for i, p := range processes {
 		a := attrs(p)
+		assert.Equal(t, "user-4", a["messaging.kafka.message.key"].AsString(), "the record key came back as a header")
+		assert.Equal(t, host, a["server.address"].AsString())
+		assert.Equal(t, int64(wantPort), a["server.port"].AsInt64())
 		assert.Equal(t, "kafka", a["messaging.system"].AsString(), "inferred from the Kafka offset in the context")
 		assert.Equal(t, "0", a["messaging.destination.partition.id"].AsString())
 		assert.Equal(t, int64(i), a["messaging.kafka.offset"].AsInt64())
 		assert.Equal(t, "billing", a["messaging.consumer.group.name"].AsString())
 		assert.Equal(t, publishes[i].SpanContext().SpanID(), p.Parent().SpanID(), "traceparent travelled in a Kafka header")
 	}
+}
+
+// RabbitMQ: the routing key is the topic (the AMQP adapter publishes to the
+// default exchange with the queue's name), the broker comes from its URL
+// (the password redacted, as adapters.Broker.Addr has it).
+func TestTracingRabbitMQAttributes(t *testing.T) {
+	r := newTraceRig(t)
+	const addr = "amqp://guest:xxxxx@rabbit.internal:5671/prod"
+	pub, err := telemetry.NewPublisher(r.pubSub, telemetry.PublisherConfig{TracerProvider: r.tp, System: "rabbitmq", ServerAddress: addr})
+	require.NoError(t, err)
+	r.pub = pub
+	tracing, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: r.tp, System: "rabbitmq", ServerAddress: addr})
+	require.NoError(t, err)
+	done := make(chan struct{}, 1)
+	r.run(t, r.pubSub, func(msg *message.Message) error {
+		msg.Metadata.Set("partition_key", "not-kafka")
+		done <- struct{}{}
+		return nil
+	}, tracing.Middleware)
+	r.publish(t, `{}`)
+	<-done
+	for _, s := range []sdktrace.ReadOnlySpan{r.waitSpans(t, "send orders", 1)[0], r.waitSpans(t, "process orders", 1)[0]} {
+		a := attrs(s)
+		assert.Equal(t, "rabbitmq", a["messaging.system"].AsString(), s.Name())
+		assert.Equal(t, "orders", a["messaging.rabbitmq.destination.routing_key"].AsString(), s.Name())
+		assert.Equal(t, "rabbit.internal", a["server.address"].AsString(), s.Name())
+		assert.Equal(t, int64(5671), a["server.port"].AsInt64(), s.Name())
+		_, hasKey := a["messaging.kafka.message.key"]
+		assert.False(t, hasKey, "no Kafka key on RabbitMQ")
+	}
+}
+
+// Log lines written while a message is processed carry its span's ids: the
+// middleware's own (DeadLetter's "Message dead-lettered", Retry's "Handler
+// failed, retrying", through a watermill LoggerAdapter) and the handler's,
+// through slog with telemetry.NewLogHandler and the message context.
+func TestTracingLogLinesCarryTheSpan(t *testing.T) {
+	r := newTraceRig(t)
+	captured := watermill.NewCaptureLogger()
+	var buf bytes.Buffer
+	var bufMu sync.Mutex
+	slogger := slog.New(telemetry.NewLogHandler(slog.NewJSONHandler(&lockedWriter{w: &buf, mu: &bufMu}, nil)))
+
+	tracing, err := middleware.NewTracing(middleware.TracingConfig{TracerProvider: r.tp})
+	require.NoError(t, err)
+	dl, err := middleware.NewDeadLetter(middleware.DeadLetterConfig{Publisher: r.pub, Logger: captured})
+	require.NoError(t, err)
+	rt, err := middleware.NewRetry(middleware.RetryConfig{MaxAttempts: 2, InitialInterval: time.Millisecond, Logger: captured})
+	require.NoError(t, err)
+	letters, err := r.pubSub.Subscribe(context.Background(), "orders.dlq")
+	require.NoError(t, err)
+	r.run(t, r.pubSub, func(msg *message.Message) error {
+		slogger.InfoContext(msg.Context(), "charging", "uuid", msg.UUID)
+		return poison.Transient(errors.New("card service down"))
+	}, tracing.Middleware, dl.Middleware, rt.Middleware)
+
+	r.publish(t, `{}`)
+	(<-letters).Ack()
+	process := r.waitSpans(t, "process orders", 1)[0]
+	traceID, spanID := process.SpanContext().TraceID().String(), process.SpanContext().SpanID().String()
+
+	var seen []string
+	for _, msgs := range captured.Captured() {
+		for _, m := range msgs {
+			if m.Msg == "Message dead-lettered" || m.Msg == "Handler failed, retrying" {
+				seen = append(seen, m.Msg)
+				assert.Equal(t, traceID, m.Fields[middleware.LogFieldTraceID], m.Msg)
+				assert.Equal(t, spanID, m.Fields[middleware.LogFieldSpanID], m.Msg)
+			}
+		}
+	}
+	assert.ElementsMatch(t, []string{"Message dead-lettered", "Handler failed, retrying"}, seen)
+
+	bufMu.Lock()
+	defer bufMu.Unlock()
+	var handlerLines int
+	dec := json.NewDecoder(&buf)
+	for dec.More() {
+		var line map[string]any
+		require.NoError(t, dec.Decode(&line))
+		handlerLines++
+		assert.Equal(t, traceID, line[telemetry.LogTraceID])
+		assert.Equal(t, spanID, line[telemetry.LogSpanID])
+	}
+	assert.Equal(t, 2, handlerLines, "one per attempt")
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -231,6 +231,17 @@ func New(cfg Config) (*message.Router, error) {
 	}
 	var metrics *middleware.Metrics // nil records nothing
 	if !cfg.DisableMetrics {
+		// The semconv metrics carry the same messaging.* attributes as
+		// the spans unless the Metrics config names its own.
+		if cfg.Metrics.System == "" {
+			cfg.Metrics.System = cfg.Tracing.System
+		}
+		if cfg.Metrics.ConsumerGroup == "" {
+			cfg.Metrics.ConsumerGroup = cfg.Tracing.ConsumerGroup
+		}
+		if cfg.Metrics.ServerAddress == "" {
+			cfg.Metrics.ServerAddress = cfg.Tracing.ServerAddress
+		}
 		if metrics, err = middleware.NewMetrics(cfg.Metrics); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}

@@ -44,7 +44,7 @@ func ExampleNewPrometheusMeterProvider() {
 	_ = &http.Server{Addr: "127.0.0.1:9464", Handler: mux} // ListenAndServe in a real program
 }
 
-// The producer side: the decorator starts "<topic> publish" as a child of
+// The producer side: the decorator starts "send <topic>" as a child of
 // the span in msg.Context() and writes its traceparent into the metadata.
 func ExampleNewPublisher() {
 	rec := tracetest.NewSpanRecorder()
@@ -70,6 +70,6 @@ func ExampleNewPublisher() {
 	}
 	// Output:
 	// traceparent in metadata: true
-	// orders publish - producer - same trace: true
+	// send orders - producer - same trace: true
 	// POST /orders - internal - same trace: true
 }

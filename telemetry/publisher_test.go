@@ -9,8 +9,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -77,7 +80,7 @@ func TestPublisherBatchAndErrors(t *testing.T) {
 	spans := rec.Ended()
 	require.Len(t, spans, 3)
 	for i, s := range spans[:2] {
-		assert.Equal(t, "orders publish", s.Name())
+		assert.Equal(t, "send orders", s.Name())
 		assert.Equal(t, trace.SpanKindProducer, s.SpanKind())
 		assert.Equal(t, parent.SpanContext().SpanID(), s.Parent().SpanID())
 		want := []*message.Message{a, b}[i]
@@ -91,6 +94,7 @@ func TestPublisherBatchAndErrors(t *testing.T) {
 	assert.ErrorIs(t, err, inner.err, "the publish error is returned unchanged")
 	failed := rec.Ended()[3]
 	assert.Equal(t, codes.Error, failed.Status().Code)
+	assert.Equal(t, "*errors.errorString", spanAttrs(failed)["error.type"].AsString())
 	assert.False(t, failed.Parent().IsValid(), "no span in msg.Context(): a new trace")
 	assert.Empty(t, failed.Links(), "and no link: not a replay")
 
@@ -129,7 +133,7 @@ func TestSchedulerParentsOnTheContext(t *testing.T) {
 	inner := &recordingScheduler{}
 	s, err := telemetry.NewScheduler(inner, telemetry.PublisherConfig{TracerProvider: tp})
 	require.NoError(t, err)
-	ctx, consumer := tp.Tracer("t").Start(context.Background(), "orders process")
+	ctx, consumer := tp.Tracer("t").Start(context.Background(), "process orders")
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	msg := message.NewMessage("1", nil)
@@ -138,10 +142,64 @@ func TestSchedulerParentsOnTheContext(t *testing.T) {
 	consumer.End()
 
 	stage := rec.Ended()[0]
-	assert.Equal(t, "orders publish", stage.Name())
+	assert.Equal(t, "send orders", stage.Name())
 	assert.Equal(t, consumer.SpanContext().SpanID(), stage.Parent().SpanID())
 	_, hasDeadline := inner.ctx.Deadline()
 	assert.True(t, hasDeadline, "the inner scheduler keeps the caller's deadline")
 	assert.Equal(t, stage.SpanContext().SpanID(), trace.SpanContextFromContext(inner.ctx).SpanID())
 	assert.Equal(t, stage.SpanContext().SpanID(), trace.SpanContextFromContext(telemetry.Extract(context.Background(), nil, msg)).SpanID())
+}
+
+func spanAttrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range s.Attributes() {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+// The semconv producer metrics: messages sent (per message) and the
+// duration of each publish call, by destination, error.type on failure.
+func TestPublisherRecordsSemconvMetrics(t *testing.T) {
+	tp, _ := newTP()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	inner := &recordingPublisher{}
+	pub, err := telemetry.NewPublisher(inner, telemetry.PublisherConfig{TracerProvider: tp, MeterProvider: mp, System: "kafka", ServerAddress: "k1:9093,k2:9093"})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish("orders", message.NewMessage("a", nil), message.NewMessage("b", nil)))
+	inner.err = errors.New("broker down")
+	require.Error(t, pub.Publish("orders", message.NewMessage("c", nil)))
+
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(context.Background(), &rm))
+	require.Len(t, rm.ScopeMetrics, 1)
+	assert.Equal(t, "https://opentelemetry.io/schemas/1.43.0", rm.ScopeMetrics[0].Scope.SchemaURL)
+	got := map[string]metricdata.Aggregation{}
+	for _, m := range rm.ScopeMetrics[0].Metrics {
+		got[m.Name] = m.Data
+	}
+	sent, ok := got[telemetry.MetricClientSentMessages].(metricdata.Sum[int64])
+	require.True(t, ok, "%s is an int64 counter: %v", telemetry.MetricClientSentMessages, got)
+	counts := map[string]int64{}
+	for _, dp := range sent.DataPoints {
+		et, _ := dp.Attributes.Value("error.type")
+		dest, _ := dp.Attributes.Value("messaging.destination.name")
+		op, _ := dp.Attributes.Value("messaging.operation.name")
+		sys, _ := dp.Attributes.Value("messaging.system")
+		host, _ := dp.Attributes.Value("server.address")
+		assert.Equal(t, "orders", dest.AsString())
+		assert.Equal(t, "send", op.AsString())
+		assert.Equal(t, "kafka", sys.AsString())
+		assert.Equal(t, "k1", host.AsString())
+		counts[et.AsString()] = dp.Value
+	}
+	assert.Equal(t, map[string]int64{"": 2, "*errors.errorString": 1}, counts)
+	dur, ok := got[telemetry.MetricClientOperationDuration].(metricdata.Histogram[float64])
+	require.True(t, ok)
+	var calls uint64
+	for _, dp := range dur.DataPoints {
+		calls += dp.Count
+	}
+	assert.Equal(t, uint64(2), calls, "one duration per publish call")
 }

@@ -10,11 +10,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
@@ -26,7 +24,7 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
 
-// Protocols of OTEL_EXPORTER_OTLP_PROTOCOL that Setup supports.
+// Protocols of OTEL_EXPORTER_OTLP_PROTOCOL that the OTLP exporters support.
 const (
 	ProtocolHTTP = "http/protobuf"
 	ProtocolGRPC = "grpc"
@@ -41,10 +39,20 @@ type SetupConfig struct {
 	ServiceName string
 	// ServiceVersion is service.version unless env sets it. Optional.
 	ServiceVersion string
-	// Prometheus adds a pull reader on a private Prometheus registry (with
-	// the Go runtime and process collectors) and returns its handler in
-	// Telemetry.MetricsHandler, whatever the OTLP settings. Default false.
+	// Prometheus adds a pull reader and returns its handler in
+	// Telemetry.MetricsHandler, whatever OTEL_METRICS_EXPORTER says (which
+	// may add an OTLP, console or Prometheus reader of its own). Default
+	// false.
 	Prometheus bool
+	// Registerer is where the Prometheus reader registers its collector
+	// (with Prometheus true): e.g. prometheus.DefaultRegisterer, or a
+	// service's own registry, so Antidote's metrics are served beside the
+	// service's. MetricsHandler then serves it when it is also a
+	// prometheus.Gatherer (a *prometheus.Registry, the default registerer),
+	// else it is nil and the caller serves its registry. Default: a private
+	// registry with the Go runtime and process collectors, so two setups in
+	// one process do not collide.
+	Registerer prometheus.Registerer
 	// SetGlobal also installs the providers and Propagator() as the otel
 	// globals, for third-party instrumentation that only reads globals.
 	// Default false: Antidote takes providers in its configs, and a library
@@ -54,20 +62,26 @@ type SetupConfig struct {
 
 // Telemetry is what Setup built.
 type Telemetry struct {
-	// TracerProvider: an SDK provider exporting over OTLP, or a no-op one
-	// when traces are off.
+	// TracerProvider: an SDK provider exporting with the exporter
+	// OTEL_TRACES_EXPORTER chose, or a no-op one when traces are off.
 	TracerProvider trace.TracerProvider
-	// MeterProvider: an SDK provider (OTLP and/or Prometheus readers), or a
-	// no-op one when both are off.
+	// MeterProvider: an SDK provider (the OTEL_METRICS_EXPORTER reader
+	// and/or the Prometheus one), or a no-op one when both are off.
 	MeterProvider metric.MeterProvider
 	// Propagator is Propagator().
 	Propagator propagation.TextMapPropagator
 	// MetricsHandler serves the Prometheus text format (nil unless
 	// SetupConfig.Prometheus): mount it on /metrics.
 	MetricsHandler http.Handler
-	// TracesExported and MetricsExported say whether OTLP export is on.
+	// TracesExported and MetricsExported say whether spans, and metrics
+	// other than SetupConfig.Prometheus's, go to an exporter.
 	TracesExported, MetricsExported bool
-	// Protocol is the OTLP protocol in use for traces ("" when off).
+	// TracesExporter and MetricsExporter name the exporter in use ("otlp",
+	// "console", "prometheus" for metrics, or another name registered with
+	// autoexport); "" when off.
+	TracesExporter, MetricsExporter string
+	// Protocol is the OTLP protocol in use for traces ("" unless they go
+	// over OTLP).
 	Protocol string
 
 	shutdown []func(context.Context) error
@@ -76,8 +90,9 @@ type Telemetry struct {
 }
 
 // Shutdown flushes what is buffered and stops the exporters' goroutines
-// (batch span processor, periodic metric reader), within ctx. Safe to call
-// more than once; later calls return the first result.
+// (batch span processor, periodic metric reader, the Prometheus server of
+// OTEL_METRICS_EXPORTER=prometheus), within ctx. Safe to call more than
+// once; later calls return the first result.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	t.once.Do(func() {
 		var errs []error
@@ -92,10 +107,10 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 }
 
 // SetupFromEnv is Setup(ctx, SetupConfig{}): tracer and meter providers
-// from the standard OTEL_* variables, not installed globally. With no OTLP
-// endpoint configured it returns no-op providers and a shutdown that does
-// nothing, so a program can call it unconditionally. Call shutdown before
-// exit to flush the last spans.
+// from the standard OTEL_* variables, not installed globally. With nothing
+// configured it returns no-op providers and a shutdown that does nothing,
+// so a program can call it unconditionally. Call shutdown before exit to
+// flush the last spans.
 func SetupFromEnv(ctx context.Context) (trace.TracerProvider, metric.MeterProvider, func(context.Context) error, error) {
 	t, err := Setup(ctx, SetupConfig{})
 	if err != nil {
@@ -105,110 +120,109 @@ func SetupFromEnv(ctx context.Context) (trace.TracerProvider, metric.MeterProvid
 }
 
 // Setup builds tracer and meter providers from the standard OTel
-// environment (it reads env: the one place in Antidote besides the
-// ...FromEnv helpers):
+// environment, choosing exporters the way the contrib autoexport package
+// does (it is autoexport underneath: go.opentelemetry.io/contrib/exporters/autoexport):
 //
-//   - Traces are exported over OTLP when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
-//     or OTEL_EXPORTER_OTLP_ENDPOINT is set (e.g. http://127.0.0.1:4318 for
-//     Jaeger's OTLP/HTTP port, http://127.0.0.1:4317 with protocol grpc),
-//     unless OTEL_TRACES_EXPORTER=none or OTEL_SDK_DISABLED=true. Otherwise
-//     the tracer provider is a no-op.
-//   - Protocol: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else
-//     OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf" (default, as the spec
-//     says) or "grpc"; "http/json" is not supported by the Go exporters and
-//     is an error.
-//   - The exporters read the rest themselves: OTEL_EXPORTER_OTLP_HEADERS,
-//     _TIMEOUT, _COMPRESSION, _CERTIFICATE, _INSECURE (an http:// endpoint
-//     is plaintext).
+//   - OTEL_TRACES_EXPORTER: "otlp", "console" (stdout), "none", or a name
+//     registered with autoexport.RegisterSpanExporter; anything else is an
+//     error. Unset, Antidote differs from autoexport's default ("otlp" to
+//     localhost:4318 whether or not anything listens): traces are exported
+//     over OTLP only when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+//     OTEL_EXPORTER_OTLP_ENDPOINT is set (e.g. http://127.0.0.1:4318 for
+//     Jaeger's OTLP/HTTP port), and are off otherwise: a program can call
+//     Setup unconditionally.
+//   - OTEL_METRICS_EXPORTER: "otlp", "console", "prometheus" (its own HTTP
+//     server on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT,
+//     default localhost:9464, path /metrics), "none", or a registered name.
+//     Unset, metrics go over OTLP only when
+//     OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is set: the general endpoint
+//     alone usually points at a tracing backend (Jaeger's all-in-one has a
+//     traces pipeline only, and the exporter would log an error every
+//     interval). SetupConfig.Prometheus adds a handler to mount yourself.
+//   - OTEL_SDK_DISABLED=true turns both off.
+//   - OTLP protocol: OTEL_EXPORTER_OTLP_{TRACES,METRICS}_PROTOCOL, else
+//     OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf" (default) or "grpc";
+//     anything else is an error. The exporters read the rest themselves:
+//     OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _COMPRESSION, _CERTIFICATE,
+//     _INSECURE (an http:// endpoint is plaintext), OTEL_METRIC_EXPORT_INTERVAL.
 //   - Sampling: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default
 //     parentbased_always_on); batching: OTEL_BSP_*.
 //   - Resource: OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, over
 //     cfg.ServiceName.
-//   - Metrics go over OTLP only when asked for: OTEL_METRICS_EXPORTER=otlp
-//     (to the general endpoint) or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT set.
-//     Unlike the spec's default, the general endpoint alone does not turn
-//     them on, because it usually points at a tracing backend (Jaeger's
-//     all-in-one has a traces pipeline only, and the exporter would log an
-//     error every interval);
-//     Prometheus (cfg.Prometheus) is the usual way. Protocol:
-//     OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, else the general one; interval:
-//     OTEL_METRIC_EXPORT_INTERVAL.
 //
 // Nothing connects here: exporters dial on first export, so an unreachable
 // collector never fails startup (spans are dropped and the SDK reports it
-// through otel's error handler). Call Shutdown before exit.
+// through otel's error handler). OTEL_METRICS_EXPORTER=prometheus does bind
+// its port here. Call Shutdown before exit.
 func Setup(ctx context.Context, cfg SetupConfig) (*Telemetry, error) {
 	t := &Telemetry{Propagator: Propagator()}
 	disabled := strings.EqualFold(env("OTEL_SDK_DISABLED"), "true")
+	tracesOn := !disabled && (env("OTEL_TRACES_EXPORTER") != "" ||
+		env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || env("OTEL_EXPORTER_OTLP_ENDPOINT") != "")
+	metricsOn := !disabled && (env("OTEL_METRICS_EXPORTER") != "" || env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "")
 
-	tracesOn, err := exporterWanted("OTEL_TRACES_EXPORTER", !disabled &&
-		(env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" || env("OTEL_EXPORTER_OTLP_ENDPOINT") != ""))
-	if err != nil {
-		return nil, err
-	}
-	metricsOn := !disabled && (env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" ||
-		(strings.EqualFold(env("OTEL_METRICS_EXPORTER"), "otlp") && env("OTEL_EXPORTER_OTLP_ENDPOINT") != ""))
-	if v := env("OTEL_METRICS_EXPORTER"); v != "" && !strings.EqualFold(v, "otlp") && !strings.EqualFold(v, "none") {
-		return nil, fmt.Errorf("telemetry: OTEL_METRICS_EXPORTER=%q is not supported: use otlp or none (or SetupConfig.Prometheus for a scrape endpoint)", v)
-	}
-	if strings.EqualFold(env("OTEL_METRICS_EXPORTER"), "none") {
-		metricsOn = false
-	}
-
-	var res *resource.Resource
-	if tracesOn || metricsOn || cfg.Prometheus {
-		if res, err = newResource(ctx, cfg); err != nil {
-			return nil, err
-		}
-	}
 	// On a later error, undo what was built so no goroutine is left behind.
+	var pending sdkmetric.Reader // a reader no provider owns yet
 	fail := func(err error) (*Telemetry, error) {
+		if pending != nil {
+			_ = pending.Shutdown(ctx)
+		}
 		_ = t.Shutdown(ctx)
 		return nil, err
+	}
+	var res *resource.Resource
+	resourceOf := func() (*resource.Resource, error) {
+		if res == nil {
+			var err error
+			res, err = newResource(ctx, cfg)
+			return res, err
+		}
+		return res, nil
 	}
 
 	t.TracerProvider = tracenoop.NewTracerProvider()
 	if tracesOn {
-		proto, err := protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+		exp, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
-			return fail(err)
+			return fail(exporterError("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", err))
 		}
-		var exp sdktrace.SpanExporter
-		if proto == ProtocolGRPC {
-			exp, err = otlptracegrpc.New(ctx)
-		} else {
-			exp, err = otlptracehttp.New(ctx)
+		if !autoexport.IsNoneSpanExporter(exp) {
+			r, err := resourceOf()
+			if err != nil {
+				_ = exp.Shutdown(ctx)
+				return fail(err)
+			}
+			// The sampler is left to the SDK, which reads OTEL_TRACES_SAMPLER.
+			tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(r))
+			t.TracerProvider, t.TracesExported = tp, true
+			t.TracesExporter = exporterName("OTEL_TRACES_EXPORTER")
+			if t.TracesExporter == "otlp" {
+				t.Protocol = otlpProtocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+			}
+			t.shutdown = append(t.shutdown, tp.Shutdown)
 		}
-		if err != nil {
-			return fail(fmt.Errorf("telemetry: OTLP trace exporter (%s): %w", proto, err))
-		}
-		// The sampler is left to the SDK, which reads OTEL_TRACES_SAMPLER.
-		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
-		t.TracerProvider, t.TracesExported, t.Protocol = tp, true, proto
-		t.shutdown = append(t.shutdown, tp.Shutdown)
 	}
 
 	t.MeterProvider = metricnoop.NewMeterProvider()
 	var readers []sdkmetric.Option
 	if metricsOn {
-		proto, err := protocol("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
+		reader, err := autoexport.NewMetricReader(ctx)
 		if err != nil {
-			return fail(err)
+			return fail(exporterError("OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", err))
 		}
-		var exp sdkmetric.Exporter
-		if proto == ProtocolGRPC {
-			exp, err = otlpmetricgrpc.New(ctx)
+		if autoexport.IsNoneMetricReader(reader) {
+			_ = reader.Shutdown(ctx)
 		} else {
-			exp, err = otlpmetrichttp.New(ctx)
+			readers = append(readers, sdkmetric.WithReader(reader))
+			t.MetricsExported = true
+			t.MetricsExporter = exporterName("OTEL_METRICS_EXPORTER")
+			// Until the provider owns it, a failure below must stop it
+			// (OTEL_METRICS_EXPORTER=prometheus runs a server).
+			pending = reader
 		}
-		if err != nil {
-			return fail(fmt.Errorf("telemetry: OTLP metric exporter (%s): %w", proto, err))
-		}
-		readers = append(readers, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
-		t.MetricsExported = true
 	}
 	if cfg.Prometheus {
-		reader, handler, err := newPrometheusReader()
+		reader, handler, err := newPrometheusReader(cfg.Registerer)
 		if err != nil {
 			return fail(err)
 		}
@@ -216,7 +230,12 @@ func Setup(ctx context.Context, cfg SetupConfig) (*Telemetry, error) {
 		t.MetricsHandler = handler
 	}
 	if len(readers) > 0 {
-		mp := sdkmetric.NewMeterProvider(append(readers, sdkmetric.WithResource(res))...)
+		r, err := resourceOf()
+		if err != nil {
+			return fail(err)
+		}
+		mp := sdkmetric.NewMeterProvider(append(readers, sdkmetric.WithResource(r))...)
+		pending = nil // the provider's Shutdown stops it
 		t.MeterProvider = mp
 		t.shutdown = append(t.shutdown, mp.Shutdown)
 	}
@@ -231,34 +250,31 @@ func Setup(ctx context.Context, cfg SetupConfig) (*Telemetry, error) {
 
 func env(key string) string { return strings.TrimSpace(os.Getenv(key)) }
 
-// exporterWanted applies OTEL_{TRACES,METRICS}_EXPORTER to on: "none" turns
-// export off, "otlp" or unset keeps on, anything else is an error (rather
-// than silently exporting nothing).
-func exporterWanted(key string, on bool) (bool, error) {
-	switch v := env(key); strings.ToLower(v) {
-	case "", "otlp":
-		return on, nil
-	case "none":
-		return false, nil
-	default:
-		return false, fmt.Errorf("telemetry: %s=%q is not supported: use otlp or none", key, v)
+// exporterName is the exporter key's value, "otlp" when unset (the
+// endpoint turned it on).
+func exporterName(key string) string {
+	if v := env(key); v != "" {
+		return v
 	}
+	return "otlp"
 }
 
-// protocol reads the signal's OTLP protocol, then the general one.
-func protocol(signalKey string) (string, error) {
-	key, v := signalKey, env(signalKey)
-	if v == "" {
-		key, v = "OTEL_EXPORTER_OTLP_PROTOCOL", env("OTEL_EXPORTER_OTLP_PROTOCOL")
+// otlpProtocol reads the signal's OTLP protocol, then the general one.
+func otlpProtocol(signalKey string) string {
+	if v := env(signalKey); v != "" {
+		return v
 	}
-	switch strings.ToLower(v) {
-	case "", ProtocolHTTP:
-		return ProtocolHTTP, nil
-	case ProtocolGRPC:
-		return ProtocolGRPC, nil
-	default:
-		return "", fmt.Errorf("telemetry: %s=%q is not supported: use %s (default) or %s", key, v, ProtocolHTTP, ProtocolGRPC)
+	if v := env("OTEL_EXPORTER_OTLP_PROTOCOL"); v != "" {
+		return v
 	}
+	return ProtocolHTTP
+}
+
+// exporterError names the variables that autoexport's error is about.
+func exporterError(exporterKey, protocolKey string, err error) error {
+	return fmt.Errorf("telemetry: %s=%q, %s=%q, OTEL_EXPORTER_OTLP_PROTOCOL=%q: %w (exporters: otlp, console, none%s; protocols: %s, %s)",
+		exporterKey, env(exporterKey), protocolKey, env(protocolKey), env("OTEL_EXPORTER_OTLP_PROTOCOL"), err,
+		map[bool]string{true: ", prometheus"}[exporterKey == "OTEL_METRICS_EXPORTER"], ProtocolHTTP, ProtocolGRPC)
 }
 
 func newResource(ctx context.Context, cfg SetupConfig) (*resource.Resource, error) {

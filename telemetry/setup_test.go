@@ -31,6 +31,7 @@ func clearOTelEnv(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
 		"OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SERVICE_NAME",
 		"OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+		"OTEL_EXPORTER_PROMETHEUS_HOST", "OTEL_EXPORTER_PROMETHEUS_PORT", "OTEL_METRICS_PRODUCERS",
 	} {
 		t.Setenv(k, "")
 	}
@@ -57,14 +58,24 @@ func TestSetupFromEnvIsANoOpWithoutEndpoint(t *testing.T) {
 	assert.False(t, tel.TracesExported)
 	assert.False(t, tel.MetricsExported, "the general endpoint alone does not export metrics")
 	assert.Nil(t, tel.MetricsHandler)
+
+	// OTEL_SDK_DISABLED wins over an exporter asked for by name.
+	t.Setenv("OTEL_TRACES_EXPORTER", "otlp")
+	t.Setenv("OTEL_METRICS_EXPORTER", "otlp")
+	t.Setenv("OTEL_SDK_DISABLED", "true")
+	tel, err = telemetry.Setup(context.Background(), telemetry.SetupConfig{})
+	require.NoError(t, err)
+	assert.False(t, tel.TracesExported)
+	assert.False(t, tel.MetricsExported)
+	assert.Empty(t, tel.TracesExporter)
 }
 
 func TestSetupRejectsWhatItCannotDo(t *testing.T) {
 	for _, tc := range []struct{ key, value, want string }{
-		{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\" is not supported"},
+		{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\": invalid OTLP protocol"},
 		{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"thrift\""},
-		{"OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER=\"zipkin\" is not supported"},
-		{"OTEL_METRICS_EXPORTER", "console", "OTEL_METRICS_EXPORTER=\"console\""},
+		{"OTEL_TRACES_EXPORTER", "zipkin", "OTEL_TRACES_EXPORTER=\"zipkin\""},
+		{"OTEL_METRICS_EXPORTER", "statsd", "OTEL_METRICS_EXPORTER=\"statsd\""},
 	} {
 		t.Run(tc.key, func(t *testing.T) {
 			clearOTelEnv(t)
@@ -143,8 +154,10 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, tel.TracesExported)
 	assert.True(t, tel.MetricsExported)
+	assert.Equal(t, "otlp", tel.TracesExporter, "on by the endpoint alone")
+	assert.Equal(t, "otlp", tel.MetricsExporter)
 	assert.Equal(t, telemetry.ProtocolHTTP, tel.Protocol)
-	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "orders process")
+	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "process orders")
 	assert.True(t, span.IsRecording())
 	span.End()
 	metrics, err := middleware.NewMetrics(middleware.MetricsConfig{MeterProvider: tel.MeterProvider})
@@ -163,7 +176,7 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 	collector.mu.Lock()
 	defer collector.mu.Unlock()
 	names, services := spanNamesOf(collector.traces)
-	assert.Equal(t, []string{"orders process"}, names)
+	assert.Equal(t, []string{"process orders"}, names)
 	assert.Equal(t, []string{"billing"}, services, "OTEL_SERVICE_NAME wins over the config")
 	var metricNames []string
 	for _, req := range collector.metrics {
@@ -205,7 +218,7 @@ func TestSetupExportsOverOTLPGRPC(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, telemetry.ProtocolGRPC, tel.Protocol)
 	assert.False(t, tel.MetricsExported)
-	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "orders publish")
+	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "send orders")
 	span.End()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -214,7 +227,7 @@ func TestSetupExportsOverOTLPGRPC(t *testing.T) {
 	select {
 	case req := <-collector.got:
 		names, services := spanNamesOf([]*collectortrace.ExportTraceServiceRequest{req})
-		assert.Equal(t, []string{"orders publish"}, names)
+		assert.Equal(t, []string{"send orders"}, names)
 		assert.Equal(t, []string{"billing"}, services, "the config's name when env has none")
 	case <-time.After(5 * time.Second):
 		t.Fatal("the gRPC collector received nothing")
@@ -270,6 +283,11 @@ func TestNewPrometheusMeterProvider(t *testing.T) {
 		`antidote_handler_duration_seconds_bucket{handler=""`,
 		`antidote_dlq_depth{`,
 		`go_goroutines `, // the runtime collector
+		// The semconv metrics, as dashboards built on the conventions expect them.
+		`messaging_process_duration_seconds_bucket{`,
+		`messaging_process_duration_seconds_count{`,
+		`messaging_client_consumed_messages_total{`,
+		`messaging_operation_name="process"`,
 	} {
 		assert.Contains(t, body, want)
 	}

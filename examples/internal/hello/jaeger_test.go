@@ -14,8 +14,10 @@ import (
 
 // The examples export traces to a real Jaeger; for each poison message the
 // trace found through its dead letter's traceparent joins the producer's
-// publish, the consumer's processing (failed attempts as events) and the
-// dead-letter publish. On Kafka, RabbitMQ and PostgreSQL.
+// "send <topic>", the consumer's "process <topic>" (failed attempts as
+// events, error.type the DLQ reason) and the dead-letter "send <topic>.dlq",
+// named and attributed to the OpenTelemetry messaging conventions. On
+// Kafka, RabbitMQ and PostgreSQL.
 func TestPoisonTracesInJaeger(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Jaeger and consumer processes; skipped with -short")
@@ -56,16 +58,16 @@ func TestPoisonTracesInJaeger(t *testing.T) {
 				for i := range spans {
 					s := &spans[i]
 					switch {
-					case s.OperationName == tp+" publish" && s.Tag("span.kind") == "producer":
+					case s.OperationName == "send "+tp && s.Tag("span.kind") == "producer":
 						publish = s
-					case s.Tag("span.kind") == "consumer" && strings.HasPrefix(s.OperationName, tp+" "):
+					case s.OperationName == "process "+tp && s.Tag("span.kind") == "consumer":
 						process = s
-					case s.OperationName == tp+".dlq publish" && s.Tag("span.kind") == "producer":
+					case s.OperationName == "send "+tp+".dlq" && s.Tag("span.kind") == "producer":
 						dlqPublish = s
 					}
 				}
 				if publish == nil || process == nil || dlqPublish == nil {
-					t.Fatalf("letter %s (%s): trace lacks publish/process/dlq publish: %v", l.UUID, l.Metadata[poison.KeyReason], names(spans))
+					t.Fatalf("letter %s (%s): trace lacks send/process/dlq send: %v", l.UUID, l.Metadata[poison.KeyReason], names(spans))
 				}
 				if !childOf(*process, publish.SpanID) || !childOf(*dlqPublish, process.SpanID) {
 					t.Errorf("letter %s: spans not joined: publish %s, process refs %+v, dlq refs %+v", l.UUID, publish.SpanID, process.References, dlqPublish.References)
@@ -76,15 +78,34 @@ func TestPoisonTracesInJaeger(t *testing.T) {
 				if process.Tag("error") != "true" && process.Tag("otel.status_code") != "ERROR" {
 					t.Errorf("letter %s: processing span not marked failed: %v", l.UUID, process.Tags)
 				}
+				if got, want := process.Tag("error.type"), l.Metadata[poison.KeyReason]; got == "" || got != want {
+					t.Errorf("letter %s: error.type %q on the process span, want the DLQ reason %q", l.UUID, got, want)
+				}
+				system := kind.MessagingSystem()
+				for _, s := range []*testenv.JaegerSpan{publish, process, dlqPublish} {
+					if s.Tag("messaging.system") != system || s.Tag("messaging.operation.name") == "" || s.Tag("messaging.destination.name") == "" {
+						t.Errorf("letter %s: span %s lacks the messaging attributes: %v", l.UUID, s.OperationName, s.Tags)
+					}
+					if s.Tag("server.address") == "" {
+						t.Errorf("letter %s: span %s has no server.address: %v", l.UUID, s.OperationName, s.Tags)
+					}
+				}
+				if process.Tag("messaging.operation.name") != "process" || dlqPublish.Tag("messaging.destination.name") != tp+".dlq" {
+					t.Errorf("letter %s: process %v, dlq send %v", l.UUID, process.Tags, dlqPublish.Tags)
+				}
 			}
-			t.Logf("%s: %d poison traces joined publish → process → dead-letter publish", kind, len(letters))
+			t.Logf("%s: %d poison traces joined send → process → send to the DLQ", kind, len(letters))
 		})
 	}
 }
 
+// childOf: the reference to parent is CHILD_OF. The consumer span also links
+// to its producer (its parent); Jaeger folds such a link into the parent
+// reference with the link's opentracing.ref_type, which middleware.Tracing
+// sets to child_of (without it Jaeger shows FOLLOWS_FROM).
 func childOf(s testenv.JaegerSpan, parent string) bool {
 	for _, r := range s.References {
-		if r.SpanID == parent {
+		if r.SpanID == parent && r.RefType == "CHILD_OF" {
 			return true
 		}
 	}

@@ -112,7 +112,8 @@ type run struct {
 }
 
 func (r *run) logger() watermill.LoggerAdapter {
-	sl := slog.New(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Lines logged with a message's context carry its trace_id and span_id.
+	sl := slog.New(telemetry.NewLogHandler(slog.NewTextHandler(r.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	return quietOnStop{LoggerAdapter: watermill.NewSlogLogger(sl), slog: sl, stopping: &r.stopping}
 }
 
@@ -200,7 +201,10 @@ func (r *run) do(ctx context.Context) error {
 		_ = tel.Shutdown(sctx) // flushes spans still in the batch
 	}()
 	traced := func(p message.Publisher) (message.Publisher, error) {
-		return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem()})
+		return telemetry.NewPublisher(p, telemetry.PublisherConfig{
+			TracerProvider: tel.TracerProvider, MeterProvider: tel.MeterProvider,
+			System: r.kind.MessagingSystem(), ServerAddress: b.Addr, KafkaKeyMetadata: cfg.Kafka.PartitionKey,
+		})
 	}
 	tracedPub, err := traced(b.Publisher)
 	if err != nil {
@@ -238,14 +242,19 @@ func (r *run) do(ctx context.Context) error {
 	if r.kind == adapters.KindKafka {
 		group = cfg.Kafka.ConsumerGroup
 	}
+	lag, closeLag := r.consumerLag(ctx, b)
+	defer closeLag()
 	var throttle *middleware.ThrottleConfig
 	if r.opts.Rate > 0 {
 		throttle = &middleware.ThrottleConfig{Rate: r.opts.Rate, Burst: 1}
 	}
 	rt, err := router.New(router.Config{
-		Logger:     logger,
-		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem(), ConsumerGroup: group},
-		Metrics:    middleware.MetricsConfig{MeterProvider: tel.MeterProvider},
+		Logger: logger,
+		Tracing: middleware.TracingConfig{
+			TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem(), ConsumerGroup: group,
+			ServerAddress: b.Addr, KafkaKeyMetadata: cfg.Kafka.PartitionKey,
+		},
+		Metrics:    middleware.MetricsConfig{MeterProvider: tel.MeterProvider, ConsumerLag: lag},
 		DeadLetter: middleware.DeadLetterConfig{Publisher: tracedDLQ, ConsumerGroup: group},
 		Breaker:    middleware.BreakerConfig{HealthCheck: r.health},
 		Retry: middleware.RetryConfig{
@@ -303,7 +312,11 @@ func (r *run) telemetry(ctx context.Context) (*telemetry.Telemetry, error) {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	if tel.TracesExported {
-		fmt.Fprintf(r.stderr, "exporting traces over OTLP (%s)\n", tel.Protocol)
+		how := tel.TracesExporter
+		if tel.Protocol != "" {
+			how += " " + tel.Protocol
+		}
+		fmt.Fprintf(r.stderr, "exporting traces (%s)\n", how)
 	}
 	if r.opts.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", r.opts.MetricsAddr)
@@ -319,6 +332,27 @@ func (r *run) telemetry(ctx context.Context) (*telemetry.Telemetry, error) {
 		r.closeMetrics = func() { _ = srv.Close() }
 	}
 	return tel, nil
+}
+
+// consumerLag reads the topic's backlog at each metrics scrape (the gauge
+// antidote.consumer.lag) when --metrics-addr serves metrics; nil otherwise,
+// or when the broker keeps no backlog to read.
+func (r *run) consumerLag(ctx context.Context, b *adapters.Broker) (func(context.Context) (map[string]int64, error), func()) {
+	if r.opts.MetricsAddr == "" || b.Kind == adapters.KindMemory {
+		return nil, func() {}
+	}
+	src, err := adapters.OpenLagSource(ctx, b.Config)
+	if err != nil {
+		fmt.Fprintf(r.stderr, "consumer lag not reported: %v\n", err)
+		return nil, func() {}
+	}
+	return func(ctx context.Context) (map[string]int64, error) {
+		n, err := src.Lag(ctx, r.opts.Topic)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]int64{r.opts.Topic: n}, nil
+	}, func() { _ = src.Close() }
 }
 
 // produce publishes the messages in batches, publishConcurrency batches at a
