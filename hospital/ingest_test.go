@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
@@ -255,4 +256,59 @@ func (f failingStore) Treat(context.Context, int64, hospital.State, string, stri
 func TestIngestConfigValidates(t *testing.T) {
 	_, err := hospital.Ingest(context.Background(), hospital.IngestConfig{Idle: -1})
 	testenv.RequireFieldsInOrder(t, err, "Subscriber", "Store", "Topics", "Broker", "Idle")
+}
+
+// A letter too large for its DLQ travels as a claim check: ingest with the
+// claim-check store resolves it, so the store holds the whole payload and
+// metadata; without the store the letter is kept as it is, its problem
+// noted.
+func TestIngestResolvesClaimChecks(t *testing.T) {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+	defer pubsub.Close()
+	cc := claimcheck.NewMemoryStore()
+	big := letters("orders", 1)[0]
+	big.Payload = []byte(`{"blob":"` + strings.Repeat("x", 2<<20) + `"}`)
+	tenant := "acme-" + strings.Repeat("t", 8<<10) // too large to stay in the claimed letter
+	big.Metadata.Set("tenant", tenant)
+	key, data, claimed, err := poison.ClaimLetter(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cc.Put(context.Background(), key, data); err != nil {
+		t.Fatal(err)
+	}
+	if len(claimed.Payload) != 0 || claimed.Metadata.Get("tenant") != "" {
+		t.Fatalf("the claimed letter still carries its payload (%d bytes) or metadata", len(claimed.Payload))
+	}
+	for _, withStore := range []bool{true, false} {
+		store := newStore(t)
+		if err := pubsub.Publish("orders.dlq", claimed.Copy()); err != nil {
+			t.Fatal(err)
+		}
+		cfg := hospital.IngestConfig{Subscriber: pubsub, Store: store, Topics: []string{"orders.dlq"}, Broker: "memory", Idle: 200 * time.Millisecond}
+		if withStore {
+			cfg.ClaimCheck = cc
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		stats, err := hospital.Ingest(ctx, cfg)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, err := store.Letters(context.Background(), hospital.LetterQuery{})
+		if err != nil || len(page.Letters) < 1 {
+			t.Fatalf("stored %d (%v)", len(page.Letters), err)
+		}
+		l, err := store.Letter(context.Background(), page.Letters[len(page.Letters)-1].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if withStore {
+			if string(l.Payload) != string(big.Payload) || l.Metadata["tenant"] != tenant || l.Problem != "" {
+				t.Errorf("resolved letter: %d bytes, tenant of %d bytes, problem %q; want %d bytes, the tenant, none", len(l.Payload), len(l.Metadata["tenant"]), l.Problem, len(big.Payload))
+			}
+		} else if len(l.Payload) != 0 || !strings.Contains(l.Problem, "claim check") || stats.Problems == 0 {
+			t.Errorf("unresolved letter: %d bytes, problem %q, stats %+v", len(l.Payload), l.Problem, stats)
+		}
+	}
 }
