@@ -57,7 +57,7 @@ var allowedImports = map[string][]string{
 	"devkafka":     {"adapters"},
 	"pgstore":      {"", "poison", "idempotency", "claimcheck", "fingerprint", "hospital"},
 	"redisstore":   {"", "poison", "idempotency", "claimcheck"},
-	"dlq":          {"", "poison", "claimcheck", "adapters"},
+	"dlq":          {"", "poison", "claimcheck", "adapters", "hospital"},
 	"fingerprint":  {"poison"},
 	"hospital":     {"", "poison", "fingerprint"},
 	"hospital/web": {"", "hospital", "fingerprint", "poison"},

@@ -23,6 +23,7 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -58,6 +59,17 @@ type Config struct {
 	// payload is, and Replay refuses it (replaying its empty payload would
 	// lose the message). Claims are kept when letters are purged.
 	ClaimCheck poison.ClaimCheck
+	// Store, when set, is the hospital store the letters were ingested into
+	// (hospital.Ingest, `antidote hospital ingest`): List, Show, Replay and
+	// Purge then read and treat its rows instead of the broker's DLQ,
+	// which they never touch (replays still go to the broker). Each letter
+	// is replayed or purged exactly once, even with a web UI or another
+	// CLI treating the same letters, and the audit table records it. If
+	// Store is nil, the hospital reads the DLQ on the broker.
+	Store hospital.Store
+	// Actor names who treats letters in the store's audit. Default
+	// "antidote dlq".
+	Actor string
 	// Logger. Default none.
 	Logger watermill.LoggerAdapter
 	// Now stamps replays. Default time.Now.
@@ -74,6 +86,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KafkaGroup == "" {
 		c.KafkaGroup = "antidote-hospital"
+	}
+	if c.Actor == "" {
+		c.Actor = "antidote dlq"
 	}
 	if c.Logger == nil {
 		c.Logger = watermill.NopLogger{}
@@ -118,6 +133,7 @@ var errStop = errors.New("stop")
 type Hospital struct {
 	cfg       Config
 	store     store
+	hstore    *hospitalStore // with Config.Store
 	broker    *adapters.Broker
 	replayPub message.Publisher // broker.Publisher, decorated by WrapPublisher
 }
@@ -139,12 +155,14 @@ func Open(ctx context.Context, cfg Config) (*Hospital, error) {
 			return nil, fmt.Errorf("dlq: WrapPublisher: %w", err)
 		}
 	}
-	switch cfg.Adapters.Broker {
-	case adapters.KindKafka:
+	switch {
+	case cfg.Store != nil:
+		h.store, h.hstore = hospitalStore{cfg.Store}, &hospitalStore{cfg.Store}
+	case cfg.Adapters.Broker == adapters.KindKafka:
 		h.store, err = newKafkaStore(cfg)
-	case adapters.KindAMQP:
+	case cfg.Adapters.Broker == adapters.KindAMQP:
 		h.store, err = newAMQPStore(ctx, cfg)
-	case adapters.KindPostgres:
+	case cfg.Adapters.Broker == adapters.KindPostgres:
 		h.store, err = newPostgresStore(ctx, cfg)
 	}
 	if err != nil {
@@ -240,6 +258,9 @@ func (h *Hospital) Replay(ctx context.Context, topic string, f Filter, opts Repl
 	if r <= 0 {
 		r = h.cfg.ReplayRate
 	}
+	if h.hstore != nil {
+		return h.replayStored(ctx, topic, f, opts, r)
+	}
 	limiter := rate.NewLimiter(rate.Limit(r), 1)
 	var res Result
 	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
@@ -285,6 +306,9 @@ func (h *Hospital) Replay(ctx context.Context, topic string, f Filter, opts Repl
 
 // Purge resolves (removes) the selected letters without replaying them.
 func (h *Hospital) Purge(ctx context.Context, topic string, f Filter, dryRun bool) (Result, error) {
+	if h.hstore != nil {
+		return h.purgeStored(ctx, topic, f, dryRun)
+	}
 	var res Result
 	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
 		l := read(m)
@@ -313,4 +337,37 @@ func read(m *message.Message) poison.Letter {
 		}
 	}
 	return l
+}
+
+// replayStored replays through the store: hospital.Replay, each letter
+// locked, published and marked in one transaction. A letter that cannot be
+// replayed is reported in the error and stays dead; the others go on.
+func (h *Hospital) replayStored(ctx context.Context, topic string, f Filter, opts ReplayOptions, r float64) (Result, error) {
+	ids, err := h.hstore.ids(ctx, h.DLQTopic(topic), f)
+	res := Result{Matched: len(ids)}
+	if err != nil || opts.DryRun {
+		return res, err
+	}
+	out, err := hospital.Replay(ctx, hospital.TreatConfig{Store: h.hstore.s, Publisher: h.replayPub, Actor: h.cfg.Actor,
+		Rate: r, Now: h.cfg.Now, To: opts.To, Progress: opts.Progress}, ids)
+	res.Replayed = out.Treated
+	if err == nil {
+		err = out.Err()
+	}
+	return res, err
+}
+
+// purgeStored marks the selected letters purged in the store.
+func (h *Hospital) purgeStored(ctx context.Context, topic string, f Filter, dryRun bool) (Result, error) {
+	ids, err := h.hstore.ids(ctx, h.DLQTopic(topic), f)
+	res := Result{Matched: len(ids)}
+	if err != nil || dryRun {
+		return res, err
+	}
+	out, err := hospital.Purge(ctx, hospital.TreatConfig{Store: h.hstore.s, Actor: h.cfg.Actor}, ids)
+	res.Purged = out.Treated
+	if err == nil {
+		err = out.Err()
+	}
+	return res, err
 }

@@ -26,7 +26,7 @@ type Store interface {
 	// Letter returns the letter with id, or an error wrapping ErrNotFound.
 	Letter(ctx context.Context, id int64) (Letter, error)
 	// Letters returns one page of the letters q selects, without their
-	// payloads and stacks (Letter has them).
+	// payloads, metadata and stacks unless q.Whole (Letter has them).
 	Letters(ctx context.Context, q LetterQuery) (LetterPage, error)
 	// Groups returns one page of groups.
 	Groups(ctx context.Context, q GroupQuery) (GroupPage, error)
@@ -74,6 +74,9 @@ type LetterQuery struct {
 	// UUID, Reason, Handler, OriginalTopic, DLQTopic and Producer select
 	// exact values.
 	UUID, Reason, Handler, OriginalTopic, DLQTopic, Producer string
+	// Whole also returns each letter's payload, metadata and stack (as
+	// Letter does): heavier pages, for tools that read every letter.
+	Whole bool
 	// Newest lists the most recently ingested first. If false, oldest first.
 	Newest bool
 	// After is the cursor of the previous page (LetterPage.Next); 0 starts

@@ -1,6 +1,7 @@
 package hospital
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,12 @@ type TreatConfig struct {
 	Rate float64
 	// Now stamps replays. If Now is nil, time.Now.
 	Now func() time.Time
+	// To sends every replay to this topic instead of each letter's
+	// original topic. If To is empty, the original topic.
+	To string
+	// Progress, when not nil, is called after each letter treated with the
+	// number treated so far.
+	Progress func(done int)
 }
 
 func (c *TreatConfig) setDefaults() {
@@ -131,8 +138,12 @@ func Replay(ctx context.Context, cfg TreatConfig, ids []int64) (Result, error) {
 	}
 	limiter := rate.NewLimiter(rate.Limit(cfg.Rate), 1)
 	return treat(ctx, cfg, ids, StateReplayed, func(l Letter) error {
-		if l.OriginalTopic == "" {
+		topic := cmp.Or(cfg.To, l.OriginalTopic)
+		if topic == "" {
 			return fmt.Errorf("it names no original topic (%s): nowhere to replay it", poison.KeyOriginalTopic)
+		}
+		if topic == l.DLQTopic {
+			return fmt.Errorf("it would be replayed into the DLQ it came from (%s)", topic)
 		}
 		if key := l.Metadata[poison.KeyClaimCheck]; key != "" {
 			return fmt.Errorf("its payload is still in the claim check %s: ingest it with the claim-check store configured", key)
@@ -140,8 +151,8 @@ func Replay(ctx context.Context, cfg TreatConfig, ids []int64) (Result, error) {
 		if err := limiter.Wait(ctx); err != nil {
 			return err
 		}
-		return cfg.Publisher.Publish(l.OriginalTopic, ReplayMessage(l, cfg.Now()))
-	}, "replayed to original topic")
+		return cfg.Publisher.Publish(topic, ReplayMessage(l, cfg.Now()))
+	}, "replayed to "+cmp.Or(cfg.To, "original topic"))
 }
 
 // Purge marks each letter of ids purged (Store.Treat): it stays in the
@@ -164,6 +175,9 @@ func treat(ctx context.Context, cfg TreatConfig, ids []int64, to State, do func(
 		switch {
 		case err == nil:
 			res.Treated++
+			if cfg.Progress != nil {
+				cfg.Progress(res.Treated)
+			}
 		case errors.Is(err, ErrNotDead):
 			res.Skipped++
 		case ctx.Err() != nil:

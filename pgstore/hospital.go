@@ -335,7 +335,11 @@ func (s *HospitalStore) Letters(ctx context.Context, q hospital.LetterQuery) (ho
 		}
 		where = append(where, "id "+op+" $"+strconv.Itoa(len(args)))
 	}
-	sql := `SELECT ` + letterColumns + ` FROM ` + s.letters
+	cols := letterColumns
+	if q.Whole {
+		cols += `, stack, payload, metadata`
+	}
+	sql := `SELECT ` + cols + ` FROM ` + s.letters
 	if len(where) > 0 {
 		sql += ` WHERE ` + strings.Join(where, " AND ")
 	}
@@ -347,9 +351,22 @@ func (s *HospitalStore) Letters(ctx context.Context, q hospital.LetterQuery) (ho
 	defer rows.Close()
 	var page hospital.LetterPage
 	for rows.Next() {
-		l, err := scanLetter(rows)
+		var extra []any
+		var md []byte
+		var stack string
+		var payload []byte
+		if q.Whole {
+			extra = []any{&stack, &payload, &md}
+		}
+		l, err := scanLetter(rows, extra...)
 		if err != nil {
 			return hospital.LetterPage{}, fmt.Errorf("pgstore: hospital store: list letters: %w", err)
+		}
+		if q.Whole {
+			l.Stack, l.Payload = stack, payload
+			if err := json.Unmarshal(md, &l.Metadata); err != nil {
+				return hospital.LetterPage{}, fmt.Errorf("pgstore: hospital store: letter %d: metadata: %w", l.ID, err)
+			}
 		}
 		page.Letters = append(page.Letters, l)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/textcut"
 	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
@@ -36,9 +37,9 @@ type dlqFlags struct {
 	since, until                  string
 	jsonOut                       bool
 	allowTo                       []string
-	claimCheck                    string
+	claimCheck, hospitalTable     string
 	shutdown                      func(context.Context) error
-	closeClaims                   func() error
+	closeClaims, closeStore       func() error
 }
 
 func newDLQCmd() *cobra.Command {
@@ -78,6 +79,7 @@ one, else $COLUMNS when set, else no limit (piped output keeps whole errors).
 	pf.StringVar(&f.until, "until", "", "only letters that last failed at or before this (RFC 3339, or a duration ago)")
 	pf.BoolVar(&f.jsonOut, "json", false, "one JSON object per line")
 	pf.StringSliceVar(&f.allowTo, "allow-replay-to", nil, "topics replay --to may target besides the original")
+	pf.StringVar(&f.hospitalTable, "hospital-table", pgstore.DefaultHospitalTable, "with a hospital store (ANTIDOTE_HOSPITAL_URL), the name prefix of its tables")
 	pf.StringVar(&f.claimCheck, "claim-check", "", "where the services keep payloads too large for the DLQ: postgres (postgres.url, ANTIDOTE_POSTGRES_URL) or redis (ANTIDOTE_REDIS_ADDR); show and replay read them back")
 	cmd.AddCommand(newDLQListCmd(f), newDLQGroupCmd(f), newDLQShowCmd(f), newDLQReplayCmd(f), newDLQPurgeCmd(f))
 	return cmd
@@ -96,15 +98,13 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 	default:
 		return nil, filter, usagef("--claim-check %q: use one of: postgres, redis", f.claimCheck)
 	}
-	cfg, err := adapters.LoadConfig(f.config)
+	// The adapters' config, and the hospital store when one is configured
+	// (ANTIDOTE_HOSPITAL_URL or hospital.url): then the letters are read
+	// from the store the ingester fills, not from the broker's DLQ.
+	hf := &hospitalFlags{config: f.config, broker: f.broker, table: f.hospitalTable}
+	cfg, storeURL, err := hf.loadOptional()
 	if err != nil {
-		return nil, filter, usageErr(err)
-	}
-	if f.broker != "" {
-		if !slices.Contains(hospitalBrokers, adapters.Kind(f.broker)) {
-			return nil, filter, usagef("--broker %q: use one of: %s", f.broker, joinKinds(hospitalBrokers))
-		}
-		cfg.Broker = adapters.Kind(f.broker)
+		return nil, filter, err
 	}
 	// A config the hospital cannot work with is bad usage, told apart from
 	// a broker that does not answer.
@@ -124,7 +124,16 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 	if err != nil {
 		return nil, filter, err
 	}
-	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo, ClaimCheck: claims,
+	var store hospital.Store
+	if storeURL != "" {
+		st, err := hf.openStore(ctx, storeURL)
+		if err != nil {
+			return nil, filter, err
+		}
+		f.closeStore = st.Close
+		store = st
+	}
+	h, err := dlq.Open(ctx, dlq.Config{Adapters: cfg, AllowReplayTo: f.allowTo, ClaimCheck: claims, Store: store,
 		WrapPublisher: func(p message.Publisher) (message.Publisher, error) {
 			return telemetry.NewPublisher(p, telemetry.PublisherConfig{TracerProvider: tel.TracerProvider, System: cfg.Broker.MessagingSystem()})
 		}})
@@ -179,6 +188,9 @@ func (f *dlqFlags) close(h *dlq.Hospital) {
 	_ = h.Close()
 	if f.closeClaims != nil {
 		_ = f.closeClaims()
+	}
+	if f.closeStore != nil {
+		_ = f.closeStore()
 	}
 	if f.shutdown != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -75,6 +75,16 @@ as the services (and ` + "`antidote dlq`" + `).
 // (its hospital section set aside for the adapters' strict parser), then
 // the environment over it.
 func (f *hospitalFlags) load() (adapters.Config, string, error) {
+	cfg, storeURL, err := f.loadOptional()
+	if err == nil && storeURL == "" {
+		err = usagef("no hospital store: set %s to a PostgreSQL URL (or hospital.url in --config)", envHospitalURL)
+	}
+	return cfg, storeURL, err
+}
+
+// loadOptional is load for commands that work with or without a store
+// (antidote dlq): storeURL is "" when none is configured.
+func (f *hospitalFlags) loadOptional() (adapters.Config, string, error) {
 	var cfg adapters.Config
 	var storeURL string
 	if f.config != "" {
@@ -104,12 +114,16 @@ func (f *hospitalFlags) load() (adapters.Config, string, error) {
 		cfg.Broker = adapters.Kind(f.broker)
 	}
 	if storeURL == "" {
-		return cfg, "", usagef("no hospital store: set %s to a PostgreSQL URL (or hospital.url in --config)", envHospitalURL)
+		return cfg, "", nil
 	}
+	return cfg, storeURL, checkStoreURL(storeURL)
+}
+
+func checkStoreURL(storeURL string) error {
 	if u, err := url.Parse(storeURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return cfg, "", usagef("%s %q is not a PostgreSQL URL; use e.g. postgres://user@host:5432/db", envHospitalURL, adapters.Redact(storeURL))
+		return usagef("%s %q is not a PostgreSQL URL; use e.g. postgres://user@host:5432/db", envHospitalURL, adapters.Redact(storeURL))
 	}
-	return cfg, storeURL, nil
+	return nil
 }
 
 // splitHospitalYAML takes the top-level hospital section out of a config

@@ -129,3 +129,54 @@ func TestHospitalIngestCommand(t *testing.T) {
 		t.Errorf("%d letters in the store (%v), want 4", len(ids), err)
 	}
 }
+
+// With ANTIDOTE_HOSPITAL_URL set, antidote dlq reads the store the
+// ingester filled (the broker's DLQ is empty by then) and treats its rows.
+func TestDLQCommandsOnTheStore(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	t.Setenv("ANTIDOTE_BROKER", "postgres")
+	t.Setenv("ANTIDOTE_POSTGRES_URL", url)
+	t.Setenv(envHospitalURL, url)
+	t.Setenv("COLUMNS", "140")
+	table := "hdlq_" + strings.ToLower(watermill.NewShortUUID())
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+table+`_letters", "`+table+`_groups", "`+table+`_rates", "`+table+`_audit", "`+table+`_canaries"`)
+	})
+	topic := "hdlq_" + watermill.NewShortUUID()
+	deadLetter(t, adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{URL: url}}, topic, 3)
+	cli := func(want int, args ...string) string {
+		t.Helper()
+		var stdout, stderr strings.Builder
+		if code := run(context.Background(), args, strings.NewReader(""), &stdout, &stderr); code != want {
+			t.Fatalf("%v: exit %d, want %d\n%s\n%s", args, code, want, stdout.String(), stderr.String())
+		}
+		return stdout.String()
+	}
+	cli(exitOK, "hospital", "ingest", "--topics", topic+".dlq", "--idle", "3s", "--table", table)
+	// The DLQ table is empty now: what list shows comes from the store.
+	var left int
+	pgcfg := adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{URL: url}}
+	pgcfg.SetDefaults()
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM `+adapters.PostgresTable(pgcfg.Postgres, topic+".dlq")).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d letters still in the broker's DLQ after ingest (%v)", left, err)
+	}
+	if out := cli(exitOK, "dlq", "list", "--topic", topic, "--hospital-table", table); !strings.Contains(out, "3 letters in "+topic+".dlq") {
+		t.Errorf("list: %q", out)
+	}
+	if out := cli(exitOK, "dlq", "group", "--topic", topic, "--hospital-table", table); !strings.Contains(out, "3 letters in 1 group") {
+		t.Errorf("group: %q", out)
+	}
+	if out := cli(exitOK, "dlq", "purge", "--topic", topic, "--hospital-table", table, "--yes"); !strings.Contains(out, "purged 3 letters") {
+		t.Errorf("purge: %q", out)
+	}
+	cli(exitNoMatch, "dlq", "list", "--topic", topic, "--hospital-table", table)
+	var purged int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM "`+table+`_letters" WHERE state = 'purged'`).Scan(&purged); err != nil || purged != 3 {
+		t.Errorf("%d rows purged (%v), want 3", purged, err)
+	}
+}
