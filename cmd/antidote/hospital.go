@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/hospital/web"
@@ -182,6 +183,7 @@ func (f *hospitalFlags) openStore(ctx context.Context, storeURL string) (*pgstor
 
 func newHospitalIngestCmd(f *hospitalFlags) *cobra.Command {
 	var topics []string
+	var asIs bool
 	var follow bool
 	var idle time.Duration
 	var group string
@@ -208,9 +210,14 @@ offsets are untouched.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var clean []string
 			for _, t := range topics {
-				if t = strings.TrimSpace(t); t != "" {
-					clean = append(clean, t)
+				if t = strings.TrimSpace(t); t == "" {
+					continue
 				}
+				// A source topic stands for its DLQ, as DeadLetter names it.
+				if !asIs && !strings.HasSuffix(t, antidote.DeadLetterSuffix) {
+					t = antidote.DLQTopic(t)
+				}
+				clean = append(clean, t)
 			}
 			if len(clean) == 0 {
 				return usagef("--topics is required: name the DLQ topics to ingest, e.g. --topics orders.dlq")
@@ -260,7 +267,8 @@ offsets are untouched.`,
 			return err
 		},
 	}
-	cmd.Flags().StringSliceVar(&topics, "topics", nil, "the DLQ topics to ingest, comma-separated (required)")
+	cmd.Flags().StringSliceVar(&topics, "topics", nil, "the DLQ topics to ingest, comma-separated (required): DLQ names (orders.dlq), or source topics, which stand for their DLQ (orders means orders.dlq)")
+	cmd.Flags().BoolVar(&asIs, "as-is", false, "take every --topics name as the DLQ topic itself (DLQs named otherwise than <topic>.dlq)")
 	cmd.Flags().BoolVar(&follow, "follow", false, "keep running and ingest letters as they arrive")
 	cmd.Flags().DurationVar(&idle, "idle", 5*time.Second, "without --follow: return once no letter arrived for this long (too short on Kafka returns before the group joined)")
 	cmd.Flags().StringVar(&group, "group", "antidote-hospital", "Kafka consumer group of the ingester")
