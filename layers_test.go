@@ -60,6 +60,7 @@ var allowedImports = map[string][]string{
 	"dlq":          {"", "poison", "claimcheck", "adapters", "hospital"},
 	"fingerprint":  {"poison"},
 	"hospital":     {"", "poison", "fingerprint"},
+	"outbox":       {"", "idempotency", "throttle"},
 	"hospital/web": {"", "hospital", "fingerprint", "poison"},
 }
 
