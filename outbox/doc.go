@@ -21,7 +21,8 @@
 //   - several relays can run: rows are claimed with row locks (FOR UPDATE
 //     SKIP LOCKED) and a lease, so none is sent twice in the normal case,
 //     and a relay killed between publish and mark re-sends at most the rows
-//     it had claimed.
+//     it had published and not yet marked (32 at most: marks follow the
+//     publishes in order, each its own statement).
 //
 // Backpressure: give the relay a throttle.BackpressurePublisher and it
 // pauses while consumers lag, instead of piling on.

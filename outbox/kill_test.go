@@ -71,8 +71,8 @@ func (p slowPublisher) Publish(topic string, msgs ...*message.Message) error {
 // A relay killed with SIGKILL in the middle of a batch, on each broker:
 // its claimed rows return after the lease and another relay sends them;
 // nothing is lost, and the copies (rows published but not marked when it
-// died) are at most the one in flight, with its message id for the
-// consumer's idempotency.
+// died) are at most the 32 a relay publishes ahead of its marks, each with
+// its message id for the consumer's idempotency.
 func TestRelayKilled(t *testing.T) {
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
@@ -108,11 +108,11 @@ func TestRelayKilled(t *testing.T) {
 			go func() { _ = r.Run(ctx) }()
 			testenv.Eventually(t, 60*time.Second, "every row sent", func() bool { return got.distinct() >= n })
 			testenv.Eventually(t, 30*time.Second, "every row marked", func() bool { st, _ := r.Stats(ctx); return st.Pending == 0 })
-			// Rows go out one by one, each marked before the next: at most
-			// the one in flight when the relay died was published and not
-			// marked.
-			if copies := got.copies(); copies > 1 {
-				t.Errorf("%d copies after one kill, more than the one row in flight", copies)
+			// Rows go out one by one and are marked in order, at most 32
+			// behind the publishes: at most those were published and not
+			// marked when the relay died.
+			if copies := got.copies(); copies > 32 {
+				t.Errorf("%d copies after one kill, more than the 32 rows a relay publishes ahead of its marks", copies)
 			}
 			if got.distinct() != n {
 				t.Errorf("%d distinct messages, want %d", got.distinct(), n)

@@ -287,28 +287,61 @@ func (r *Relay) RunOnce(ctx context.Context) (Round, error) {
 		return round, err
 	}
 	round.Claimed = len(rows)
+	// Each published row is marked by its own statement, in publish order,
+	// by a marker beside the publishing loop: the next publish does not
+	// wait for the last mark's round trip. At most markAhead rows are
+	// published and not yet marked (what a crash would send again).
+	marks := make(chan claimed, markAhead)
+	var mu sync.Mutex
+	markerDone := make(chan struct{})
+	bg := context.WithoutCancel(ctx)
+	go func() {
+		defer close(markerDone)
+		for row := range marks {
+			err := r.mark(bg, row)
+			mu.Lock()
+			if err == nil {
+				round.Published++
+			} else {
+				round.Failed++
+				if r.fail(bg, row, err) {
+					round.DeadLettered++
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	finish := func(rest []claimed, err error) (Round, error) {
+		close(marks)
+		<-markerDone
+		r.release(bg, rest)
+		return round, err
+	}
 	start := time.Now()
 	for i, row := range rows {
 		if ctx.Err() != nil || time.Since(start) > r.cfg.Lease/2 {
-			r.release(context.WithoutCancel(ctx), rows[i:])
-			return round, ctx.Err()
+			return finish(rows[i:], ctx.Err())
 		}
-		err := r.relay(ctx, row)
+		err := r.publish(ctx, row)
 		switch {
 		case err == nil:
-			round.Published++
+			marks <- row
 		case errors.Is(err, throttle.ErrBackpressure):
-			r.release(context.WithoutCancel(ctx), rows[i:])
-			return round, err
+			return finish(rows[i:], err)
 		default:
+			mu.Lock()
 			round.Failed++
-			if r.fail(context.WithoutCancel(ctx), row, err) {
+			if r.fail(bg, row, err) {
 				round.DeadLettered++
 			}
+			mu.Unlock()
 		}
 	}
-	return round, nil
+	return finish(nil, nil)
 }
+
+// markAhead bounds the rows published and not yet marked sent.
+const markAhead = 32
 
 func (r *Relay) claim(ctx context.Context) ([]claimed, error) {
 	q := `UPDATE ` + r.o.table + ` SET locked_by = $1, locked_until = now() + make_interval(secs => $2)
@@ -347,7 +380,8 @@ type permanentError struct{ error }
 
 func (e permanentError) Unwrap() error { return e.error }
 
-func (r *Relay) relay(ctx context.Context, row claimed) error {
+// publish sends one row.
+func (r *Relay) publish(ctx context.Context, row claimed) error {
 	md := map[string]string{}
 	if err := json.Unmarshal(row.metadata, &md); err != nil {
 		return permanentError{fmt.Errorf("its metadata is not a JSON object of strings: %v", err)}
@@ -367,6 +401,11 @@ func (r *Relay) relay(ctx context.Context, row claimed) error {
 		}
 		return fmt.Errorf("publish to %q: %w", row.topic, err)
 	}
+	return nil
+}
+
+// mark marks one published row sent, by a statement of its own.
+func (r *Relay) mark(ctx context.Context, row claimed) error {
 	tag, err := r.cfg.Pool.Exec(ctx, `UPDATE `+r.o.table+` SET sent_at = now(), locked_by = NULL, locked_until = NULL WHERE id = $1 AND locked_by = $2`, row.id, r.id)
 	if err != nil {
 		return fmt.Errorf("published, but could not be marked sent (it will be sent again; consumers skip the copy by its id): %w", err)
