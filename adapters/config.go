@@ -114,8 +114,27 @@ type KafkaConfig struct {
 	PartitionKey string `yaml:"partition_key"`
 
 	// NackResendSleep is the pause before a nacked message is redelivered.
-	// Default 100ms. A nack blocks its partition until the message is acked.
+	// Default 100ms. A nack blocks its partition until the message is acked
+	// (with Concurrency above 1 and Ordering key: its key only).
 	NackResendSleep time.Duration `yaml:"nack_resend_sleep"`
+
+	// Concurrency is how many messages of one partition are handled at
+	// once. Default 1: watermill-kafka's subscriber, one message per
+	// partition at a time (a nack blocks the partition). Above 1 the
+	// adapter's own key-ordered subscriber runs up to Concurrency messages
+	// of each partition at once, in the order Ordering says; the committed
+	// offset of a partition is the lowest offset not yet acked, so a crash
+	// redelivers only unfinished messages (and whatever finished above
+	// them), and a nack holds back only its key.
+	Concurrency int `yaml:"concurrency"`
+
+	// Ordering is what Concurrency above 1 keeps in order: "key" (default:
+	// messages with the same record key run one at a time, in offset
+	// order; messages without a key are not ordered, since the producer
+	// left their partition, and so their order, to chance), "partition"
+	// (one message of a partition at a time, as with Concurrency 1) or
+	// "unordered" (any Concurrency messages of a partition at once).
+	Ordering string `yaml:"ordering"`
 
 	// SyncCommit commits each acked offset before the next message of the
 	// partition is handled, instead of Sarama committing acked offsets in the
@@ -301,6 +320,12 @@ func (c *Config) SetDefaults() {
 	if k.NackResendSleep == 0 {
 		k.NackResendSleep = 100 * time.Millisecond
 	}
+	if k.Concurrency == 0 {
+		k.Concurrency = 1
+	}
+	if k.Ordering == "" {
+		k.Ordering = KafkaOrderingKey
+	}
 	if k.CommitInterval == 0 {
 		k.CommitInterval = time.Second
 	}
@@ -407,6 +432,14 @@ func (c Config) Validate() error {
 		}
 		if k.NackResendSleep < 0 {
 			bad("kafka.nack_resend_sleep", "%s is negative; use a positive duration", k.NackResendSleep)
+		}
+		if k.Concurrency < 1 {
+			bad("kafka.concurrency", "%d is less than 1; use 1 (one message per partition at a time) or more", k.Concurrency)
+		}
+		switch k.Ordering {
+		case KafkaOrderingKey, KafkaOrderingPartition, KafkaOrderingUnordered:
+		default:
+			bad("kafka.ordering", "%q is not key, partition or unordered", k.Ordering)
 		}
 		if k.MaxMessageBytes < 1 {
 			bad("kafka.max_message_bytes", "%d is less than 1; use the topics' max.message.bytes, e.g. 1048576", k.MaxMessageBytes)

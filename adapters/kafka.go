@@ -175,7 +175,14 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		}
 		return fmt.Errorf("kafka subscriber: %s%s", redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
 	}
-	b.Subscriber = kafkaSubscriber{Subscriber: sub, pub: kpub}
+	ks := kafkaSubscriber{Subscriber: sub, pub: kpub}
+	if k.Concurrency > 1 {
+		// The key-ordered subscriber; watermill-kafka's stays for
+		// SubscribeInitialize (it opens no connection until Subscribe).
+		ks.ordered = newOrderedKafkaSubscriber(*k, sc, marshaler, logger)
+		b.onClose(ks.ordered.Close)
+	}
+	b.Subscriber = ks
 	b.onClose(sub.Close)
 	return nil
 }

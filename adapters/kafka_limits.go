@@ -301,6 +301,9 @@ func (p *kafkaPublisher) topicLimit(topic string) int {
 type kafkaSubscriber struct {
 	*kafka.Subscriber
 	pub *kafkaPublisher
+	// ordered, when set (kafka.concurrency above 1), consumes instead of
+	// Subscriber.
+	ordered *orderedKafkaSubscriber
 }
 
 func init() { antidote.RegisterPositionReader(kafkaPosition) }
@@ -327,7 +330,18 @@ func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 		}
 		s.pub.ensureLetterTopic(dlq)
 	}
+	if s.ordered != nil {
+		return s.ordered.Subscribe(ctx, topic)
+	}
 	return s.Subscriber.Subscribe(ctx, topic)
+}
+
+// Close closes the key-ordered subscriber too, when there is one.
+func (s kafkaSubscriber) Close() error {
+	if s.ordered != nil {
+		_ = s.ordered.Close()
+	}
+	return s.Subscriber.Close()
 }
 
 // CheckStages checks the retry topics "<topic>.retry.<delay>" and their DLQ

@@ -152,6 +152,8 @@ var EnvVars = []EnvVar{
 	envVar("kafka.version", "protocol version (higher breaks consumer groups with Sarama 1.43)"),
 	envVar("kafka.partition_key", "metadata key used as the record key"),
 	envVar("kafka.nack_resend_sleep", "pause before a nacked message is redelivered"),
+	envVar("kafka.concurrency", "messages of one partition handled at once; 1: watermill-kafka's subscriber, one at a time. Above 1: up to N at once in `kafka.ordering`'s order, committing the lowest unacked offset"),
+	envVar("kafka.ordering", "with `kafka.concurrency` above 1: `key` (same record key one at a time, in order; keyless messages unordered), `partition` (one at a time) or `unordered`"),
 	envVar("kafka.sync_commit", "commit each acked offset before the next message instead of every `commit_interval` (a round trip per message; after a crash nothing processed comes again)"),
 	envVar("kafka.commit_interval", "how often acked offsets are committed (shorter: exact lag for backpressure, less redelivery after a crash)"),
 	envVar("kafka.session_timeout", "how long before a silent (crashed) consumer's partitions move to others"),

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -218,6 +219,12 @@ func (c CrashLoopGuardConfig) Validate() error {
 //     the tracker's TTL, or lost by the store, likewise costs one more run.
 //   - Concurrent deliveries of one partition (not how watermill-kafka
 //     works) and store errors only ever make more deliveries counted.
+//   - Subscribers that deliver several messages of a partition at once
+//     (adapters with kafka.concurrency above 1) say which partition claim
+//     a message belongs to (antidote.WithClaimPosition). Then a block is
+//     leased once per claim by whichever of its messages comes first, and
+//     the cost stays one write per block per partition in steady state,
+//     whatever order the handlers start in.
 type CrashLoopGuard struct {
 	cfg      CrashLoopGuardConfig
 	originOf func(*message.Message) poison.Origin                          // poison.OriginOf; tests replace it
@@ -265,7 +272,29 @@ type deliveriesPartition struct {
 	block      int64 // block of the last lease taken
 	leaseCount int   // count the last lease Incr returned
 	tainted    bool  // another process may have started messages of block
+
+	// The claim path (antidote.WithClaimPosition): leases per block of
+	// the current claim, and those of the claim before it.
+	claim      uint64
+	leases     map[int64]*claimLease
+	prevLeases map[int64]*claimLease
+	topBlock   int64 // highest block leased in this claim
 }
+
+// claimLease is a block lease taken in one partition claim; ready is
+// closed once the Incr returned (ok false: it failed).
+type claimLease struct {
+	ready   chan struct{}
+	ok      bool
+	count   int
+	tainted bool
+}
+
+// claimLeasesKept bounds the leases kept per claim: a message arrives at
+// most the subscriber's window (max(1000, 64 x kafka.concurrency) offsets)
+// behind the highest one read; older blocks are forgotten and, should a
+// message of one still come, leased again (counted: the safe side).
+const claimLeasesKept = 64
 
 // NewCrashLoopGuard fills cfg's defaults, validates it (see
 // CrashLoopGuardConfig.Validate) and returns the guard. It keeps a little state per partition
@@ -516,6 +545,9 @@ func (d *CrashLoopGuard) mayBeRedelivery(ctx context.Context, msg *message.Messa
 // offsetMayBeRedelivery is the Kafka part of the default detector (see
 // CrashLoopGuard).
 func (d *CrashLoopGuard) offsetMayBeRedelivery(ctx context.Context, o poison.Origin) bool {
+	if claim, redelivered, ok := antidote.ClaimFromCtx(ctx); ok {
+		return d.claimMayBeRedelivery(ctx, o, claim, redelivered)
+	}
 	id := deliveriesPartitionID{group: o.ConsumerGroup, handler: o.Handler, topic: o.Topic, partition: o.Partition}
 	block := o.Offset / d.cfg.OffsetBlock
 
@@ -562,6 +594,72 @@ func (d *CrashLoopGuard) offsetMayBeRedelivery(ctx context.Context, o poison.Ori
 	d.mu.Lock()
 	p.leased, p.block, p.leaseCount, p.tainted = true, block, n, tainted
 	d.mu.Unlock()
+	return tainted || redelivered
+}
+
+// claimMayBeRedelivery is offsetMayBeRedelivery for subscribers that hand
+// out several messages of a partition at once (antidote.WithClaimPosition):
+// their handlers start out of offset order, so "follows its predecessor"
+// says nothing. What the cheap path needs is that nobody else started a
+// message of the block since this process leased it, and within one claim
+// nobody else has the partition. So each block is leased once per claim,
+// by its first message (the others of the block wait for that Incr), and
+// every first delivery of the block in the claim inherits the answer. A
+// new claim leases again: a count one above this process's own lease of
+// the claim before means nobody else entered the block meanwhile. A resend
+// after a nack (redelivered) is counted, as with in-order subscribers.
+func (d *CrashLoopGuard) claimMayBeRedelivery(ctx context.Context, o poison.Origin, claim uint64, redelivered bool) bool {
+	id := deliveriesPartitionID{group: o.ConsumerGroup, handler: o.Handler, topic: o.Topic, partition: o.Partition}
+	block := o.Offset / d.cfg.OffsetBlock
+
+	d.mu.Lock()
+	p := d.parts[id]
+	if p == nil {
+		p = &deliveriesPartition{}
+		d.parts[id] = p
+	}
+	if p.claim != claim || p.leases == nil {
+		p.claim, p.prevLeases, p.leases, p.topBlock = claim, p.leases, make(map[int64]*claimLease), block
+	}
+	if l := p.leases[block]; l != nil {
+		d.mu.Unlock()
+		<-l.ready
+		return !l.ok || l.tainted || redelivered
+	}
+	l := &claimLease{ready: make(chan struct{})}
+	p.leases[block] = l
+	if block > p.topBlock {
+		p.topBlock = block
+		for b := range p.leases {
+			if b <= block-claimLeasesKept {
+				delete(p.leases, b)
+			}
+		}
+	}
+	prev := p.prevLeases[block]
+	d.mu.Unlock()
+
+	n, err := d.cfg.Tracker.Incr(ctx, deliveriesBlockKey(o, block))
+	if err != nil {
+		d.cfg.Logger.Error("Crash-loop guard cannot take the offset block lease; counting the delivery", err, traceFields(ctx, watermill.LogFields{
+			"topic":     o.Topic,
+			"partition": o.Partition,
+			"offset":    o.Offset,
+		}))
+		d.mu.Lock()
+		if p.leases[block] == l {
+			delete(p.leases, block) // the next message of the block tries again
+		}
+		d.mu.Unlock()
+		close(l.ready)
+		return true
+	}
+	tainted := n > 1
+	if prev != nil && prev.ok {
+		tainted = prev.tainted || n != prev.count+1
+	}
+	l.ok, l.count, l.tainted = true, n, tainted
+	close(l.ready)
 	return tainted || redelivered
 }
 

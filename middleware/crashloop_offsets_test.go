@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -403,4 +404,91 @@ func TestCrashLoopGuardConfigValidate(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, DefaultMaxDeliveries, d.cfg.MaxDeliveries)
 	assert.Equal(t, int64(DefaultOffsetBlock), d.cfg.OffsetBlock)
+}
+
+// guardClaimMsg is guardKafkaMsg delivered by a key-ordered subscriber:
+// its context names the partition claim.
+func guardClaimMsg(partition int32, offset int64, claim uint64, redelivered bool) *message.Message {
+	msg := guardKafkaMsg(partition, offset)
+	msg.SetContext(antidote.WithClaimPosition(context.Background(), partition, offset, claim, redelivered))
+	return msg
+}
+
+// With kafka.concurrency above 1 the handlers of a partition start out of
+// offset order. The claim path keeps the cheap path: one lease per block
+// per claim, no message counted, whatever the order; a resend after a
+// nack is counted.
+func TestCrashLoopGuardClaimPathOutOfOrder(t *testing.T) {
+	tracker := newGuardCountingTracker()
+	p := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
+	offsets := make([]int64, 2500)
+	for i := range offsets {
+		offsets[i] = int64(i)
+	}
+	// Shuffle within windows of 64, as 64 messages in flight would.
+	for i := 0; i+64 <= len(offsets); i += 64 {
+		w := offsets[i : i+64]
+		for j := range w {
+			k := (j*37 + 11) % len(w)
+			w[j], w[k] = w[k], w[j]
+		}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, off := range offsets {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, err := p.d.Middleware(guardNoop)(guardClaimMsg(0, off, 1, false))
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	assert.Empty(t, tracker.messageIncrs(), "no first delivery is counted")
+	assert.Equal(t, 3, tracker.leaseIncrs(), "one lease per 1000-offset block")
+
+	// A nack's resend is counted.
+	_, err := p.d.Middleware(guardNoop)(guardClaimMsg(0, 2400, 1, true))
+	require.NoError(t, err)
+	assert.Equal(t, map[int64]int{2400: 1}, tracker.messageIncrs())
+
+	// The partition regained in a new claim by the same process, nobody
+	// else in between: the block is leased again, and still clean.
+	_, err = p.d.Middleware(guardNoop)(guardClaimMsg(0, 2450, 2, false))
+	require.NoError(t, err)
+	assert.Equal(t, 4, tracker.leaseIncrs())
+	assert.Equal(t, map[int64]int{2400: 1}, tracker.messageIncrs(), "own earlier lease is not a taint")
+}
+
+// After a crash the next process finds the crashed one's lease: every
+// message of that block is counted, in any order, so a crash loop on one
+// of them ends in quarantine. Another process entering a block between
+// two claims of this one taints it too.
+func TestCrashLoopGuardClaimPathTainted(t *testing.T) {
+	tracker := newGuardCountingTracker()
+	crashed := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
+	_, err := crashed.d.Middleware(guardNoop)(guardClaimMsg(0, 10, 1, false))
+	require.NoError(t, err)
+
+	next := newGuardProcess(t, tracker, CrashLoopGuardConfig{})
+	for _, off := range []int64{12, 10, 11} {
+		_, err := next.d.Middleware(guardNoop)(guardClaimMsg(0, off, 5, false))
+		require.NoError(t, err)
+	}
+	assert.Equal(t, map[int64]int{10: 1, 11: 1, 12: 1}, tracker.messageIncrs(), "the crashed process's block is tainted")
+
+	// next leases block 1 cleanly, loses the partition to crashed (which
+	// enters the block), and gets it back: tainted.
+	_, err = next.d.Middleware(guardNoop)(guardClaimMsg(0, 1000, 5, false))
+	require.NoError(t, err)
+	_, err = crashed.d.Middleware(guardNoop)(guardClaimMsg(0, 1001, 2, false))
+	require.NoError(t, err)
+	_, err = next.d.Middleware(guardNoop)(guardClaimMsg(0, 1002, 6, false))
+	require.NoError(t, err)
+	incrs := tracker.messageIncrs()
+	assert.Equal(t, 0, incrs[1000], "first entry of a clean block")
+	assert.Equal(t, 1, incrs[1001], "crashed process found next's lease")
+	assert.Equal(t, 1, incrs[1002], "another process entered the block between two claims")
 }

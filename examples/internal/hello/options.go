@@ -10,23 +10,26 @@ import (
 
 // Options are the examples' flags (see docs/design.md, "Examples contract").
 type Options struct {
-	Role        string
-	Messages    int
-	Topic       string
-	Idle        time.Duration
-	JSON        bool
-	Config      string
-	PoisonEvery int
-	StuckEvery  int
-	Input       string
-	CrashOn     string
-	DLQOut      string
-	Sink        string
-	Tracker     string
-	DupEvery    int
-	IdemStore   string
-	MetricsAddr string
-	Rate        float64
+	Role         string
+	Messages     int
+	Topic        string
+	Idle         time.Duration
+	JSON         bool
+	Config       string
+	PoisonEvery  int
+	StuckEvery   int
+	Input        string
+	CrashOn      string
+	DLQOut       string
+	Sink         string
+	Tracker      string
+	DupEvery     int
+	IdemStore    string
+	MetricsAddr  string
+	Rate         float64
+	Keys         int
+	HandlerDelay time.Duration
+	Concurrency  int
 }
 
 // ParseFlags reads args (without the program name).
@@ -50,6 +53,9 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.DupEvery, "duplicate-every", 0, "publish every Kth message twice with the same idempotency key (0: none)")
 	fs.StringVar(&o.IdemStore, "idempotency", "memory", "idempotency key store: memory (one process), postgres or redis (shared), or postgres-tx: the PostgreSQL store in transactional mode, the sink write and the key commit together (needs --sink postgres)")
 	fs.Float64Var(&o.Rate, "rate", 0, "throttle the handler to R messages/s (0: unlimited)")
+	fs.IntVar(&o.Keys, "keys", 0, "spread the messages over K record keys (partition_key k0..k<K-1>), each numbered in publish order, and count order_violations: a key's message handled before the one before it was done, or while another of its key was (0: every message its own key)")
+	fs.DurationVar(&o.HandlerDelay, "handler-delay", 0, "the handler sleeps this long per message, a stand-in for I/O (0: none)")
+	fs.IntVar(&o.Concurrency, "concurrency", 0, "kafka.concurrency: messages of one partition handled at once, one per key (0: the config's, default 1; Kafka only)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port), at /metrics")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -90,6 +96,15 @@ func (o Options) Validate() error {
 	}
 	if o.Rate < 0 {
 		errs = append(errs, fmt.Errorf("--rate %v: use a positive rate in messages/s, or 0 for none", o.Rate))
+	}
+	if o.Keys < 0 {
+		errs = append(errs, fmt.Errorf("--keys %d: use 0 (every message its own key) or more", o.Keys))
+	}
+	if o.HandlerDelay < 0 {
+		errs = append(errs, fmt.Errorf("--handler-delay %s: use 0 or a positive duration such as 5ms", o.HandlerDelay))
+	}
+	if o.Concurrency < 0 {
+		errs = append(errs, fmt.Errorf("--concurrency %d: use 1 or more (0: the config's kafka.concurrency)", o.Concurrency))
 	}
 	if o.DupEvery < 0 {
 		errs = append(errs, fmt.Errorf("--duplicate-every %d: use 0 (none) or more", o.DupEvery))

@@ -42,7 +42,11 @@ type Summary struct {
 	DeadLettered      int64  `json:"dead_lettered"`
 	DuplicatesSkipped int64  `json:"duplicates_skipped"`
 	Retries           int64  `json:"retries"`
-	ElapsedMS         int64  `json:"elapsed_ms"`
+	// OrderViolations counts messages of a key (--keys) handed to the
+	// handler before the one published just before them was done, or while
+	// another of their key was running. It must be 0.
+	OrderViolations int64 `json:"order_violations"`
+	ElapsedMS       int64 `json:"elapsed_ms"`
 }
 
 // runKey marks which run published a message, so a run with --role all
@@ -78,7 +82,7 @@ func Run(ctx context.Context, kind adapters.Kind, args []string, stdout, stderr 
 		}
 		return 2
 	}
-	r := &run{opts: opts, kind: kind, stdout: stdout, stderr: stderr, runID: watermill.NewShortUUID()}
+	r := &run{opts: opts, kind: kind, stdout: stdout, stderr: stderr, runID: watermill.NewShortUUID(), order: newOrderWatch()}
 	if err := r.do(ctx); err != nil {
 		fmt.Fprintln(stderr, "error:", err)
 		return 1
@@ -109,6 +113,7 @@ type run struct {
 	health       func(context.Context) error // the breaker's HealthCheck: the sink's database
 	duplicates   atomic.Int64
 	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
+	order        *orderWatch
 }
 
 func (r *run) logger() watermill.LoggerAdapter {
@@ -162,6 +167,12 @@ func (r *run) do(ctx context.Context) error {
 		}
 		// The demo opts in to a broker in this process: nothing to install.
 		cfg.Kafka.Embedded = true
+	}
+	if r.opts.Concurrency > 0 {
+		if r.kind != adapters.KindKafka && r.opts.Concurrency > 1 {
+			return fmt.Errorf("--concurrency %d: Kafka only (kafka.concurrency); RabbitMQ and the PostgreSQL queue hand a consumer one message at a time, see the README", r.opts.Concurrency)
+		}
+		cfg.Kafka.Concurrency = r.opts.Concurrency
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -274,7 +285,7 @@ func (r *run) do(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rt.AddConsumerHandler("hello", r.opts.Topic, b.Subscriber, r.handle)
+	rt.AddConsumerHandler("hello", r.opts.Topic, orderWatchSubscriber{Subscriber: b.Subscriber, w: r.order}, r.handle)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	routerDone := make(chan error, 1)
@@ -358,12 +369,19 @@ func (r *run) consumerLag(ctx context.Context, b *adapters.Broker) (func(context
 // produce publishes the messages in batches, publishConcurrency batches at a
 // time: a broker that confirms each message (RabbitMQ) is otherwise bound by
 // one round trip per message.
+//
+// With --keys the messages of one key all go through one publisher, in
+// order (batches published at once could land in any order).
 func (r *run) produce(ctx context.Context, pub message.Publisher, payloads func(i int) []byte) error {
-	batches := make(chan []*message.Message)
+	var chans [publishConcurrency]chan []*message.Message
+	for w := range chans {
+		chans[w] = make(chan []*message.Message)
+	}
 	errs := make(chan error, publishConcurrency)
 	var wg sync.WaitGroup
 	for w := 0; w < publishConcurrency; w++ {
 		wg.Add(1)
+		batches := chans[w]
 		go func() {
 			defer wg.Done()
 			for batch := range batches {
@@ -378,18 +396,28 @@ func (r *run) produce(ctx context.Context, pub message.Publisher, payloads func(
 		}()
 	}
 	var feedErr error
-	batch := make([]*message.Message, 0, publishBatch)
+	var pending [publishConcurrency][]*message.Message
+	next := 0 // the worker of the next batch, without --keys
 	for i := 1; i <= r.opts.Messages && feedErr == nil; i++ {
 		if feedErr = ctx.Err(); feedErr != nil {
 			break
 		}
 		msg := message.NewMessage(watermill.NewUUID(), payloads(i))
 		msg.Metadata.Set(runKey, r.runID)
-		msg.Metadata.Set("partition_key", strconv.Itoa(i))
+		if k := r.opts.Keys; k > 0 {
+			msg.Metadata.Set("partition_key", "k"+strconv.Itoa(i%k))
+			msg.Metadata.Set(seqMetadata, strconv.Itoa((i-1)/k+1))
+		} else {
+			msg.Metadata.Set("partition_key", strconv.Itoa(i))
+		}
 		// The business key: the same write gets the same key however often
 		// it is sent.
 		msg.Metadata.Set(keyMetadata, r.runID+"/"+strconv.Itoa(i))
-		batch = append(batch, msg)
+		w := 0
+		if k := r.opts.Keys; k > 0 {
+			w = (i % k) % publishConcurrency
+		}
+		batch := append(pending[w], msg)
 		if r.opts.DupEvery > 0 && i%r.opts.DupEvery == 0 {
 			// A re-send, as a relay would: a new message, the same key.
 			dup := message.NewMessage(watermill.NewUUID(), msg.Payload)
@@ -398,15 +426,25 @@ func (r *run) produce(ctx context.Context, pub message.Publisher, payloads func(
 			}
 			batch = append(batch, dup)
 		}
-		if len(batch) >= publishBatch || i == r.opts.Messages {
+		pending[w] = batch
+		for w := range pending {
+			if len(pending[w]) == 0 || (len(pending[w]) < publishBatch && i < r.opts.Messages) {
+				continue
+			}
+			to := w
+			if r.opts.Keys == 0 {
+				to, next = next, (next+1)%publishConcurrency
+			}
 			select {
-			case batches <- batch:
+			case chans[to] <- pending[w]:
 			case feedErr = <-errs:
 			}
-			batch = make([]*message.Message, 0, publishBatch)
+			pending[w] = nil
 		}
 	}
-	close(batches)
+	for _, c := range chans {
+		close(c)
+	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -443,6 +481,15 @@ func (r *run) handle(msg *message.Message) error {
 	h, err := Parse(msg.Payload)
 	if err != nil {
 		return poison.Invalid(err)
+	}
+	if d := r.opts.HandlerDelay; d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-msg.Context().Done():
+			t.Stop()
+			return msg.Context().Err()
+		}
 	}
 	switch h.Msg {
 	case PanicMsg:
@@ -501,6 +548,10 @@ func (r *run) exitCode() int {
 	if r.opts.Role != "all" {
 		return 0
 	}
+	if v := r.order.violations.Load(); v > 0 {
+		fmt.Fprintf(r.stderr, "error: %d order violations: messages of a key handled out of publish order or concurrently\n", v)
+		return 1
+	}
 	if missing := r.published.Load() - r.accounted(); missing > 0 {
 		fmt.Fprintf(r.stderr, "error: %d of %d published messages were neither processed nor dead-lettered\n", missing, r.published.Load())
 		return 1
@@ -515,6 +566,7 @@ func (r *run) snapshot() Summary {
 		Processed:         r.processed.Load(),
 		DeadLettered:      r.deadLettered.Load(),
 		Retries:           r.retries.Load(),
+		OrderViolations:   r.order.violations.Load(),
 		DuplicatesSkipped: r.duplicates.Load(),
 		ElapsedMS:         time.Since(r.start).Milliseconds(),
 	}
@@ -527,8 +579,8 @@ func (r *run) summary() {
 		fmt.Fprintln(r.stdout, string(line))
 		return
 	}
-	fmt.Fprintf(r.stdout, "%s: published %d, processed %d, dead-lettered %d, duplicates skipped %d, retries %d in %s\n",
-		s.Broker, s.Published, s.Processed, s.DeadLettered, s.DuplicatesSkipped, s.Retries, time.Duration(s.ElapsedMS)*time.Millisecond)
+	fmt.Fprintf(r.stdout, "%s: published %d, processed %d, dead-lettered %d, duplicates skipped %d, retries %d, order violations %d in %s\n",
+		s.Broker, s.Published, s.Processed, s.DeadLettered, s.DuplicatesSkipped, s.Retries, s.OrderViolations, time.Duration(s.ElapsedMS)*time.Millisecond)
 }
 
 // progress redraws one status line on stderr while it is a terminal; the

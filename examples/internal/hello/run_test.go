@@ -103,3 +103,25 @@ func TestBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// --keys numbers messages per key and the consumer counts order
+// violations: 0 with key-ordered concurrency (poison included: a
+// dead-lettered message settles its place in the key's order), and the
+// count is real: unordered concurrency makes some.
+func TestRunKeysConcurrency(t *testing.T) {
+	s, stderr, code := runExample(t, adapters.KindKafka, "--messages", "1000", "--keys", "20", "--handler-delay", "1ms",
+		"--concurrency", "16", "--poison-every", "37", "--json", "--topic", topic(t))
+	if code != 0 || s.OrderViolations != 0 || s.Processed+s.DeadLettered != 1000 {
+		t.Fatalf("exit %d, summary %+v; stderr: %s", code, s, stderr)
+	}
+	t.Setenv("ANTIDOTE_KAFKA_ORDERING", "unordered")
+	s, _, code = runExample(t, adapters.KindKafka, "--messages", "1000", "--keys", "2", "--handler-delay", "1ms",
+		"--concurrency", "16", "--json", "--topic", topic(t))
+	if s.OrderViolations == 0 || code == 0 {
+		t.Fatalf("unordered: exit %d, summary %+v: no violation counted", code, s)
+	}
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), adapters.KindAMQP, []string{"--concurrency", "4"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "--concurrency 4: Kafka only") {
+		t.Fatalf("--concurrency on RabbitMQ: exit %d, %s", code, errOut.String())
+	}
+}
