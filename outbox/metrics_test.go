@@ -50,7 +50,9 @@ func TestAddSQLAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	reader := sdkmetric.NewManualReader()
-	r := f.relay(t, b.Publisher, func(c *outbox.RelayConfig) { c.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)) })
+	r := f.relay(t, b.Publisher, func(c *outbox.RelayConfig) {
+		c.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	})
 	collect := func() map[string]float64 {
 		var rm metricdata.ResourceMetrics
 		if err := reader.Collect(ctx, &rm); err != nil {
