@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/idempotency"
@@ -279,31 +280,33 @@ CREATE TRIGGER %[1]s_log BEFORE UPDATE ON %[1]s FOR EACH ROW
 	}
 }
 
-// Two relays on one outbox: every row sent exactly once (row locks and
-// leases), shared between them.
+// Two relays on one outbox, on each broker: every row sent exactly once
+// (row locks and leases), shared between them.
 func TestTwoRelays(t *testing.T) {
-	f := newFixture(t)
-	b := brokers.Open(t, brokers.Config(t, adapters.KindPostgres))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	topic := brokers.Topic("two_")
-	got := receive(t, ctx, b.Subscriber, topic)
-	const n = 400
-	for i := 0; i < n; i++ {
-		f.order(t, topic, fmt.Sprintf("o-%03d", i), true)
-	}
-	var sent [2]atomic.Int64
-	for i := range 2 {
-		pub := countingPublisher{Publisher: b.Publisher, n: &sent[i]}
-		r := f.relay(t, pub, func(c *outbox.RelayConfig) { c.BatchSize = 10 })
-		go func() { _ = r.Run(ctx) }()
-	}
-	testenv.Eventually(t, 60*time.Second, "every row sent", func() bool { return got.distinct() >= n })
-	if got.copies() != 0 || sent[0].Load()+sent[1].Load() != n {
-		t.Errorf("%d copies; relays sent %d + %d, want %d in all", got.copies(), sent[0].Load(), sent[1].Load(), n)
-	}
-	if sent[0].Load() == 0 || sent[1].Load() == 0 {
-		t.Logf("one relay did all the work (%d, %d): allowed, but the test shows less", sent[0].Load(), sent[1].Load())
+	for _, kind := range brokers.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			f := newFixture(t)
+			b := brokers.Open(t, brokers.Config(t, kind, brokers.KafkaCluster(2)))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			topic := brokers.Topic("two_")
+			got := receive(t, ctx, b.Subscriber, topic)
+			const n = 400
+			for i := 0; i < n; i++ {
+				f.order(t, topic, fmt.Sprintf("o-%03d", i), true)
+			}
+			var sent [2]atomic.Int64
+			for i := range 2 {
+				pub := countingPublisher{Publisher: b.Publisher, n: &sent[i]}
+				r := f.relay(t, pub, func(c *outbox.RelayConfig) { c.BatchSize = 10 })
+				go func() { _ = r.Run(ctx) }()
+			}
+			testenv.Eventually(t, 60*time.Second, "every row sent", func() bool { return got.distinct() >= n })
+			if got.copies() != 0 || sent[0].Load()+sent[1].Load() != n {
+				t.Errorf("%d copies; relays sent %d + %d, want %d in all", got.copies(), sent[0].Load(), sent[1].Load(), n)
+			}
+			t.Logf("relays sent %d and %d", sent[0].Load(), sent[1].Load())
+		})
 	}
 }
 
@@ -384,5 +387,34 @@ func TestAddRefuses(t *testing.T) {
 	err = pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error { return f.ob.Add(ctx, tx, "orders", &message.Message{}) })
 	if err == nil || !strings.Contains(err.Error(), "UUID") {
 		t.Errorf("no UUID: %v", err)
+	}
+}
+
+// The trace starts at the business transaction: a message added under a
+// span is sent with that trace's context, so the send (and the consumer)
+// continue it.
+func TestRelayContinuesTheBusinessTrace(t *testing.T) {
+	f := newFixture(t)
+	b := brokers.Open(t, brokers.Config(t, adapters.KindPostgres))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	topic := brokers.Topic("trace_")
+	got := receive(t, ctx, b.Subscriber, topic)
+	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	business := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled}))
+	err := pgx.BeginFunc(business, f.pool, func(tx pgx.Tx) error {
+		return f.ob.Add(business, tx, topic, message.NewMessage("traced", []byte(`{}`)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.relay(t, b.Publisher)
+	go func() { _ = r.Run(ctx) }()
+	testenv.Eventually(t, 60*time.Second, "the message sent", func() bool { return got.distinct() == 1 })
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	if tp := got.msgs["traced"].Metadata.Get("traceparent"); !strings.Contains(tp, traceID.String()) {
+		t.Errorf("traceparent %q does not continue trace %s", tp, traceID)
 	}
 }
