@@ -251,6 +251,16 @@ type CrashLoopGuard struct {
 
 	// decr is the tracker's DeliveryDecrementer, nil when it has none.
 	decr poison.DeliveryDecrementer
+
+	// isolate runs a suspect alone: a delivery counted more than once was
+	// in flight when a process died, and with several messages in flight
+	// (partitions, kafka.concurrency) the one that killed it cannot be told
+	// from the others; each suspect's handler runs with nothing else in
+	// flight in this guard (write lock), the others share (read lock). So a
+	// killer dies alone, and the innocents in flight at its crash are
+	// settled on their next delivery instead of reaching MaxDeliveries with
+	// it.
+	isolate sync.RWMutex
 }
 
 // maxUnforgotten bounds unforgotten; past it, failed Forgets are left to
@@ -326,11 +336,28 @@ func (d *CrashLoopGuard) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		key, n, counted := d.count(msg)
 		if !counted {
+			if !d.isolate.TryRLock() {
+				d.isolate.RLock()
+			}
+			defer d.isolate.RUnlock()
 			return h(msg)
 		}
 		if n > d.cfg.MaxDeliveries {
 			return d.quarantine(msg, key, n)
 		}
+		if n > 1 {
+			return d.runIsolated(h, msg, key, n)
+		}
+		if !d.isolate.TryRLock() {
+			// A suspect runs alone: wait uncounted, so a crash while
+			// waiting does not count against this message.
+			n = d.waitCounted(msg, key, n, d.isolate.RLock)
+			if n > d.cfg.MaxDeliveries {
+				d.isolate.RUnlock()
+				return d.quarantine(msg, key, n)
+			}
+		}
+		defer d.isolate.RUnlock()
 		if d.decr != nil && !d.memoryTracker {
 			return d.runTracked(h, msg, key)
 		}
@@ -338,6 +365,46 @@ func (d *CrashLoopGuard) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		d.forget(msg, key)
 		return produced, herr
 	}
+}
+
+// runIsolated runs a suspect (a delivery counted more than once) with
+// nothing else in flight in this guard. Out of Middleware's closure.
+func (d *CrashLoopGuard) runIsolated(h message.HandlerFunc, msg *message.Message, key string, n int) ([]*message.Message, error) {
+	n = d.waitCounted(msg, key, n, d.isolate.Lock)
+	defer d.isolate.Unlock()
+	if n > d.cfg.MaxDeliveries {
+		return d.quarantine(msg, key, n)
+	}
+	if d.decr != nil && !d.memoryTracker {
+		return d.runTracked(h, msg, key)
+	}
+	produced, herr := h(msg)
+	d.forget(msg, key)
+	return produced, herr
+}
+
+// waitCounted takes the delivery's count back while lock waits (when the
+// tracker can), so a process that dies meanwhile, killed by the message
+// that runs alone, does not count against this one; then counts it again
+// and returns the count. Without a decrementer it waits counted.
+func (d *CrashLoopGuard) waitCounted(msg *message.Message, key string, n int, lock func()) int {
+	if d.decr == nil {
+		lock()
+		return n
+	}
+	ctx := msg.Context()
+	if _, err := d.decr.Decr(ctx, key); err != nil {
+		lock()
+		return n
+	}
+	lock()
+	again, err := d.cfg.Tracker.Incr(ctx, key)
+	if err != nil {
+		// Counted once less than it was: the safe side is the count
+		// from before.
+		return n
+	}
+	return again
 }
 
 // runTracked runs h with the delivery's count in the message context, so

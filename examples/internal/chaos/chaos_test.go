@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
@@ -31,6 +33,7 @@ type scale struct {
 	rate     float64       // ANTIDOTE_CHAOS_RATE: consumer msgs/s, default messages/8 (so CI's run lasts long enough for every fault)
 	seed     uint64        // ANTIDOTE_CHAOS_SEED: the fault schedule's seed, default random (logged)
 	timeout  time.Duration // ANTIDOTE_CHAOS_TIMEOUT: one broker's consumer run, default 5m + 20ms per message
+	kafkaN   int           // ANTIDOTE_CHAOS_KAFKA_CONCURRENCY: the Kafka run again with kafka.concurrency N and keys, default 16 (0 or 1: not)
 	brokers  []adapters.Kind
 }
 
@@ -52,6 +55,7 @@ func scaleFromEnv(t *testing.T) scale {
 		t.Fatalf("ANTIDOTE_CHAOS_MESSAGES=%d: use at least 400 (1%% poison of 4 kinds)", s.messages)
 	}
 	s.killers = num("ANTIDOTE_CHAOS_KILLERS", max(1, s.messages/10000))
+	s.kafkaN = num("ANTIDOTE_CHAOS_KAFKA_CONCURRENCY", 16)
 	s.kills = num("ANTIDOTE_CHAOS_KILLS", 3)
 	s.dupEvery = num("ANTIDOTE_CHAOS_DUPLICATE_EVERY", 30)
 	if s.dupEvery == 0 {
@@ -98,10 +102,21 @@ func TestChaos(t *testing.T) {
 	bins := buildBinaries(t)
 	for i, kind := range sc.brokers {
 		t.Run(string(kind), func(t *testing.T) {
-			runChaos(t, kind, bins, sc, sc.seed+uint64(i))
+			runChaos(t, kind, bins, sc, sc.seed+uint64(i), 0)
+		})
+	}
+	// Key-ordered concurrency (kafka.concurrency) under the same faults:
+	// each key's effects in publish order as well.
+	if n := sc.kafkaN; n > 1 && slices.Contains(sc.brokers, adapters.KindKafka) {
+		t.Run(fmt.Sprintf("kafka-concurrency-%d", n), func(t *testing.T) {
+			runChaos(t, adapters.KindKafka, bins, sc, sc.seed+100, n)
 		})
 	}
 }
+
+// chaosKeys is how many record keys the concurrent variant spreads the
+// messages over.
+const chaosKeys = 50
 
 // buildBinaries builds the three examples and the antidote CLI (plain
 // builds: the processes under test are the programs users run).
@@ -146,7 +161,10 @@ func duringOutage(faults []*fault, at time.Duration) bool {
 	return false
 }
 
-func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint64) {
+// runChaos runs one broker's chaos; concurrency > 1 (Kafka) runs the
+// consumer with kafka.concurrency and the producer with keys, and checks
+// each key's effects happened in publish order.
+func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint64, concurrency int) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	pg := testenv.StartPostgres(t)
 	env := []string{"ANTIDOTE_POSTGRES_URL=" + pg.URL}
@@ -171,9 +189,14 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	topic := "chaos_" + watermill.NewShortUUID()
 	bin := filepath.Join(bins, exampleOf[kind])
 
+	produceArgs := []string{"--role", "producer", "--input", w.writeInput(t), "--topic", topic,
+		"--duplicate-every", strconv.Itoa(sc.dupEvery), "--json"}
+	if concurrency > 1 {
+		env = append(env, "ANTIDOTE_KAFKA_CONCURRENCY="+strconv.Itoa(concurrency))
+		produceArgs = append(produceArgs, "--keys", strconv.Itoa(chaosKeys))
+	}
 	// Produce everything first: the faults are aimed at the consumer side.
-	out, errOut, err := runProcess(bin, env, "--role", "producer", "--input", w.writeInput(t), "--topic", topic,
-		"--duplicate-every", strconv.Itoa(sc.dupEvery), "--json")
+	out, errOut, err := runProcess(bin, env, produceArgs...)
 	var produced hello.Summary
 	if err != nil || json.Unmarshal(lastLine(out), &produced) != nil || produced.Published != int64(w.published()) {
 		t.Fatalf("producer: %v, summary %s, want %d published\n%s", err, lastLine(out), w.published(), errOut)
@@ -244,6 +267,48 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	for _, p := range v.problems {
 		t.Error(p)
 	}
+	if concurrency > 1 {
+		keyed, violations, err := keyOrder(pg.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s, kafka.concurrency %d: %d keyed effects over %d keys, %d out of publish order", kind, concurrency, keyed, chaosKeys, violations)
+		if keyed == 0 || violations != 0 {
+			t.Errorf("kafka.concurrency %d: %d effects of a key out of publish order (of %d keyed effects)", concurrency, violations, keyed)
+		}
+	}
+}
+
+// keyOrder reads the sink's effects in commit order and counts, per key,
+// an effect numbered below one already committed: with key-ordered
+// concurrency a key's next message starts only after the last one's effect
+// committed, whatever was killed or restarted, so there must be none.
+func keyOrder(url string) (keyed, violations int, err error) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT okey, oseq FROM `+hello.EffectsTable+` WHERE okey IS NOT NULL ORDER BY id`)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rows.Close()
+	last := map[string]int64{}
+	for rows.Next() {
+		var k string
+		var seq int64
+		if err := rows.Scan(&k, &seq); err != nil {
+			return 0, 0, err
+		}
+		keyed++
+		if seq < last[k] {
+			violations++
+		}
+		last[k] = max(last[k], seq)
+	}
+	return keyed, violations, rows.Err()
 }
 
 // schedule places the faults at random fractions of the run's progress:

@@ -100,3 +100,21 @@ func (w *orderWatch) handedOut(m *message.Message) *message.Message {
 	}()
 	return c
 }
+
+// orderTag is a keyed message's key and number, carried to the sink in the
+// context, which records them with the effect.
+type orderTag struct {
+	key string
+	seq int64
+}
+
+type orderTagKey struct{}
+
+// withOrderTag adds msg's key and number to ctx when it has them (--keys).
+func withOrderTag(ctx context.Context, msg *message.Message) context.Context {
+	seq, err := strconv.ParseInt(msg.Metadata.Get(seqMetadata), 10, 64)
+	if err != nil {
+		return ctx
+	}
+	return context.WithValue(ctx, orderTagKey{}, orderTag{key: msg.Metadata.Get("partition_key"), seq: seq})
+}

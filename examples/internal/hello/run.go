@@ -504,7 +504,7 @@ func (r *run) handle(msg *message.Message) error {
 	case StuckMsg:
 		return poison.Transient(fmt.Errorf("sink times out on user %d every time (simulated --stuck-every)", h.UserID))
 	}
-	if err := r.sink.Store(msg.Context(), msg.UUID, h); err != nil {
+	if err := r.sink.Store(withOrderTag(msg.Context(), msg), msg.UUID, h); err != nil {
 		return fmt.Errorf("store user %d: %w", h.UserID, err)
 	}
 	r.count(msg, &r.processed)

@@ -80,6 +80,11 @@ func NewPostgresSink(ctx context.Context, pool *pgxpool.Pool) (*PostgresSink, er
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", EffectsTable, err)
 	}
+	// The key and its number (--keys), so a test can check each key's
+	// effects happened in publish order.
+	if _, err := pool.Exec(ctx, `ALTER TABLE `+EffectsTable+` ADD COLUMN IF NOT EXISTS okey TEXT, ADD COLUMN IF NOT EXISTS oseq BIGINT`); err != nil {
+		return nil, fmt.Errorf("alter %s: %w", EffectsTable, err)
+	}
 	return &PostgresSink{pool: pool}, nil
 }
 
@@ -88,7 +93,12 @@ func NewPostgresSink(ctx context.Context, pool *pgxpool.Pool) (*PostgresSink, er
 // commits it together with the key (or neither).
 func (s *PostgresSink) Store(ctx context.Context, uuid string, h Hello) error {
 	if tx, ok := pgstore.TxFromContext(ctx); ok {
-		_, err := tx.Exec(ctx, `INSERT INTO `+EffectsTable+` (uuid, user_id, msg) VALUES ($1, $2, $3)`, uuid, h.UserID, h.Msg)
+		var key *string
+		var seq *int64
+		if t, ok := ctx.Value(orderTagKey{}).(orderTag); ok {
+			key, seq = &t.key, &t.seq
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO `+EffectsTable+` (uuid, user_id, msg, okey, oseq) VALUES ($1, $2, $3, $4, $5)`, uuid, h.UserID, h.Msg, key, seq)
 		return err
 	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO `+SinkTable+` (uuid, user_id, msg) VALUES ($1, $2, $3) ON CONFLICT (uuid) DO NOTHING`, uuid, h.UserID, h.Msg)
