@@ -361,9 +361,16 @@ func TestKafkaConcurrentCommitsLowestUnacked(t *testing.T) {
 			t.Errorf("held message %d/%d not redelivered", h.p, h.o)
 		}
 	}
+	// Never past the first unacked offset (that would skip a message). It
+	// may start a little before it: an ack given just before Close can be
+	// still on its way to the partition's claim when the consumer leaves,
+	// and that message comes again (at-least-once).
 	for p, f := range first {
-		if f != gap[p] {
-			t.Errorf("partition %d: second consumer started at %d, the first unacked offset is %d", p, f, gap[p])
+		if f > gap[p] {
+			t.Errorf("partition %d: second consumer started at %d, past the first unacked offset %d: a message skipped", p, f, gap[p])
+		}
+		if f < gap[p] {
+			t.Logf("partition %d: second consumer started at %d, %d before the first unacked offset (acks racing Close)", p, f, gap[p]-f)
 		}
 	}
 	t.Logf("first consumer acked %d and held %d; second redelivered %d already acked (above a gap)", len(acked), len(held), redone)
