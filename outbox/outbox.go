@@ -11,7 +11,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/antidote-mq/antidote"
@@ -97,11 +96,6 @@ CREATE TABLE IF NOT EXISTS ` + o.dead + ` (
   reason     TEXT NOT NULL,
   dead_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 )`
-}
-
-// Execer runs a statement: a pgx.Tx, pgx.Conn or pgxpool.Pool.
-type Execer interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // CreateTables creates the tables if they do not exist, under an advisory
