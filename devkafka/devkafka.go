@@ -1,7 +1,8 @@
 // Package devkafka is an in-process Kafka-protocol broker (franz-go's
 // kfake) for development, demos and tests: consumer groups, committed
-// offsets and auto-created topics, kept in memory, gone on Close. Not for
-// production data.
+// offsets and auto-created topics, kept in memory and gone on Close, or
+// kept in a directory (Config.DataDir) so that a broker restarted on it,
+// after Close or a crash, resumes. Not for production data.
 //
 // Importing it also lets adapters.Open honour kafka.embedded (see
 // adapters.KafkaConfig.Embedded); without the import, Open refuses that
@@ -14,9 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 
+	"github.com/gofrs/flock"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/antidote-mq/antidote/adapters"
@@ -61,6 +65,17 @@ type Config struct {
 	TLSCertFile string
 	// TLSKeyFile is the PEM private key of TLSCertFile.
 	TLSKeyFile string
+
+	// DataDir keeps the cluster's topics, records and committed offsets
+	// in this directory (created if needed), so that a broker started
+	// again on it resumes where the last one stopped: after Close, and
+	// after a crash too (records and commits are appended as they come;
+	// like Kafka by default it leaves them to the OS page cache, so a
+	// killed process loses nothing but a machine crash may lose the
+	// last writes). One broker at a time: Start refuses a directory
+	// another running broker holds. If DataDir is empty, the data lives
+	// in memory and is gone on Close.
+	DataDir string
 }
 
 func (c *Config) setDefaults() {
@@ -72,6 +87,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Brokers == 0 {
 		c.Brokers = 1
+	}
+	if c.DataDir != "" {
+		c.DataDir = filepath.Clean(c.DataDir)
 	}
 }
 
@@ -107,6 +125,7 @@ type Broker struct {
 	cluster *kfake.Cluster
 	addrs   []string
 	lns     []*trackingListener
+	lock    *flock.Flock // DataDir's lock; nil without one
 }
 
 // Start starts a broker (Config.Brokers > 1: a cluster) that creates topics
@@ -163,10 +182,22 @@ func Start(cfg Config) (*Broker, error) {
 		}
 		opts = append(opts, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	}
+	if cfg.DataDir != "" {
+		lock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		b.lock = lock
+		opts = append(opts, kfake.DataDir(cfg.DataDir))
+	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		for _, ln := range b.lns {
 			_ = ln.Close()
+		}
+		b.unlock()
+		if cfg.DataDir != "" {
+			return nil, fmt.Errorf("devkafka: start on %s with data directory %s: %w", cfg.Addr, cfg.DataDir, err)
 		}
 		return nil, fmt.Errorf("devkafka: listen on %s: %w", cfg.Addr, err)
 	}
@@ -196,8 +227,39 @@ func (e *Broker) StopBroker(i int) error {
 	return nil
 }
 
-// Close stops the broker; its data is gone.
-func (e *Broker) Close() { e.cluster.Close() }
+// Close stops the broker. Without Config.DataDir its data is gone; with
+// it, the data is written out and the directory released for the next
+// Start.
+func (e *Broker) Close() {
+	e.cluster.Close()
+	e.unlock()
+}
+
+// lockDataDir creates dir and takes its lock file, so that two brokers
+// never write one directory (each would overwrite the other's state).
+func lockDataDir(dir string) (*flock.Flock, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("devkafka: data directory %s: %w", dir, err)
+	}
+	l := flock.New(filepath.Join(dir, lockFile))
+	ok, err := l.TryLock()
+	if err != nil {
+		return nil, fmt.Errorf("devkafka: lock data directory %s: %w", dir, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("devkafka: data directory %s is in use by another running broker; stop it or give another directory", dir)
+	}
+	return l, nil
+}
+
+// lockFile is the lock's name inside DataDir.
+const lockFile = ".devkafka.lock"
+
+func (e *Broker) unlock() {
+	if e.lock != nil {
+		_ = e.lock.Unlock()
+	}
+}
 
 // trackingListener remembers the connections it accepted.
 type trackingListener struct {

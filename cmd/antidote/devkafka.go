@@ -19,13 +19,16 @@ func newDevKafkaCmd() *cobra.Command {
 		Long: `Runs an in-memory Kafka-protocol broker (franz-go's kfake) that creates
 topics on first use. For local development, and for tests in which a consumer
 process must die while the broker lives on. Point clients at it with
-ANTIDOTE_KAFKA_BROKERS=<addr>. Its data is gone when it stops.
+ANTIDOTE_KAFKA_BROKERS=<addr>. Its data is gone when it stops, unless
+--data-dir keeps it: a broker started again on that directory, after a stop
+or a kill, resumes with its topics, records and committed offsets.
 
 --brokers N starts a cluster of N brokers on consecutive ports from --addr's
 (sharing one copy of the data); --sasl-mechanism with --sasl-user and
 --sasl-password makes clients authenticate; --tls-cert and --tls-key serve TLS.
 
   antidote devkafka --brokers 3 --addr 127.0.0.1:9092
+  antidote devkafka --data-dir /tmp/devkafka
   antidote devkafka --sasl-mechanism SCRAM-SHA-512 --sasl-user u --sasl-password p \
       --tls-cert server.pem --tls-key server-key.pem`,
 		Args: cobra.NoArgs,
@@ -50,6 +53,9 @@ ANTIDOTE_KAFKA_BROKERS=<addr>. Its data is gone when it stops.
 			if cfg.TLSCertFile != "" {
 				extra += ", TLS"
 			}
+			if cfg.DataDir != "" {
+				extra += ", data in " + cfg.DataDir
+			}
 			// One parseable line, so scripts can wait for it.
 			fmt.Fprintf(cmd.OutOrStdout(), "devkafka listening on %s (partitions %d, brokers %d%s)\n", strings.Join(k.Addrs(), ","), partitions, brokers, extra)
 			<-cmd.Context().Done()
@@ -65,5 +71,6 @@ ANTIDOTE_KAFKA_BROKERS=<addr>. Its data is gone when it stops.
 	cmd.Flags().StringVar(&cfg.SASLPassword, "sasl-password", "", "the SASL user's password")
 	cmd.Flags().StringVar(&cfg.TLSCertFile, "tls-cert", "", "serve TLS with this PEM certificate (with --tls-key)")
 	cmd.Flags().StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
+	cmd.Flags().StringVar(&cfg.DataDir, "data-dir", "", "keep topics, records and committed offsets in this directory, to resume after a restart (default: in memory)")
 	return cmd
 }
