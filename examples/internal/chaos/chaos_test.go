@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,7 +140,7 @@ var exampleOf = map[adapters.Kind]string{adapters.KindKafka: "kafka", adapters.K
 // fault is one scheduled fault: fired once the sink holds at fraction of
 // the run's effects.
 type fault struct {
-	what     string // "SIGKILL", "PostgreSQL restart", "RabbitMQ restart"
+	what     string // "SIGKILL", "PostgreSQL restart", "RabbitMQ restart", "Kafka crash", "Kafka restart"
 	fraction float64
 	fired    time.Duration // since the consumer's start, when it was over; 0: never fired
 	began    time.Duration
@@ -171,6 +172,7 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	cfg := adapters.Config{Broker: kind}
 	cfg.Postgres.URL = pg.URL
 	var rabbit *testenv.RabbitMQ
+	var kafka *devKafka
 	idle := "10s"
 	switch kind {
 	case adapters.KindAMQP:
@@ -178,10 +180,10 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 		env = append(env, "ANTIDOTE_AMQP_URL="+rabbit.URL)
 		cfg.AMQP.URL = rabbit.URL
 	case adapters.KindKafka:
-		addr := startDevKafka(t, filepath.Join(bins, "antidote"))
+		kafka = startDevKafka(t, filepath.Join(bins, "antidote"))
 		// A restarted consumer waits for the killed member's session to end.
-		env = append(env, "ANTIDOTE_KAFKA_BROKERS="+addr, "ANTIDOTE_KAFKA_SESSION_TIMEOUT=6s")
-		cfg.Kafka.Brokers = []string{addr}
+		env = append(env, "ANTIDOTE_KAFKA_BROKERS="+kafka.addr, "ANTIDOTE_KAFKA_SESSION_TIMEOUT=6s")
+		cfg.Kafka.Brokers = []string{kafka.addr}
 		cfg.Kafka.ConsumerGroup = "chaos-verify"
 		idle = "20s"
 	}
@@ -208,7 +210,7 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 
 	faults := schedule(rng, sc.kills, kind)
 	sup := &supervisor{
-		bin: bin, env: env, logs: logDir(t, kind),
+		bin: bin, env: env, logs: logDir(t),
 		args: []string{"--role", "consumer", "--topic", topic, "--sink", "postgres", "--idempotency", "postgres-tx",
 			"--tracker", "postgres", "--crash-on", killMarker, "--idle", idle, "--rate", strconv.FormatFloat(sc.rate, 'f', -1, 64), "--json"},
 		killed: map[int]bool{},
@@ -220,7 +222,7 @@ func runChaos(t *testing.T, kind adapters.Kind, bins string, sc scale, seed uint
 	var runErr error
 	finished := make(chan struct{})
 	go func() { runErr = sup.run(ctx); close(finished) }()
-	injectErr := inject(ctx, finished, faults, w.effects(), pg, rabbit, sup, rng, start)
+	injectErr := inject(ctx, finished, faults, w.effects(), servers{pg, rabbit, kafka}, sup, rng, start)
 	<-finished
 	elapsed := time.Since(start)
 	t.Cleanup(sup.killCurrent)
@@ -312,16 +314,21 @@ func keyOrder(url string) (keyed, violations int, err error) {
 }
 
 // schedule places the faults at random fractions of the run's progress:
-// SIGKILLs anywhere between 5% and 90%, one PostgreSQL crash-restart, and on
-// RabbitMQ one stop_app/start_app, both in the middle third.
+// SIGKILLs anywhere between 5% and 90%, one PostgreSQL crash-restart, on
+// RabbitMQ one stop_app/start_app, and on Kafka one broker crash (SIGKILL)
+// and one clean broker restart (SIGTERM), all in the middle.
 func schedule(rng *rand.Rand, kills int, kind adapters.Kind) []*fault {
 	var fs []*fault
 	for range kills {
 		fs = append(fs, &fault{what: "SIGKILL", fraction: 0.05 + 0.85*rng.Float64()})
 	}
 	fs = append(fs, &fault{what: "PostgreSQL restart", fraction: 0.3 + 0.3*rng.Float64()})
-	if kind == adapters.KindAMQP {
+	switch kind {
+	case adapters.KindAMQP:
 		fs = append(fs, &fault{what: "RabbitMQ restart", fraction: 0.35 + 0.3*rng.Float64()})
+	case adapters.KindKafka:
+		fs = append(fs, &fault{what: "Kafka crash", fraction: 0.2 + 0.3*rng.Float64()},
+			&fault{what: "Kafka restart", fraction: 0.5 + 0.3*rng.Float64()})
 	}
 	sort.Slice(fs, func(i, j int) bool { return fs[i].fraction < fs[j].fraction })
 	return fs
@@ -329,7 +336,15 @@ func schedule(rng *rand.Rand, kills int, kind adapters.Kind) []*fault {
 
 // inject fires the faults in order as the sink's effect count passes each
 // one's fraction, until all fired or the consumer run ended.
-func inject(ctx context.Context, finished <-chan struct{}, faults []*fault, total int, pg *testenv.Postgres, rabbit *testenv.RabbitMQ, sup *supervisor, rng *rand.Rand, start time.Time) error {
+// servers are the run's own servers the faults hit (rabbit and kafka nil
+// when the run does not use them).
+type servers struct {
+	pg     *testenv.Postgres
+	rabbit *testenv.RabbitMQ
+	kafka  *devKafka
+}
+
+func inject(ctx context.Context, finished <-chan struct{}, faults []*fault, total int, srv servers, sup *supervisor, rng *rand.Rand, start time.Time) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	next := 0
@@ -341,7 +356,7 @@ func inject(ctx context.Context, finished <-chan struct{}, faults []*fault, tota
 			return nil
 		case <-tick.C:
 		}
-		n, err := countEffects(ctx, pg.URL)
+		n, err := countEffects(ctx, srv.pg.URL)
 		if err != nil || float64(n) < faults[next].fraction*float64(total) {
 			continue
 		}
@@ -354,19 +369,27 @@ func inject(ctx context.Context, finished <-chan struct{}, faults []*fault, tota
 				continue
 			}
 		case "PostgreSQL restart":
-			if err := pg.Stop(); err != nil {
+			if err := srv.pg.Stop(); err != nil {
 				return err
 			}
 			time.Sleep(time.Second)
-			if err := pg.Start(); err != nil {
+			if err := srv.pg.Start(); err != nil {
 				return err
 			}
 		case "RabbitMQ restart":
-			if err := rabbit.StopApp(); err != nil {
+			if err := srv.rabbit.StopApp(); err != nil {
 				return err
 			}
 			time.Sleep(time.Second)
-			if err := rabbit.StartApp(); err != nil {
+			if err := srv.rabbit.StartApp(); err != nil {
+				return err
+			}
+		case "Kafka crash":
+			if err := srv.kafka.restart(syscall.SIGKILL, time.Second); err != nil {
+				return err
+			}
+		case "Kafka restart":
+			if err := srv.kafka.restart(syscall.SIGTERM, time.Second); err != nil {
 				return err
 			}
 		}
@@ -376,14 +399,15 @@ func inject(ctx context.Context, finished <-chan struct{}, faults []*fault, tota
 	return nil
 }
 
-// logDir holds the consumer's stderr, one file per life: ANTIDOTE_CHAOS_LOGS
-// (kept after the test) or a temporary directory.
-func logDir(t *testing.T, kind adapters.Kind) string {
+// logDir holds the consumer's stderr, one file per life: a directory per
+// run (kafka, kafka-concurrency-16, ...) under ANTIDOTE_CHAOS_LOGS (kept
+// after the test) or a temporary directory.
+func logDir(t *testing.T) string {
 	dir := os.Getenv("ANTIDOTE_CHAOS_LOGS")
 	if dir == "" {
 		return t.TempDir()
 	}
-	dir = filepath.Join(dir, string(kind))
+	dir = filepath.Join(dir, filepath.Base(t.Name()))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -185,27 +185,56 @@ func jsonLast(out []byte, v any) error {
 	return jsonUnmarshal(lastLine(out), v)
 }
 
-// startDevKafka runs `antidote devkafka` as its own process: the broker
-// outlives every consumer the test kills.
-func startDevKafka(t *testing.T, bin string) string {
+// devKafka is `antidote devkafka` run as its own process on a data
+// directory: the broker outlives every consumer the test kills, and the
+// test can crash (SIGKILL) or stop (SIGTERM) it and start it again on the
+// same address and data.
+type devKafka struct {
+	bin, dir, addr string
+	cmd            *exec.Cmd
+}
+
+func startDevKafka(t *testing.T, bin string) *devKafka {
 	t.Helper()
-	cmd := exec.Command(bin, "devkafka", "--addr", "127.0.0.1:0", "--partitions", "4")
+	k := &devKafka{bin: bin, dir: t.TempDir(), addr: "127.0.0.1:0"}
+	if err := k.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.cmd.Process.Kill(); _ = k.cmd.Wait() })
+	return k
+}
+
+func (k *devKafka) start() error {
+	cmd := exec.Command(k.bin, "devkafka", "--addr", k.addr, "--partitions", "4", "--data-dir", k.dir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	f := strings.Fields(line)
 	if err != nil || len(f) < 4 || f[1] != "listening" {
-		t.Fatalf("devkafka: unexpected first line %q (%v)", line, err)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return fmt.Errorf("devkafka: unexpected first line %q (%v)", line, err)
 	}
 	go func() { _, _ = bufio.NewReader(stdout).WriteTo(discard{}) }()
-	return f[3]
+	k.cmd, k.addr = cmd, f[3]
+	return nil
+}
+
+// restart stops the broker with sig (SIGKILL: a crash; SIGTERM: a clean
+// stop), waits down, and starts it again on the same address and data.
+func (k *devKafka) restart(sig syscall.Signal, down time.Duration) error {
+	if err := k.cmd.Process.Signal(sig); err != nil {
+		return err
+	}
+	_ = k.cmd.Wait()
+	time.Sleep(down)
+	return k.start()
 }
 
 type discard struct{}
