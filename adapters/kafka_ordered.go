@@ -55,11 +55,13 @@ var claimEpochs atomic.Uint64
 // above a gap are consumed again after a crash or rebalance (at-least-once,
 // as ever), unfinished ones are never skipped.
 //
-// When the session ends (rebalance, broker lost), no new message is sent;
-// the claim waits for the messages already handed out, at most
-// SessionTimeout, marks those acked meanwhile and returns, so Sarama's last
-// commit includes them. Close does not wait: like watermill-kafka's
-// subscriber it abandons unacked messages (they come again).
+// When the session ends (rebalance, broker lost, Close, Subscribe's context
+// done), no new message is sent; the claim waits for the messages already
+// handed out, at most SessionTimeout, marks those acked meanwhile and
+// returns, so Sarama's last commit includes them. So Close returns once
+// the handlers in flight finished (or SessionTimeout passed): a message
+// acked during a shutdown is not consumed again, where watermill-kafka's
+// subscriber abandons it.
 type orderedKafkaSubscriber struct {
 	k           KafkaConfig
 	sc          *sarama.Config
@@ -345,6 +347,14 @@ func (c *claimRun) deliver(r *claimRecord) {
 	msg.SetContext(antidote.WithClaimPosition(ctx, c.partition, r.rec.Offset, c.epoch, false))
 	done := c.h.ctx.Done()
 	for {
+		// Nothing is handed out once the claim drains, even while the
+		// channel would take it.
+		select {
+		case <-c.drainCh:
+			c.results <- deliveryResult{r: r}
+			return
+		default:
+		}
 		select {
 		case c.h.out <- msg:
 		case <-c.drainCh:
@@ -354,15 +364,15 @@ func (c *claimRun) deliver(r *claimRecord) {
 			c.results <- deliveryResult{r: r}
 			return
 		}
+		// Handed out: wait for the handler's answer, through a drain
+		// too (the claim bounds it by closing stop), so that an ack given
+		// while closing still reaches the commit.
 		select {
 		case <-msg.Acked():
 			c.results <- deliveryResult{r: r, acked: true}
 			return
 		case <-msg.Nacked():
 		case <-c.stop:
-			c.results <- deliveryResult{r: r}
-			return
-		case <-done:
 			c.results <- deliveryResult{r: r}
 			return
 		}
