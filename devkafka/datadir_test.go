@@ -118,6 +118,33 @@ func TestDataDirNotADirectory(t *testing.T) {
 	}
 }
 
+// Damaged state files are an error naming the directory and the file,
+// never a broker that starts with part of its data.
+func TestDataDirDamaged(t *testing.T) {
+	dir := t.TempDir()
+	b, err := devkafka.Start(devkafka.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := os.WriteFile(filepath.Join(dir, "meta.json"), []byte("{damaged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = devkafka.Start(devkafka.Config{DataDir: dir})
+	if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "meta.json") || !strings.Contains(err.Error(), "move the directory away") {
+		t.Fatalf("damaged meta.json: %v", err)
+	}
+	// The failed start released the directory.
+	if err := os.Remove(filepath.Join(dir, "meta.json")); err != nil {
+		t.Fatal(err)
+	}
+	b, err = devkafka.Start(devkafka.Config{DataDir: dir})
+	if err != nil {
+		t.Fatalf("after the damaged file was removed: %v", err)
+	}
+	b.Close()
+}
+
 // startChild runs this test binary as a broker process on dir.
 func startChild(t *testing.T, dir string) (*exec.Cmd, string) {
 	t.Helper()

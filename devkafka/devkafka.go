@@ -197,7 +197,7 @@ func Start(cfg Config) (*Broker, error) {
 		}
 		b.unlock()
 		if cfg.DataDir != "" {
-			return nil, fmt.Errorf("devkafka: start on %s with data directory %s: %w", cfg.Addr, cfg.DataDir, err)
+			return nil, fmt.Errorf("devkafka: start on %s with data directory %s (if its files are damaged, move the directory away to start empty): %w", cfg.Addr, cfg.DataDir, err)
 		}
 		return nil, fmt.Errorf("devkafka: listen on %s: %w", cfg.Addr, err)
 	}
