@@ -3,19 +3,15 @@ package dlq_test
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/hospital"
-	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
+	"github.com/antidote-mq/antidote/internal/testenv/hospitalstore"
 	"github.com/antidote-mq/antidote/middleware"
-	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
 )
@@ -43,19 +39,7 @@ func TestHospitalOnStore(t *testing.T) {
 			go func() { _ = r.Run(ctx) }()
 			<-r.Running()
 
-			pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pool.Close()
-			prefix := "hosp_" + strings.ToLower(watermill.NewShortUUID())
-			store, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{Pool: pool, Table: prefix})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_, _ = pool.Exec(context.Background(), fmt.Sprintf(`DROP TABLE IF EXISTS %[1]s_letters, %[1]s_groups, %[1]s_rates, %[1]s_audit, %[1]s_canaries`, prefix))
-			})
+			store, _, _ := hospitalstore.New(t, "hosp_")
 			icfg := cfg
 			icfg.Kafka.ConsumerGroup = "antidote-hospital"
 			ib := brokers.Open(t, icfg)

@@ -12,33 +12,20 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
+	"github.com/antidote-mq/antidote/internal/testenv/hospitalstore"
 	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 )
 
 func newStore(t *testing.T) *pgstore.HospitalStore {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	prefix := "hosp_" + strings.ToLower(watermill.NewShortUUID())
-	s, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{Pool: pool, Table: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+prefix+`_letters", "`+prefix+`_groups"`)
-	})
+	s, _, _ := hospitalstore.New(t, "hosp_")
 	return s
 }
 

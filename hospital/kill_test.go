@@ -10,13 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
+	"github.com/antidote-mq/antidote/internal/testenv/hospitalstore"
 	"github.com/antidote-mq/antidote/pgstore"
 )
 
@@ -72,19 +70,7 @@ func TestIngestKilled(t *testing.T) {
 				}
 			}
 			url := testenv.PostgresURL(t)
-			pool, err := pgxpool.New(context.Background(), url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pool.Close()
-			table := "hosp_" + strings.ToLower(watermill.NewShortUUID())
-			store, err := pgstore.NewHospitalStore(context.Background(), pgstore.HospitalStoreConfig{Pool: pool, Table: table})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+table+`_letters", "`+table+`_groups"`)
-			})
+			store, pool, table := hospitalstore.New(t, "hosp_")
 			stored := func() int {
 				var c int
 				if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM "`+table+`_letters"`).Scan(&c); err != nil {

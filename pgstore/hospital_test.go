@@ -8,31 +8,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/fingerprint"
 	"github.com/antidote-mq/antidote/hospital"
-	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/hospitalstore"
 	"github.com/antidote-mq/antidote/pgstore"
 )
 
 func newHospitalStore(t *testing.T) (*pgstore.HospitalStore, *pgxpool.Pool) {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	prefix := "hosp_" + strings.ToLower(watermill.NewShortUUID())
-	s, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{Pool: pool, Table: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+prefix+`_letters", "`+prefix+`_groups"`)
-	})
+	s, pool, _ := hospitalstore.New(t, "hosp_")
 	return s, pool
 }
 

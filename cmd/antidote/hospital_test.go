@@ -9,11 +9,11 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/hospitalstore"
 	"github.com/antidote-mq/antidote/pgstore"
 )
 
@@ -92,15 +92,8 @@ func TestHospitalIngestCommand(t *testing.T) {
 	t.Setenv("ANTIDOTE_BROKER", "postgres")
 	t.Setenv("ANTIDOTE_POSTGRES_URL", url)
 	t.Setenv(envHospitalURL, url)
-	table := "hcli_" + strings.ToLower(watermill.NewShortUUID())
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+table+`_letters", "`+table+`_groups", "`+table+`_rates", "`+table+`_audit"`)
-	})
+	table := hospitalstore.Name(t, "hcli_")
+	pool := hospitalstore.Pool(t)
 	topic := "hcli_" + watermill.NewShortUUID()
 	deadLetter(t, adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{URL: url}}, topic, 4)
 
@@ -139,15 +132,8 @@ func TestDLQCommandsOnTheStore(t *testing.T) {
 	t.Setenv("ANTIDOTE_POSTGRES_URL", url)
 	t.Setenv(envHospitalURL, url)
 	t.Setenv("COLUMNS", "140")
-	table := "hdlq_" + strings.ToLower(watermill.NewShortUUID())
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+table+`_letters", "`+table+`_groups", "`+table+`_rates", "`+table+`_audit", "`+table+`_canaries"`)
-	})
+	table := hospitalstore.Name(t, "hdlq_")
+	pool := hospitalstore.Pool(t)
 	topic := "hdlq_" + watermill.NewShortUUID()
 	deadLetter(t, adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{URL: url}}, topic, 3)
 	cli := func(want int, args ...string) string {

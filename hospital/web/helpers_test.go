@@ -23,7 +23,7 @@ import (
 	"github.com/antidote-mq/antidote/fingerprint"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/hospital/web"
-	"github.com/antidote-mq/antidote/internal/testenv"
+	"github.com/antidote-mq/antidote/internal/testenv/hospitalstore"
 	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -33,21 +33,7 @@ const token = "s3cret-token-for-the-hospital-tests"
 // newStore is a real PostgreSQL hospital store with tables of its own.
 func newStore(t *testing.T) (*pgstore.HospitalStore, *pgxpool.Pool, string) {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	prefix := "hweb_" + strings.ToLower(watermill.NewShortUUID())
-	s, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{Pool: pool, Table: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS "`+prefix+`_letters", "`+prefix+`_groups", "`+prefix+`_rates", "`+prefix+`_audit"`)
-	})
-	return s, pool, prefix
+	return hospitalstore.New(t, "hweb_")
 }
 
 // recorder is a Publisher that records every message published, before
