@@ -136,6 +136,17 @@ type KafkaConfig struct {
 	// "unordered" (any Concurrency messages of a partition at once).
 	Ordering string `yaml:"ordering"`
 
+	// ReadAheadBytes bounds, with Concurrency above 1, the bytes of records
+	// (key, value, headers) one partition holds read and not yet finished:
+	// in flight, or waiting behind a message of their key. Default 64 MiB.
+	// Reading pauses at the bound (and at max(1000, 64×Concurrency)
+	// records) until messages finish, so a key held back by retries cannot
+	// pull a partition of large records into memory. Lower: less memory
+	// per partition, fewer large messages at once; it never stops a
+	// partition, one record is always let through. Sarama's own buffer
+	// (256 records per partition) comes on top, as with Concurrency 1.
+	ReadAheadBytes int `yaml:"read_ahead_bytes"`
+
 	// SyncCommit commits each acked offset before the next message of the
 	// partition is handled, instead of Sarama committing acked offsets in the
 	// background every second. Default false: a synchronous commit costs a
@@ -289,6 +300,7 @@ const (
 	DefaultKafkaVersion   = "2.1.0"
 
 	DefaultKafkaMaxMessageBytes    = 1 << 20
+	DefaultKafkaReadAheadBytes     = 64 << 20
 	DefaultAMQPMaxMessageBytes     = 128 << 20
 	DefaultPostgresMaxMessageBytes = 64 << 20
 )
@@ -322,6 +334,9 @@ func (c *Config) SetDefaults() {
 	}
 	if k.Concurrency == 0 {
 		k.Concurrency = 1
+	}
+	if k.ReadAheadBytes == 0 {
+		k.ReadAheadBytes = DefaultKafkaReadAheadBytes
 	}
 	if k.Ordering == "" {
 		k.Ordering = KafkaOrderingKey
@@ -435,6 +450,9 @@ func (c Config) Validate() error {
 		}
 		if k.Concurrency < 1 {
 			bad("kafka.concurrency", "%d is less than 1; use 1 (one message per partition at a time) or more", k.Concurrency)
+		}
+		if k.ReadAheadBytes < 0 {
+			bad("kafka.read_ahead_bytes", "%d is negative; use a size in bytes such as 67108864 (64 MiB)", k.ReadAheadBytes)
 		}
 		switch k.Ordering {
 		case KafkaOrderingKey, KafkaOrderingPartition, KafkaOrderingUnordered:

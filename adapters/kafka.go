@@ -97,6 +97,11 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 // each broker about ten times a second instead of twice.
 const orderedFetchWait = 100 * time.Millisecond
 
+// orderedChannelBuffer is the key-ordered subscriber's Sarama
+// ChannelBufferSize (256 by default): records waiting between a fetch
+// and the claim, which reads them as fast as its read-ahead allows.
+const orderedChannelBuffer = 16
+
 // EmbeddedKafkaStarter starts an in-process Kafka broker listening on addr
 // ("" for a free loopback port) whose auto-created topics have partitions
 // partitions (0: its default), returning its bootstrap addresses and a
@@ -188,8 +193,12 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 		// It reads ahead of the handlers, so its fetches often wait idle
 		// on the broker when a consumer closes or a rebalance starts, and
 		// both wait for them: a shorter long-poll than Sarama's 500ms.
+		// It holds its own bounded read-ahead (kafka.read_ahead_bytes), so
+		// Sarama's per-partition buffer in front of it is kept small: at
+		// 256 records of 1 MiB it alone would hold 256 MiB a partition.
 		osc := *sc
 		osc.Consumer.MaxWaitTime = orderedFetchWait
+		osc.ChannelBufferSize = orderedChannelBuffer
 		ks.ordered = newOrderedKafkaSubscriber(*k, &osc, marshaler, logger)
 		b.onClose(ks.ordered.Close)
 	}

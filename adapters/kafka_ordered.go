@@ -205,6 +205,7 @@ func (h *orderedHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sa
 		epoch:     claimEpochs.Add(1),
 		limit:     n,
 		windowMax: max(1000, 64*n),
+		heldMax:   int64(h.s.k.ReadAheadBytes),
 		results:   make(chan deliveryResult, n),
 		drainCh:   make(chan struct{}),
 		stop:      make(chan struct{}),
@@ -224,6 +225,11 @@ type claimRun struct {
 	epoch     uint64
 	limit     int // most messages in flight
 	windowMax int // most records read and not yet acked
+	heldMax   int64
+	// held is the bytes of the records read and not yet finished (in
+	// flight, ready or waiting behind their key); reading pauses at
+	// heldMax, so a held-back key of large records cannot fill memory.
+	held int64
 
 	results  chan deliveryResult
 	drainCh  chan struct{} // closed when the session ends: send nothing more
@@ -253,6 +259,19 @@ type claimRecord struct {
 	msg   *message.Message
 	key   string
 	keyed bool
+	size  int64
+}
+
+// recordSize is what a record holds in memory here, roughly: its key,
+// value and headers.
+func recordSize(rec *sarama.ConsumerMessage) int64 {
+	n := len(rec.Key) + len(rec.Value)
+	for _, h := range rec.Headers {
+		if h != nil {
+			n += len(h.Key) + len(h.Value)
+		}
+	}
+	return int64(n)
 }
 
 type keyQueue struct {
@@ -268,7 +287,9 @@ func (c *claimRun) run(records <-chan *sarama.ConsumerMessage) error {
 	sessDone := c.sess.Context().Done()
 	for !c.draining {
 		in := records
-		if len(c.window)-c.head >= c.windowMax {
+		// Something read is always in flight or waiting behind a
+		// message in flight, so reading resumes as they finish.
+		if len(c.window)-c.head >= c.windowMax || c.held >= c.heldMax {
 			in = nil
 		}
 		select {
@@ -303,7 +324,8 @@ func (c *claimRun) add(rec *sarama.ConsumerMessage) error {
 	}
 	c.window = append(c.window, windowEntry{offset: rec.Offset})
 	c.last = rec.Offset
-	r := &claimRecord{rec: rec, msg: msg}
+	r := &claimRecord{rec: rec, msg: msg, size: recordSize(rec)}
+	c.held += r.size
 	switch c.h.s.k.Ordering {
 	case KafkaOrderingPartition:
 		r.keyed = true
@@ -397,6 +419,7 @@ func (c *claimRun) deliver(r *claimRecord) {
 
 func (c *claimRun) complete(res deliveryResult) {
 	c.inflight--
+	c.held -= res.r.size
 	if res.acked {
 		c.ack(res.r.rec.Offset)
 	}

@@ -154,6 +154,7 @@ var EnvVars = []EnvVar{
 	envVar("kafka.nack_resend_sleep", "pause before a nacked message is redelivered"),
 	envVar("kafka.concurrency", "messages of one partition handled at once; 1: watermill-kafka's subscriber, one at a time. Above 1: up to N at once in `kafka.ordering`'s order, committing the lowest unacked offset"),
 	envVar("kafka.ordering", "with `kafka.concurrency` above 1: `key` (same record key one at a time, in order; keyless messages unordered), `partition` (one at a time) or `unordered`"),
+	envVar("kafka.read_ahead_bytes", "with `kafka.concurrency` above 1: the most bytes of records a partition holds read and not finished (a held-back key of large records cannot fill memory); one record always passes"),
 	envVar("kafka.sync_commit", "commit each acked offset before the next message instead of every `commit_interval` (a round trip per message; after a crash nothing processed comes again)"),
 	envVar("kafka.commit_interval", "how often acked offsets are committed (shorter: exact lag for backpressure, less redelivery after a crash)"),
 	envVar("kafka.session_timeout", "how long before a silent (crashed) consumer's partitions move to others"),
