@@ -73,6 +73,10 @@ type orderedKafkaSubscriber struct {
 	// it failed.
 	reconnect time.Duration
 
+	// fences hold back records whose earlier delivery a claim gave up
+	// while its handler still runs (see fences).
+	fences fences
+
 	closing   chan struct{}
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -209,6 +213,8 @@ func (h *orderedHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sa
 		results:   make(chan deliveryResult, n),
 		drainCh:   make(chan struct{}),
 		stop:      make(chan struct{}),
+		unfenced:  make(chan string),
+		finished:  make(chan struct{}),
 		keys:      make(map[string]*keyQueue),
 		marked:    -1,
 	}
@@ -234,6 +240,8 @@ type claimRun struct {
 	results  chan deliveryResult
 	drainCh  chan struct{} // closed when the session ends: send nothing more
 	stop     chan struct{} // closed when the drain's time is up
+	unfenced chan string   // a key whose fence came down
+	finished chan struct{} // closed when run returns
 	draining bool
 
 	inflight int
@@ -284,6 +292,7 @@ type deliveryResult struct {
 }
 
 func (c *claimRun) run(records <-chan *sarama.ConsumerMessage) error {
+	defer close(c.finished)
 	sessDone := c.sess.Context().Done()
 	for !c.draining {
 		in := records
@@ -305,6 +314,8 @@ func (c *claimRun) run(records <-chan *sarama.ConsumerMessage) error {
 			}
 		case r := <-c.results:
 			c.complete(r)
+		case k := <-c.unfenced:
+			c.release(k)
 		case <-sessDone:
 			c.startDrain()
 		case <-c.h.ctx.Done():
@@ -333,6 +344,23 @@ func (c *claimRun) add(rec *sarama.ConsumerMessage) error {
 		if len(rec.Key) > 0 {
 			r.key, r.keyed = string(rec.Key), true
 		}
+	}
+	fk := r.key
+	if !r.keyed {
+		fk = unkeyedFence(rec.Offset)
+	}
+	if f := c.h.s.fences.up(fenceID{c.topic, c.partition, fk}); f != nil {
+		// An earlier claim gave this record (or its key) up while a
+		// handler still runs it: wait for that handler, as for a key busy
+		// in this claim.
+		r.key, r.keyed = fk, true
+		if q, busy := c.keys[r.key]; busy {
+			q.waiting = append(q.waiting, r)
+			return nil
+		}
+		c.keys[r.key] = &keyQueue{waiting: []*claimRecord{r}}
+		go c.watch(f, r.key)
+		return nil
 	}
 	if !r.keyed {
 		c.ready = append(c.ready, r)
@@ -395,7 +423,22 @@ func (c *claimRun) deliver(r *claimRecord) {
 			return
 		case <-msg.Nacked():
 		case <-c.stop:
+			// Given up, its handler still running: fence it off from
+			// the next claim until the handler answers.
+			fk := r.key
+			if !r.keyed {
+				fk = unkeyedFence(r.rec.Offset)
+			}
+			id := fenceID{c.topic, c.partition, fk}
+			f := c.h.s.fences.raise(id)
 			c.results <- deliveryResult{r: r}
+			cancel() // its context ends, so that it ends soon
+			select {
+			case <-msg.Acked():
+			case <-msg.Nacked():
+			case <-c.h.s.closing:
+			}
+			c.h.s.fences.lower(id, f)
 			return
 		}
 		msg = msg.Copy()
@@ -426,15 +469,36 @@ func (c *claimRun) complete(res deliveryResult) {
 	if c.draining || !res.r.keyed {
 		return
 	}
-	q := c.keys[res.r.key]
+	c.release(res.r.key)
+}
+
+// release lets the next record waiting on key go, or frees the key.
+func (c *claimRun) release(key string) {
+	if c.draining {
+		return
+	}
+	q := c.keys[key]
 	if len(q.waiting) == 0 {
-		delete(c.keys, res.r.key)
+		delete(c.keys, key)
 		return
 	}
 	next := q.waiting[0]
 	q.waiting[0] = nil
 	q.waiting = q.waiting[1:]
 	c.ready = append(c.ready, next)
+}
+
+// watch tells the claim when the fence on key comes down.
+func (c *claimRun) watch(f *fence, key string) {
+	select {
+	case <-f.done:
+	case <-c.finished:
+		return
+	}
+	select {
+	case c.unfenced <- key:
+	case <-c.finished:
+	}
 }
 
 // ack records offset as done and marks the lowest offset not yet done.

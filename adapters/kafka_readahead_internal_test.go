@@ -28,31 +28,54 @@ func (s *fakeSession) MarkOffset(_ string, _ int32, offset int64, _ string) {
 	s.mu.Unlock()
 }
 
-// claimFor runs a claim of one partition over records fed by the caller,
-// with key ordering, concurrency n and a read-ahead of readAhead bytes.
-func claimFor(t *testing.T, n, readAhead int) (records chan *sarama.ConsumerMessage, out chan *message.Message, sess *fakeSession, stop func()) {
+// testClaims is a key-ordered subscriber whose claims the test runs by
+// hand, feeding their records; their messages come out of out.
+type testClaims struct {
+	s   *orderedKafkaSubscriber
+	out chan *message.Message
+	ctx context.Context
+}
+
+func newTestClaims(t *testing.T, n, readAhead int) *testClaims {
 	t.Helper()
 	k := KafkaConfig{Concurrency: n, Ordering: KafkaOrderingKey, ReadAheadBytes: readAhead, SessionTimeout: time.Second}
-	sc := sarama.NewConfig()
-	s := newOrderedKafkaSubscriber(k, sc, TolerantKafkaUnmarshaler{Inner: kafka.DefaultMarshaler{}}, watermill.NopLogger{})
-	ctx, cancel := context.WithCancel(context.Background())
-	out = make(chan *message.Message)
-	h := &orderedHandler{s: s, ctx: ctx, out: out, fields: watermill.LogFields{}}
+	s := newOrderedKafkaSubscriber(k, sarama.NewConfig(), TolerantKafkaUnmarshaler{Inner: kafka.DefaultMarshaler{}}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = s.Close() })
+	return &testClaims{s: s, out: make(chan *message.Message), ctx: context.Background()}
+}
+
+// claim starts a claim of partition 0 of topic t; end ends its session
+// and returns once the claim returned, answering nothing meanwhile.
+func (tc *testClaims) claim() (records chan *sarama.ConsumerMessage, sess *fakeSession, end func()) {
+	ctx, cancel := context.WithCancel(tc.ctx)
+	h := &orderedHandler{s: tc.s, ctx: tc.ctx, out: tc.out, fields: watermill.LogFields{}}
 	sess = &fakeSession{ctx: ctx, marked: -1}
 	records = make(chan *sarama.ConsumerMessage) // unbuffered: a send is a read
-	c := &claimRun{h: h, sess: sess, topic: "t", partition: 0, epoch: 1, limit: n,
-		windowMax: max(1000, 64*n), heldMax: int64(readAhead),
+	n := tc.s.k.Concurrency
+	c := &claimRun{h: h, sess: sess, topic: "t", partition: 0, epoch: claimEpochs.Add(1), limit: n,
+		windowMax: max(1000, 64*n), heldMax: int64(tc.s.k.ReadAheadBytes),
 		results: make(chan deliveryResult, n), drainCh: make(chan struct{}), stop: make(chan struct{}),
+		unfenced: make(chan string), finished: make(chan struct{}),
 		keys: map[string]*keyQueue{}, marked: -1}
 	done := make(chan struct{})
 	go func() { _ = c.run(records); close(done) }()
-	return records, out, sess, func() {
-		cancel()
+	return records, sess, func() { cancel(); <-done }
+}
+
+// claimFor runs one claim with key ordering, concurrency n and a
+// read-ahead of readAhead bytes; stop ends it, nacking what comes out.
+func claimFor(t *testing.T, n, readAhead int) (records chan *sarama.ConsumerMessage, out chan *message.Message, sess *fakeSession, stop func()) {
+	t.Helper()
+	tc := newTestClaims(t, n, readAhead)
+	records, sess, end := tc.claim()
+	return records, tc.out, sess, func() {
+		ended := make(chan struct{})
+		go func() { end(); close(ended) }()
 		for {
 			select {
-			case <-done:
+			case <-ended:
 				return
-			case m := <-out:
+			case m := <-tc.out:
 				m.Nack()
 			}
 		}
