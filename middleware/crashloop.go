@@ -251,6 +251,11 @@ type CrashLoopGuard struct {
 
 	// decr is the tracker's DeliveryDecrementer, nil when it has none.
 	decr poison.DeliveryDecrementer
+	// peek is the tracker's DeliveryPeeker when it has one and a
+	// DeliveryDecrementer and is not the memory tracker (whose counts die
+	// with the process): then a delivery is counted only once it may run
+	// (see runPeeked); nil otherwise.
+	peek poison.DeliveryPeeker
 
 	// isolate runs a suspect alone: a delivery counted more than once was
 	// in flight when a process died, and with several messages in flight
@@ -327,6 +332,9 @@ func NewCrashLoopGuard(cfg CrashLoopGuardConfig) (*CrashLoopGuard, error) {
 	case interface{ NonBlocking() bool }:
 		d.nonBlocking = t.NonBlocking()
 	}
+	if p, ok := cfg.Tracker.(poison.DeliveryPeeker); ok && d.decr != nil && !d.memoryTracker {
+		d.peek = p
+	}
 	return d, nil
 }
 
@@ -334,6 +342,9 @@ func NewCrashLoopGuard(cfg CrashLoopGuardConfig) (*CrashLoopGuard, error) {
 // message.Router.AddMiddleware or AddHandler(...).AddMiddleware.
 func (d *CrashLoopGuard) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		if d.peek != nil {
+			return d.runPeeked(h, msg)
+		}
 		key, n, counted := d.count(msg)
 		if !counted {
 			if !d.isolate.TryRLock() {
@@ -342,29 +353,110 @@ func (d *CrashLoopGuard) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			defer d.isolate.RUnlock()
 			return h(msg)
 		}
+		return d.runCounted(h, msg, key, n)
+	}
+}
+
+// runPeeked is Middleware with a tracker that can read a count: it reads
+// the delivery's count first, waits (uncounted) for the lock its kind
+// needs, a suspect (counted before) the write lock, the others a read
+// lock, and only then counts it. So a process that dies while a delivery
+// waits, killed by the message running then, does not count against it,
+// with no window: counting first and taking the count back while waiting
+// left a round trip in which a killer running beside a suspect that had
+// just arrived counted against it (the chaos test with kafka.concurrency
+// and SIGKILLs found healthy messages quarantined that way). Only where
+// the default detector picks the deliveries to count by Kafka offset: it
+// counts possible redeliveries alone, so the read costs a round trip on
+// those only.
+func (d *CrashLoopGuard) runPeeked(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
+	key, offset, ok := d.identify(msg)
+	if !ok {
+		return d.runUnguarded(h, msg)
+	}
+	ctx := msg.Context()
+	d.forgetUnforgotten(ctx, key)
+	if !offset || d.cfg.AlwaysCount || d.cfg.MayBeRedelivery != nil {
+		// Every delivery is counted here (no offsets: see CrashLoopGuard;
+		// AlwaysCount), or the caller's detector decides: reading first
+		// would add a round trip to each, first deliveries included.
+		n, err := d.incr(msg, key)
+		if err != nil {
+			return d.runUnguarded(h, msg)
+		}
+		return d.runCounted(h, msg, key, n)
+	}
+	prev, err := d.peek.Count(ctx, key)
+	if err != nil {
+		// Cannot tell a suspect: count first, as without a peeker.
+		n, err := d.incr(msg, key)
+		if err != nil {
+			return d.runUnguarded(h, msg)
+		}
+		return d.runCounted(h, msg, key, n)
+	}
+	suspect := prev >= 1
+	if suspect {
+		d.isolate.Lock()
+	} else if !d.isolate.TryRLock() {
+		d.isolate.RLock()
+	}
+	unlock := d.isolate.RUnlock
+	if suspect {
+		unlock = d.isolate.Unlock
+	}
+	n, err := d.incr(msg, key)
+	if err != nil {
+		unlock()
+		return d.runUnguarded(h, msg)
+	}
+	if n > d.cfg.MaxDeliveries {
+		unlock()
+		return d.quarantine(msg, key, n)
+	}
+	if !suspect && n > 1 {
+		// Counted elsewhere meanwhile (another consumer): a suspect after
+		// all, which runs alone.
+		unlock()
+		return d.runIsolated(h, msg, key, n)
+	}
+	defer unlock()
+	return d.runTracked(h, msg, key)
+}
+
+// runUnguarded runs h beside the others, uncounted (the tracker failed).
+func (d *CrashLoopGuard) runUnguarded(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
+	if !d.isolate.TryRLock() {
+		d.isolate.RLock()
+	}
+	defer d.isolate.RUnlock()
+	return h(msg)
+}
+
+// runCounted is Middleware's path for a delivery counted n.
+func (d *CrashLoopGuard) runCounted(h message.HandlerFunc, msg *message.Message, key string, n int) ([]*message.Message, error) {
+	if n > d.cfg.MaxDeliveries {
+		return d.quarantine(msg, key, n)
+	}
+	if n > 1 {
+		return d.runIsolated(h, msg, key, n)
+	}
+	if !d.isolate.TryRLock() {
+		// A suspect runs alone: wait uncounted, so a crash while
+		// waiting does not count against this message.
+		n = d.waitCounted(msg, key, n, d.isolate.RLock)
 		if n > d.cfg.MaxDeliveries {
+			d.isolate.RUnlock()
 			return d.quarantine(msg, key, n)
 		}
-		if n > 1 {
-			return d.runIsolated(h, msg, key, n)
-		}
-		if !d.isolate.TryRLock() {
-			// A suspect runs alone: wait uncounted, so a crash while
-			// waiting does not count against this message.
-			n = d.waitCounted(msg, key, n, d.isolate.RLock)
-			if n > d.cfg.MaxDeliveries {
-				d.isolate.RUnlock()
-				return d.quarantine(msg, key, n)
-			}
-		}
-		defer d.isolate.RUnlock()
-		if d.decr != nil && !d.memoryTracker {
-			return d.runTracked(h, msg, key)
-		}
-		produced, herr := h(msg)
-		d.forget(msg, key)
-		return produced, herr
 	}
+	defer d.isolate.RUnlock()
+	if d.decr != nil && !d.memoryTracker {
+		return d.runTracked(h, msg, key)
+	}
+	produced, herr := h(msg)
+	d.forget(msg, key)
+	return produced, herr
 }
 
 // runIsolated runs a suspect (a delivery counted more than once) with
@@ -508,7 +600,21 @@ func deliveryBusy(ctx context.Context) {
 // Middleware's closure, so the frame kept on the stack while the handler
 // runs is small.
 func (d *CrashLoopGuard) count(msg *message.Message) (key string, n int, counted bool) {
-	ctx := msg.Context()
+	key, _, ok := d.identify(msg)
+	if !ok {
+		return "", 0, false
+	}
+	d.forgetUnforgotten(msg.Context(), key)
+	n, err := d.incr(msg, key)
+	if err != nil {
+		return "", 0, false
+	}
+	return key, n, true
+}
+
+// identify returns the delivery's key, whether it has a Kafka offset, and
+// whether it is to be counted at all (count's first part).
+func (d *CrashLoopGuard) identify(msg *message.Message) (key string, offset, ok bool) {
 	o := d.originOf(msg)
 	if o.ConsumerGroup == "" {
 		o.ConsumerGroup = d.cfg.ConsumerGroup
@@ -517,28 +623,35 @@ func (d *CrashLoopGuard) count(msg *message.Message) (key string, n int, counted
 	// a redelivery; counting it under a shared key would quarantine
 	// unrelated healthy messages. It runs unguarded.
 	if !o.HasOffset && msg.UUID == "" {
-		return "", 0, false
+		return "", false, false
 	}
-	if !d.mayBeRedelivery(ctx, msg, o) {
-		return "", 0, false
+	if !d.mayBeRedelivery(msg.Context(), msg, o) {
+		return "", false, false
 	}
+	return poison.DeliveryKeyOf(o, msg.UUID), o.HasOffset, true
+}
 
-	key = poison.DeliveryKeyOf(o, msg.UUID)
+// forgetUnforgotten forgets key first if its last Forget failed.
+func (d *CrashLoopGuard) forgetUnforgotten(ctx context.Context, key string) {
 	if d.nUnforgotten.Load() > 0 {
 		if _, ok := d.unforgotten.Load(key); ok && d.cfg.Tracker.Forget(ctx, key) == nil {
 			d.unforgotten.Delete(key)
 			d.nUnforgotten.Add(-1)
 		}
 	}
-	n, err := d.cfg.Tracker.Incr(ctx, key)
+}
+
+// incr counts the delivery, logging a failure (the handler then runs
+// unguarded).
+func (d *CrashLoopGuard) incr(msg *message.Message, key string) (int, error) {
+	n, err := d.cfg.Tracker.Incr(msg.Context(), key)
 	if err != nil {
 		d.cfg.Logger.Error("Crash-loop guard cannot count the delivery; running the handler unguarded", err, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"delivery_key": key,
 		}))
-		return "", 0, false
 	}
-	return key, n, true
+	return n, err
 }
 
 func (d *CrashLoopGuard) quarantine(msg *message.Message, key string, n int) ([]*message.Message, error) {

@@ -86,7 +86,7 @@ func (c DeliveryTrackerConfig) Validate() error {
 type DeliveryTracker struct {
 	t *table
 
-	incrSQL, decrSQL, forgetSQL string
+	incrSQL, decrSQL, countSQL, forgetSQL string
 }
 
 // NewDeliveryTracker fills cfg's defaults, validates it, opens a pool when
@@ -111,6 +111,7 @@ ON CONFLICT (key) DO UPDATE SET
 RETURNING count`
 	d.forgetSQL = `DELETE FROM ` + t.ident + ` WHERE key = $1`
 	d.decrSQL = `UPDATE ` + t.ident + ` SET count = count - 1 WHERE key = $1 AND count > 0 RETURNING count`
+	d.countSQL = `SELECT CASE WHEN ` + expired + ` THEN 0 ELSE count END FROM ` + t.ident + ` WHERE key = $1`
 	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.deliveries", d.CreateTableSQL()); err != nil {
 		return nil, err
 	}
@@ -150,6 +151,22 @@ func (d *DeliveryTracker) Forget(ctx context.Context, key string) error {
 		return fmt.Errorf("pgstore: delivery tracker: forget %q: %w", key, err)
 	}
 	return nil
+}
+
+// Count implements poison.DeliveryPeeker.
+func (d *DeliveryTracker) Count(ctx context.Context, key string) (int, error) {
+	if d.t.closed() {
+		return 0, poison.ErrDeliveryTrackerClosed
+	}
+	var n int
+	err := d.t.pool.QueryRow(ctx, d.countSQL, key).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("pgstore: delivery tracker: count %q: %w", key, err)
+	}
+	return n, nil
 }
 
 // Decr implements poison.DeliveryDecrementer.

@@ -128,3 +128,17 @@ type DeliveryDecrementer interface {
 	// below 0). An unknown key is 0, not an error.
 	Decr(ctx context.Context, key string) (int, error)
 }
+
+// DeliveryPeeker is implemented by trackers that can read a count without
+// changing it (every tracker in this package, pgstore and redisstore).
+// With one, the crash-loop guard reads a delivery's count first and counts
+// a delivery counted before (a suspect: it was in flight when a process
+// died) only once it runs alone, so a process that dies while it waits,
+// killed by the message running then, never counts against it; without
+// one it counts first and takes the count back while it waits, which
+// leaves a round trip's window.
+type DeliveryPeeker interface {
+	// Count returns key's count: 0 for an unknown key or one whose TTL
+	// has passed.
+	Count(ctx context.Context, key string) (int, error)
+}

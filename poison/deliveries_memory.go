@@ -158,6 +158,24 @@ func (t *MemoryDeliveryTracker) Forget(ctx context.Context, key string) error {
 	return nil
 }
 
+// Count implements DeliveryPeeker.
+func (t *MemoryDeliveryTracker) Count(ctx context.Context, key string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return 0, ErrDeliveryTrackerClosed
+	}
+	e, ok := t.keys.Peek(key)
+	if !ok || !now.Before(e.expires) {
+		return 0, nil
+	}
+	return e.count, nil
+}
+
 // Decr implements DeliveryDecrementer.
 func (t *MemoryDeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
 	if err := ctx.Err(); err != nil {

@@ -113,6 +113,22 @@ if not n then return 0 end
 if tonumber(n) <= 0 then return 0 end
 return redis.call('DECR', KEYS[1])`)
 
+// Count implements poison.DeliveryPeeker.
+func (t *DeliveryTracker) Count(ctx context.Context, key string) (int, error) {
+	if t.c.closed() {
+		return 0, poison.ErrDeliveryTrackerClosed
+	}
+	k := t.c.key(key)
+	n, err := t.c.client.Get(ctx, k).Int()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: delivery tracker: count %q: %w", k, err)
+	}
+	return max(n, 0), nil
+}
+
 // Decr implements poison.DeliveryDecrementer.
 func (t *DeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
 	if t.c.closed() {

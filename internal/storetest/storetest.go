@@ -84,6 +84,36 @@ func DeliveryTracker(t *testing.T, open func(t *testing.T) poison.DeliveryTracke
 		assert.Equal(t, 0, n, "an unknown key is 0")
 	})
 
+	t.Run("reads a count without changing it", func(t *testing.T) {
+		tr := open(t)
+		p, ok := tr.(poison.DeliveryPeeker)
+		require.True(t, ok, "the tracker can read a count")
+		n, err := p.Count(ctx, "p")
+		require.NoError(t, err)
+		assert.Equal(t, 0, n, "an unknown key is 0")
+		for range 2 {
+			_, err = tr.Incr(ctx, "p")
+			require.NoError(t, err)
+		}
+		for range 2 { // reading twice changes nothing
+			n, err = p.Count(ctx, "p")
+			require.NoError(t, err)
+			assert.Equal(t, 2, n)
+		}
+		_, err = tr.(poison.DeliveryDecrementer).Decr(ctx, "p")
+		require.NoError(t, err)
+		n, err = p.Count(ctx, "p")
+		require.NoError(t, err)
+		assert.Equal(t, 1, n, "after a count taken back")
+		require.NoError(t, tr.Forget(ctx, "p"))
+		n, err = p.Count(ctx, "p")
+		require.NoError(t, err)
+		assert.Equal(t, 0, n, "after Forget")
+		n, err = tr.Incr(ctx, "p")
+		require.NoError(t, err)
+		assert.Equal(t, 1, n, "Count created nothing")
+	})
+
 	t.Run("concurrent increments are not lost", func(t *testing.T) {
 		tr := open(t)
 		const workers, each = 8, 25
@@ -122,6 +152,10 @@ func DeliveryTracker(t *testing.T, open func(t *testing.T) poison.DeliveryTracke
 		_, err := tr.Incr(ctx, "a")
 		assert.ErrorIs(t, err, poison.ErrDeliveryTrackerClosed)
 		assert.ErrorIs(t, tr.Forget(ctx, "a"), poison.ErrDeliveryTrackerClosed)
+		if p, ok := tr.(poison.DeliveryPeeker); ok {
+			_, err = p.Count(ctx, "a")
+			assert.ErrorIs(t, err, poison.ErrDeliveryTrackerClosed)
+		}
 	})
 }
 
