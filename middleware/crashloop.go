@@ -376,19 +376,18 @@ func (d *CrashLoopGuard) runPeeked(h message.HandlerFunc, msg *message.Message) 
 	}
 	ctx := msg.Context()
 	d.forgetUnforgotten(ctx, key)
-	if !offset || d.cfg.AlwaysCount || d.cfg.MayBeRedelivery != nil {
-		// Every delivery is counted here (no offsets: see CrashLoopGuard;
-		// AlwaysCount), or the caller's detector decides: reading first
-		// would add a round trip to each, first deliveries included.
-		n, err := d.incr(msg, key)
-		if err != nil {
-			return d.runUnguarded(h, msg)
-		}
-		return d.runCounted(h, msg, key, n)
+	// Where every delivery is counted (no offsets: see CrashLoopGuard;
+	// AlwaysCount) or the caller's detector decides, reading first would
+	// add a round trip to each, first deliveries included: count first
+	// there, as without a peeker; and when the read fails.
+	var prev int
+	peeked := offset && !d.cfg.AlwaysCount && d.cfg.MayBeRedelivery == nil
+	if peeked {
+		var err error
+		prev, err = d.peek.Count(ctx, key)
+		peeked = err == nil
 	}
-	prev, err := d.peek.Count(ctx, key)
-	if err != nil {
-		// Cannot tell a suspect: count first, as without a peeker.
+	if !peeked {
 		n, err := d.incr(msg, key)
 		if err != nil {
 			return d.runUnguarded(h, msg)
