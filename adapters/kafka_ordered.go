@@ -345,15 +345,12 @@ func (c *claimRun) add(rec *sarama.ConsumerMessage) error {
 			r.key, r.keyed = string(rec.Key), true
 		}
 	}
-	fk := r.key
-	if !r.keyed {
-		fk = unkeyedFence(rec.Offset)
-	}
-	if f := c.h.s.fences.up(fenceID{c.topic, c.partition, fk}); f != nil {
+	id := c.fenceOf(r)
+	if f := c.h.s.fences.up(id); f != nil {
 		// An earlier claim gave this record (or its key) up while a
 		// handler still runs it: wait for that handler, as for a key busy
 		// in this claim.
-		r.key, r.keyed = fk, true
+		r.key, r.keyed = id.key, true
 		if q, busy := c.keys[r.key]; busy {
 			q.waiting = append(q.waiting, r)
 			return nil
@@ -425,11 +422,7 @@ func (c *claimRun) deliver(r *claimRecord) {
 		case <-c.stop:
 			// Given up, its handler still running: fence it off from
 			// the next claim until the handler answers.
-			fk := r.key
-			if !r.keyed {
-				fk = unkeyedFence(r.rec.Offset)
-			}
-			id := fenceID{c.topic, c.partition, fk}
+			id := c.fenceOf(r)
 			f := c.h.s.fences.raise(id)
 			c.results <- deliveryResult{r: r}
 			cancel() // its context ends, so that it ends soon
@@ -466,10 +459,9 @@ func (c *claimRun) complete(res deliveryResult) {
 	if res.acked {
 		c.ack(res.r.rec.Offset)
 	}
-	if c.draining || !res.r.keyed {
-		return
+	if res.r.keyed {
+		c.release(res.r.key)
 	}
-	c.release(res.r.key)
 }
 
 // release lets the next record waiting on key go, or frees the key.
@@ -486,6 +478,15 @@ func (c *claimRun) release(key string) {
 	q.waiting[0] = nil
 	q.waiting = q.waiting[1:]
 	c.ready = append(c.ready, next)
+}
+
+// fenceOf is what a delivery of r fences: its key, or its offset when it
+// has no key to order by.
+func (c *claimRun) fenceOf(r *claimRecord) fenceID {
+	if r.keyed {
+		return fenceID{c.topic, c.partition, r.key}
+	}
+	return fenceID{c.topic, c.partition, unkeyedFence(r.rec.Offset)}
 }
 
 // watch tells the claim when the fence on key comes down.

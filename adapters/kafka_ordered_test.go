@@ -94,6 +94,12 @@ func publishKeyed(t *testing.T, pub message.Publisher, topic string, n, keys int
 	return per
 }
 
+// pos is a record's place: partition and offset.
+type pos struct {
+	p int32
+	o int64
+}
+
 func keySeq(m *message.Message) (string, int) {
 	key, seq, _ := strings.Cut(string(m.Payload), "/")
 	n, _ := strconv.Atoi(seq)
@@ -290,10 +296,6 @@ func TestKafkaConcurrentCommitsLowestUnacked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type pos struct {
-		p int32
-		o int64
-	}
 	acked := map[pos]bool{}
 	held := map[pos]*message.Message{}
 	for len(acked) < n/4 {
@@ -392,10 +394,6 @@ func TestKafkaConcurrentCloseCommitsWhatFinishes(t *testing.T) {
 	ch, err := a.Subscriber.Subscribe(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
-	}
-	type pos struct {
-		p int32
-		o int64
 	}
 	var hand []*message.Message
 	for len(hand) < inHand {
