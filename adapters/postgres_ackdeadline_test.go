@@ -274,3 +274,125 @@ func TestPostgresAckDeadlineRouterBreakerLosesNothing(t *testing.T) {
 	}
 	t.Logf("published %d: processed %d, dead-lettered %d, %d failed runs of %s", total, len(processed), len(letters), failures, bad)
 }
+
+// slowFirstLetter delays the first letter past the message's ack deadline,
+// as a DLQ publish that meets a slow database does; it gives up when the
+// letter's context ends.
+type slowFirstLetter struct {
+	message.Publisher
+	delay    time.Duration
+	mu       sync.Mutex
+	attempts int
+	onFirst  func()
+}
+
+func (p *slowFirstLetter) Publish(topic string, msgs ...*message.Message) error {
+	p.mu.Lock()
+	p.attempts++
+	first := p.attempts == 1
+	p.mu.Unlock()
+	if first {
+		p.onFirst()
+		ctx := msgs[0].Context()
+		select {
+		case <-time.After(p.delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return p.Publisher.Publish(topic, msgs...)
+}
+
+// The breaker's verdict on a held message comes late in a delivery whose
+// ack deadline is shorter than the hold, and the letter's publish outlasts
+// the deadline: the ack cannot reach the queue, which delivers the message
+// again. It must end with one letter, and its redelivery must not be held
+// for another MaxHoldTime (before: a second letter after another full hold,
+// and so on while publishes straddled deadlines).
+func TestPostgresAckDeadlineLetterOutlastingTheDeadline(t *testing.T) {
+	const ackDeadline = time.Second
+	b := pgOpen(t, func(p *adapters.PostgresConfig) {
+		p.AckDeadline = ackDeadline
+		p.ResendInterval = 50 * time.Millisecond
+	})
+	topic := "ackletter_" + watermill.NewShortUUID()
+	dlqTopic := antidote.DLQTopic(topic)
+	conn := pgConn(t, b, topic, dlqTopic)
+
+	var mu sync.Mutex
+	failures, failuresAtFirstLetter := 0, -1
+	dlqPub := &slowFirstLetter{Publisher: b.Publisher, delay: ackDeadline + ackDeadline/2, onFirst: func() {
+		mu.Lock()
+		failuresAtFirstLetter = failures
+		mu.Unlock()
+	}}
+	const attempts = 2
+	r, err := router.New(router.Config{CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{})},
+		CloseTimeout: 5 * time.Second,
+		DeadLetter:   middleware.DeadLetterConfig{Publisher: dlqPub, PublishTimeout: 10 * time.Second},
+		Retry:        middleware.RetryConfig{MaxAttempts: attempts, InitialInterval: 5 * time.Millisecond},
+		Breaker:      middleware.BreakerConfig{Backoff: 100 * time.Millisecond, MaxHoldTime: 2 * ackDeadline},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.AddConsumerHandler("h", topic, b.Subscriber, func(*message.Message) error {
+		mu.Lock()
+		failures++
+		mu.Unlock()
+		return poison.Transient(errors.New("downstream timeout"))
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- r.Run(ctx) }()
+	<-r.Running()
+	bad := message.NewMessage("held-"+watermill.NewShortUUID(), []byte("x"))
+	if err := b.Publisher.Publish(topic, bad); err != nil {
+		t.Fatal(err)
+	}
+	dlq, err := b.Subscriber.Subscribe(ctx, dlqTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	letters := 0
+	select {
+	case l := <-dlq:
+		l.Ack()
+		letters++
+	case <-time.After(30 * time.Second):
+		t.Fatal("no letter in 30s")
+	}
+	// The queue row is gone once the original is acked: then no further
+	// letter can come.
+	pgWait(t, 20*time.Second, "the held message is still in the queue table", func() bool {
+		return pgRows(t, conn, b, topic) == 0
+	})
+	for quiet := time.After(2 * ackDeadline); quiet != nil; {
+		select {
+		case l := <-dlq:
+			l.Ack()
+			letters++
+		case <-quiet:
+			quiet = nil
+		}
+	}
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if letters != 1 {
+		t.Errorf("%d letters for one message; want 1", letters)
+	}
+	if failuresAtFirstLetter < 0 {
+		t.Fatal("no letter was attempted")
+	}
+	// After the verdict: the delivery it came in (at most one more run),
+	// then one redelivery sent to the DLQ at once.
+	if extra := failures - failuresAtFirstLetter; extra > 3*attempts {
+		t.Errorf("the handler ran %d more times after the first letter was attempted; want at most %d (held again?)", extra, 3*attempts)
+	}
+	t.Logf("%d failed runs, %d before the first letter attempt; %d publish attempts", failures, failuresAtFirstLetter, dlqPub.attempts)
+}

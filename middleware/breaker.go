@@ -172,6 +172,14 @@ func (c BreakerConfig) Validate() error {
 // comes back. Past 10,000 holds at once all are forgotten (at worst
 // restarting some messages' MaxHoldTime), with one line saying so.
 //
+// A verdict waits for a delivery that can still be acked: when the
+// subscriber ended the delivery during the run (router closing, a
+// PostgreSQL ack deadline shorter than the hold), the message is nacked
+// and judged at its next delivery. A message sent to the DLQ is
+// remembered for as long as it keeps coming back: a redelivery (its ack
+// was lost, or the DLQ refused the letter) that fails transiently goes to
+// the DLQ again at once, not after another MaxHoldTime.
+//
 // A message with neither a UUID nor a Kafka offset cannot be told from its
 // redeliveries nor from others like it, so it is not tracked: refused while
 // the circuit is open like any other, but a transient failure of its own is
@@ -295,8 +303,10 @@ func (b *Breaker) settle(msg *message.Message, produced []*message.Message, herr
 		b.successes.Add(1)
 		b.release(msg)
 		return produced, nil
-	case isShutdown(msg, herr) || errors.Is(herr, poison.ErrDeferred):
-		return nil, herr // delivered again: a hold goes on
+	case deliveryOver(msg) || errors.Is(herr, poison.ErrDeferred):
+		// Delivered again: a hold goes on, and a verdict waits for the
+		// next delivery, whose ack can still reach the broker.
+		return nil, herr
 	case b.cfg.Classifier.Classify(herr) == poison.ClassPermanent:
 		b.end(msg, holdDeadLettered, "it failed permanently")
 		return nil, herr
@@ -306,8 +316,8 @@ func (b *Breaker) settle(msg *message.Message, produced []*message.Message, herr
 	if !tracked {
 		return b.settleUntracked(msg, herr)
 	}
-	if b.heldTooLong(k) {
-		b.end(msg, holdDeadLettered, "held longer than MaxHoldTime")
+	if why, done := b.decided(k); done {
+		b.letter(msg, k, why)
 		return nil, herr // DeadLetter takes it: retries_exhausted
 	}
 	if st := b.cb.State(); st != gobreaker.StateClosed {
@@ -315,7 +325,7 @@ func (b *Breaker) settle(msg *message.Message, produced []*message.Message, herr
 	}
 	own, why := b.judged(msg, k)
 	if own {
-		b.end(msg, holdDeadLettered, why)
+		b.letter(msg, k, why)
 		return nil, herr // others succeed while it keeps failing: the message's own problem
 	}
 	return nil, b.hold(msg, herr, why)
@@ -438,6 +448,9 @@ func (b *Breaker) hold(msg *message.Message, err error, why string) error {
 	now := time.Now()
 	b.mu.Lock()
 	r, ok := b.holds[k]
+	if r.lettered {
+		ok = false // sent to the DLQ before, refused now: a new hold
+	}
 	forgot := 0
 	if !ok {
 		if len(b.holds) >= b.maxHolds {
@@ -497,6 +510,12 @@ type holdRecord struct {
 	holds     int
 	// counted: reported held through OnHold; false once it went stale.
 	counted bool
+	// lettered: the breaker sent it to the DLQ. Kept (uncounted) until it
+	// is not delivered for staleAfter, so that a redelivery (its ack lost
+	// when its delivery ended during the publish, or the DLQ refused it)
+	// goes to the DLQ again at its next transient failure instead of
+	// starting a new MaxHoldTime.
+	lettered bool
 }
 
 // How a hold ends, as logged.
@@ -549,9 +568,14 @@ func (b *Breaker) end(msg *message.Message, how, why string) {
 		}
 	}
 	b.mu.Unlock()
-	if !found {
+	if !found || r.lettered { // a lettered one's end was logged
 		return
 	}
+	b.logEnd(msg, k, r, how, why)
+}
+
+// logEnd logs the end of r, msg's hold.
+func (b *Breaker) logEnd(msg *message.Message, k holdKey, r holdRecord, how, why string) {
 	b.cfg.Logger.Info("Message no longer held by the breaker", traceFields(msg.Context(), k.logFields(msg)).Add(watermill.LogFields{
 		"outcome":    how,
 		"why":        traceText(why),
@@ -559,6 +583,28 @@ func (b *Breaker) end(msg *message.Message, how, why string) {
 		"held_for":   time.Since(r.first).String(),
 		"holds":      r.holds,
 	}))
+}
+
+// letter ends msg's hold as sent to the DLQ, keeping its record (see
+// holdRecord.lettered), and logs how it ended the first time.
+func (b *Breaker) letter(msg *message.Message, k holdKey, why string) {
+	b.mu.Lock()
+	r, found := b.holds[k]
+	again := r.lettered
+	if found {
+		if r.counted {
+			r.counted = false
+			b.onHold(k.handler, false)
+		}
+		r.lettered, r.last = true, time.Now()
+		b.holds[k] = r
+		b.armSweepLocked()
+	}
+	b.mu.Unlock()
+	if !found || again {
+		return
+	}
+	b.logEnd(msg, k, r, holdDeadLettered, why)
 }
 
 // forgetAllLocked drops every hold, reporting the counted ones as no longer
@@ -589,27 +635,35 @@ func (b *Breaker) armSweepLocked() {
 }
 
 // sweep stops counting the holds whose message was not delivered for
-// staleAfter, and runs again while any hold is counted (at most four times
-// per staleAfter). The records stay, so a message that comes back keeps its
-// first hold, and so its MaxHoldTime.
+// staleAfter, and runs again while any hold is counted or lettered (at most
+// four times per staleAfter). The records stay, so a message that comes
+// back keeps its first hold, and so its MaxHoldTime; a lettered one not
+// delivered for staleAfter is dropped.
 func (b *Breaker) sweep() {
 	now := time.Now()
 	stale := 0
 	b.mu.Lock()
 	next := time.Duration(0)
 	for k, r := range b.holds {
-		if !r.counted {
+		if !r.counted && !r.lettered {
 			continue
 		}
-		if age := now.Sub(r.last); age >= b.staleAfter {
+		age := now.Sub(r.last)
+		switch {
+		case age < b.staleAfter:
+			if d := b.staleAfter - age; next == 0 || d < next {
+				next = d
+			}
+		case r.lettered:
+			delete(b.holds, k) // its redeliveries are over
+		default:
 			r.counted = false
 			b.holds[k] = r
 			b.onHold(k.handler, false)
 			stale++
-		} else if d := b.staleAfter - age; next == 0 || d < next {
-			next = d
 		}
 	}
+	b.nholds.Store(int32(len(b.holds)))
 	b.sweepArmed = next > 0
 	if b.sweepArmed {
 		b.sweeper.Reset(max(next, b.staleAfter/4))
@@ -702,6 +756,23 @@ func (b *Breaker) heldTooLong(k holdKey) bool {
 	defer b.mu.Unlock()
 	r, ok := b.holds[k]
 	return ok && time.Since(r.first) > b.cfg.MaxHoldTime
+}
+
+// decided reports whether a transient failure of k goes to the DLQ
+// whatever the window says: it was sent there before (this is a
+// redelivery), or it was held longer than MaxHoldTime.
+func (b *Breaker) decided(k holdKey) (why string, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch r, held := b.holds[k]; {
+	case !held:
+		return "", false
+	case r.lettered:
+		return "sent to the DLQ before: its ack did not reach the broker, or the DLQ refused it", true
+	case time.Since(r.first) > b.cfg.MaxHoldTime:
+		return "held longer than MaxHoldTime", true
+	}
+	return "", false
 }
 
 // wasHeld reports whether msg is held (in the common case, none is, and it

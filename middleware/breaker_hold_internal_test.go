@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -307,4 +308,81 @@ func TestBreakerKafkaDeliveriesAreKeyedByOffset(t *testing.T) {
 	if len(end) != 1 || end[0]["offset"] != int64(12) || end[0]["partition"] != int32(3) || end[0]["holds"] != 3 {
 		t.Fatalf("end lines %v", end)
 	}
+}
+
+// A verdict reached in a delivery the subscriber already ended waits for
+// the next delivery; a message sent to the DLQ that comes back (its ack
+// lost, or the DLQ refused the letter) goes there again at its next
+// transient failure instead of starting another MaxHoldTime; its record
+// goes once it stops coming back, and its end is logged once.
+func TestBreakerLetteredMessageIsNotHeldAgain(t *testing.T) {
+	g := &heldGauge{t: t}
+	logs := &lineLogger{}
+	const maxHold = 30 * time.Millisecond
+	b, err := NewBreaker(BreakerConfig{Backoff: time.Nanosecond, MaxHoldTime: maxHold, MinRequests: 1000, OnHold: g.onHold, Logger: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.staleAfter = 300 * time.Millisecond
+	var ok sync.Map
+	h := b.Middleware(failing(&ok))
+	held := func(id string) bool {
+		_, err := h(message.NewMessage(id, nil))
+		return errors.Is(err, poison.ErrDeferred)
+	}
+	if !held("a") || !held("b") {
+		t.Fatal("a first transient failure is not held")
+	}
+	time.Sleep(2 * maxHold)
+
+	// b's verdict comes in a delivery that ended: not given.
+	ended := message.NewMessage("b", nil)
+	endDelivery(ended)
+	if _, err := h(ended); err == nil || errors.Is(err, poison.ErrDeferred) {
+		t.Fatalf("ended delivery: %v, want the handler's error, for DeadLetter to nack", err)
+	}
+	if g.get() != 2 || len(logs.matching(endHeldMsg)) != 0 {
+		t.Fatalf("after an ended delivery: %d held, end lines %v; want both still held", g.get(), logs.matching(endHeldMsg))
+	}
+	for _, id := range []string{"a", "b"} {
+		if held(id) {
+			t.Fatalf("%s held past MaxHoldTime", id)
+		}
+	}
+	if g.get() != 0 || len(logs.matching(endHeldMsg)) != 2 {
+		t.Fatalf("after the verdicts: %d held, %d end lines; want 0 and 2", g.get(), len(logs.matching(endHeldMsg)))
+	}
+	heldLines := len(logs.matching(heldMsg))
+
+	// a comes back, its ack lost: to the DLQ at once, again and again.
+	for range 3 {
+		if held("a") {
+			t.Fatal("a sent to the DLQ before is held again")
+		}
+	}
+	// b comes back and succeeds: its record goes, silently.
+	ok.Store("b", true)
+	if _, err := h(message.NewMessage("b", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if g.get() != 0 || len(logs.matching(heldMsg)) != heldLines || len(logs.matching(endHeldMsg)) != 2 {
+		t.Fatalf("redeliveries: %d held, %d held lines (want %d), %d end lines (want 2)", g.get(), len(logs.matching(heldMsg)), heldLines, len(logs.matching(endHeldMsg)))
+	}
+	waitUntil(t, "the lettered record to go and the sweeper to stop", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.holds) == 0 && b.nholds.Load() == 0 && !b.sweepArmed
+	})
+	// Gone: a new failure of a is a new hold.
+	if !held("a") {
+		t.Fatal("a, forgotten, is not held at its next first failure")
+	}
+}
+
+// endDelivery ends msg's delivery as a subscriber does when it stops
+// waiting for the answer.
+func endDelivery(msg *message.Message) {
+	ctx, cancel := context.WithCancel(msg.Context())
+	msg.SetContext(ctx)
+	cancel()
 }

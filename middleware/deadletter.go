@@ -140,10 +140,13 @@ func NewDeadLetter(cfg DeadLetterConfig) (*DeadLetter, error) {
 // record could not be decoded (antidote.IsUndecodable) is dead-lettered with
 // reason "undecodable" without running h. When h fails:
 //
-//   - if the message context is done and the error is a context error (the
-//     router is shutting down), or the error is poison.Defer'd (the DLQ-storm
-//     breaker holds it back), the error is returned unchanged: the message
-//     is nacked and redelivered later, not dead-lettered;
+//   - if the error is poison.Defer'd (the DLQ-storm breaker holds it back),
+//     it is returned unchanged: the message is nacked and redelivered later,
+//     not dead-lettered;
+//   - if the message context is done (the router is shutting down, or the
+//     broker's ack deadline passed), whatever the error, the message is
+//     nacked, not dead-lettered: its ack would not reach the broker, which
+//     delivers it again, and the letter would be a duplicate;
 //   - otherwise the envelope is published to the DLQ topic and (nil, nil) is
 //     returned, so the router acks the original and the messages produced by
 //     the failed attempt are dropped;
@@ -173,19 +176,34 @@ func (d *DeadLetter) settleUndecodable(msg *message.Message) error {
 	return d.settle(msg, poison.Failure{Reason: poison.ReasonUndecodable, Err: &poison.UndecodableError{Detail: msg.Metadata.Get(antidote.MetadataUndecodable)}, Attempts: 1})
 }
 
-// settleFailed returns err as it is for a shutdown or a deferred message,
-// and otherwise dead-letters msg (out of Middleware's closure, so the frame
+// settleFailed returns err as it is for a deferred message, and otherwise
+// dead-letters msg (out of Middleware's closure, so the frame
 // kept on the stack while the handler runs is small).
 func (d *DeadLetter) settleFailed(msg *message.Message, err error) error {
-	if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) {
+	if errors.Is(err, poison.ErrDeferred) {
 		return err
 	}
 	return d.settle(msg, d.failureOf(msg, err))
 }
 
 // settle dead-letters msg; a nil result acks it, an error nacks it.
+//
+// Only while its delivery lasts: once the subscriber ended it (router
+// closing, PostgreSQL's ack deadline passed) the ack would not reach the
+// broker, which delivers it again, and a letter sent now would be one of
+// two. The publish is cut short when the delivery ends during it, for the
+// same reason.
 func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
-	if sendErr := d.Send(context.Background(), msg, f); sendErr != nil {
+	if deliveryOver(msg) {
+		return d.notSettled(msg, f)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer context.AfterFunc(msg.Context(), cancel)()
+	if sendErr := d.Send(ctx, msg, f); sendErr != nil {
+		if deliveryOver(msg) {
+			return d.notSettled(msg, f)
+		}
 		d.cfg.Logger.Error("Dead-lettering failed, nacking the message so it is redelivered", sendErr, traceFields(msg.Context(), watermill.LogFields{
 			"message_uuid": msg.UUID,
 			"handler_err":  f.Err.Error(),
@@ -196,6 +214,21 @@ func (d *DeadLetter) settle(msg *message.Message, f poison.Failure) error {
 		return fmt.Errorf("antidote: message %s not dead-lettered, nacking it: %w (handler error: %w)", msg.UUID, sendErr, f.Err)
 	}
 	return nil
+}
+
+// notSettled nacks msg, whose delivery ended before it was dead-lettered.
+func (d *DeadLetter) notSettled(msg *message.Message, f poison.Failure) error {
+	cause := msg.Context().Err()
+	if errors.Is(f.Err, cause) {
+		return f.Err // a shutdown the handler saw: its error says so already
+	}
+	d.cfg.Logger.Info("Message not dead-lettered: its delivery ended first (router closing, or the broker's ack deadline passed); it is delivered again", traceFields(msg.Context(), watermill.LogFields{
+		"message_uuid": msg.UUID,
+		"reason":       string(f.Reason),
+		"handler_err":  f.Err.Error(),
+		"cause":        cause.Error(),
+	}))
+	return fmt.Errorf("antidote: message %s not dead-lettered, its delivery ended: %w (handler error: %w)", msg.UUID, cause, f.Err)
 }
 
 // failureOf describes err, taking attempts and times from a *RetryError

@@ -600,3 +600,84 @@ func TestNewDeadLetterValidates(t *testing.T) {
 	assert.ErrorContains(t, err, "DeadLetterConfig.PublishTimeout")
 	assert.Equal(t, "orders.dlq", antidote.DLQTopic("orders"))
 }
+
+// endedThenLettered waits for msg's one letter and returns what the stack
+// returned for its first delivery, after checking that it was nacked and
+// that one redelivery followed.
+func (r *dlRig) endedThenLettered(t *testing.T, msg *message.Message) error {
+	t.Helper()
+	r.dlq.waitN(t, 1)
+	d := r.deliveriesOf(msg.UUID)
+	require.Len(t, d, 2)
+	waitClosed(t, d[0].Nacked(), "the nack of the delivery that ended")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.results[0]
+}
+
+// endDelivery ends msg's delivery as a subscriber does when it stops
+// waiting for the answer (PostgreSQL's ack deadline, router shutdown).
+func endDelivery(msg *message.Message) {
+	ctx, cancel := context.WithCancel(msg.Context())
+	msg.SetContext(ctx)
+	cancel()
+}
+
+// A handler that fails (not with a context error) after its delivery ended:
+// the ack would not reach the broker, so a letter now would be followed by
+// another for the redelivery. It is nacked instead, and the redelivery,
+// whose delivery lasts, is dead-lettered: one letter.
+func TestDeadLetterNotAfterTheDeliveryEnded(t *testing.T) {
+	var runs atomic.Int32
+	rig := startDLRig(t, dlRigOpts{handler: func(msg *message.Message) ([]*message.Message, error) {
+		if runs.Add(1) == 1 {
+			endDelivery(msg)
+		}
+		return nil, errDBDown
+	}})
+	msg := message.NewMessage(watermill.NewUUID(), []byte("x"))
+	rig.publish(t, msg)
+
+	first := rig.endedThenLettered(t, msg)
+	assert.Equal(t, int32(1), rig.dlqPub.calls.Load(), "no letter is attempted for the delivery that ended")
+	assert.ErrorIs(t, first, context.Canceled)
+	assert.ErrorIs(t, first, errDBDown)
+	assert.ErrorContains(t, first, "its delivery ended")
+}
+
+// The delivery ends while the letter is being published: the publish is
+// cut short and the message nacked, not acked into the void after a letter
+// that its redelivery would repeat.
+func TestDeadLetterPublishCutWhenTheDeliveryEnds(t *testing.T) {
+	var end atomic.Pointer[context.CancelFunc]
+	rig := startDLRig(t, dlRigOpts{
+		handler: func(msg *message.Message) ([]*message.Message, error) {
+			if end.Load() == nil { // the first delivery: its subscriber ends it later
+				ctx, cancel := context.WithCancel(msg.Context())
+				msg.SetContext(ctx)
+				end.Store(&cancel)
+			}
+			return nil, errDBDown
+		},
+		configure: func(p *dlPublisher) {
+			p.before = func(_ string, msgs []*message.Message) {
+				if p.calls.Load() != 1 {
+					return
+				}
+				(*end.Load())()
+				select { // the letter's context ends with the delivery
+				case <-msgs[0].Context().Done():
+				case <-time.After(dlWait):
+					t.Error("the letter's publish went on after the delivery ended")
+				}
+				p.fail.Store(1)
+			}
+		},
+	})
+	msg := message.NewMessage(watermill.NewUUID(), []byte("x"))
+	rig.publish(t, msg)
+
+	first := rig.endedThenLettered(t, msg)
+	assert.Equal(t, int32(1), rig.dlqPub.published.Load())
+	assert.ErrorContains(t, first, "its delivery ended")
+}

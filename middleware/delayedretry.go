@@ -121,7 +121,7 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if err == nil {
 			return produced, nil
 		}
-		if isShutdown(msg, err) || errors.Is(err, poison.ErrDeferred) || d.cfg.Classifier.Classify(err) == poison.ClassPermanent {
+		if deliveryOver(msg) || errors.Is(err, poison.ErrDeferred) || d.cfg.Classifier.Classify(err) == poison.ClassPermanent {
 			return nil, err
 		}
 		if len(d.cfg.Handlers) > 0 && !slices.Contains(d.cfg.Handlers, message.HandlerNameFromCtx(msg.Context())) {

@@ -93,6 +93,28 @@ func TestDelayedRetrySchedulesTransientOnly(t *testing.T) {
 	}
 }
 
+// A failure reported after the subscriber ended the delivery is not moved
+// to a stage: the original would come again beside its scheduled copy.
+func TestDelayedRetryNotAfterTheDeliveryEnded(t *testing.T) {
+	sched := &recordingScheduler{}
+	d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: sched})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = runOne(t, d.Middleware, "h", func(m *message.Message) ([]*message.Message, error) {
+		ctx, cancel := context.WithCancel(m.Context())
+		m.SetContext(ctx)
+		cancel() // the subscriber stops waiting (ack deadline, shutdown)
+		return nil, poison.Transient(errors.New("timeout"))
+	})
+	if err == nil || errors.Is(err, poison.ErrDeferred) {
+		t.Fatalf("ended delivery: %v, want the handler's error", err)
+	}
+	if len(sched.calls) != 0 {
+		t.Fatalf("scheduled after the delivery ended: %v", sched.calls)
+	}
+}
+
 func TestDelayedRetryOnlyListedHandlers(t *testing.T) {
 	sched := &recordingScheduler{}
 	d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: sched, Handlers: []string{"unordered"}})

@@ -296,3 +296,11 @@ func isShutdown(msg *message.Message, err error) bool {
 	return msg.Context().Err() != nil &&
 		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
+
+// deliveryOver reports whether the subscriber has ended msg's delivery,
+// whatever the handler returned: the router is closing, or the broker's
+// deadline for an answer passed (PostgreSQL's ack_deadline). An ack would
+// not reach the broker, which delivers the message again, so nothing that
+// cannot be undone (a letter, a retry stage, the breaker's verdict) may be
+// done for it now: the next delivery, with its whole deadline ahead, does it.
+func deliveryOver(msg *message.Message) bool { return msg.Context().Err() != nil }
