@@ -260,6 +260,7 @@ func (b *Breaker) State() string { return b.cb.State().String() }
 // Middleware returns the breaker as a Watermill middleware.
 func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context()
 		held := b.wasHeld(msg)
 		if held && b.cfg.HealthCheck != nil {
 			if again, err := b.holdWhileUnhealthy(msg); again {
@@ -287,6 +288,7 @@ func (b *Breaker) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			b.release(msg)
 			return produced, nil
 		}
+		msg.SetContext(ctx) // the delivery's, not one a middleware below left
 		return b.settle(msg, produced, herr, err)
 	}
 }

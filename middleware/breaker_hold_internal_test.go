@@ -13,6 +13,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/poison"
@@ -376,6 +377,29 @@ func TestBreakerLetteredMessageIsNotHeldAgain(t *testing.T) {
 	// Gone: a new failure of a is a new hold.
 	if !held("a") {
 		t.Fatal("a, forgotten, is not held at its next first failure")
+	}
+}
+
+// Watermill's Timeout below the breaker leaves its own context on the
+// message, cancelled once the handler returned: the breaker still holds a
+// first transient failure and gives its verdict later.
+func TestBreakerBelowAWatermillTimeout(t *testing.T) {
+	b, err := NewBreaker(BreakerConfig{Backoff: time.Nanosecond, MaxHoldTime: 30 * time.Millisecond, MinRequests: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ok sync.Map
+	h := b.Middleware(wmmiddleware.Timeout(time.Minute)(failing(&ok)))
+	if _, err := h(message.NewMessage("a", nil)); !errors.Is(err, poison.ErrDeferred) {
+		t.Fatalf("first transient failure: %v, want held", err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	msg := message.NewMessage("a", nil)
+	if _, err := h(msg); err == nil || errors.Is(err, poison.ErrDeferred) {
+		t.Fatalf("past MaxHoldTime: %v, want the handler's error for DeadLetter", err)
+	}
+	if msg.Context().Err() != nil {
+		t.Fatal("the message left the breaker with the Timeout's cancelled context")
 	}
 }
 

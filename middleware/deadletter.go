@@ -163,10 +163,14 @@ func (d *DeadLetter) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if antidote.IsUndecodable(msg) {
 			return nil, d.settleUndecodable(msg)
 		}
+		ctx := msg.Context()
 		produced, err := h(msg)
 		if err == nil {
 			return produced, nil
 		}
+		// The delivery's context, not one a middleware below left (Watermill's
+		// Timeout leaves its own, cancelled, on the message).
+		msg.SetContext(ctx)
 		return nil, d.settleFailed(msg, err)
 	}
 }

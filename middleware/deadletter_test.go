@@ -13,6 +13,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -130,6 +131,9 @@ type dlRig struct {
 	mu         sync.Mutex
 	deliveries map[string][]*message.Message
 	results    []error
+	// ends[i] ends the i-th delivery's context, as a subscriber does when
+	// it stops waiting for the answer (ack deadline, shutdown).
+	ends []context.CancelFunc
 }
 
 func startDLRig(t *testing.T, o dlRigOpts) *dlRig {
@@ -183,8 +187,12 @@ func startDLRig(t *testing.T, o dlRigOpts) *dlRig {
 
 func (r *dlRig) tap(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx, cancel := context.WithCancel(msg.Context())
+		defer cancel()
+		msg.SetContext(ctx)
 		r.mu.Lock()
 		r.deliveries[msg.UUID] = append(r.deliveries[msg.UUID], msg)
+		r.ends = append(r.ends, cancel)
 		r.mu.Unlock()
 		out, err := h(msg)
 		r.mu.Lock()
@@ -601,6 +609,23 @@ func TestNewDeadLetterValidates(t *testing.T) {
 	assert.Equal(t, "orders.dlq", antidote.DLQTopic("orders"))
 }
 
+// Watermill's Timeout below DeadLetter leaves its own context on the
+// message, cancelled once the handler returned: that is not the delivery
+// ending, and the failure is dead-lettered as usual, once.
+func TestDeadLetterBelowAWatermillTimeout(t *testing.T) {
+	rig := startDLRig(t, dlRigOpts{handler: wmmiddleware.Timeout(time.Minute)(func(*message.Message) ([]*message.Message, error) {
+		return nil, poison.Permanent(errors.New("bad order"))
+	})})
+	msg := message.NewMessage(watermill.NewUUID(), []byte("x"))
+	rig.publish(t, msg)
+
+	rig.dlq.waitN(t, 1)
+	d := rig.deliveriesOf(msg.UUID)
+	require.Len(t, d, 1)
+	waitClosed(t, d[0].Acked(), "the ack after the letter")
+	assert.Equal(t, int32(1), rig.dlqPub.calls.Load())
+}
+
 // endedThenLettered waits for msg's one letter and returns what the stack
 // returned for its first delivery, after checking that it was nacked and
 // that one redelivery followed.
@@ -615,12 +640,12 @@ func (r *dlRig) endedThenLettered(t *testing.T, msg *message.Message) error {
 	return r.results[0]
 }
 
-// endDelivery ends msg's delivery as a subscriber does when it stops
+// endFirst ends the first delivery, as its subscriber does when it stops
 // waiting for the answer (PostgreSQL's ack deadline, router shutdown).
-func endDelivery(msg *message.Message) {
-	ctx, cancel := context.WithCancel(msg.Context())
-	msg.SetContext(ctx)
-	cancel()
+func (r *dlRig) endFirst() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ends[0]()
 }
 
 // A handler that fails (not with a context error) after its delivery ended:
@@ -629,9 +654,10 @@ func endDelivery(msg *message.Message) {
 // whose delivery lasts, is dead-lettered: one letter.
 func TestDeadLetterNotAfterTheDeliveryEnded(t *testing.T) {
 	var runs atomic.Int32
-	rig := startDLRig(t, dlRigOpts{handler: func(msg *message.Message) ([]*message.Message, error) {
+	var rig *dlRig
+	rig = startDLRig(t, dlRigOpts{handler: func(*message.Message) ([]*message.Message, error) {
 		if runs.Add(1) == 1 {
-			endDelivery(msg)
+			rig.endFirst()
 		}
 		return nil, errDBDown
 	}})
@@ -649,14 +675,9 @@ func TestDeadLetterNotAfterTheDeliveryEnded(t *testing.T) {
 // cut short and the message nacked, not acked into the void after a letter
 // that its redelivery would repeat.
 func TestDeadLetterPublishCutWhenTheDeliveryEnds(t *testing.T) {
-	var end atomic.Pointer[context.CancelFunc]
-	rig := startDLRig(t, dlRigOpts{
-		handler: func(msg *message.Message) ([]*message.Message, error) {
-			if end.Load() == nil { // the first delivery: its subscriber ends it later
-				ctx, cancel := context.WithCancel(msg.Context())
-				msg.SetContext(ctx)
-				end.Store(&cancel)
-			}
+	var rig *dlRig
+	rig = startDLRig(t, dlRigOpts{
+		handler: func(*message.Message) ([]*message.Message, error) {
 			return nil, errDBDown
 		},
 		configure: func(p *dlPublisher) {
@@ -664,7 +685,7 @@ func TestDeadLetterPublishCutWhenTheDeliveryEnds(t *testing.T) {
 				if p.calls.Load() != 1 {
 					return
 				}
-				(*end.Load())()
+				rig.endFirst()
 				select { // the letter's context ends with the delivery
 				case <-msgs[0].Context().Done():
 				case <-time.After(dlWait):

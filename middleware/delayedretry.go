@@ -117,10 +117,12 @@ func Stage(msg *message.Message) int {
 // Middleware returns the delayed-retry handler.
 func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context()
 		produced, err := h(msg)
 		if err == nil {
 			return produced, nil
 		}
+		msg.SetContext(ctx) // the delivery's, not one a middleware below left
 		if deliveryOver(msg) || errors.Is(err, poison.ErrDeferred) || d.cfg.Classifier.Classify(err) == poison.ClassPermanent {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	wmmiddleware "github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/antidote-mq/antidote"
@@ -101,10 +102,20 @@ func TestDelayedRetryNotAfterTheDeliveryEnded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = runOne(t, d.Middleware, "h", func(m *message.Message) ([]*message.Message, error) {
-		ctx, cancel := context.WithCancel(m.Context())
-		m.SetContext(ctx)
-		cancel() // the subscriber stops waiting (ack deadline, shutdown)
+	// The context the message comes with, ended by the subscriber while
+	// the handler runs (ack deadline, shutdown).
+	var end context.CancelFunc
+	delivery := func(h message.HandlerFunc) message.HandlerFunc {
+		return func(m *message.Message) ([]*message.Message, error) {
+			ctx, cancel := context.WithCancel(m.Context())
+			defer cancel()
+			m.SetContext(ctx)
+			end = cancel
+			return d.Middleware(h)(m)
+		}
+	}
+	err = runOne(t, delivery, "h", func(*message.Message) ([]*message.Message, error) {
+		end()
 		return nil, poison.Transient(errors.New("timeout"))
 	})
 	if err == nil || errors.Is(err, poison.ErrDeferred) {
@@ -112,6 +123,24 @@ func TestDelayedRetryNotAfterTheDeliveryEnded(t *testing.T) {
 	}
 	if len(sched.calls) != 0 {
 		t.Fatalf("scheduled after the delivery ended: %v", sched.calls)
+	}
+}
+
+// Watermill's Timeout below it leaves a cancelled context of its own on
+// the message: not the delivery ending, so the failure moves to its stage.
+func TestDelayedRetryBelowAWatermillTimeout(t *testing.T) {
+	sched := &recordingScheduler{}
+	d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: sched})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runOne(t, d.Middleware, "h", wmmiddleware.Timeout(time.Minute)(func(*message.Message) ([]*message.Message, error) {
+		return nil, poison.Transient(errors.New("timeout"))
+	})); err != nil {
+		t.Fatalf("not moved to a stage: %v", err)
+	}
+	if len(sched.calls) != 1 {
+		t.Fatalf("calls %v", sched.calls)
 	}
 }
 

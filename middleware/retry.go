@@ -298,7 +298,8 @@ func isShutdown(msg *message.Message, err error) bool {
 }
 
 // deliveryOver reports whether the subscriber has ended msg's delivery,
-// whatever the handler returned: the router is closing, or the broker's
+// whatever the handler returned (its caller first puts back the context the
+// message came with: a middleware below may have left its own there): the router is closing, or the broker's
 // deadline for an answer passed (PostgreSQL's ack_deadline). An ack would
 // not reach the broker, which delivers the message again, so nothing that
 // cannot be undone (a letter, a retry stage, the breaker's verdict) may be
