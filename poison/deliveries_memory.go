@@ -103,15 +103,11 @@ func MustNewMemoryDeliveryTracker(cfg MemoryDeliveryTrackerConfig) *MemoryDelive
 // Incr counts one more delivery of key and returns the new count. A count
 // whose TTL has passed starts again at 1.
 func (t *MemoryDeliveryTracker) Incr(ctx context.Context, key string) (int, error) {
-	if err := ctx.Err(); err != nil {
+	now := t.now()
+	if err := t.lock(ctx); err != nil {
 		return 0, err
 	}
-	now := t.now()
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return 0, ErrDeliveryTrackerClosed
-	}
 	if e, ok := t.keys.Get(key); ok { // Get makes it the most recently incremented
 		if !now.Before(e.expires) {
 			e.count = 0
@@ -125,6 +121,20 @@ func (t *MemoryDeliveryTracker) Incr(ctx context.Context, key string) (int, erro
 	}
 	t.keys.Insert(key, &memDeliveryEntry{count: 1, expires: now.Add(t.cfg.TTL)}) // Get missed
 	return 1, nil
+}
+
+// lock takes mu for an operation under ctx; on a nil error the caller
+// holds it. A done ctx or a closed tracker is an error, mu not held.
+func (t *MemoryDeliveryTracker) lock(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return ErrDeliveryTrackerClosed
+	}
+	return nil
 }
 
 // evictLocked makes room for one key. Every entry has the same TTL counted
@@ -146,29 +156,21 @@ func (t *MemoryDeliveryTracker) evictLocked(now time.Time) {
 
 // Forget drops key's count.
 func (t *MemoryDeliveryTracker) Forget(ctx context.Context, key string) error {
-	if err := ctx.Err(); err != nil {
+	if err := t.lock(ctx); err != nil {
 		return err
 	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return ErrDeliveryTrackerClosed
-	}
 	t.keys.Remove(key)
 	return nil
 }
 
 // Count implements DeliveryPeeker.
 func (t *MemoryDeliveryTracker) Count(ctx context.Context, key string) (int, error) {
-	if err := ctx.Err(); err != nil {
+	now := t.now()
+	if err := t.lock(ctx); err != nil {
 		return 0, err
 	}
-	now := t.now()
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return 0, ErrDeliveryTrackerClosed
-	}
 	e, ok := t.keys.Peek(key)
 	if !ok || !now.Before(e.expires) {
 		return 0, nil
@@ -178,14 +180,10 @@ func (t *MemoryDeliveryTracker) Count(ctx context.Context, key string) (int, err
 
 // Decr implements DeliveryDecrementer.
 func (t *MemoryDeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
-	if err := ctx.Err(); err != nil {
+	if err := t.lock(ctx); err != nil {
 		return 0, err
 	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return 0, ErrDeliveryTrackerClosed
-	}
 	e, ok := t.keys.Peek(key) // a Decr is no use: the order stays
 	if !ok {
 		return 0, nil
