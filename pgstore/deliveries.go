@@ -155,32 +155,27 @@ func (d *DeliveryTracker) Forget(ctx context.Context, key string) error {
 
 // Count implements poison.DeliveryPeeker.
 func (d *DeliveryTracker) Count(ctx context.Context, key string) (int, error) {
-	if d.t.closed() {
-		return 0, poison.ErrDeliveryTrackerClosed
-	}
-	var n int
-	err := d.t.pool.QueryRow(ctx, d.countSQL, key).Scan(&n)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("pgstore: delivery tracker: count %q: %w", key, err)
-	}
-	return n, nil
+	return d.existingCount(ctx, "count", d.countSQL, key)
 }
 
 // Decr implements poison.DeliveryDecrementer.
 func (d *DeliveryTracker) Decr(ctx context.Context, key string) (int, error) {
+	return d.existingCount(ctx, "decr", d.decrSQL, key)
+}
+
+// existingCount runs query, which returns key's count if it has a row,
+// for operation op: no row is a count of 0.
+func (d *DeliveryTracker) existingCount(ctx context.Context, op, query, key string) (int, error) {
 	if d.t.closed() {
 		return 0, poison.ErrDeliveryTrackerClosed
 	}
 	var n int
-	err := d.t.pool.QueryRow(ctx, d.decrSQL, key).Scan(&n)
+	err := d.t.pool.QueryRow(ctx, query, key).Scan(&n)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("pgstore: delivery tracker: decr %q: %w", key, err)
+		return 0, fmt.Errorf("pgstore: delivery tracker: %s %q: %w", op, key, err)
 	}
 	return n, nil
 }
