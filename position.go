@@ -2,7 +2,9 @@ package antidote
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
+	"time"
 )
 
 type positionKey struct{}
@@ -67,4 +69,55 @@ func PositionFromCtx(ctx context.Context) (partition int32, offset int64, ok boo
 		return (*r)(ctx)
 	}
 	return 0, 0, false
+}
+
+// Record names the broker record a message was read from, as far as its
+// broker says: the hospital tells letters apart by it (with their content),
+// since a position alone is reused when a topic or table is made again.
+type Record struct {
+	// Place is where the record sits in its topic: "partition/offset" on
+	// Kafka, the row's offset in a PostgreSQL queue table. Unique within
+	// one life of the topic.
+	Place string
+	// Time is the broker's time of the record (Kafka's record timestamp,
+	// the row's created_at), or zero when it gives none.
+	Time time.Time
+}
+
+type recordKey struct{}
+
+// WithRecord returns ctx carrying the record a message was read from, for
+// a subscriber that knows it.
+func WithRecord(ctx context.Context, r Record) context.Context {
+	return context.WithValue(ctx, recordKey{}, r)
+}
+
+// RecordTimeReader reads the broker's time of a message's record from the
+// context its broker client gave it.
+type RecordTimeReader func(ctx context.Context) (time.Time, bool)
+
+var recordTimeReader atomic.Pointer[RecordTimeReader]
+
+// RegisterRecordTimeReader makes RecordFromCtx consult r for the time of a
+// record whose position PositionFromCtx knows (package adapters registers
+// watermill-kafka's).
+func RegisterRecordTimeReader(r RecordTimeReader) { recordTimeReader.Store(&r) }
+
+// RecordFromCtx returns the record of the message whose context ctx is:
+// WithRecord's, else its position (PositionFromCtx) with the registered
+// reader's time; ok is false when its subscriber says nothing (RabbitMQ,
+// which has no positions).
+func RecordFromCtx(ctx context.Context) (Record, bool) {
+	if r, ok := ctx.Value(recordKey{}).(Record); ok {
+		return r, true
+	}
+	partition, offset, ok := PositionFromCtx(ctx)
+	if !ok {
+		return Record{}, false
+	}
+	r := Record{Place: strconv.FormatInt(int64(partition), 10) + "/" + strconv.FormatInt(offset, 10)}
+	if tr := recordTimeReader.Load(); tr != nil {
+		r.Time, _ = (*tr)(ctx)
+	}
+	return r, true
 }

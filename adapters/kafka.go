@@ -67,6 +67,13 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	sc.Metadata.Timeout = cfg.ConnectTimeout
 	sc.Admin.Timeout = 2 * cfg.ConnectTimeout
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	// The hospital replays a Kafka DLQ's letters in transactions (each
+	// replay and the DLQ offset that resolves it commit together): a
+	// replay whose transaction was aborted (its treatment was taken over or
+	// crashed) must not be consumed.
+	if version.IsAtLeast(sarama.V0_11_0_0) {
+		sc.Consumer.IsolationLevel = sarama.ReadCommitted
+	}
 	if k.InitialOffset == "newest" {
 		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
 	}

@@ -280,7 +280,9 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	}
 	// The subscriber initialises a table on every call, unlike the publisher.
 	safe.initialize = sub.SubscribeInitialize
-	wrapped := &postgresSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), cfg: p}
+	cw := newCloseWaitSubscriber(sub)
+	cw.prepare = takePostgresRecord
+	wrapped := &postgresSubscriber{closeWaitSubscriber: cw, cfg: p}
 	b.Subscriber = wrapped
 	b.onClose(wrapped.Close)
 	return nil

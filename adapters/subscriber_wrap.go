@@ -13,6 +13,9 @@ import (
 // (the router, Watermill's Pub/Sub suite) can see it still open.
 type closeWaitSubscriber struct {
 	message.Subscriber
+	// prepare, when set, makes for each subscription what runs on each of
+	// its messages before it is handed out.
+	prepare func() func(*message.Message)
 	closing chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
@@ -28,11 +31,18 @@ func (s *closeWaitSubscriber) Subscribe(ctx context.Context, topic string) (<-ch
 		return nil, err
 	}
 	out := make(chan *message.Message)
+	var prepare func(*message.Message)
+	if s.prepare != nil {
+		prepare = s.prepare()
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer close(out)
 		for msg := range in {
+			if prepare != nil {
+				prepare(msg)
+			}
 			select {
 			case out <- msg:
 			case <-s.closing:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -151,10 +152,27 @@ type TolerantPostgresQueueSchema struct {
 	wsql.PostgreSQLQueueSchema
 }
 
+// SelectQuery implements sql.SchemaAdapter: watermill-sql's, reading each
+// row's created_at too, which names the row (with its offset) for the
+// hospital: a table dropped and made again restarts its offsets.
+func (s TolerantPostgresQueueSchema) SelectQuery(params wsql.SelectQueryParams) (wsql.Query, error) {
+	q, err := s.PostgreSQLQueueSchema.SelectQuery(params)
+	if err != nil {
+		return q, err
+	}
+	const cols = `SELECT "offset", uuid, payload, metadata FROM`
+	if !strings.Contains(q.Query, cols) {
+		return q, fmt.Errorf("adapters: watermill-sql's select query changed shape; cannot add created_at: %s", q.Query)
+	}
+	q.Query = strings.Replace(q.Query, cols, `SELECT "offset", uuid, payload, metadata, created_at FROM`, 1)
+	return q, nil
+}
+
 // UnmarshalMessage implements sql.SchemaAdapter.
 func (s TolerantPostgresQueueSchema) UnmarshalMessage(params wsql.UnmarshalMessageParams) (wsql.Row, error) {
 	var r wsql.Row
-	if err := params.Row.Scan(&r.Offset, &r.UUID, &r.Payload, &r.Metadata); err != nil {
+	var created time.Time
+	if err := params.Row.Scan(&r.Offset, &r.UUID, &r.Payload, &r.Metadata, &created); err != nil {
 		return wsql.Row{}, fmt.Errorf("could not scan message row: %w", err)
 	}
 	msg := message.NewMessage(string(r.UUID), r.Payload)
@@ -166,6 +184,7 @@ func (s TolerantPostgresQueueSchema) UnmarshalMessage(params wsql.UnmarshalMessa
 			msg.Metadata = md
 		}
 	}
+	stashPostgresRecord(msg, r.Offset, created)
 	r.Msg = msg
 	return r, nil
 }

@@ -3,6 +3,7 @@ package dlq_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -53,11 +55,12 @@ func TestHospitalReadsClaimChecks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(l.Payload) != 0 || !strings.Contains(l.Error, key) {
-				t.Fatalf("without the store: %d bytes, error %q; want the claim named", len(l.Payload), l.Error)
+			if len(l.Payload) != 0 || !strings.Contains(l.Problem, key) {
+				t.Fatalf("without the store: %d bytes, problem %q; want the claim named", len(l.Payload), l.Problem)
 			}
-			if _, err := blind.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{}); err == nil || !strings.Contains(err.Error(), "claim") {
-				t.Fatalf("replay without the store: %v; want a refusal naming the claim", err)
+			if res, err := blind.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{}); err != nil || res.Replayed != 0 || len(res.Failed) != 1 ||
+				!strings.Contains(res.Failed[0].Reason, key) || !errors.Is(res.Err(), dlq.ErrSomeFailed) {
+				t.Fatalf("replay without the store: %+v, %v; want the letter left dead with the claim named", res, err)
 			}
 			_ = blind.Close()
 
@@ -70,8 +73,8 @@ func TestHospitalReadsClaimChecks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(l.Payload, orig.Payload) || l.Metadata.Get("tenant") != orig.Metadata.Get("tenant") || l.Reason != poison.ReasonPermanent {
-				t.Fatalf("with the store: %d bytes, tenant %d bytes, reason %q", len(l.Payload), len(l.Metadata.Get("tenant")), l.Reason)
+			if !bytes.Equal(l.Payload, orig.Payload) || l.Metadata["tenant"] != orig.Metadata.Get("tenant") || l.Reason != string(poison.ReasonPermanent) {
+				t.Fatalf("with the store: %d bytes, tenant %d bytes, reason %q", len(l.Payload), len(l.Metadata["tenant"]), l.Reason)
 			}
 			sub := b.Subscriber
 			if kind == adapters.KindKafka {
@@ -90,7 +93,7 @@ func TestHospitalReadsClaimChecks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{})
+			res, err := h.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{})
 			if err != nil || res.Replayed != 1 {
 				t.Fatalf("replay: %+v, %v", res, err)
 			}

@@ -1,13 +1,34 @@
-// Package dlq is the message hospital: list, group, show, replay and purge
-// the dead letters of a topic, on Kafka, RabbitMQ or PostgreSQL, through the
-// same adapters.Config the services use.
+// Package dlq is the message hospital over a broker's DLQs: list, group,
+// show, replay and purge the dead letters of a topic, on Kafka, RabbitMQ or
+// PostgreSQL, through the same adapters.Config the services use, or through
+// the hospital store the letters were ingested into (Config.Store).
 //
-// What "resolved" means per broker: on RabbitMQ and PostgreSQL a replayed or
-// purged letter is acked (removed). On Kafka nothing can be removed from a
-// topic, so the hospital keeps its own consumer-group offset on the DLQ topic
-// (Config.KafkaGroup): letters before it are resolved; letters resolved out
-// of order (a filtered replay) are listed in that offset's commit metadata.
-// Listing never changes anything.
+// It is one hospital with the store's: each DLQ read directly is a
+// hospital.Ward, letters are hospital.Letters grouped by fingerprint
+// (hospital.GroupLetters: the groups the web UI shows for the same letters),
+// and replay and purge are hospital.Replay and hospital.Purge, so every
+// letter gets exactly one fate, replayed, purged or still dead, however
+// many treatments run at once and however often one is repeated:
+//
+//   - Kafka: nothing can be removed from a topic, so the hospital keeps
+//     its own consumer-group offset on the DLQ topic (Config.KafkaGroup):
+//     letters before it are resolved; letters resolved out of order (a
+//     filtered replay) are listed in that offset's commit metadata. A
+//     treatment takes the DLQ with a transactional producer whose id names
+//     it: a replay and the offset that resolves its letter commit in one
+//     transaction, and a second treatment of the same DLQ fences the first,
+//     which stops (hospital.ErrTakenOver) with what it treated committed.
+//     Consumers read replays with read_committed (Open's do).
+//   - RabbitMQ: a treatment holds the letters it read (unacked) until it
+//     is closed: no other treatment can take them meanwhile; a replayed or
+//     purged letter is acked, the rest go back to the queue.
+//   - PostgreSQL: each letter is a row of the DLQ's queue table, locked
+//     (FOR UPDATE SKIP LOCKED), replayed into its topic's table and deleted
+//     in one transaction.
+//
+// A letter that cannot be treated (no original topic, malformed metadata,
+// its claim gone) is reported with the reason and left dead; the others go
+// on. Listing never changes anything but RabbitMQ's redelivered flag.
 package dlq
 
 import (
@@ -15,14 +36,15 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"golang.org/x/time/rate"
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/fingerprint"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -42,9 +64,15 @@ type Config struct {
 	// ReplayRate caps replays per second. Default 100. Replaying a large
 	// DLQ at full speed would be a flood of its own.
 	ReplayRate float64
-	// KafkaGroup is the hospital's consumer group on Kafka DLQ topics.
-	// Default "antidote-hospital".
+	// KafkaGroup is the hospital's consumer group on Kafka DLQ topics; the
+	// transactional id of its treatments is derived from it and the DLQ
+	// topic. Default "antidote-hospital".
 	KafkaGroup string
+	// KafkaAuditTopic is where a Kafka DLQ's treatments are recorded, one
+	// JSON record each (who, what, which letter), in the treatment's
+	// transaction: a Kafka DLQ's audit. Created with one partition when
+	// missing. Default "antidote-hospital.audit".
+	KafkaAuditTopic string
 	// WrapPublisher, when set, decorates the publisher replays go through,
 	// e.g. telemetry.NewPublisher, so each replay is a producer span: the
 	// root of a new trace that links to the trace the letter died in
@@ -53,23 +81,24 @@ type Config struct {
 	// replay still links to the original trace.
 	WrapPublisher func(message.Publisher) (message.Publisher, error)
 	// ClaimCheck is the claim-check store DeadLetter moved too-large
-	// letters' payloads to (DeadLetterConfig.ClaimCheck). Show and Replay
-	// read the claim back, so a claim-checked letter is shown and replayed
-	// whole. If nil, such a letter is listed as it is, Show says where its
-	// payload is, and Replay refuses it (replaying its empty payload would
-	// lose the message). Claims are kept when letters are purged.
+	// letters' payloads to (DeadLetterConfig.ClaimCheck). Letters are read
+	// back whole through it. If nil, such a letter is listed with the
+	// problem noted, and Replay skips it with the reason (replaying its
+	// empty payload would lose the message). Claims are kept when letters
+	// are purged.
 	ClaimCheck poison.ClaimCheck
 	// Store, when set, is the hospital store the letters were ingested into
-	// (hospital.Ingest, `antidote hospital ingest`): List, Show, Replay and
-	// Purge then read and treat its rows instead of the broker's DLQ,
-	// which they never touch (replays still go to the broker). Each letter
-	// is replayed or purged exactly once, even with a web UI or another
-	// CLI treating the same letters, and the audit table records it. If
-	// Store is nil, the hospital reads the DLQ on the broker.
+	// (hospital.Ingest, `antidote hospital ingest`): the hospital then
+	// reads and treats its rows instead of the broker's DLQ, which it never
+	// touches (replays still go to the broker), and the store's audit
+	// records every treatment. If Store is nil, the hospital reads the DLQ
+	// on the broker.
 	Store hospital.Store
-	// Actor names who treats letters in the store's audit. Default
-	// "antidote dlq".
+	// Actor names who treats letters in the store's audit (and in the log
+	// of a broker's DLQ). Default "antidote dlq".
 	Actor string
+	// Fingerprint tunes grouping, as for ingest. Its zero value is ready.
+	Fingerprint fingerprint.Options
 	// Logger. Default none.
 	Logger watermill.LoggerAdapter
 	// Now stamps replays. Default time.Now.
@@ -86,6 +115,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KafkaGroup == "" {
 		c.KafkaGroup = "antidote-hospital"
+	}
+	if c.KafkaAuditTopic == "" {
+		c.KafkaAuditTopic = "antidote-hospital.audit"
 	}
 	if c.Actor == "" {
 		c.Actor = "antidote dlq"
@@ -118,24 +150,29 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// store is one broker's way to walk and resolve the letters of a DLQ topic.
-type store interface {
-	// visit calls fn for every unresolved letter of dlqTopic, oldest first,
-	// and resolves (removes) those for which fn returns true. It stops early
-	// when fn returns errStop.
-	visit(ctx context.Context, dlqTopic string, fn func(*message.Message) (bool, error)) error
-	close() error
+// Hospital inspects and treats dead letters. Build it with Open; Close it.
+// Its wards (one per DLQ read directly) live until Close: on RabbitMQ the
+// letters a ward read stay held until then.
+type Hospital struct {
+	cfg    Config
+	broker *adapters.Broker
+	pub    message.Publisher // replays of a store's letters: broker.Publisher, wrapped
+
+	mu    sync.Mutex
+	wards map[string]ward // by DLQ topic
 }
 
-var errStop = errors.New("stop")
-
-// Hospital inspects and treats dead letters. Build it with Open; Close it.
-type Hospital struct {
-	cfg       Config
-	store     store
-	hstore    *hospitalStore // with Config.Store
-	broker    *adapters.Broker
-	replayPub message.Publisher // broker.Publisher, decorated by WrapPublisher
+// ward is a broker's DLQ read directly.
+type ward interface {
+	hospital.Ward
+	// publisher is what replays of its letters go through: its own
+	// transaction's, where it has one.
+	publisher() message.Publisher
+	// refresh makes the next use read the DLQ again; release gives back
+	// what the ward holds (RabbitMQ's letters), keeping what it read.
+	refresh()
+	release()
+	close() error
 }
 
 // Open connects to the broker of cfg.Adapters.
@@ -148,83 +185,162 @@ func Open(ctx context.Context, cfg Config) (*Hospital, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Hospital{cfg: cfg, broker: b, replayPub: b.Publisher}
-	if cfg.WrapPublisher != nil {
-		if h.replayPub, err = cfg.WrapPublisher(b.Publisher); err != nil {
-			_ = b.Close()
-			return nil, fmt.Errorf("dlq: WrapPublisher: %w", err)
-		}
-	}
-	switch {
-	case cfg.Store != nil:
-		h.store, h.hstore = hospitalStore{cfg.Store}, &hospitalStore{cfg.Store}
-	case cfg.Adapters.Broker == adapters.KindKafka:
-		h.store, err = newKafkaStore(cfg)
-	case cfg.Adapters.Broker == adapters.KindAMQP:
-		h.store, err = newAMQPStore(ctx, cfg)
-	case cfg.Adapters.Broker == adapters.KindPostgres:
-		h.store, err = newPostgresStore(ctx, cfg)
-	}
-	if err != nil {
+	h := &Hospital{cfg: cfg, broker: b, wards: map[string]ward{}}
+	if h.pub, err = h.wrap(b.Publisher); err != nil {
 		_ = b.Close()
 		return nil, err
 	}
 	return h, nil
 }
 
-// Close releases the broker connections.
-func (h *Hospital) Close() error { return errors.Join(h.store.close(), h.broker.Close()) }
+func (h *Hospital) wrap(p message.Publisher) (message.Publisher, error) {
+	if h.cfg.WrapPublisher == nil {
+		return p, nil
+	}
+	w, err := h.cfg.WrapPublisher(p)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: WrapPublisher: %w", err)
+	}
+	return w, nil
+}
+
+// Close releases the wards (RabbitMQ letters not treated go back to their
+// queue) and the broker connections.
+func (h *Hospital) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var errs []error
+	for _, w := range h.wards {
+		errs = append(errs, w.close())
+	}
+	h.wards = map[string]ward{}
+	return errors.Join(append(errs, h.broker.Close())...)
+}
 
 // DLQTopic is the DLQ topic inspected for topic.
 func (h *Hospital) DLQTopic(topic string) string { return h.cfg.DLQTopic(topic) }
 
-// List returns the unresolved letters of topic's DLQ that f selects, oldest
-// first. It changes nothing.
-func (h *Hospital) List(ctx context.Context, topic string, f Filter) ([]poison.Letter, error) {
-	var out []poison.Letter
-	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
-		if l := read(m); f.Match(l) {
-			out = append(out, l)
-		}
-		return false, nil
-	})
-	return out, err
+// Ward is where topic's dead letters are: the store (Config.Store), or
+// topic's DLQ on the broker, opened on first use and kept until Close.
+func (h *Hospital) Ward(ctx context.Context, topic string) (hospital.Ward, error) {
+	if h.cfg.Store != nil {
+		return h.cfg.Store, nil
+	}
+	w, err := h.ward(ctx, h.DLQTopic(topic))
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
-// Show returns the letter with uuid, or an error wrapping ErrNotFound.
-func (h *Hospital) Show(ctx context.Context, topic, uuid string) (poison.Letter, error) {
-	var found *message.Message
-	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
-		if m.UUID == uuid {
-			found = m
-			return false, errStop
-		}
-		return false, nil
-	})
+func (h *Hospital) ward(ctx context.Context, dlqTopic string) (ward, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w, ok := h.wards[dlqTopic]; ok {
+		return w, nil
+	}
+	var w ward
+	var err error
+	switch h.cfg.Adapters.Broker {
+	case adapters.KindKafka:
+		w, err = newKafkaWard(h, dlqTopic)
+	case adapters.KindAMQP:
+		w, err = newAMQPWard(h, dlqTopic)
+	case adapters.KindPostgres:
+		w, err = newPostgresWard(ctx, h, dlqTopic)
+	default:
+		err = fmt.Errorf("dlq: broker %q has no DLQ to read", h.cfg.Adapters.Broker)
+	}
 	if err != nil {
-		return poison.Letter{}, err
+		return nil, err
 	}
-	if found == nil {
-		return poison.Letter{}, fmt.Errorf("%w: no unresolved letter %s in %s", ErrNotFound, uuid, h.DLQTopic(topic))
+	h.wards[dlqTopic] = w
+	return w, nil
+}
+
+// letter is m, read from dlqTopic, as the hospital's letter: the same
+// conversion ingest makes, so it is named and grouped the same way.
+func (h *Hospital) letter(ctx context.Context, m *message.Message, dlqTopic string) hospital.Letter {
+	return hospital.FromMessage(ctx, m, string(h.cfg.Adapters.Broker), dlqTopic, h.cfg.ClaimCheck, h.cfg.Fingerprint)
+}
+
+// deadQuery is q narrowed to topic's dead letters.
+func (h *Hospital) deadQuery(topic string, q hospital.LetterQuery) hospital.LetterQuery {
+	q.State, q.DLQTopic = hospital.StateDead, h.DLQTopic(topic)
+	return q
+}
+
+// List returns the dead letters of topic's DLQ that q selects (its State,
+// DLQTopic and cursor fields are set here), oldest first, whole. It
+// changes nothing.
+func (h *Hospital) List(ctx context.Context, topic string, q hospital.LetterQuery) ([]hospital.Letter, error) {
+	letters, w, err := h.read(ctx, topic, q)
+	if bw, ok := w.(ward); ok {
+		bw.release()
 	}
-	if key := found.Metadata.Get(poison.KeyClaimCheck); key != "" {
-		if h.cfg.ClaimCheck == nil {
-			l := read(found)
-			l.Error = fmt.Sprintf("%s [its payload (%s bytes) and metadata are in the claim check %s: configure the claim-check store to see them]",
-				l.Error, found.Metadata.Get(poison.KeyClaimCheckBytes), key)
-			return l, nil
-		}
-		whole, err := poison.ResolveClaim(ctx, h.cfg.ClaimCheck, found)
+	return letters, err
+}
+
+// read is List holding what it read (RabbitMQ's letters) for a treatment.
+func (h *Hospital) read(ctx context.Context, topic string, q hospital.LetterQuery) ([]hospital.Letter, hospital.Ward, error) {
+	w, err := h.Ward(ctx, topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	if bw, ok := w.(ward); ok {
+		bw.refresh()
+	}
+	q = h.deadQuery(topic, q)
+	q.Whole, q.Newest, q.After, q.Limit = true, false, 0, 1000
+	var out []hospital.Letter
+	for {
+		page, err := w.Letters(ctx, q)
 		if err != nil {
-			return poison.Letter{}, fmt.Errorf("dlq: %w", err)
+			return out, w, err
 		}
-		found = whole
+		out = append(out, page.Letters...)
+		if page.Next == 0 {
+			return out, w, nil
+		}
+		q.After = page.Next
 	}
-	return read(found), nil
+}
+
+// Groups groups the letters List returns by fingerprint
+// (hospital.GroupLetters), most waiting first: the web UI's groups for the
+// same letters.
+func (h *Hospital) Groups(ctx context.Context, topic string, q hospital.LetterQuery) ([]hospital.Group, error) {
+	letters, err := h.List(ctx, topic, q)
+	if err != nil {
+		return nil, err
+	}
+	page, err := hospital.PageGroups(hospital.GroupLetters(letters, h.cfg.Now()), hospital.GroupQuery{Order: hospital.ByCount, Limit: 1000})
+	return page.Groups, err
 }
 
 // ErrNotFound is wrapped by Show when the letter is not there.
 var ErrNotFound = errors.New("dlq: letter not found")
+
+// Show returns the dead letter of topic's DLQ with uuid, whole (its claim
+// read back when it has one and Config.ClaimCheck is set; when the claim
+// cannot be read, the letter says why in Problem), or an error wrapping
+// ErrNotFound.
+func (h *Hospital) Show(ctx context.Context, topic, uuid string) (hospital.Letter, error) {
+	found, err := h.List(ctx, topic, hospital.LetterQuery{UUID: uuid})
+	if err != nil {
+		return hospital.Letter{}, err
+	}
+	if len(found) == 0 {
+		return hospital.Letter{}, fmt.Errorf("%w: no dead letter %s in %s", ErrNotFound, uuid, h.DLQTopic(topic))
+	}
+	l := found[0]
+	if l.Metadata[poison.KeyClaimCheck] != "" && h.cfg.ClaimCheck != nil {
+		// Stored before the claim-check store was configured: read it back.
+		whole := hospital.FromMessage(ctx, hospital.LetterMessage(l), l.Broker, l.DLQTopic, h.cfg.ClaimCheck, h.cfg.Fingerprint)
+		l.Payload, l.Metadata, l.Problem = whole.Payload, whole.Metadata, whole.Problem
+	}
+	return l, nil
+}
 
 // ReplayOptions tune Replay.
 type ReplayOptions struct {
@@ -244,13 +360,46 @@ type Result struct {
 	Matched  int `json:"matched"`
 	Replayed int `json:"replayed"`
 	Purged   int `json:"purged"`
+	// Skipped letters another treatment got first (or holds).
+	Skipped int `json:"skipped"`
+	// Failed letters could not be treated, each with why; they stay dead.
+	Failed []Failure `json:"failed,omitempty"`
 }
 
-// Replay publishes each selected letter back to its original topic (or
+// Failure is one letter that could not be treated.
+type Failure struct {
+	UUID   string `json:"uuid"`
+	ID     int64  `json:"id"`
+	Reason string `json:"reason"`
+}
+
+// Err is nil when every selected letter was treated or skipped, else an
+// error naming how many failed and the first reasons.
+func (r Result) Err() error {
+	if len(r.Failed) == 0 {
+		return nil
+	}
+	var errs []error
+	for i, f := range r.Failed {
+		if i == 5 {
+			errs = append(errs, fmt.Errorf("... and %d more", len(r.Failed)-i))
+			break
+		}
+		errs = append(errs, fmt.Errorf("letter %s: %s", f.UUID, f.Reason))
+	}
+	return fmt.Errorf("%w: %d of %d could not be treated and stay dead: %w", ErrSomeFailed, len(r.Failed), r.Matched, errors.Join(errs...))
+}
+
+// ErrSomeFailed is wrapped by Result.Err.
+var ErrSomeFailed = errors.New("dlq: some letters were skipped")
+
+// Replay publishes each selected dead letter back to its original topic (or
 // opts.To) with poison.Replay (same UUID and idempotency key, replay_count+1,
-// replayed_at), then resolves it. A letter is resolved only after its replay
-// was published: a crash in between replays it twice, never loses it.
-func (h *Hospital) Replay(ctx context.Context, topic string, f Filter, opts ReplayOptions) (Result, error) {
+// replayed_at), then resolves it, each in a treatment of its own
+// (hospital.Replay). A letter that cannot be replayed is in Result.Failed;
+// the error is for what stopped the whole treatment (the broker gone,
+// another treatment took the DLQ over).
+func (h *Hospital) Replay(ctx context.Context, topic string, q hospital.LetterQuery, opts ReplayOptions) (Result, error) {
 	if opts.To != "" && !slices.Contains(h.cfg.AllowReplayTo, opts.To) {
 		return Result{}, fmt.Errorf("dlq: replay to %q is not allowed; add it to the hospital's AllowReplayTo (or replay to the original topic)", opts.To)
 	}
@@ -258,116 +407,48 @@ func (h *Hospital) Replay(ctx context.Context, topic string, f Filter, opts Repl
 	if r <= 0 {
 		r = h.cfg.ReplayRate
 	}
-	if h.hstore != nil {
-		return h.replayStored(ctx, topic, f, opts, r)
-	}
-	limiter := rate.NewLimiter(rate.Limit(r), 1)
-	var res Result
-	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
-		l := read(m)
-		if !f.Match(l) {
-			return false, nil
-		}
-		res.Matched++
-		if opts.DryRun {
-			return false, nil
-		}
-		target := opts.To
-		if target == "" {
-			target = l.OriginalTopic
-		}
-		if target == "" {
-			return false, fmt.Errorf("dlq: letter %s has no %s; replay it with To", l.UUID, poison.KeyOriginalTopic)
-		}
-		if target == h.DLQTopic(topic) {
-			return false, fmt.Errorf("dlq: letter %s would be replayed into the DLQ it is in", l.UUID)
-		}
-		if err := limiter.Wait(ctx); err != nil {
-			return false, err
-		}
-		// A claim-checked letter is replayed whole or not at all.
-		whole, err := poison.ResolveClaim(ctx, h.cfg.ClaimCheck, m)
-		if err != nil {
-			return false, fmt.Errorf("dlq: cannot replay %s: %w", l.UUID, err)
-		}
-		// poison.Replay gives the replay a fresh context: a new trace,
-		// linked (not parented) to the one the letter died in.
-		if err := h.replayPub.Publish(target, poison.Replay(whole, h.cfg.Now())); err != nil {
-			return false, fmt.Errorf("dlq: replay %s to %q: %w", l.UUID, target, err)
-		}
-		res.Replayed++
-		if opts.Progress != nil {
-			opts.Progress(res.Replayed)
-		}
-		return true, nil
+	return h.treat(ctx, topic, q, opts.DryRun, hospital.StateReplayed, func(w hospital.Ward, pub message.Publisher, ids []int64) (hospital.Result, error) {
+		return hospital.Replay(ctx, hospital.TreatConfig{Store: w, Publisher: pub, Actor: h.cfg.Actor, Rate: r, Now: h.cfg.Now,
+			To: opts.To, Progress: opts.Progress, ClaimCheck: h.cfg.ClaimCheck}, ids)
 	})
-	return res, err
 }
 
-// Purge resolves (removes) the selected letters without replaying them.
-func (h *Hospital) Purge(ctx context.Context, topic string, f Filter, dryRun bool) (Result, error) {
-	if h.hstore != nil {
-		return h.purgeStored(ctx, topic, f, dryRun)
-	}
-	var res Result
-	err := h.store.visit(ctx, h.DLQTopic(topic), func(m *message.Message) (bool, error) {
-		l := read(m)
-		if !f.Match(l) {
-			return false, nil
-		}
-		res.Matched++
-		if dryRun {
-			return false, nil
-		}
-		res.Purged++
-		return true, nil
+// Purge resolves (removes) the selected dead letters without replaying
+// them, each in a treatment of its own (hospital.Purge).
+func (h *Hospital) Purge(ctx context.Context, topic string, q hospital.LetterQuery, dryRun bool) (Result, error) {
+	return h.treat(ctx, topic, q, dryRun, hospital.StatePurged, func(w hospital.Ward, _ message.Publisher, ids []int64) (hospital.Result, error) {
+		return hospital.Purge(ctx, hospital.TreatConfig{Store: w, Actor: h.cfg.Actor}, ids)
 	})
-	return res, err
 }
 
-// read parses a letter. A message that is not a well-formed envelope
-// (published to the DLQ by hand, or by a newer version) is still listed with
-// what it has, never hidden.
-func read(m *message.Message) poison.Letter {
-	l, err := poison.ReadEnvelope(m)
-	if err != nil {
-		l = poison.Letter{UUID: m.UUID, Payload: m.Payload, Metadata: m.Metadata}
-		if !errors.Is(err, poison.ErrNotEnvelope) {
-			l.Error = err.Error()
+func (h *Hospital) treat(ctx context.Context, topic string, q hospital.LetterQuery, dryRun bool, to hospital.State,
+	run func(hospital.Ward, message.Publisher, []int64) (hospital.Result, error)) (Result, error) {
+	letters, w, err := h.read(ctx, topic, q)
+	pub := h.pub
+	if bw, ok := w.(ward); ok {
+		defer bw.release()
+		if err == nil {
+			pub, err = h.wrap(bw.publisher())
 		}
 	}
-	return l
-}
-
-// replayStored replays through the store: hospital.Replay, each letter
-// locked, published and marked in one transaction. A letter that cannot be
-// replayed is reported in the error and stays dead; the others go on.
-func (h *Hospital) replayStored(ctx context.Context, topic string, f Filter, opts ReplayOptions, r float64) (Result, error) {
-	ids, err := h.hstore.ids(ctx, h.DLQTopic(topic), f)
-	res := Result{Matched: len(ids)}
-	if err != nil || opts.DryRun {
+	res := Result{Matched: len(letters)}
+	if err != nil || dryRun || len(letters) == 0 {
 		return res, err
 	}
-	out, err := hospital.Replay(ctx, hospital.TreatConfig{Store: h.hstore.s, Publisher: h.replayPub, Actor: h.cfg.Actor,
-		Rate: r, Now: h.cfg.Now, To: opts.To, Progress: opts.Progress}, ids)
-	res.Replayed = out.Treated
-	if err == nil {
-		err = out.Err()
+	ids := make([]int64, len(letters))
+	uuids := make(map[int64]string, len(letters))
+	for i, l := range letters {
+		ids[i], uuids[l.ID] = l.ID, l.UUID
 	}
-	return res, err
-}
-
-// purgeStored marks the selected letters purged in the store.
-func (h *Hospital) purgeStored(ctx context.Context, topic string, f Filter, dryRun bool) (Result, error) {
-	ids, err := h.hstore.ids(ctx, h.DLQTopic(topic), f)
-	res := Result{Matched: len(ids)}
-	if err != nil || dryRun {
-		return res, err
+	out, err := run(w, pub, ids)
+	res.Skipped = out.Skipped
+	if to == hospital.StateReplayed {
+		res.Replayed = out.Treated
+	} else {
+		res.Purged = out.Treated
 	}
-	out, err := hospital.Purge(ctx, hospital.TreatConfig{Store: h.hstore.s, Actor: h.cfg.Actor}, ids)
-	res.Purged = out.Treated
-	if err == nil {
-		err = out.Err()
+	for _, f := range out.Failed {
+		res.Failed = append(res.Failed, Failure{UUID: uuids[f.ID], ID: f.ID, Reason: f.Err.Error()})
 	}
 	return res, err
 }

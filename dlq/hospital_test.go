@@ -14,6 +14,7 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
@@ -99,25 +100,25 @@ func TestHospital(t *testing.T) {
 			if err := b.Publisher.Publish(topic, msgs...); err != nil {
 				t.Fatal(err)
 			}
-			list := func(f dlq.Filter) []poison.Letter {
+			list := func(f hospital.LetterQuery) []hospital.Letter {
 				l, err := h.List(ctx, topic, f)
 				if err != nil {
 					t.Fatal(err)
 				}
 				return l
 			}
-			eventually(t, "10 letters in the DLQ", func() (bool, string) { n := len(list(dlq.Filter{})); return n == 10, fmt.Sprint(n) })
+			eventually(t, "10 letters in the DLQ", func() (bool, string) { n := len(list(hospital.LetterQuery{})); return n == 10, fmt.Sprint(n) })
 
 			// Listing is read-only: twice gives the same.
-			if n := len(list(dlq.Filter{})); n != 10 {
+			if n := len(list(hospital.LetterQuery{})); n != 10 {
 				t.Fatalf("second list: %d", n)
 			}
-			groups := dlq.GroupLetters(list(dlq.Filter{}))
-			if len(groups) != 2 || groups[0].Count != 6 || groups[0].Reason != poison.ReasonPermanent ||
-				groups[0].Error != "user <n> not found" || groups[1].Count != 4 || groups[1].Reason != poison.ReasonPanic {
-				t.Fatalf("groups: %+v", groups)
+			groups, err := h.Groups(ctx, topic, hospital.LetterQuery{})
+			if err != nil || len(groups) != 2 || groups[0].Count != 6 || groups[0].Fingerprint.Reason != string(poison.ReasonPermanent) ||
+				groups[0].Fingerprint.Message != "user <n> not found" || groups[1].Count != 4 || groups[1].Fingerprint.Reason != string(poison.ReasonPanic) {
+				t.Fatalf("groups: %+v %v", groups, err)
 			}
-			if n := len(list(dlq.Filter{Reasons: []poison.Reason{poison.ReasonPanic}})); n != 4 {
+			if n := len(list(hospital.LetterQuery{Reasons: []string{string(poison.ReasonPanic)}})); n != 4 {
 				t.Fatalf("filter by reason: %d", n)
 			}
 			if l, err := h.Show(ctx, topic, "letter-03"); err != nil || string(l.Payload) != "3" || l.Handler != "orders" {
@@ -125,24 +126,24 @@ func TestHospital(t *testing.T) {
 			}
 
 			// Dry run changes nothing.
-			res, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{DryRun: true})
+			res, err := h.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{DryRun: true})
 			if err != nil || res.Matched != 10 || res.Replayed != 0 {
 				t.Fatalf("dry run: %+v %v", res, err)
 			}
-			if _, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{To: "elsewhere"}); err == nil {
+			if _, err := h.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{To: "elsewhere"}); err == nil {
 				t.Fatal("replay to a topic not allowed was accepted")
 			}
 
 			// Replay the permanent group through the still-broken handler.
-			res, err = h.Replay(ctx, topic, dlq.Filter{Reasons: []poison.Reason{poison.ReasonPermanent}}, dlq.ReplayOptions{})
+			res, err = h.Replay(ctx, topic, hospital.LetterQuery{Reasons: []string{string(poison.ReasonPermanent)}}, dlq.ReplayOptions{})
 			if err != nil || res.Replayed != 6 {
 				t.Fatalf("replay: %+v %v", res, err)
 			}
 			eventually(t, "the 6 replays back in the DLQ with replay_count 1", func() (bool, string) {
 				again := 0
-				all := list(dlq.Filter{})
+				all := list(hospital.LetterQuery{})
 				for _, l := range all {
-					if l.ReplayCount == 1 && l.Reason == poison.ReasonPermanent && !l.ReplayedAt.IsZero() {
+					if l.Metadata[poison.KeyReplayCount] == "1" && l.Reason == string(poison.ReasonPermanent) && l.Metadata[poison.KeyReplayedAt] != "" {
 						again++
 					}
 				}
@@ -151,12 +152,12 @@ func TestHospital(t *testing.T) {
 
 			// Fix the handler, replay everything: all processed, DLQ empty.
 			svc.broken.Store(false)
-			res, err = h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{})
+			res, err = h.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{})
 			if err != nil || res.Replayed != 10 {
 				t.Fatalf("replay all: %+v %v", res, err)
 			}
 			eventually(t, "all 10 processed", func() (bool, string) { return svc.count() == 10, fmt.Sprint(svc.count()) })
-			if n := len(list(dlq.Filter{})); n != 0 {
+			if n := len(list(hospital.LetterQuery{})); n != 0 {
 				t.Fatalf("%d letters left after replaying all", n)
 			}
 
@@ -165,35 +166,22 @@ func TestHospital(t *testing.T) {
 			if err := b.Publisher.Publish(topic, message.NewMessage("p1", []byte("x")), message.NewMessage("p2", []byte("y")), message.NewMessage("p3", []byte("z"))); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, "3 letters", func() (bool, string) { n := len(list(dlq.Filter{})); return n == 3, fmt.Sprint(n) })
-			if res, err := h.Purge(ctx, topic, dlq.Filter{}, true); err != nil || res.Matched != 3 || len(list(dlq.Filter{})) != 3 {
+			eventually(t, "3 letters", func() (bool, string) { n := len(list(hospital.LetterQuery{})); return n == 3, fmt.Sprint(n) })
+			if res, err := h.Purge(ctx, topic, hospital.LetterQuery{}, true); err != nil || res.Matched != 3 || len(list(hospital.LetterQuery{})) != 3 {
 				t.Fatalf("purge dry run: %+v %v", res, err)
 			}
-			if res, err := h.Purge(ctx, topic, dlq.Filter{UUIDs: []string{"p2"}}, false); err != nil || res.Purged != 1 {
+			if res, err := h.Purge(ctx, topic, hospital.LetterQuery{UUIDs: []string{"p2"}}, false); err != nil || res.Purged != 1 {
 				t.Fatalf("purge one: %+v %v", res, err)
 			}
-			if l := list(dlq.Filter{}); len(l) != 2 || l[0].UUID == "p2" || l[1].UUID == "p2" {
+			if l := list(hospital.LetterQuery{}); len(l) != 2 || l[0].UUID == "p2" || l[1].UUID == "p2" {
 				t.Fatalf("after purging p2: %+v", l)
 			}
-			if res, err := h.Purge(ctx, topic, dlq.Filter{}, false); err != nil || res.Purged != 2 {
+			if res, err := h.Purge(ctx, topic, hospital.LetterQuery{}, false); err != nil || res.Purged != 2 {
 				t.Fatalf("purge: %+v %v", res, err)
 			}
-			if n := len(list(dlq.Filter{})); n != 0 {
+			if n := len(list(hospital.LetterQuery{})); n != 0 {
 				t.Fatalf("%d letters after purge", n)
 			}
 		})
-	}
-}
-
-func TestNormalizeError(t *testing.T) {
-	for in, want := range map[string]string{
-		`user 42 not found`:                         "user <n> not found",
-		`order "A-1" rejected at 12.5s`:             "order <str> rejected at <n>s",
-		`id 3f2b8c1e-1d2a-4b5c-8d9e-0a1b2c3d4e5f x`: "id <uuid> x",
-		`ptr 0xc000123456`:                          "ptr <hex>",
-	} {
-		if got := dlq.NormalizeError(in); got != want {
-			t.Errorf("NormalizeError(%q) = %q, want %q", in, got, want)
-		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
@@ -85,9 +86,9 @@ func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
 	root.End()
 	original := root.SpanContext().TraceID()
 
-	var letter poison.Letter
+	var letter hospital.Letter
 	eventually(t, "the letter in the DLQ", func() (bool, string) {
-		l, err := h.List(ctx, topic, dlq.Filter{})
+		l, err := h.List(ctx, topic, hospital.LetterQuery{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +102,7 @@ func TestHospitalReplayLinksToTheOriginalTrace(t *testing.T) {
 	}
 
 	fixed.Store(true)
-	if res, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{}); err != nil || res.Replayed != 1 {
+	if res, err := h.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{}); err != nil || res.Replayed != 1 {
 		t.Fatalf("replay: %+v %v", res, err)
 	}
 	select {

@@ -63,25 +63,28 @@ func TestHospitalOnStore(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer h.Close()
-			list := func(f dlq.Filter) []poison.Letter {
+			list := func(f hospital.LetterQuery) []hospital.Letter {
 				l, err := h.List(ctx, topic, f)
 				if err != nil {
 					t.Fatal(err)
 				}
 				return l
 			}
-			eventually(t, "10 letters in the store", func() (bool, string) { n := len(list(dlq.Filter{})); return n == 10, fmt.Sprint(n) })
-			groups := dlq.GroupLetters(list(dlq.Filter{}))
+			eventually(t, "10 letters in the store", func() (bool, string) { n := len(list(hospital.LetterQuery{})); return n == 10, fmt.Sprint(n) })
+			groups, err := h.Groups(ctx, topic, hospital.LetterQuery{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(groups) != 2 || groups[0].Count != 6 || groups[1].Count != 4 {
 				t.Fatalf("groups: %+v", groups)
 			}
 			if l, err := h.Show(ctx, topic, "letter-03"); err != nil || string(l.Payload) != "3" || l.Handler != "orders" {
 				t.Fatalf("show: %+v %v", l, err)
 			}
-			if res, err := h.Replay(ctx, topic, dlq.Filter{}, dlq.ReplayOptions{DryRun: true}); err != nil || res.Matched != 10 || res.Replayed != 0 {
+			if res, err := h.Replay(ctx, topic, hospital.LetterQuery{}, dlq.ReplayOptions{DryRun: true}); err != nil || res.Matched != 10 || res.Replayed != 0 {
 				t.Fatalf("dry run: %+v %v", res, err)
 			}
-			res, err := h.Replay(ctx, topic, dlq.Filter{Reasons: []poison.Reason{poison.ReasonPermanent}}, dlq.ReplayOptions{})
+			res, err := h.Replay(ctx, topic, hospital.LetterQuery{Reasons: []string{string(poison.ReasonPermanent)}}, dlq.ReplayOptions{})
 			if err != nil || res.Replayed != 6 {
 				t.Fatalf("replay: %+v %v", res, err)
 			}
@@ -89,18 +92,18 @@ func TestHospitalOnStore(t *testing.T) {
 			// again, with replay_count 1.
 			eventually(t, "the six back, ingested again", func() (bool, string) {
 				back := 0
-				for _, l := range list(dlq.Filter{}) {
-					if l.ReplayCount == 1 {
+				for _, l := range list(hospital.LetterQuery{}) {
+					if l.Metadata[poison.KeyReplayCount] == "1" {
 						back++
 					}
 				}
 				return back == 6, fmt.Sprint(back)
 			})
-			res, err = h.Purge(ctx, topic, dlq.Filter{Reasons: []poison.Reason{poison.ReasonPanic}}, false)
+			res, err = h.Purge(ctx, topic, hospital.LetterQuery{Reasons: []string{string(poison.ReasonPanic)}}, false)
 			if err != nil || res.Purged != 4 {
 				t.Fatalf("purge: %+v %v", res, err)
 			}
-			if n := len(list(dlq.Filter{})); n != 6 {
+			if n := len(list(hospital.LetterQuery{})); n != 6 {
 				t.Errorf("%d letters left, want the 6 replayed ones", n)
 			}
 			audit, err := store.Audit(ctx, 0, 100)

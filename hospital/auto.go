@@ -80,9 +80,10 @@ func AutoCanaryOnce(ctx context.Context, cfg AutoCanaryConfig) ([]AutoOutcome, e
 	if err := cfg.CanaryConfig.Validate(); err != nil {
 		return nil, err
 	}
+	store := cfg.Store.(Store) // Validate made sure
 	version := cfg.Version
 	if version == nil {
-		version = cfg.Store.LatestVersion
+		version = store.LatestVersion
 	}
 	var groups []Group
 	for q := (GroupQuery{Order: ByCount, Limit: 1000}); ; q.Offset += q.Limit {
@@ -106,7 +107,7 @@ func AutoCanaryOnce(ctx context.Context, cfg AutoCanaryConfig) ([]AutoOutcome, e
 		if v == "" || v == g.ConsumerVersion {
 			continue // no newer consumer seen
 		}
-		claimed, err := cfg.Store.ClaimCanary(ctx, g.Fingerprint.ID, v)
+		claimed, err := store.ClaimCanary(ctx, g.Fingerprint.ID, v)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -120,7 +121,7 @@ func AutoCanaryOnce(ctx context.Context, cfg AutoCanaryConfig) ([]AutoOutcome, e
 			o.Result, err = Canary(ctx, cfg.CanaryConfig, ids)
 		}
 		o.Err = err
-		if err := cfg.Store.FinishCanary(context.WithoutCancel(ctx), g.Fingerprint.ID, v, o.Outcome()); err != nil {
+		if err := store.FinishCanary(context.WithoutCancel(ctx), g.Fingerprint.ID, v, o.Outcome()); err != nil {
 			errs = append(errs, err)
 		}
 		out = append(out, o)

@@ -52,6 +52,9 @@ func (c CanaryConfig) Validate() error {
 	if c.Publisher == nil {
 		errs = append(errs, errors.New("hospital: CanaryConfig.Publisher is nil; a canary replay needs the broker's publisher"))
 	}
+	if _, ok := c.Store.(Store); c.Store != nil && !ok {
+		errs = append(errs, errors.New("hospital: CanaryConfig.Store is a broker's DLQ read directly; a canary replay needs the hospital store, whose ingest sees a canary fail again"))
+	}
 	if c.Canaries < 0 {
 		errs = append(errs, fmt.Errorf("hospital: CanaryConfig.Canaries %d is negative; use 1 or more", c.Canaries))
 	}
@@ -171,7 +174,7 @@ func Canary(ctx context.Context, cfg CanaryConfig, ids []int64) (CanaryResult, e
 }
 
 // relapses are the canaries of which a replayed copy was ingested after mark.
-func relapses(ctx context.Context, s Store, canaries []Letter, mark int64) ([]Relapse, error) {
+func relapses(ctx context.Context, s Ward, canaries []Letter, mark int64) ([]Relapse, error) {
 	var out []Relapse
 	for _, c := range canaries {
 		page, err := s.Letters(ctx, LetterQuery{UUID: c.UUID, After: mark, Limit: 10})

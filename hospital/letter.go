@@ -1,12 +1,17 @@
 package hospital
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
+	"sort"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote"
@@ -55,12 +60,23 @@ const ReasonUnknown = "unknown"
 
 // Letter is a dead letter as the hospital stores it.
 type Letter struct {
-	// ID is assigned by the Store: ingest order.
+	// ID is assigned by the Ward: ingest order in the store; on a broker's
+	// DLQ read directly, the letter's place there.
 	ID int64 `json:"id"`
-	// Identity is unique per letter: the broker, the DLQ and the letter's
-	// position there (Kafka) or its UUID and failure (others). A letter
-	// ingested twice has one identity and is stored once.
+	// Identity is unique per letter (see FromMessage): a letter delivered
+	// twice has one identity and is stored once; two letters never share
+	// one.
 	Identity string `json:"identity"`
+	// Digest is a hash of what the letter holds (its UUID, payload and
+	// metadata, and the broker's record of it): a letter redelivered by a
+	// broker without positions has the same Digest as before.
+	Digest string `json:"digest"`
+	// Redelivered is true when the broker says it delivered this letter
+	// before (RabbitMQ's redelivered flag) and it has no position: it may
+	// be stored already, under its Digest. A letter the broker delivers
+	// for the first time is always new, even when another letter holds
+	// the same bytes.
+	Redelivered bool `json:"redelivered,omitempty"`
 	Broker   string `json:"broker"`
 	DLQTopic string `json:"dlq_topic"`
 	Format   Format `json:"format"`
@@ -102,6 +118,9 @@ const MetadataConsumerVersion = "antidote.consumer_version"
 // ingest. A claim-checked letter is resolved through cc when cc is set;
 // when it cannot be, the letter is stored as it is with the problem noted.
 func FromMessage(ctx context.Context, msg *message.Message, broker, dlqTopic string, cc poison.ClaimCheck, fp fingerprint.Options) Letter {
+	// The letter as it is in the DLQ names it, whether or not its claim
+	// can be read today.
+	id, digest, redelivered := identity(msg, broker, dlqTopic)
 	var problems []error
 	if msg.Metadata.Get(poison.KeyClaimCheck) != "" {
 		if cc == nil {
@@ -121,7 +140,12 @@ func FromMessage(ctx context.Context, msg *message.Message, broker, dlqTopic str
 		State:    StateDead,
 	}
 	for k, v := range msg.Metadata {
-		l.Metadata[k] = v
+		// The DLQ's delivery state is not the letter's: replayed, it would
+		// tell the consumer's crash-loop guard the replay was delivered
+		// before.
+		if k != amqpRedelivered && k != amqpDeliveryCount {
+			l.Metadata[k] = v
+		}
 	}
 	md := msg.Metadata
 	switch {
@@ -159,7 +183,7 @@ func FromMessage(ctx context.Context, msg *message.Message, broker, dlqTopic str
 		l.Producer = md.Get(poison.KeyProducer)
 	}
 	l.ConsumerVersion = md.Get(MetadataConsumerVersion)
-	l.Identity = identity(msg, broker, dlqTopic, l)
+	l.Identity, l.Digest, l.Redelivered = id, digest, redelivered
 	l.Fingerprint = fp.Of(fingerprint.Input{
 		Handler: l.Handler, Reason: l.Reason, ErrorType: l.ErrorType, Error: l.Error, Stack: l.Stack,
 		Payload: l.Payload, ContentType: contentType(md), Producer: l.Producer,
@@ -170,20 +194,88 @@ func FromMessage(ctx context.Context, msg *message.Message, broker, dlqTopic str
 	return l
 }
 
-// identity: on Kafka a letter's position in its DLQ names it exactly. On
-// the other brokers a letter has no position that survives its redelivery;
-// its UUID (the original message's), its DLQ and its last failure and
-// attempts name it: redelivered, it is the same letter; dead-lettered again
-// after a replay, it is a new one.
-func identity(msg *message.Message, broker, dlqTopic string, l Letter) string {
-	if partition, offset, ok := antidote.PositionFromCtx(msg.Context()); ok {
-		return fmt.Sprintf("%s:%s/%d/%d", broker, dlqTopic, partition, offset)
+// What names a letter, from what each broker guarantees:
+//
+//   - Kafka: its partition and offset, unique within one life of the topic.
+//     A topic deleted and made again (the usual way to empty one) reuses
+//     its offsets, so the record's timestamp and content go in too.
+//   - PostgreSQL: its row's offset and created_at, unique within one life
+//     of the table, with its content: a row requeued and dead-lettered
+//     again with another error is another letter.
+//   - RabbitMQ: no position, and no message-id it requires. A delivery the
+//     broker makes for the first time (redelivered false: RabbitMQ
+//     guarantees it was never delivered before) is a new letter whatever
+//     its bytes; a redelivery (after an ingester died before its ack) is
+//     the letter stored before with the same content, if there is one.
+//
+// The content is the UUID, the payload and the metadata, less what a
+// broker changes between two deliveries of one message.
+func identity(msg *message.Message, broker, dlqTopic string) (id, digest string, redelivered bool) {
+	rec, hasRecord := antidote.RecordFromCtx(msg.Context())
+	digest = contentDigest(msg, rec)
+	base := broker + ":" + dlqTopic
+	if hasRecord {
+		return base + "@" + rec.Place + "#" + digest, digest, false
 	}
-	last := msg.Metadata.Get(poison.KeyLastFailedAt)
-	if last == "" {
-		last = msg.Metadata.Get(poison.KeyReplayedAt)
+	// A first delivery gets an identity of its own; Put finds a
+	// redelivery's twin by its digest.
+	return base + "#" + digest + "/" + watermill.NewUUID(), digest, msg.Metadata.Get(amqpRedelivered) == "true"
+}
+
+// Metadata a broker changes between two deliveries of one message:
+// watermill-amqp's redelivered flag and quorum queues' delivery count.
+const (
+	amqpRedelivered    = "_watermill_amqp_redelivered"
+	amqpDeliveryCount  = "x-delivery-count"
+	digestLengthPrefix = 8
+)
+
+// contentDigest hashes the letter's UUID, payload, metadata (sorted, each
+// length-prefixed) and the broker's record of it: 32 hex digits.
+func contentDigest(msg *message.Message, rec antidote.Record) string {
+	h := sha256.New()
+	var n [digestLengthPrefix]byte
+	write := func(b []byte) {
+		binary.LittleEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
 	}
-	return broker + ":" + dlqTopic + ":" + msg.UUID + ":" + last + ":" + strconv.Itoa(l.Attempts)
+	write([]byte(msg.UUID))
+	write(msg.Payload)
+	keys := make([]string, 0, len(msg.Metadata))
+	for k := range msg.Metadata {
+		if k != amqpRedelivered && k != amqpDeliveryCount {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		write([]byte(k))
+		write([]byte(msg.Metadata[k]))
+	}
+	write([]byte(rec.Place))
+	if !rec.Time.IsZero() {
+		write([]byte(rec.Time.UTC().Format(time.RFC3339Nano)))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// FailedAt is when the letter last failed: LastFailedAt, or, when the
+// letter gives none or one after it was ingested (a clock running ahead, a
+// forged envelope), its ingest time. Groups' first and last seen and
+// their hourly rates count by it.
+func (l Letter) FailedAt() time.Time { return failedAt(l.LastFailedAt, l.IngestedAt) }
+
+// FirstFailed is when the letter first failed, by the same rule.
+func (l Letter) FirstFailed() time.Time {
+	return failedAt(cmp.Or(l.FirstFailedAt, l.LastFailedAt), l.IngestedAt)
+}
+
+func failedAt(t, ingested time.Time) time.Time {
+	if t.IsZero() || (!ingested.IsZero() && t.After(ingested)) {
+		return ingested
+	}
+	return t
 }
 
 func contentType(md message.Metadata) string {

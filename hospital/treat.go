@@ -15,8 +15,9 @@ import (
 
 // TreatConfig configures Replay and Purge.
 type TreatConfig struct {
-	// Store holds the letters. Required.
-	Store Store
+	// Store holds the letters: the hospital store, or a broker's DLQ read
+	// directly (dlq.Open). Required.
+	Store Ward
 	// Publisher sends replays (Replay only; required there). Wrap it with
 	// telemetry.NewPublisher for a producer span per replay.
 	Publisher message.Publisher
@@ -34,6 +35,12 @@ type TreatConfig struct {
 	// Progress, when not nil, is called after each letter treated with the
 	// number treated so far.
 	Progress func(done int)
+	// ClaimCheck reads back the payload of a letter that still refers to
+	// a claim (ingested without the claim-check store, or read from a
+	// broker's DLQ), so it is replayed whole. If ClaimCheck is nil, such a
+	// letter is not replayed (its empty payload would lose the message):
+	// it fails with the reason, and the others go on.
+	ClaimCheck poison.ClaimCheck
 }
 
 func (c *TreatConfig) setDefaults() {
@@ -89,7 +96,7 @@ func (r Result) Err() error {
 
 // Select lists the ids of the dead letters q selects (q.State is ignored),
 // oldest first, all pages.
-func Select(ctx context.Context, s Store, q LetterQuery) ([]int64, error) {
+func Select(ctx context.Context, s Ward, q LetterQuery) ([]int64, error) {
 	q.State, q.Newest, q.After, q.Limit = StateDead, false, 0, 1000
 	var ids []int64
 	for {
@@ -111,22 +118,29 @@ func Select(ctx context.Context, s Store, q LetterQuery) ([]int64, error) {
 // letter's UUID, payload and original metadata, without its failure
 // keys, one more replay counted (poison.Replay).
 func ReplayMessage(l Letter, now time.Time) *message.Message {
+	return poison.Replay(LetterMessage(l), now)
+}
+
+// LetterMessage is l as the message it was in its DLQ: its UUID, payload
+// and metadata.
+func LetterMessage(l Letter) *message.Message {
 	m := message.NewMessage(l.UUID, l.Payload)
 	for k, v := range l.Metadata {
 		m.Metadata.Set(k, v)
 	}
-	return poison.Replay(m, now)
+	return m
 }
 
 // Replay sends each letter of ids back to its original topic and marks it
-// replayed, each in its own transaction with the letter locked (Store.Treat):
+// replayed, each in its own treatment with the letter taken (Ward.Treat):
 // a purge racing the replay gets the letters the replay has not, never the
 // same one. A letter that cannot be replayed (no original topic, its
-// payload still in a claim check, the publish failed) stays dead and is
-// reported in Result.Failed; the others go on. If the store commit fails
-// after the publish, the letter stays dead and a later replay sends it
-// again: at least once, as every delivery (the consumer's idempotency
-// skips the copy, which keeps its UUID).
+// payload in a claim that cannot be read, the publish failed) stays dead
+// and is reported in Result.Failed with the reason; the others go on. If
+// the ward's commit fails after the publish, the letter stays dead and a
+// later replay sends it again: at least once, as every delivery (the
+// consumer's idempotency skips the copy, which keeps its UUID). On a
+// Kafka DLQ read directly the publish and the commit are one transaction.
 func Replay(ctx context.Context, cfg TreatConfig, ids []int64) (Result, error) {
 	cfg.setDefaults()
 	err := cfg.Validate()
@@ -140,18 +154,26 @@ func Replay(ctx context.Context, cfg TreatConfig, ids []int64) (Result, error) {
 	return treat(ctx, cfg, ids, StateReplayed, func(l Letter) error {
 		topic := cmp.Or(cfg.To, l.OriginalTopic)
 		if topic == "" {
-			return fmt.Errorf("it names no original topic (%s): nowhere to replay it", poison.KeyOriginalTopic)
+			return fmt.Errorf("it names no original topic (%s): nowhere to replay it; replay it with a destination (--to)", poison.KeyOriginalTopic)
 		}
 		if topic == l.DLQTopic {
 			return fmt.Errorf("it would be replayed into the DLQ it came from (%s)", topic)
 		}
+		m := LetterMessage(l)
 		if key := l.Metadata[poison.KeyClaimCheck]; key != "" {
-			return fmt.Errorf("its payload is still in the claim check %s: ingest it with the claim-check store configured", key)
+			if cfg.ClaimCheck == nil {
+				return fmt.Errorf("its payload is in the claim check %s: configure the claim-check store (--claim-check) to replay it whole", key)
+			}
+			whole, err := poison.ResolveClaim(ctx, cfg.ClaimCheck, m)
+			if err != nil {
+				return fmt.Errorf("its payload cannot be read back: %w", err)
+			}
+			m = whole
 		}
 		if err := limiter.Wait(ctx); err != nil {
 			return err
 		}
-		return cfg.Publisher.Publish(topic, ReplayMessage(l, cfg.Now()))
+		return cfg.Publisher.Publish(topic, poison.Replay(m, cfg.Now()))
 	}, "replayed to "+cmp.Or(cfg.To, "original topic"))
 }
 
@@ -182,6 +204,8 @@ func treat(ctx context.Context, cfg TreatConfig, ids []int64, to State, do func(
 			res.Skipped++
 		case ctx.Err() != nil:
 			return res, ctx.Err()
+		case errors.Is(err, ErrTakenOver):
+			return res, err
 		default:
 			res.Failed = append(res.Failed, LetterError{ID: id, Err: err})
 		}

@@ -120,8 +120,11 @@ func (s *HospitalStore) CreateTableSQL() string {
   state            TEXT NOT NULL DEFAULT 'dead',
   ingested_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
   treated_at       TIMESTAMPTZ,
-  treated_by       TEXT NOT NULL DEFAULT ''
+  treated_by       TEXT NOT NULL DEFAULT '',
+  digest           TEXT NOT NULL DEFAULT ''
 );
+ALTER TABLE ` + s.letters + ` ADD COLUMN IF NOT EXISTS digest TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS ` + idx("_digest") + ` ON ` + s.letters + ` (digest);
 CREATE INDEX IF NOT EXISTS ` + idx("_fingerprint") + ` ON ` + s.letters + ` (fingerprint, id);
 CREATE INDEX IF NOT EXISTS ` + idx("_state") + ` ON ` + s.letters + ` (state, id);
 CREATE INDEX IF NOT EXISTS ` + idx("_uuid") + ` ON ` + s.letters + ` (uuid, id);
@@ -207,40 +210,58 @@ func (s *HospitalStore) Put(ctx context.Context, l hospital.Letter) (bool, error
 	// implicit transaction: the letter, its group's counts and its hour's
 	// rate change together or not at all. A letter stored before (an
 	// ingest redelivery) inserts no row, and the group and rate CTEs then
-	// see none.
-	var n int
-	err = s.t.pool.QueryRow(ctx, `WITH ins AS (
-  INSERT INTO `+s.letters+` (identity, broker, dlq_topic, format, uuid, original_topic, handler,
+	// see none. A group's first and last seen, and its rates, go by when
+	// its letters failed ($16, $17), never later than their ingest.
+	sql := `WITH ins AS (
+  INSERT INTO ` + s.letters + ` (identity, broker, dlq_topic, format, uuid, original_topic, handler,
     consumer_group, reason, error, error_type, stack, producer, consumer_version, attempts, first_failed_at, last_failed_at,
-    fingerprint, payload, metadata, problem, state)
-  VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
-  ON CONFLICT (identity) DO NOTHING RETURNING id, ingested_at
+    fingerprint, payload, metadata, problem, state, digest)
+  SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$31
+  WHERE NOT $32 OR NOT EXISTS (SELECT 1 FROM ` + s.letters + ` WHERE digest = $31)
+  ON CONFLICT (identity) DO NOTHING
+  RETURNING id, ingested_at,
+    LEAST(COALESCE($16::timestamptz, $17::timestamptz, ingested_at), ingested_at) AS first_at,
+    LEAST(COALESCE($17::timestamptz, ingested_at), ingested_at) AS failed_at
 ), grp AS (
-  INSERT INTO `+s.group+` AS g (fingerprint, handler, reason, error_type, frame, message, shape, producer,
+  INSERT INTO ` + s.group + ` AS g (fingerprint, handler, reason, error_type, frame, message, shape, producer,
     count, dead, first_seen, last_seen, example, original_topic, consumer_version)
-  SELECT $18, $23, $24, $25, $26, $27, $28, $29, 1, $30, ingested_at, ingested_at, id, $6, $14 FROM ins
+  SELECT $18, $23, $24, $25, $26, $27, $28, $29, 1, $30, first_at, failed_at, id, $6, $14 FROM ins
   ON CONFLICT (fingerprint) DO UPDATE SET count = g.count + 1, dead = g.dead + EXCLUDED.dead,
+    first_seen = LEAST(g.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen),
     consumer_version = CASE WHEN EXCLUDED.consumer_version <> '' THEN EXCLUDED.consumer_version ELSE g.consumer_version END
 ), rate AS (
-  INSERT INTO `+s.rates+` AS r (fingerprint, hour, count)
-  SELECT $18, date_trunc('hour', ingested_at), 1 FROM ins
+  INSERT INTO ` + s.rates + ` AS r (fingerprint, hour, count)
+  SELECT $18, date_trunc('hour', failed_at), 1 FROM ins
   ON CONFLICT (fingerprint, hour) DO UPDATE SET count = r.count + 1
 )
-SELECT count(*) FROM ins`,
-		text(l.Identity), text(l.Broker), text(l.DLQTopic), text(string(l.Format)), text(l.UUID), text(l.OriginalTopic), text(l.Handler),
+SELECT count(*) FROM ins`
+	args := []any{text(l.Identity), text(l.Broker), text(l.DLQTopic), text(string(l.Format)), text(l.UUID), text(l.OriginalTopic), text(l.Handler),
 		text(l.ConsumerGroup), text(l.Reason), text(l.Error), text(l.ErrorType), text(l.Stack), text(l.Producer), text(l.ConsumerVersion),
 		l.Attempts, nullTime(l.FirstFailedAt), nullTime(l.LastFailedAt), f.ID, payload, md, text(l.Problem), string(state),
-		text(f.Handler), text(f.Reason), text(f.ErrorType), text(f.Frame), text(f.Message), text(f.Shape), text(f.Producer), dead).Scan(&n)
-	inserted := n == 1
+		text(f.Handler), text(f.Reason), text(f.ErrorType), text(f.Frame), text(f.Message), text(f.Shape), text(f.Producer), dead,
+		text(l.Digest), l.Redelivered && l.Digest != ""}
+	var n int
+	if l.Redelivered && l.Digest != "" {
+		// A redelivery's twin may be being stored right now by the
+		// ingester whose connection dropped: wait for it, by digest.
+		err = pgx.BeginFunc(ctx, s.t.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, l.Digest); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, sql, args...).Scan(&n)
+		})
+	} else {
+		err = s.t.pool.QueryRow(ctx, sql, args...).Scan(&n)
+	}
 	if err != nil {
 		return false, fmt.Errorf("pgstore: hospital store: put letter %s (%s): %w", text(l.UUID), text(l.Identity), err)
 	}
-	return inserted, nil
+	return n == 1, nil
 }
 
 const letterColumns = `id, identity, broker, dlq_topic, format, uuid, original_topic, handler, consumer_group, reason, error,
-  error_type, producer, consumer_version, attempts, first_failed_at, last_failed_at, fingerprint, problem, state, ingested_at`
+  error_type, producer, consumer_version, attempts, first_failed_at, last_failed_at, fingerprint, problem, state, ingested_at, digest`
 
 func scanLetter(row pgx.Row, extra ...any) (hospital.Letter, error) {
 	var l hospital.Letter
@@ -248,7 +269,7 @@ func scanLetter(row pgx.Row, extra ...any) (hospital.Letter, error) {
 	var format, state string
 	dest := append([]any{&l.ID, &l.Identity, &l.Broker, &l.DLQTopic, &format, &l.UUID, &l.OriginalTopic, &l.Handler,
 		&l.ConsumerGroup, &l.Reason, &l.Error, &l.ErrorType, &l.Producer, &l.ConsumerVersion, &l.Attempts, &first, &last,
-		&l.Fingerprint.ID, &l.Problem, &state, &l.IngestedAt}, extra...)
+		&l.Fingerprint.ID, &l.Problem, &state, &l.IngestedAt, &l.Digest}, extra...)
 	if err := row.Scan(dest...); err != nil {
 		return l, err
 	}
@@ -323,6 +344,27 @@ func (s *HospitalStore) Letters(ctx context.Context, q hospital.LetterQuery) (ho
 	eq("original_topic", q.OriginalTopic)
 	eq("dlq_topic", q.DLQTopic)
 	eq("producer", q.Producer)
+	anyOf := func(col string, v any, n int) {
+		if n > 0 {
+			args = append(args, v)
+			where = append(where, col+" = ANY($"+strconv.Itoa(len(args))+")")
+		}
+	}
+	anyOf("id", q.IDs, len(q.IDs))
+	anyOf("uuid", q.UUIDs, len(q.UUIDs))
+	anyOf("reason", q.Reasons, len(q.Reasons))
+	anyOf("handler", q.Handlers, len(q.Handlers))
+	anyOf("error_type", q.ErrorTypes, len(q.ErrorTypes))
+	// hospital.Letter.FailedAt: the last failure, never after the ingest.
+	const failedAt = "LEAST(COALESCE(last_failed_at, ingested_at), ingested_at)"
+	if !q.FailedSince.IsZero() {
+		args = append(args, q.FailedSince)
+		where = append(where, failedAt+" >= $"+strconv.Itoa(len(args)))
+	}
+	if !q.FailedUntil.IsZero() {
+		args = append(args, q.FailedUntil)
+		where = append(where, failedAt+" <= $"+strconv.Itoa(len(args)))
+	}
 	order := "ASC"
 	if q.Newest {
 		order = "DESC"

@@ -22,12 +22,17 @@ func newHospitalStore(t *testing.T) (*pgstore.HospitalStore, *pgxpool.Pool) {
 	return s, pool
 }
 
+// thisHour is the start of the hour the tests run in.
+var thisHour = time.Now().UTC().Truncate(time.Hour)
+
 func letter(i int, bug string) hospital.Letter {
 	l := hospital.Letter{
 		Identity: fmt.Sprintf("kafka:orders.dlq/0/%d", i), Broker: "kafka", DLQTopic: "orders.dlq",
 		Format: hospital.FormatAntidote, UUID: fmt.Sprintf("u-%d", i), OriginalTopic: "orders", Handler: "orders",
 		Reason: "permanent", Error: bug + fmt.Sprintf(" %d", i), ErrorType: "*errors.errorString", Attempts: 1,
-		LastFailedAt: time.Date(2026, 11, 26, 10, 0, i%60, 0, time.UTC),
+		// In the current hour, never after now: the hour the group's rate
+		// counts it in.
+		LastFailedAt: thisHour.Add(time.Duration(i%60) * time.Microsecond),
 		Payload:      []byte(fmt.Sprintf(`{"id":%d}`, i)), Metadata: map[string]string{"k": "v"}, State: hospital.StateDead,
 	}
 	l.Fingerprint = fingerprint.Of(fingerprint.Input{Handler: l.Handler, Reason: l.Reason, Error: l.Error, Payload: l.Payload})
@@ -212,5 +217,158 @@ func TestHospitalStoreConfigValidates(t *testing.T) {
 	}
 	if _, err := pgstore.NewHospitalStore(ctx, pgstore.HospitalStoreConfig{}); err == nil {
 		t.Error("no database accepted")
+	}
+}
+
+// A group's first and last seen are when its letters failed, not when
+// they were ingested, and its hourly rates count by failure hour; a letter
+// that gives no failure time, or one after its ingest, counts at its ingest.
+func TestHospitalStoreGroupSeenIsFailureTime(t *testing.T) {
+	s, _ := newHospitalStore(t)
+	ctx := context.Background()
+	t1, t2, t3 := thisHour.Add(-5*time.Hour), thisHour.Add(-3*time.Hour), thisHour.Add(-2*time.Hour)
+	// Ingested newest first: ingest order is not failure order.
+	for i, at := range []time.Time{t3, t1, t2} {
+		l := letter(i, "order not found")
+		l.FirstFailedAt, l.LastFailedAt = at.Add(-time.Minute), at
+		if _, err := s.Put(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page, err := s.Groups(ctx, hospital.GroupQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Groups) != 1 {
+		t.Fatalf("%d groups, want 1", len(page.Groups))
+	}
+	g := page.Groups[0]
+	if !g.FirstSeen.Equal(t1.Add(-time.Minute)) || !g.LastSeen.Equal(t3) {
+		t.Errorf("first seen %s, last seen %s; want %s and %s (the failures)", g.FirstSeen, g.LastSeen, t1.Add(-time.Minute), t3)
+	}
+	ago := func(t time.Time) int { return hospital.RecentHours - 1 - int(thisHour.Sub(t)/time.Hour) }
+	for _, at := range []time.Time{t1, t2, t3} {
+		if g.Recent[ago(at)] != 1 {
+			t.Errorf("recent %v: want 1 letter %d hours ago", g.Recent, int(thisHour.Sub(at)/time.Hour))
+		}
+	}
+	// No failure time, and one in the future: both count when ingested.
+	before := time.Now()
+	for i, at := range []time.Time{{}, time.Now().Add(48 * time.Hour)} {
+		l := letter(10+i, "stock negative")
+		l.FirstFailedAt, l.LastFailedAt = at, at
+		if _, err := s.Put(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page, err = s.Groups(ctx, hospital.GroupQuery{Order: hospital.ByLastSeen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = page.Groups[0]
+	if g.Fingerprint.Message != "stock negative <n>" || g.FirstSeen.Before(before.Add(-time.Second)) || g.LastSeen.After(time.Now()) {
+		t.Errorf("group %q first seen %s, last seen %s: want both at ingest, after %s and not after now", g.Fingerprint.Message, g.FirstSeen, g.LastSeen, before)
+	}
+}
+
+// A letter redelivered by a broker without positions (RabbitMQ, after an
+// ingester died before its ack) is the letter stored before with the same
+// digest; a first delivery is new whatever its digest, so two letters with
+// the same bytes are two letters.
+func TestHospitalStoreRedeliveryFindsItsTwinByDigest(t *testing.T) {
+	s, _ := newHospitalStore(t)
+	ctx := context.Background()
+	put := func(identity, digest string, redelivered bool) bool {
+		t.Helper()
+		l := letter(1, "order not found")
+		l.Identity, l.Digest, l.Redelivered = identity, digest, redelivered
+		ok, err := s.Put(ctx, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !put("amqp:q#d1/a", "d1", false) || !put("amqp:q#d1/b", "d1", false) {
+		t.Fatal("a first delivery was not stored as new")
+	}
+	if put("amqp:q#d1/c", "d1", true) {
+		t.Error("a redelivery of a stored letter was stored again")
+	}
+	if !put("amqp:q#d2/d", "d2", true) {
+		t.Error("a redelivery of a letter never stored was not stored")
+	}
+	// Four ingesters racing with the redelivery of one new letter store it once.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	n := 0
+	for w := range 4 {
+		wg.Go(func() {
+			if put(fmt.Sprintf("amqp:q#d3/%d", w), "d3", true) {
+				mu.Lock()
+				n++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if n != 1 {
+		t.Errorf("a redelivery raced by 4 ingesters stored %d times, want 1", n)
+	}
+	page, err := s.Letters(ctx, hospital.LetterQuery{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Letters) != 4 {
+		t.Errorf("%d letters stored, want 4 (two first deliveries of d1, d2, d3)", len(page.Letters))
+	}
+}
+
+// The selection fields a CLI filter needs select in the store as Match
+// does in memory.
+func TestHospitalStoreLettersFilters(t *testing.T) {
+	s, _ := newHospitalStore(t)
+	ctx := context.Background()
+	var all []hospital.Letter
+	for i := range 12 {
+		l := letter(i, []string{"order not found", "stock negative", "bad json"}[i%3])
+		l.Reason = []string{"permanent", "panic"}[i%2]
+		l.ErrorType = []string{"*errors.errorString", "*json.SyntaxError", "*strconv.NumError"}[i%3]
+		l.LastFailedAt = thisHour.Add(-time.Duration(i) * time.Hour)
+		if _, err := s.Put(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page, err := s.Letters(ctx, hospital.LetterQuery{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all = page.Letters
+	for _, q := range []hospital.LetterQuery{
+		{Reasons: []string{"panic"}},
+		{ErrorTypes: []string{"*json.SyntaxError", "*strconv.NumError"}},
+		{UUIDs: []string{"u-3", "u-4", "nope"}},
+		{IDs: []int64{all[0].ID, all[5].ID}},
+		{Handlers: []string{"orders"}, Reasons: []string{"permanent"}, ErrorTypes: []string{"*errors.errorString"}},
+		{FailedSince: thisHour.Add(-4 * time.Hour)},
+		{FailedUntil: thisHour.Add(-4 * time.Hour), FailedSince: thisHour.Add(-8 * time.Hour)},
+	} {
+		var want []string
+		for _, l := range all {
+			if q.Match(l) {
+				want = append(want, l.UUID)
+			}
+		}
+		q.Limit = 100
+		page, err := s.Letters(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, l := range page.Letters {
+			got = append(got, l.UUID)
+		}
+		if strings.Join(got, ",") != strings.Join(want, ",") || len(want) == 0 || len(want) == len(all) {
+			t.Errorf("query %+v: store selects %v, Match %v (want a proper subset)", q, got, want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -85,9 +86,9 @@ one, else $COLUMNS when set, else no limit (piped output keeps whole errors).
 	return cmd
 }
 
-func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) {
+func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, hospital.LetterQuery, error) {
 	if f.topic == "" {
-		return nil, dlq.Filter{}, usagef("--topic is required: name the original topic whose DLQ to inspect")
+		return nil, hospital.LetterQuery{}, usagef("--topic is required: name the original topic whose DLQ to inspect")
 	}
 	filter, err := f.filter()
 	if err != nil {
@@ -141,7 +142,7 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, dlq.Filter, error) 
 }
 
 // list opens the hospital, lists the letters the filters select, and closes it.
-func (f *dlqFlags) list(ctx context.Context) ([]poison.Letter, string, error) {
+func (f *dlqFlags) list(ctx context.Context) ([]hospital.Letter, string, error) {
 	h, filter, err := f.open(ctx)
 	if err != nil {
 		return nil, "", err
@@ -199,21 +200,23 @@ func (f *dlqFlags) close(h *dlq.Hospital) {
 	}
 }
 
-func (f *dlqFlags) filter() (dlq.Filter, error) {
-	var out dlq.Filter
+// filter is the selection the flags make: the same query the hospital
+// store and a broker's DLQ answer.
+func (f *dlqFlags) filter() (hospital.LetterQuery, error) {
+	var out hospital.LetterQuery
 	for _, r := range f.reasons {
 		r = strings.TrimSpace(r)
 		if !slices.Contains(knownReasons, poison.Reason(r)) {
 			return out, fmt.Errorf("--reason %q is not a reason Antidote writes; use one of: %s", r, reasonList())
 		}
-		out.Reasons = append(out.Reasons, poison.Reason(r))
+		out.Reasons = append(out.Reasons, r)
 	}
 	out.Handlers, out.ErrorTypes = f.handlers, f.errorTypes
 	var err error
-	if out.Since, err = parseWhen("--since", f.since); err != nil {
+	if out.FailedSince, err = parseWhen("--since", f.since); err != nil {
 		return out, err
 	}
-	out.Until, err = parseWhen("--until", f.until)
+	out.FailedUntil, err = parseWhen("--until", f.until)
 	return out, err
 }
 
@@ -272,7 +275,7 @@ type letterView struct {
 	Handler           string            `json:"handler,omitempty"`
 	ConsumerGroup     string            `json:"consumer_group,omitempty"`
 	OriginalTopic     string            `json:"original_topic,omitempty"`
-	OriginalPartition *int32            `json:"original_partition,omitempty"`
+	OriginalPartition *int64            `json:"original_partition,omitempty"`
 	OriginalOffset    *int64            `json:"original_offset,omitempty"`
 	Error             string            `json:"error,omitempty"`
 	ErrorType         string            `json:"error_type,omitempty"`
@@ -280,6 +283,8 @@ type letterView struct {
 	FirstFailedAt     *time.Time        `json:"first_failed_at,omitempty"`
 	LastFailedAt      *time.Time        `json:"last_failed_at,omitempty"`
 	ReplayCount       int               `json:"replay_count,omitempty"`
+	Fingerprint       string            `json:"fingerprint"`
+	Problem           string            `json:"problem,omitempty"`
 	PayloadBytes      *int              `json:"payload_bytes,omitempty"`
 	Payload           *string           `json:"payload,omitempty"`
 	PayloadBase64     []byte            `json:"payload_base64,omitempty"`
@@ -288,11 +293,15 @@ type letterView struct {
 
 // view is l as printed: with withPayload, its metadata and whole payload
 // (text when it is UTF-8, else base64).
-func view(l poison.Letter, withPayload bool) letterView {
-	v := letterView{UUID: l.UUID, Reason: string(l.Reason), Handler: l.Handler, ConsumerGroup: l.ConsumerGroup,
-		OriginalTopic: l.OriginalTopic, Error: l.Error, ErrorType: l.ErrorType, Attempts: l.Attempts, ReplayCount: l.ReplayCount}
-	if l.HasOffset {
-		v.OriginalPartition, v.OriginalOffset = &l.OriginalPartition, &l.OriginalOffset
+func view(l hospital.Letter, withPayload bool) letterView {
+	v := letterView{UUID: l.UUID, Reason: l.Reason, Handler: l.Handler, ConsumerGroup: l.ConsumerGroup,
+		OriginalTopic: l.OriginalTopic, Error: l.Error, ErrorType: l.ErrorType, Attempts: l.Attempts,
+		Fingerprint: l.Fingerprint.ID, Problem: l.Problem}
+	v.ReplayCount, _ = strconv.Atoi(l.Metadata[poison.KeyReplayCount])
+	if p, err := strconv.ParseInt(l.Metadata[poison.KeyOriginalPartition], 10, 32); err == nil {
+		if o, err := strconv.ParseInt(l.Metadata[poison.KeyOriginalOffset], 10, 64); err == nil {
+			v.OriginalPartition, v.OriginalOffset = &p, &o
+		}
 	}
 	if !l.FirstFailedAt.IsZero() {
 		v.FirstFailedAt = &l.FirstFailedAt
@@ -408,7 +417,7 @@ column fits the terminal's width (else $COLUMNS, else whole errors when piped);
 				errW := errorColumn(w, 73)
 				fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", "UUID", "REASON", "HANDLER", "AGE", "ERROR")
 				for _, l := range letters {
-					fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", trunc(l.UUID, 36), trunc(string(l.Reason), 17), trunc(l.Handler, 12), age(l.LastFailedAt), trunc(l.Error, errW))
+					fmt.Fprintf(w, "%-36s %-17s %-12s %4s %s\n", trunc(l.UUID, 36), trunc(l.Reason, 17), trunc(l.Handler, 12), age(l.FailedAt()), trunc(cmp.Or(l.Error, l.Problem), errW))
 				}
 				fmt.Fprintf(w, "%s in %s\n", plural(len(letters), "letter"), dlqTopic)
 			}
@@ -423,21 +432,34 @@ column fits the terminal's width (else $COLUMNS, else whole errors when piped);
 func newDLQGroupCmd(f *dlqFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "group",
-		Short: "Group dead letters by cause: handler, reason, error type, normalized error",
-		Long: `Groups the dead letters the filters select by cause: handler, reason, Go error
-type and the error with its numbers, UUIDs and quoted values replaced, biggest
-group first. The ERROR column fits the terminal as in list. Exits 3 when no
-letter matched.`,
+		Short: "Group dead letters by fingerprint, as the hospital's web UI does",
+		Long: `Groups the dead letters the filters select by fingerprint, the hospital's one
+grouping (package fingerprint, the groups the web UI shows for the same
+letters): handler, reason, Go error type, the first application frame, the
+error with its ids, numbers and quoted values taken out, the payload's shape
+and the producing service. Biggest group first; LAST is when its latest letter
+failed. The MESSAGE column fits the terminal as in list; --json has each
+group whole (its fingerprint id, first and last seen). Exits 3 when no letter
+matched.`,
 		Example: `  antidote dlq group --topic orders
   antidote dlq group --topic orders --since 24h --json`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			letters, dlqTopic, err := f.list(cmd.Context())
+			h, q, err := f.open(cmd.Context())
 			if err != nil {
 				return err
 			}
-			groups := dlq.GroupLetters(letters)
+			defer f.close(h)
+			groups, err := h.Groups(cmd.Context(), f.topic, q)
+			if err != nil {
+				return err
+			}
+			dlqTopic := h.DLQTopic(f.topic)
 			w := cmd.OutOrStdout()
+			letters := 0
+			for _, g := range groups {
+				letters += int(g.Count)
+			}
 			if f.jsonOut {
 				for _, g := range groups {
 					if err := printJSON(w, g); err != nil {
@@ -445,15 +467,17 @@ letter matched.`,
 					}
 				}
 			} else {
-				// COUNT 6, REASON 17, HANDLER 12, ERROR TYPE 22, four spaces: 61.
-				errW := errorColumn(w, 61)
-				fmt.Fprintf(w, "%6s %-17s %-12s %-22s %s\n", "COUNT", "REASON", "HANDLER", "ERROR TYPE", "ERROR")
+				// COUNT 6, REASON 17, HANDLER 12, ERROR TYPE 22, LAST 4, five spaces: 66.
+				errW := errorColumn(w, 66)
+				fmt.Fprintf(w, "%6s %-17s %-12s %-22s %4s %s\n", "COUNT", "REASON", "HANDLER", "ERROR TYPE", "LAST", "MESSAGE")
 				for _, g := range groups {
-					fmt.Fprintf(w, "%6d %-17s %-12s %-22s %s\n", g.Count, trunc(string(g.Reason), 17), trunc(g.Handler, 12), trunc(g.ErrorType, 22), trunc(g.Error, errW))
+					fp := g.Fingerprint
+					fmt.Fprintf(w, "%6d %-17s %-12s %-22s %4s %s\n", g.Count, trunc(fp.Reason, 17), trunc(fp.Handler, 12),
+						trunc(fp.ErrorType, 22), age(g.LastSeen), trunc(fp.Message, errW))
 				}
-				fmt.Fprintf(w, "%s in %s\n", plural(len(letters), "letter"), plural(len(groups), "group"))
+				fmt.Fprintf(w, "%s in %s\n", plural(letters, "letter"), plural(len(groups), "group"))
 			}
-			if len(letters) == 0 {
+			if letters == 0 {
 				return nothingMatched("no letter in " + dlqTopic + " matched")
 			}
 			return nil
@@ -553,6 +577,9 @@ when the DLQ has no unresolved letter with that UUID.`,
 			}
 			fmt.Fprintln(w, string(b))
 			writePayload(w, l.Payload, full)
+			if l.Problem != "" {
+				fmt.Fprintln(w, "\nproblem: "+l.Problem)
+			}
 			if l.Stack != "" {
 				fmt.Fprintln(w, "\nstack:\n"+l.Stack)
 			}
@@ -629,10 +656,7 @@ when no letter matched (with --dry-run too).`,
 			bar := newProgress(cmd.ErrOrStderr(), plan.Matched)
 			res, err := h.Replay(cmd.Context(), f.topic, filter, dlq.ReplayOptions{To: to, Rate: rate, Progress: bar.set})
 			bar.done()
-			if err != nil {
-				return fmt.Errorf("%w (replayed %s before the error)", err, plural(res.Replayed, "letter"))
-			}
-			return report(cmd, f.jsonOut, res, fmt.Sprintf("replayed %s from %s", plural(res.Replayed, "letter"), from))
+			return treated(cmd, f.jsonOut, res, err, fmt.Sprintf("replayed %s from %s", plural(res.Replayed, "letter"), from))
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "replay to this topic instead of the original (must be in --allow-replay-to)")
@@ -677,10 +701,7 @@ them. Asks before it starts unless --yes. Exits 3 when no letter matched (with
 				return err
 			}
 			res, err := h.Purge(cmd.Context(), f.topic, filter, false)
-			if err != nil {
-				return err
-			}
-			return report(cmd, f.jsonOut, res, fmt.Sprintf("purged %s from %s", plural(res.Purged, "letter"), from))
+			return treated(cmd, f.jsonOut, res, err, fmt.Sprintf("purged %s from %s", plural(res.Purged, "letter"), from))
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "count what would be purged, change nothing")
@@ -696,6 +717,27 @@ func noneMatched(cmd *cobra.Command, jsonOut bool, res dlq.Result, from, verb st
 		return err
 	}
 	return nothingMatched(msg)
+}
+
+// treated reports what a replay or purge did: what it treated, the letters
+// another treatment got first, each letter it left dead with why (exit code
+// 5), and what stopped it.
+func treated(cmd *cobra.Command, jsonOut bool, res dlq.Result, err error, text string) error {
+	if res.Skipped > 0 {
+		text += fmt.Sprintf("; %s skipped: another treatment got them first", plural(res.Skipped, "letter"))
+	}
+	if rerr := report(cmd, jsonOut, res, text); rerr != nil {
+		return rerr
+	}
+	if !jsonOut {
+		for _, fl := range res.Failed {
+			fmt.Fprintf(cmd.OutOrStdout(), "left dead: %s: %s\n", fl.UUID, fl.Reason)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w (stopped after treating %s)", err, plural(res.Replayed+res.Purged, "letter"))
+	}
+	return res.Err()
 }
 
 func report(cmd *cobra.Command, jsonOut bool, res dlq.Result, text string) error {

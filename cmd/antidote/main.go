@@ -23,6 +23,7 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/dlq"
+	"github.com/antidote-mq/antidote/hospital"
 )
 
 // The exit codes, one per kind of outcome a script may act on.
@@ -32,6 +33,7 @@ const (
 	exitUsage       = 2 // unknown command, bad flag or flag value, bad config
 	exitNoMatch     = 3 // the selection was empty: nothing listed, shown, replayed or purged
 	exitUnreachable = 4 // the broker (or claim-check store) did not answer
+	exitPartial     = 5 // a treatment left some selected letters dead (each reported with why)
 )
 
 // exitCodesHelp is printed by --help of the root and of dlq.
@@ -41,7 +43,11 @@ const exitCodesHelp = `Exit codes:
   2  bad usage: unknown command, unknown flag, bad flag value, bad config
   3  nothing matched: list or group found no letter, show found no letter
      with that UUID, replay or purge selected none (also with --dry-run)
-  4  broker unreachable: no broker answered within connect_timeout`
+  4  broker unreachable: no broker answered within connect_timeout
+  5  partly done: replay or purge treated what it could and left some
+     selected letters dead, each reported with the reason (no original
+     topic, malformed metadata, its claim gone); or another treatment of
+     the same DLQ took over and this one stopped`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -89,6 +95,8 @@ func exitCode(err error) int {
 		return exitUnreachable
 	case errors.Is(err, dlq.ErrNotFound):
 		return exitNoMatch
+	case errors.Is(err, dlq.ErrSomeFailed), errors.Is(err, hospital.ErrTakenOver):
+		return exitPartial
 	default:
 		return exitFailure
 	}
