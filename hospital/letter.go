@@ -76,11 +76,11 @@ type Letter struct {
 	// be stored already, under its Digest. A letter the broker delivers
 	// for the first time is always new, even when another letter holds
 	// the same bytes.
-	Redelivered bool `json:"redelivered,omitempty"`
-	Broker   string `json:"broker"`
-	DLQTopic string `json:"dlq_topic"`
-	Format   Format `json:"format"`
-	UUID     string `json:"uuid"`
+	Redelivered bool   `json:"redelivered,omitempty"`
+	Broker      string `json:"broker"`
+	DLQTopic    string `json:"dlq_topic"`
+	Format      Format `json:"format"`
+	UUID        string `json:"uuid"`
 
 	OriginalTopic   string `json:"original_topic"`
 	Handler         string `json:"handler"`

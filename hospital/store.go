@@ -97,7 +97,7 @@ type LetterQuery struct {
 	UUID, Reason, Handler, OriginalTopic, DLQTopic, Producer string
 	// IDs, UUIDs, Reasons, Handlers and ErrorTypes select letters with
 	// any of the values listed.
-	IDs                                 []int64
+	IDs                                  []int64
 	UUIDs, Reasons, Handlers, ErrorTypes []string
 	// FailedSince and FailedUntil bound the letter's last failure time
 	// (inclusive); a letter that gives none counts as failed when it was
