@@ -115,20 +115,33 @@ func (t *KafkaTxn) Abort() error {
 	return t.fenced(t.producer.AbortTxn())
 }
 
-// fenced wraps err with ErrFenced once the producer can do nothing more:
-// Kafka answers a fenced producer with PRODUCER_FENCED (90; Sarama 1.43
-// names it only by number) or INVALID_PRODUCER_EPOCH, and Sarama then
-// marks its transaction state fatal.
+// fenced wraps err with ErrFenced when a newer producer took over: Kafka
+// answers a fenced producer with PRODUCER_FENCED or INVALID_PRODUCER_EPOCH
+// (in a send's ProducerErrors too).
 func (t *KafkaTxn) fenced(err error) error {
 	if err == nil {
 		return nil
 	}
-	var kerr sarama.KError
-	if t.producer.TxnStatus()&sarama.ProducerTxnFlagFatalError != 0 ||
-		(errors.As(err, &kerr) && (kerr == 90 || kerr == sarama.ErrInvalidProducerEpoch)) {
+	isFenced := func(e error) bool {
+		return errors.Is(e, sarama.ErrProducerFenced) || errors.Is(e, sarama.ErrInvalidProducerEpoch)
+	}
+	fenced := isFenced(err)
+	var perrs sarama.ProducerErrors
+	if errors.As(err, &perrs) {
+		for _, pe := range perrs {
+			fenced = fenced || isFenced(pe.Err)
+		}
+	}
+	if fenced {
 		return fmt.Errorf("%w: %v", ErrFenced, err)
 	}
 	return err
+}
+
+// Broken reports whether the producer can run no more transactions (it was
+// fenced, or hit an error Kafka calls fatal): a new one must be started.
+func (t *KafkaTxn) Broken() bool {
+	return t.producer.TxnStatus()&sarama.ProducerTxnFlagFatalError != 0
 }
 
 // Close closes the producer and its client.

@@ -312,21 +312,35 @@ func (w *kafkaWard) Treat(ctx context.Context, id int64, to hospital.State, acto
 		l.State = to // another treatment resolved it before this one took the DLQ
 		return fmt.Errorf("dlq: letter %s (%s/%d/%d) was resolved by another treatment: %w", l.UUID, w.dlqTopic, p, off, hospital.ErrNotDead)
 	}
+	next, resolved, err := w.inTransaction(*l, p, off, to, actor, detail, do)
+	if err != nil {
+		return w.failed(errors.Join(err, w.abort()))
+	}
+	st.committed, st.resolved = next, resolved
+	l.State = to
+	w.logTreated(*l, to, actor, detail)
+	return nil
+}
+
+// inTransaction treats letter l at p/off in one transaction: do (its
+// replay), its audit record, the offset that resolves it.
+func (w *kafkaWard) inTransaction(l hospital.Letter, p int32, off int64, to hospital.State, actor, detail string, do func(hospital.Letter) error) (int64, map[int64]bool, error) {
+	st := w.parts[p]
 	if err := w.txn.Begin(); err != nil {
-		return w.failed(err)
+		return 0, nil, err
 	}
 	if do != nil {
 		w.inTxn = true
-		err := do(*l)
+		err := do(l)
 		w.inTxn = false
 		if err != nil {
-			return errors.Join(err, w.abort())
+			return 0, nil, err
 		}
 	}
 	// The treatment's record, in its transaction: the audit of a Kafka DLQ
 	// (and a transaction Sarama commits: it drops one holding offsets only).
-	if err := w.txn.Publish(w.h.cfg.KafkaAuditTopic, auditRecord(*l, w.dlqTopic, p, off, to, actor, detail, w.h.cfg.Now())); err != nil {
-		return errors.Join(fmt.Errorf("dlq: record the treatment of letter %s in %s: %w", l.UUID, w.h.cfg.KafkaAuditTopic, err), w.abort())
+	if err := w.txn.Publish(w.h.cfg.KafkaAuditTopic, auditRecord(l, w.dlqTopic, p, off, to, actor, detail, w.h.cfg.Now())); err != nil {
+		return 0, nil, fmt.Errorf("dlq: record the treatment of letter %s in %s: %w", l.UUID, w.h.cfg.KafkaAuditTopic, err)
 	}
 	resolved := maps.Clone(st.resolved)
 	resolved[off] = true
@@ -339,35 +353,30 @@ func (w *kafkaWard) Treat(ctx context.Context, id int64, to hospital.State, acto
 	}
 	meta := formatResolved(resolved, pinOf(st, next, resolved))
 	if len(meta) > maxResolvedMeta {
-		return errors.Join(fmt.Errorf("dlq: too many letters of %s/%d resolved out of order to record (%d bytes); replay or purge without a filter, oldest first, to move the offset", w.dlqTopic, p, len(meta)), w.abort())
+		return 0, nil, fmt.Errorf("dlq: too many letters of %s/%d resolved out of order to record (%d bytes); replay or purge without a filter, oldest first, to move the offset", w.dlqTopic, p, len(meta))
 	}
 	if err := w.txn.Commit(w.h.cfg.KafkaGroup, w.dlqTopic, p, next, meta); err != nil {
-		if errors.Is(err, adapters.ErrFenced) {
-			return w.failed(err)
-		}
-		return errors.Join(fmt.Errorf("dlq: commit the treatment of letter %s: %w", l.UUID, err), w.abort())
+		return 0, nil, fmt.Errorf("dlq: commit the treatment of letter %s: %w", l.UUID, err)
 	}
-	st.committed, st.resolved = next, resolved
-	l.State = to
-	w.logTreated(*l, to, actor, detail)
-	return nil
+	return next, resolved, nil
 }
 
-// failed makes a fenced producer's error the ward's end.
+// failed makes an error that left the transactional producer unusable
+// (fenced by another treatment, or fatal) the ward's end: nothing more is
+// treated through it.
 func (w *kafkaWard) failed(err error) error {
 	if errors.Is(err, adapters.ErrFenced) {
 		w.lost = fmt.Errorf("dlq: another treatment of %s took it over (%v): this one stops, what it treated stays treated: %w", w.dlqTopic, err, hospital.ErrTakenOver)
 		return w.lost
 	}
+	if w.txn.Broken() {
+		w.lost = fmt.Errorf("dlq: the transactions treating %s failed for good (%v): this one stops, what it treated stays treated: %w", w.dlqTopic, err, hospital.ErrTakenOver)
+		return w.lost
+	}
 	return err
 }
 
-func (w *kafkaWard) abort() error {
-	if err := w.txn.Abort(); err != nil {
-		return w.failed(err)
-	}
-	return nil
-}
+func (w *kafkaWard) abort() error { return w.txn.Abort() }
 
 // publisher publishes into the treatment's transaction.
 func (w *kafkaWard) publisher() message.Publisher { return kafkaTxnPublisher{w} }
