@@ -121,8 +121,7 @@ func (s *server) editExecute(w http.ResponseWriter, r *http.Request, p principal
 		s.render(w, r, http.StatusBadRequest, "edit.html", p, "Edit and replay letter "+strconv.FormatInt(l.ID, 10), v)
 		return
 	}
-	cfg := hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate}
-	newUUID, err := hospital.EditAndReplay(detached(r.Context()), cfg, l.ID, e)
+	newUUID, err := hospital.EditAndReplay(detached(r.Context()), s.treatConfig(p), l.ID, e)
 	res := editResult{L: l, NewUUID: newUUID, Actor: p.actor}
 	status := http.StatusOK
 	if err != nil {
