@@ -27,7 +27,6 @@ import (
 	"github.com/antidote-mq/antidote/internal/textcut"
 	"github.com/antidote-mq/antidote/pgstore"
 	"github.com/antidote-mq/antidote/poison"
-	"github.com/antidote-mq/antidote/redisstore"
 	"github.com/antidote-mq/antidote/telemetry"
 )
 
@@ -81,7 +80,7 @@ one, else $COLUMNS when set, else no limit (piped output keeps whole errors).
 	pf.BoolVar(&f.jsonOut, "json", false, "one JSON object per line")
 	pf.StringSliceVar(&f.allowTo, "allow-replay-to", nil, "topics replay --to may target besides the original")
 	pf.StringVar(&f.hospitalTable, "hospital-table", pgstore.DefaultHospitalTable, "with a hospital store (ANTIDOTE_HOSPITAL_URL), the name prefix of its tables")
-	pf.StringVar(&f.claimCheck, "claim-check", "", "where the services keep payloads too large for the DLQ: postgres (postgres.url, ANTIDOTE_POSTGRES_URL) or redis (ANTIDOTE_REDIS_ADDR); show and replay read them back")
+	pf.StringVar(&f.claimCheck, "claim-check", "", claimCheckUsage)
 	cmd.AddCommand(newDLQListCmd(f), newDLQGroupCmd(f), newDLQShowCmd(f), newDLQReplayCmd(f), newDLQPurgeCmd(f))
 	return cmd
 }
@@ -94,15 +93,10 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, hospital.LetterQuer
 	if err != nil {
 		return nil, filter, usageErr(err)
 	}
-	switch f.claimCheck {
-	case "", "postgres", "redis":
-	default:
-		return nil, filter, usagef("--claim-check %q: use one of: postgres, redis", f.claimCheck)
-	}
 	// The adapters' config, and the hospital store when one is configured
 	// (ANTIDOTE_HOSPITAL_URL or hospital.url): then the letters are read
 	// from the store the ingester fills, not from the broker's DLQ.
-	hf := &hospitalFlags{config: f.config, broker: f.broker, table: f.hospitalTable}
+	hf := &hospitalFlags{config: f.config, broker: f.broker, table: f.hospitalTable, claimCheck: f.claimCheck}
 	cfg, storeURL, err := hf.loadOptional()
 	if err != nil {
 		return nil, filter, err
@@ -121,10 +115,11 @@ func (f *dlqFlags) open(ctx context.Context) (*dlq.Hospital, hospital.LetterQuer
 		return nil, filter, err
 	}
 	f.shutdown = tel.Shutdown
-	claims, err := f.openClaims(ctx, cfg)
+	claims, closeClaims, err := hf.openClaims(ctx, cfg)
 	if err != nil {
 		return nil, filter, err
 	}
+	f.closeClaims = closeClaims
 	var store hospital.Store
 	if storeURL != "" {
 		st, err := hf.openStore(ctx, storeURL)
@@ -150,38 +145,6 @@ func (f *dlqFlags) list(ctx context.Context) ([]hospital.Letter, string, error) 
 	defer f.close(h)
 	letters, err := h.List(ctx, f.topic, filter)
 	return letters, h.DLQTopic(f.topic), err
-}
-
-// openClaims opens the claim-check store --claim-check names, if any.
-func (f *dlqFlags) openClaims(ctx context.Context, cfg adapters.Config) (poison.ClaimCheck, error) {
-	switch f.claimCheck {
-	case "":
-		return nil, nil
-	case "postgres":
-		url := cfg.Postgres.URL
-		if url == "" {
-			url = adapters.DefaultPostgresURL
-		}
-		st, err := pgstore.NewClaimCheckStore(ctx, pgstore.ClaimCheckStoreConfig{URL: url})
-		if err != nil {
-			return nil, fmt.Errorf("--claim-check postgres: %w", err)
-		}
-		f.closeClaims = st.Close
-		return st, nil
-	case "redis":
-		addr := os.Getenv("ANTIDOTE_REDIS_ADDR")
-		if addr == "" {
-			addr = "127.0.0.1:6379"
-		}
-		st, err := redisstore.NewClaimCheckStore(redisstore.ClaimCheckStoreConfig{Addr: addr})
-		if err != nil {
-			return nil, fmt.Errorf("--claim-check redis: %w", err)
-		}
-		f.closeClaims = st.Close
-		return st, nil
-	default:
-		return nil, fmt.Errorf("--claim-check %q: use postgres or redis", f.claimCheck)
-	}
 }
 
 // close releases the hospital and flushes telemetry.

@@ -16,13 +16,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/hospital/web"
 	"github.com/antidote-mq/antidote/pgstore"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // The environment of antidote hospital.
@@ -31,9 +31,14 @@ const (
 	envHospitalToken = "ANTIDOTE_HOSPITAL_TOKEN"
 )
 
-// hospitalFlags are shared by the hospital subcommands.
+// hospitalFlags are shared by the hospital subcommands (and antidote dlq,
+// which reads the same configuration).
 type hospitalFlags struct {
 	config, broker, table string
+	// claimCheck is --claim-check; claims is the claim-check store's
+	// configuration once load has read it.
+	claimCheck string
+	claims     claimCheckConfig
 }
 
 func newHospitalCmd() *cobra.Command {
@@ -49,7 +54,10 @@ func newHospitalCmd() *cobra.Command {
 
 The store is ` + envHospitalURL + ` (a PostgreSQL URL), or hospital.url in the
 --config file; the broker comes from the same ANTIDOTE_* env and --config file
-as the services (and ` + "`antidote dlq`" + `).
+as the services (and ` + "`antidote dlq`" + `). Letters too large for their DLQ keep
+their payload in the services' claim-check store: name it with --claim-check
+postgres|redis (or ` + envClaimCheck + `, or claim_check.store in --config) and
+ingest stores them whole, serve shows them whole.
 
 ` + exitCodesHelp,
 		Example: `  export ANTIDOTE_HOSPITAL_URL=postgres://hospital@db:5432/hospital
@@ -65,16 +73,18 @@ as the services (and ` + "`antidote dlq`" + `).
 		RunE: showHelp,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.config, "config", "", "YAML config: the adapters' keys, and hospital.url (ANTIDOTE_* env overrides it)")
+	pf.StringVar(&f.config, "config", "", "YAML config: the adapters' keys, hospital.url and claim_check (ANTIDOTE_* env overrides it)")
 	pf.StringVar(&f.broker, "broker", "", "kafka, amqp or postgres (default: ANTIDOTE_BROKER or the config)")
 	pf.StringVar(&f.table, "table", pgstore.DefaultHospitalTable, "name prefix of the store's tables (<prefix>_letters, ...), optionally schema-qualified")
+	pf.StringVar(&f.claimCheck, "claim-check", "", claimCheckUsage)
 	cmd.AddCommand(newHospitalIngestCmd(f), newHospitalServeCmd(f))
 	return cmd
 }
 
-// load reads the adapters' config and the store's URL: the --config file
-// (its hospital section set aside for the adapters' strict parser), then
-// the environment over it.
+// load reads the adapters' config, the store's URL and the claim-check
+// store's configuration (f.claims): the --config file (its hospital and
+// claim_check sections set aside for the adapters' strict parser), then
+// the environment over it, then the flags.
 func (f *hospitalFlags) load() (adapters.Config, string, error) {
 	cfg, storeURL, err := f.loadOptional()
 	if err == nil && storeURL == "" {
@@ -88,6 +98,7 @@ func (f *hospitalFlags) load() (adapters.Config, string, error) {
 func (f *hospitalFlags) loadOptional() (adapters.Config, string, error) {
 	var cfg adapters.Config
 	var storeURL string
+	f.claims = claimCheckConfig{}
 	if f.config != "" {
 		data, err := os.ReadFile(f.config)
 		if err != nil {
@@ -97,6 +108,9 @@ func (f *hospitalFlags) loadOptional() (adapters.Config, string, error) {
 		if err != nil {
 			return cfg, "", usagef("%s: %v", f.config, err)
 		}
+		if rest, f.claims, err = splitClaimCheckYAML(rest); err != nil {
+			return cfg, "", usagef("%s: %v", f.config, err)
+		}
 		if cfg, err = adapters.ParseYAML(rest); err != nil {
 			return cfg, "", usagef("%s: %v", f.config, err)
 		}
@@ -104,6 +118,9 @@ func (f *hospitalFlags) loadOptional() (adapters.Config, string, error) {
 	}
 	if err := cfg.ApplyEnv(os.LookupEnv); err != nil {
 		return cfg, "", usageErr(err)
+	}
+	if err := f.claims.resolve(f.config, f.claimCheck); err != nil {
+		return cfg, "", err
 	}
 	if v := os.Getenv(envHospitalURL); v != "" {
 		storeURL = v
@@ -131,44 +148,17 @@ func checkStoreURL(storeURL string) error {
 // file (blanking its lines, so the adapters' errors keep their line
 // numbers) and returns the rest and hospital.url.
 func splitHospitalYAML(data []byte) ([]byte, string, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil || len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
-		return data, "", nil // the adapters' parser reports it
+	var section struct {
+		URL string `yaml:"url"`
 	}
-	top := root.Content[0]
-	for i := 0; i+1 < len(top.Content); i += 2 {
-		k, v := top.Content[i], top.Content[i+1]
-		if k.Value != "hospital" {
-			continue
-		}
-		var section struct {
-			URL string `yaml:"url"`
-		}
-		if err := v.Decode(&section); err != nil {
-			return nil, "", fmt.Errorf("line %d: hospital: %v", k.Line, err)
-		}
-		if v.Kind == yaml.MappingNode {
-			for j := 0; j+1 < len(v.Content); j += 2 {
-				if v.Content[j].Value != "url" {
-					return nil, "", fmt.Errorf("line %d: unknown key hospital.%s; the hospital section has only url", v.Content[j].Line, v.Content[j].Value)
-				}
-			}
-		}
-		lines := strings.SplitAfter(string(data), "\n")
-		end := len(lines) // up to the next top-level key
-		if i+2 < len(top.Content) {
-			end = top.Content[i+2].Line - 1
-		}
-		for l := k.Line - 1; l < end && l < len(lines); l++ {
-			if strings.HasSuffix(lines[l], "\n") {
-				lines[l] = "\n"
-			} else {
-				lines[l] = ""
-			}
-		}
-		return []byte(strings.Join(lines, "")), section.URL, nil
-	}
-	return data, "", nil
+	rest, _, err := cutSection(data, "hospital", []string{"url"}, &section)
+	return rest, section.URL, err
+}
+
+// openClaims opens the claim-check store load read (nil, and a no-op
+// close, when none is configured).
+func (f *hospitalFlags) openClaims(ctx context.Context, cfg adapters.Config) (poison.ClaimCheck, func() error, error) {
+	return f.claims.open(ctx, cfg)
 }
 
 // openStore connects to the hospital store; a store that does not answer
@@ -246,13 +236,20 @@ offsets are untouched.`,
 				return err
 			}
 			defer store.Close()
+			// Claim-checked letters are stored whole: their payload is read
+			// from the services' claim-check store as they are ingested.
+			claims, closeClaims, err := f.openClaims(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer closeClaims()
 			logger := watermill.NewStdLoggerWithOut(cmd.ErrOrStderr(), false, false)
 			b, err := adapters.Open(ctx, cfg, logger)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			icfg := hospital.IngestConfig{Subscriber: b.Subscriber, Store: store, Topics: clean, Broker: string(cfg.Broker), Logger: logger}
+			icfg := hospital.IngestConfig{Subscriber: b.Subscriber, Store: store, Topics: clean, Broker: string(cfg.Broker), Logger: logger, ClaimCheck: claims}
 			if !follow {
 				icfg.Idle = idle
 			}
@@ -260,7 +257,7 @@ offsets are untouched.`,
 			if follow {
 				mode = "following"
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "antidote hospital: %s %s on %s (%s) into %s\n", mode, strings.Join(clean, ", "), cfg.Broker, b.Addr, adapters.Redact(storeURL))
+			fmt.Fprintf(cmd.ErrOrStderr(), "antidote hospital: %s %s on %s (%s) into %s; claim-check store: %s\n", mode, strings.Join(clean, ", "), cfg.Broker, b.Addr, adapters.Redact(storeURL), f.claims.name())
 			stats, err := hospital.Ingest(ctx, icfg)
 			fmt.Fprintf(cmd.OutOrStdout(), "%s received: %d new, %d already stored, %d with a problem\n",
 				plural(int(stats.Received), "letter"), stats.Stored, stats.Duplicates, stats.Problems)
@@ -324,7 +321,14 @@ listens on loopback only (127.0.0.1, ::1, localhost): anything else is refused
 				return err
 			}
 			defer store.Close()
-			wcfg := web.Config{Store: store, Token: token, JaegerURL: jaeger, Logger: logger}
+			// Letters ingested before the claim-check store was configured
+			// are shown whole, read from it on show.
+			claims, closeClaims, err := f.openClaims(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer closeClaims()
+			wcfg := web.Config{Store: store, Token: token, JaegerURL: jaeger, Logger: logger, ClaimCheck: claims}
 			if cfg.Broker != "" {
 				b, err := adapters.Open(ctx, cfg, logger)
 				if err != nil {
@@ -347,7 +351,7 @@ listens on loopback only (127.0.0.1, ::1, localhost): anything else is refused
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "antidote hospital: serving http://%s (store %s)\n", ln.Addr(), adapters.Redact(storeURL))
+			fmt.Fprintf(cmd.ErrOrStderr(), "antidote hospital: serving http://%s (store %s; claim-check store: %s)\n", ln.Addr(), adapters.Redact(storeURL), f.claims.name())
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
 			select {

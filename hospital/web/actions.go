@@ -228,11 +228,18 @@ func (s *server) executeLetter(w http.ResponseWriter, r *http.Request, p princip
 	s.execute(w, r, p, s.planLetter(l, action), []int64{l.ID})
 }
 
+// treatConfig is what every treatment the UI runs (Replay, Canary, Purge,
+// EditAndReplay) is given: the one place Config reaches them, so that
+// Config.ClaimCheck goes to them too once hospital.TreatConfig reads claims.
+func (s *server) treatConfig(p principal) hospital.TreatConfig {
+	return hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate}
+}
+
 // execute replays or purges ids as p (written to the audit by
 // Store.Treat) and shows what happened.
 func (s *server) execute(w http.ResponseWriter, r *http.Request, p principal, pl plan, ids []int64) {
 	ctx := detached(r.Context())
-	cfg := hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate}
+	cfg := s.treatConfig(p)
 	var res hospital.Result
 	var canary *hospital.CanaryResult
 	var err error

@@ -40,12 +40,16 @@ type APIGroups struct {
 	Next   int `json:"next"`
 }
 
-// APILetter is the answer of GET /api/letters/{id}: the whole letter, its
-// payload also as text when it is UTF-8, and its audit history.
+// APILetter is the answer of GET /api/letters/{id}: the whole letter (its
+// claim check read, see Config.ClaimCheck), its payload also as text when
+// it is UTF-8, and its audit history.
 type APILetter struct {
 	hospital.Letter
 	PayloadText *string               `json:"payload_text,omitempty"`
 	Audit       []hospital.AuditEntry `json:"audit"`
+	// ClaimCheck is set for a letter stored with its payload in the claim
+	// check: whether it was read from there, and if not why.
+	ClaimCheck *APIClaimCheck `json:"claim_check,omitempty"`
 }
 
 // apiGroups: GET /api/groups?reason=&handler=&order=recent|count|last_seen&resolved=1&offset=&limit=
@@ -125,7 +129,8 @@ func (s *server) apiLetter(w http.ResponseWriter, r *http.Request, _ principal) 
 		s.internal(w, r, err)
 		return
 	}
-	out := APILetter{Letter: l, Audit: audit}
+	l, claim := s.resolveClaim(r.Context(), l)
+	out := APILetter{Letter: l, Audit: audit, ClaimCheck: claim}
 	if out.Audit == nil {
 		out.Audit = []hospital.AuditEntry{}
 	}

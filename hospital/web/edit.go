@@ -44,6 +44,13 @@ func (s *server) editable(w http.ResponseWriter, r *http.Request) (hospital.Lett
 		s.fail(w, r, http.StatusConflict, "Letter "+strconv.FormatInt(l.ID, 10)+" is "+string(l.State)+": only dead letters are edited and replayed.")
 		return l, false
 	}
+	// The form holds the whole letter, or none: an empty payload standing
+	// for one in the claim check would be replayed as the message.
+	l, claim := s.resolveClaim(r.Context(), l)
+	if claim != nil && !claim.Resolved {
+		s.fail(w, r, http.StatusConflict, "Letter "+strconv.FormatInt(l.ID, 10)+" cannot be edited: "+claim.Problem)
+		return l, false
+	}
 	return l, true
 }
 
@@ -114,8 +121,7 @@ func (s *server) editExecute(w http.ResponseWriter, r *http.Request, p principal
 		s.render(w, r, http.StatusBadRequest, "edit.html", p, "Edit and replay letter "+strconv.FormatInt(l.ID, 10), v)
 		return
 	}
-	cfg := hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate}
-	newUUID, err := hospital.EditAndReplay(detached(r.Context()), cfg, l.ID, e)
+	newUUID, err := hospital.EditAndReplay(detached(r.Context()), s.treatConfig(p), l.ID, e)
 	res := editResult{L: l, NewUUID: newUUID, Actor: p.actor}
 	status := http.StatusOK
 	if err != nil {

@@ -143,6 +143,9 @@ type letterView struct {
 	Audit             []hospital.AuditEntry
 	CanReplay         bool
 	Dead              bool
+	// Claim is set for a letter stored with its payload in the claim
+	// check: read from there, or why not.
+	Claim *APIClaimCheck
 }
 
 type kv struct{ Key, Value string }
@@ -165,7 +168,8 @@ func (s *server) letter(w http.ResponseWriter, r *http.Request) (hospital.Letter
 	return l, true
 }
 
-// letterPage shows one letter whole.
+// letterPage shows one letter whole (its claim check read, see
+// resolveClaim).
 func (s *server) letterPage(w http.ResponseWriter, r *http.Request, p principal) {
 	l, ok := s.letter(w, r)
 	if !ok {
@@ -176,8 +180,9 @@ func (s *server) letterPage(w http.ResponseWriter, r *http.Request, p principal)
 		s.internal(w, r, err)
 		return
 	}
+	l, claim := s.resolveClaim(r.Context(), l)
 	v := letterView{L: l, Payload: viewPayload(l.Payload, r.URL.Query().Get("full") == "1"), Audit: audit,
-		CanReplay: s.cfg.Publisher != nil, Dead: l.State == hospital.StateDead}
+		CanReplay: s.cfg.Publisher != nil, Dead: l.State == hospital.StateDead, Claim: claim}
 	keys := make([]string, 0, len(l.Metadata))
 	for k := range l.Metadata {
 		keys = append(keys, k)

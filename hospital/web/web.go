@@ -36,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/antidote-mq/antidote/hospital"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // MinTokenLength is the shortest Config.Token New accepts.
@@ -48,6 +49,13 @@ type Config struct {
 	// Publisher sends replays to the letters' original topics. If
 	// Publisher is nil, the UI offers no replay (purge and browsing work).
 	Publisher message.Publisher
+	// ClaimCheck is the services' claim-check store
+	// (pgstore.NewClaimCheckStore, redisstore.NewClaimCheckStore): a letter
+	// stored with its payload still there (ingested without the store) is
+	// shown, and edited, whole, read with poison.ResolveClaim, which never
+	// reads a claim made for another letter into it. If ClaimCheck is nil,
+	// such a letter is shown as stored: no payload, its claim named.
+	ClaimCheck poison.ClaimCheck
 	// Token is the secret that grants access (ANTIDOTE_HOSPITAL_TOKEN), at
 	// least MinTokenLength characters. If Token is empty, every request is
 	// let in as "anonymous": only for a server listening on loopback

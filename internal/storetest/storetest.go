@@ -314,8 +314,10 @@ func IdempotencyStore(t *testing.T, open func(testing.TB, time.Duration) idempot
 
 // ClaimCheck checks cc with a letter too large for its DLQ: claimed,
 // stored and read back whole, payload byte for byte (8 MB, every byte
-// value) and every metadata entry; storing it again is idempotent; a
-// missing claim is ErrClaimNotFound, never an empty payload.
+// value) and every metadata entry; storing it again is idempotent; its
+// reference copied into another letter (another UUID, or the same UUID
+// with another handler) reads nothing (ErrClaimMismatch); a missing claim
+// is ErrClaimNotFound, never an empty payload.
 func ClaimCheck(t *testing.T, cc poison.ClaimCheck) {
 	t.Helper()
 	ctx := context.Background()
@@ -350,6 +352,11 @@ func ClaimCheck(t *testing.T, cc poison.ClaimCheck) {
 	if len(back.Metadata) != len(letter.Metadata) {
 		t.Errorf("metadata has %d keys, want %d", len(back.Metadata), len(letter.Metadata))
 	}
+	for _, forged := range []*message.Message{copyLetter(claimed, "u-forged"), copyLetter(claimed, claimed.UUID, poison.KeyHandler, "other")} {
+		if got, err := poison.ResolveClaim(ctx, cc, forged); got != nil || !errors.Is(err, poison.ErrClaimMismatch) {
+			t.Errorf("the reference in letter %s (handler %q): %v, want nothing and ErrClaimMismatch", forged.UUID, forged.Metadata.Get(poison.KeyHandler), err)
+		}
+	}
 	if err := cc.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
@@ -359,6 +366,19 @@ func ClaimCheck(t *testing.T, cc poison.ClaimCheck) {
 	if err := cc.Delete(ctx, key); err != nil {
 		t.Fatalf("deleting a missing claim: %v", err)
 	}
+}
+
+// copyLetter is m's metadata (with set applied) under uuid, no payload:
+// what someone writing straight to the DLQ can make of a letter they saw.
+func copyLetter(m *message.Message, uuid string, set ...string) *message.Message {
+	out := message.NewMessage(uuid, nil)
+	for k, v := range m.Metadata {
+		out.Metadata.Set(k, v)
+	}
+	for i := 0; i+1 < len(set); i += 2 {
+		out.Metadata.Set(set[i], set[i+1])
+	}
+	return out
 }
 
 // BigLetter is the letter ClaimCheck stores: an 8 MB payload of every

@@ -285,6 +285,114 @@ func (r *RabbitMQ) rabbitmqctl(timeout time.Duration, args ...string) ([]byte, e
 	return cmd.CombinedOutput()
 }
 
+// Redis is a private Redis server started from the machine's
+// redis-server, with persistence off (no RDB snapshots, no AOF): a
+// restarted server holds nothing, as a Redis configured without
+// persistence loses every key when it restarts.
+type Redis struct {
+	Addr string // 127.0.0.1:PORT
+	Port int
+
+	bin, dir string
+	proc     *exec.Cmd
+	exited   chan error // Wait's result, once the process ends
+}
+
+// StartRedis starts a private server on a free port and stops it and
+// removes its files when t ends. The binary is redis-server on PATH, else
+// /usr/bin/redis-server. A missing binary skips the test, or fails it under
+// ANTIDOTE_REQUIRE_SERVICES=1.
+func StartRedis(t testing.TB) *Redis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		bin = "/usr/bin/redis-server"
+	}
+	if !fileExists(bin) {
+		missing(t, "redis-server", "install redis-server")
+	}
+	dir, err := os.MkdirTemp("", "antidote-redis-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Redis{bin: bin, dir: dir, Port: FreePorts(t, 1)[0]}
+	r.Addr = fmt.Sprintf("127.0.0.1:%d", r.Port)
+	t.Cleanup(func() {
+		_ = r.Stop()
+		_ = os.RemoveAll(dir)
+	})
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Start starts the server (again, on the same port: empty) and waits until
+// it answers PING.
+func (r *Redis) Start() error {
+	r.proc = exec.Command(r.bin, "--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "log"))
+	if err := r.proc.Start(); err != nil {
+		return fmt.Errorf("redis-server: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- r.proc.Wait() }()
+	err := poll(30*time.Second, func() error {
+		select {
+		case err := <-exited:
+			exited <- err
+			return nil // stop polling: it is not coming up
+		default:
+		}
+		return r.ping()
+	})
+	select {
+	case werr := <-exited:
+		r.proc = nil
+		log, _ := os.ReadFile(filepath.Join(r.dir, "log"))
+		return fmt.Errorf("private redis-server on %s exited: %v\n%s", r.Addr, werr, log)
+	default:
+	}
+	if err != nil {
+		return fmt.Errorf("private redis-server on %s did not answer: %w", r.Addr, err)
+	}
+	r.exited = exited
+	return nil
+}
+
+// Stop kills the server the way a crash would (SIGKILL) and waits for it
+// to exit; with persistence off, what it held is gone.
+func (r *Redis) Stop() error {
+	if r.proc == nil {
+		return nil
+	}
+	_ = r.proc.Process.Kill()
+	<-r.exited
+	r.proc = nil
+	return nil
+}
+
+func (r *Redis) ping() error {
+	c, err := net.DialTimeout("tcp", r.Addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 7)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", buf[:n])
+	}
+	return nil
+}
+
 func sbin(name string) string {
 	if p, err := exec.LookPath(name); err == nil {
 		return p
