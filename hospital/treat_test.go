@@ -2,6 +2,7 @@ package hospital_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/fingerprint"
 	"github.com/antidote-mq/antidote/hospital"
 	"github.com/antidote-mq/antidote/internal/testenv"
@@ -179,4 +181,87 @@ func TestReplaySkipsBadLetters(t *testing.T) {
 		t.Errorf("%d letters left dead, want the 2 that failed", len(left))
 	}
 	t.Logf("reported: %v", res.Err())
+}
+
+// A letter stored while its payload was still in a claim (ingested without
+// the claim-check store) is replayed whole once the treatment has the
+// store; one whose claim is gone, or was made for another letter, stays
+// dead with the reason, and the letters behind it are replayed.
+func TestReplayReadsClaimsBack(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	cc := claimcheck.NewMemoryStore()
+	pub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16, Persistent: true}, watermill.NopLogger{})
+	defer pub.Close()
+	claimed := func(kind string) *message.Message {
+		orig := message.NewMessage(watermill.NewUUID(), []byte("the whole payload of "+kind))
+		orig.Metadata.Set(poison.KeyOriginalTopic, "orders")
+		orig.Metadata.Set(poison.KeyReason, "permanent")
+		orig.Metadata.Set("tenant", kind)
+		key, data, letter, err := poison.ClaimLetter(orig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch kind {
+		case "gone":
+		case "forged":
+			// Another letter's reference: the claim was made for someone else.
+			other := message.NewMessage(watermill.NewUUID(), nil)
+			for k, v := range letter.Metadata {
+				other.Metadata.Set(k, v)
+			}
+			if err := cc.Put(ctx, key, data); err != nil {
+				t.Fatal(err)
+			}
+			letter = other
+		default:
+			if err := cc.Put(ctx, key, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return letter
+	}
+	for _, kind := range []string{"gone", "whole-1", "forged", "whole-2"} {
+		l := hospital.FromMessage(ctx, claimed(kind), "kafka", "orders.dlq", nil, fingerprint.Options{})
+		if _, err := store.Put(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := pub.Subscribe(ctx, "orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := hospital.Select(ctx, store, hospital.LetterQuery{DLQTopic: "orders.dlq"})
+	if err != nil || len(ids) != 4 {
+		t.Fatalf("%d letters (%v)", len(ids), err)
+	}
+	blind, err := hospital.Replay(ctx, hospital.TreatConfig{Store: store, Publisher: pub}, ids)
+	if err != nil || blind.Treated != 0 || len(blind.Failed) != 4 {
+		t.Fatalf("without the claim-check store: %+v %v; want all 4 left dead", blind, err)
+	}
+	res, err := hospital.Replay(ctx, hospital.TreatConfig{Store: store, Publisher: pub, ClaimCheck: cc}, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Treated != 2 || len(res.Failed) != 2 {
+		t.Fatalf("%+v: want the 2 whole letters replayed, the gone and the forged one left dead", res)
+	}
+	for i, f := range res.Failed {
+		want := []string{"not found", "another letter"}[i]
+		if f.ID != ids[[]int{0, 2}[i]] || !strings.Contains(f.Err.Error(), want) {
+			t.Errorf("failure %d: letter %d: %v; want letter %d and %q", i, f.ID, f.Err, ids[[]int{0, 2}[i]], want)
+		}
+	}
+	for range 2 {
+		select {
+		case m := <-out:
+			m.Ack()
+			tenant := m.Metadata.Get("tenant")
+			if !strings.HasPrefix(tenant, "whole-") || string(m.Payload) != "the whole payload of "+tenant || m.Metadata.Get(poison.KeyClaimCheck) != "" {
+				t.Errorf("replayed %q, tenant %q, claim %q", m.Payload, tenant, m.Metadata.Get(poison.KeyClaimCheck))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a replay did not arrive")
+		}
+	}
 }

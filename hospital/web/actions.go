@@ -232,7 +232,7 @@ func (s *server) executeLetter(w http.ResponseWriter, r *http.Request, p princip
 // EditAndReplay) is given: the one place Config reaches them, so that
 // Config.ClaimCheck goes to them too once hospital.TreatConfig reads claims.
 func (s *server) treatConfig(p principal) hospital.TreatConfig {
-	return hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate}
+	return hospital.TreatConfig{Store: s.store, Publisher: s.cfg.Publisher, Actor: p.actor, Rate: s.cfg.ReplayRate, ClaimCheck: s.cfg.ClaimCheck}
 }
 
 // execute replays or purges ids as p (written to the audit by
