@@ -57,7 +57,7 @@ var allowedImports = map[string][]string{
 	"devkafka":     {"adapters"},
 	"pgstore":      {"", "poison", "idempotency", "claimcheck", "fingerprint", "hospital"},
 	"redisstore":   {"", "poison", "idempotency", "claimcheck"},
-	"dlq":          {"", "poison", "claimcheck", "adapters", "hospital"},
+	"dlq":          {"", "poison", "claimcheck", "adapters", "hospital", "fingerprint"},
 	"fingerprint":  {"poison"},
 	"hospital":     {"", "poison", "fingerprint"},
 	"outbox":       {"", "idempotency", "throttle"},
