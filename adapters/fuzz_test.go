@@ -67,9 +67,10 @@ type fakeRow struct {
 }
 
 func (r fakeRow) Scan(dest ...any) error {
-	if len(dest) != 4 {
-		return errors.New("fakeRow: want 4 columns")
+	if len(dest) != 5 {
+		return errors.New("fakeRow: want 5 columns (offset, uuid, payload, metadata, created_at)")
 	}
+	*dest[4].(*time.Time) = time.Unix(1, 0)
 	*dest[0].(*int64) = r.offset
 	*dest[1].(*[]byte) = r.uuid
 	*dest[2].(*[]byte) = r.payload

@@ -120,7 +120,7 @@ func (s *postgresSubscriber) SubscribeInitialize(topic string) error {
 // rows delayed by the Scheduler skipped until due.
 func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, PostgresQueueOffsetsAdapter) {
 	table := func(topic string) string { return PostgresTable(cfg, topic) }
-	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
+	return TolerantPostgresQueueSchema{PostgreSQLQueueSchema: wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
 			GenerateMessagesTableName: table,
 			SubscribeBatchSize:        cfg.BatchSize,
@@ -267,6 +267,7 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	b.Publisher = pgPub
 	b.onClose(pgPub.Close)
 	ack := p.AckDeadline
+	schema.stashRecord = true
 	sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
 		PollInterval:     p.PollInterval,
 		ResendInterval:   p.ResendInterval,

@@ -150,6 +150,9 @@ func headerString(v any) string {
 // and antidote.MetadataRawMetadata.
 type TolerantPostgresQueueSchema struct {
 	wsql.PostgreSQLQueueSchema
+	// stashRecord: Open's subscriber, whose forwarding moves each row's
+	// offset and created_at into its message's context (takePostgresRecord).
+	stashRecord bool
 }
 
 // SelectQuery implements sql.SchemaAdapter: watermill-sql's, reading each
@@ -184,7 +187,9 @@ func (s TolerantPostgresQueueSchema) UnmarshalMessage(params wsql.UnmarshalMessa
 			msg.Metadata = md
 		}
 	}
-	stashPostgresRecord(msg, r.Offset, created)
+	if s.stashRecord {
+		stashPostgresRecord(msg, r.Offset, created)
+	}
 	r.Msg = msg
 	return r, nil
 }
