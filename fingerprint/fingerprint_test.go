@@ -179,3 +179,30 @@ func TestFromLetter(t *testing.T) {
 		t.Errorf("got %+v\nwant %+v", f, want)
 	}
 }
+
+// The producer part is the service: its instances (a host and pid, a pod,
+// a StatefulSet ordinal) share a group, two services do not.
+func TestProducerIsTheService(t *testing.T) {
+	in := fingerprint.Input{Handler: "charge", Reason: "permanent", Error: "card declined"}
+	ids := map[string]string{}
+	for _, p := range []string{"billing/host-a-101", "billing/host-b-202", "billing/orders-7d9f8b6c5-x2k4p", "billing/worker-0", " billing / worker-1 ", "billing"} {
+		in.Producer = p
+		f := fingerprint.Of(in)
+		if f.Producer != "billing" {
+			t.Errorf("producer %q: part %q, want billing", p, f.Producer)
+		}
+		ids[f.ID] = p
+	}
+	if len(ids) != 1 {
+		t.Errorf("one service's instances made %d groups: %v", len(ids), ids)
+	}
+	in.Producer = "shipping/host-a-101"
+	if f := fingerprint.Of(in); ids[f.ID] != "" || f.Producer != "shipping" {
+		t.Errorf("shipping shares billing's group or reads %q", f.Producer)
+	}
+	for p, want := range map[string]string{"": "", "relay-1": "relay-1", "/x": "", "a/b/c": "a"} {
+		if got := fingerprint.ProducerService(p); got != want {
+			t.Errorf("ProducerService(%q) = %q, want %q", p, got, want)
+		}
+	}
+}
