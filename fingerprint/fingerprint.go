@@ -2,8 +2,11 @@
 // is made of what stays the same when the same bug hits different messages
 // (the handler, the reason, the error's type, the first stack frame in
 // application code, the error message with its ids and numbers taken out,
-// the payload's shape, the producer) and leaves out what changes from one
-// message to the next (ids, amounts, timestamps, addresses, line numbers).
+// the payload's shape, the producing service) and leaves out what changes
+// from one message to the next (ids, amounts, timestamps, addresses, line
+// numbers) and from one process to the next: the producer's instance (a
+// host and pid, a pod name) is not part of it, so one bug published by
+// four replicas of "billing" is one group, not four.
 // Two letters share a group exactly when their fingerprints are equal.
 //
 // It is the grouping of the message hospital, the way ServicePulse groups
@@ -22,7 +25,7 @@ import (
 // Version is mixed into every ID: a change to how the parts are computed
 // bumps it, so letters fingerprinted by different versions never land in
 // one group by accident.
-const Version = "1"
+const Version = "2"
 
 // Input is what a fingerprint is computed from; every field may be empty.
 type Input struct {
@@ -33,7 +36,7 @@ type Input struct {
 	Stack       string // a panic's stack, or an error's, in runtime/debug.Stack form
 	Payload     []byte
 	ContentType string // the payload's content type, when known
-	Producer    string // the producer identity (antidote.producer), when known
+	Producer    string // the producer identity (antidote.producer, "<service>/<instance>"), when known
 }
 
 // Fingerprint is a letter's group: ID, and the parts it was computed from
@@ -52,7 +55,11 @@ type Fingerprint struct {
 	// Message is the error message normalized by NormalizeMessage.
 	Message string `json:"message"`
 	// Shape is the payload's shape (see Shape).
-	Shape    string `json:"shape"`
+	Shape string `json:"shape"`
+	// Producer is the producing service: Input.Producer up to its first
+	// '/' ("billing" of "billing/orders-7d9f8b6c5-x2k4p"; a value without
+	// '/' is kept whole), trimmed. The instance after the '/' names a
+	// process, not a bug, so the replicas of a service share a group.
 	Producer string `json:"producer"`
 }
 
@@ -78,7 +85,7 @@ func (o Options) Of(in Input) Fingerprint {
 		Frame:     o.FirstAppFrame(in.Stack),
 		Message:   NormalizeMessage(in.Error),
 		Shape:     Shape(in.Payload, in.ContentType),
-		Producer:  strings.TrimSpace(in.Producer),
+		Producer:  ProducerService(in.Producer),
 	}
 	h := sha256.New()
 	for _, part := range []string{Version, f.Handler, f.Reason, f.ErrorType, f.Frame, f.Message, f.Shape, f.Producer} {
@@ -93,6 +100,14 @@ func (o Options) Of(in Input) Fingerprint {
 	}
 	f.ID = hex.EncodeToString(h.Sum(nil)[:8])
 	return f
+}
+
+// ProducerService is the service part of a producer identity
+// "<service>/<instance>" (see idempotency.ProducerID): "billing" of
+// "billing/host-a-101", the whole value when it has no '/', trimmed.
+func ProducerService(producer string) string {
+	service, _, _ := strings.Cut(producer, "/")
+	return strings.TrimSpace(service)
 }
 
 // FromLetter is the Input of a dead letter read by poison.ReadEnvelope.

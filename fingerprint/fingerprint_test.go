@@ -65,27 +65,6 @@ func TestCorpusGroupsByBug(t *testing.T) {
 	}
 }
 
-func TestNormalizeMessage(t *testing.T) {
-	for in, want := range map[string]string{
-		`strconv.Atoi: parsing "abc": invalid syntax`:                  `strconv.Atoi: parsing <s>: invalid syntax`,
-		"order 7f3c9a2e-1b4d-4c8e-9f00-123456789abc not found":         "order <uuid> not found",
-		"dial tcp 10.0.0.5:5432: connect: connection refused":          "dial tcp <n>:<n>: connect: connection refused",
-		"took 250ms, limit 1.5s":                                       "took <n>ms, limit <n>s",
-		"at 2026-11-26T10:00:00.5+01:00 and 2026-11-26":                "at <time> and <time>",
-		"sum 9f86d081884c7d65, ptr 0xc000123abc":                       "sum <hex>, ptr <hex>",
-		"http2 and v2 and sha256 stay":                                 "http2 and v2 and sha256 stay",
-		"accepted deadbeef facade":                                     "accepted deadbeef facade",
-		"can't  read\n\tline 3":                                        "can't read line <n>",
-		"balance -20.50 below 1e-3":                                    "balance <n> below <n>",
-		`unknown field 'x' in "a \"quoted\" b" and unterminated "tail`: `unknown field <s> in <s> and unterminated "tail`,
-		"": "",
-	} {
-		if got := fingerprint.NormalizeMessage(in); got != want {
-			t.Errorf("NormalizeMessage(%q)\n got %q\nwant %q", in, got, want)
-		}
-	}
-}
-
 func TestShape(t *testing.T) {
 	for _, c := range []struct{ payload, contentType, want string }{
 		{`{"b":1,"a":{"x":"s","y":[1,2]},"c":null,"d":true,"e":[],"f":{}}`, "", "json:a.x:string,a.y[]:number,b:number,c:null,d:bool,e:[],f:{}"},
@@ -177,5 +156,32 @@ func TestFromLetter(t *testing.T) {
 		Message: "boom <n>", Shape: "json:id:number", Producer: "relay-1"}
 	if f != want {
 		t.Errorf("got %+v\nwant %+v", f, want)
+	}
+}
+
+// The producer part is the service: its instances (a host and pid, a pod,
+// a StatefulSet ordinal) share a group, two services do not.
+func TestProducerIsTheService(t *testing.T) {
+	in := fingerprint.Input{Handler: "charge", Reason: "permanent", Error: "card declined"}
+	ids := map[string]string{}
+	for _, p := range []string{"billing/host-a-101", "billing/host-b-202", "billing/orders-7d9f8b6c5-x2k4p", "billing/worker-0", " billing / worker-1 ", "billing"} {
+		in.Producer = p
+		f := fingerprint.Of(in)
+		if f.Producer != "billing" {
+			t.Errorf("producer %q: part %q, want billing", p, f.Producer)
+		}
+		ids[f.ID] = p
+	}
+	if len(ids) != 1 {
+		t.Errorf("one service's instances made %d groups: %v", len(ids), ids)
+	}
+	in.Producer = "shipping/host-a-101"
+	if f := fingerprint.Of(in); ids[f.ID] != "" || f.Producer != "shipping" {
+		t.Errorf("shipping shares billing's group or reads %q", f.Producer)
+	}
+	for p, want := range map[string]string{"": "", "relay-1": "relay-1", "/x": "", "a/b/c": "a"} {
+		if got := fingerprint.ProducerService(p); got != want {
+			t.Errorf("ProducerService(%q) = %q, want %q", p, got, want)
+		}
 	}
 }
