@@ -58,7 +58,7 @@ var allowedImports = map[string][]string{
 	"pgstore":      {"", "poison", "idempotency", "claimcheck", "fingerprint", "hospital"},
 	"redisstore":   {"", "poison", "idempotency", "claimcheck"},
 	"dlq":          {"", "poison", "claimcheck", "adapters", "hospital", "fingerprint"},
-	"fingerprint":  {"poison"},
+	"fingerprint":  {},
 	"hospital":     {"", "poison", "fingerprint"},
 	"outbox":       {"", "idempotency", "throttle"},
 	"hospital/web": {"", "hospital", "fingerprint", "poison"},

@@ -18,8 +18,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
-
-	"github.com/antidote-mq/antidote/poison"
 )
 
 // Version is mixed into every ID: a change to how the parts are computed
@@ -108,18 +106,4 @@ func (o Options) Of(in Input) Fingerprint {
 func ProducerService(producer string) string {
 	service, _, _ := strings.Cut(producer, "/")
 	return strings.TrimSpace(service)
-}
-
-// FromLetter is the Input of a dead letter read by poison.ReadEnvelope.
-func FromLetter(l poison.Letter) Input {
-	return Input{
-		Handler:     l.Handler,
-		Reason:      string(l.Reason),
-		ErrorType:   l.ErrorType,
-		Error:       l.Error,
-		Stack:       l.Stack,
-		Payload:     l.Payload,
-		ContentType: l.Metadata.Get("content-type"),
-		Producer:    l.Producer,
-	}
 }

@@ -6,10 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ThreeDotsLabs/watermill/message"
-
 	"github.com/antidote-mq/antidote/fingerprint"
-	"github.com/antidote-mq/antidote/poison"
 )
 
 type corpusLetter struct {
@@ -135,27 +132,6 @@ func TestFirstAppFrame(t *testing.T) {
 	}
 	if got := fingerprint.Of(fingerprint.Input{Stack: "runtime/debug.Stack()\n\t/x.go:1\n"}).Frame; got != "" {
 		t.Errorf("a stack with no application frame: %q", got)
-	}
-}
-
-// FromLetter reads what the DLQ envelope carries.
-func TestFromLetter(t *testing.T) {
-	msg := message.NewMessage("u1", []byte(`{"id":1}`))
-	msg.Metadata.Set(poison.KeyReason, "panic")
-	msg.Metadata.Set(poison.KeyHandler, "orders")
-	msg.Metadata.Set(poison.KeyError, "boom 42")
-	msg.Metadata.Set(poison.KeyErrorType, "*errors.errorString")
-	msg.Metadata.Set(poison.KeyProducer, "relay-1")
-	msg.Metadata.Set("content-type", "application/json")
-	l, err := poison.ReadEnvelope(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := fingerprint.Of(fingerprint.FromLetter(l))
-	want := fingerprint.Fingerprint{ID: f.ID, Handler: "orders", Reason: "panic", ErrorType: "*errors.errorString",
-		Message: "boom <n>", Shape: "json:id:number", Producer: "relay-1"}
-	if f != want {
-		t.Errorf("got %+v\nwant %+v", f, want)
 	}
 }
 

@@ -139,7 +139,10 @@ func TestDLQGroupIsTheHospitalsGrouping(t *testing.T) {
 		counts = append(counts, g.Count)
 	}
 	sort.Slice(counts, func(i, j int) bool { return counts[i] > counts[j] })
-	t.Logf("%d groups: %v", len(inWeb), counts)
+	// Four bugs from five producer processes of one service: four groups.
+	if len(inWeb) != 4 || counts[0] != 10 || counts[3] != 10 {
+		t.Errorf("%d groups %v, want 4 of 10: one per bug, whichever process produced it", len(inWeb), counts)
+	}
 	// First and last seen are failures, all over two hours before the
 	// ingest.
 	for fp, g := range inWeb {
