@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // PostgresTable is the quoted table name that holds topic's queue.
@@ -120,7 +121,7 @@ func (s *postgresSubscriber) SubscribeInitialize(topic string) error {
 // rows delayed by the Scheduler skipped until due.
 func PostgresQueueSchema(cfg PostgresConfig) (TolerantPostgresQueueSchema, PostgresQueueOffsetsAdapter) {
 	table := func(topic string) string { return PostgresTable(cfg, topic) }
-	return TolerantPostgresQueueSchema{wsql.PostgreSQLQueueSchema{
+	return TolerantPostgresQueueSchema{PostgreSQLQueueSchema: wsql.PostgreSQLQueueSchema{
 			GeneratePayloadType:       func(string) string { return "BYTEA" },
 			GenerateMessagesTableName: table,
 			SubscribeBatchSize:        cfg.BatchSize,
@@ -267,20 +268,35 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	b.Publisher = pgPub
 	b.onClose(pgPub.Close)
 	ack := p.AckDeadline
-	sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
-		PollInterval:     p.PollInterval,
-		ResendInterval:   p.ResendInterval,
-		AckDeadline:      &ack,
-		SchemaAdapter:    schema,
-		OffsetsAdapter:   offsets,
-		InitializeSchema: true,
-	}, logger)
+	newSubscriber := func(schema TolerantPostgresQueueSchema) (*postgresSubscriber, *wsql.Subscriber, error) {
+		sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
+			PollInterval:     p.PollInterval,
+			ResendInterval:   p.ResendInterval,
+			AckDeadline:      &ack,
+			SchemaAdapter:    schema,
+			OffsetsAdapter:   offsets,
+			InitializeSchema: true,
+		}, logger)
+		if err != nil {
+			return nil, nil, fmt.Errorf("postgres subscriber: %w", err)
+		}
+		return &postgresSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), cfg: p}, sub, nil
+	}
+	// The hospital's, on the same pool: believes letter keys.
+	letterSchema := schema
+	letterSchema.Reader = poison.LetterReader
+	letters, _, err := newSubscriber(letterSchema)
 	if err != nil {
-		return fmt.Errorf("postgres subscriber: %w", err)
+		return err
+	}
+	b.letters = letters
+	b.onClose(letters.Close)
+	wrapped, sub, err := newSubscriber(schema)
+	if err != nil {
+		return err
 	}
 	// The subscriber initialises a table on every call, unlike the publisher.
 	safe.initialize = sub.SubscribeInitialize
-	wrapped := &postgresSubscriber{closeWaitSubscriber: newCloseWaitSubscriber(sub), cfg: p}
 	b.Subscriber = wrapped
 	b.onClose(wrapped.Close)
 	return nil

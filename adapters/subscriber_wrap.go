@@ -13,6 +13,12 @@ import (
 // (the router, Watermill's Pub/Sub suite) can see it still open.
 type closeWaitSubscriber struct {
 	message.Subscriber
+	// prepare, when set, is applied to each message before it is handed on:
+	// the memory broker's entry, where its trust rule applies.
+	prepare func(*message.Message)
+	// shared: the inner subscriber is shared with others, so Close ends
+	// only this one's subscriptions.
+	shared  bool
 	closing chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
@@ -33,6 +39,9 @@ func (s *closeWaitSubscriber) Subscribe(ctx context.Context, topic string) (<-ch
 		defer s.wg.Done()
 		defer close(out)
 		for msg := range in {
+			if s.prepare != nil {
+				s.prepare(msg)
+			}
 			select {
 			case out <- msg:
 			case <-s.closing:
@@ -53,7 +62,10 @@ func (s *closeWaitSubscriber) SubscribeInitialize(topic string) error {
 
 func (s *closeWaitSubscriber) Close() error {
 	s.once.Do(func() { close(s.closing) })
-	err := s.Subscriber.Close()
+	var err error
+	if !s.shared {
+		err = s.Subscriber.Close()
+	}
 	s.wg.Wait()
 	return err
 }
