@@ -252,7 +252,7 @@ offsets are untouched.`,
 				return err
 			}
 			defer b.Close()
-			icfg := hospital.IngestConfig{Subscriber: b.Subscriber, Store: store, Topics: clean, Broker: string(cfg.Broker), Logger: logger}
+			icfg := hospital.IngestConfig{Subscriber: b.LetterSubscriber(), Store: store, Topics: clean, Broker: string(cfg.Broker), Logger: logger}
 			if !follow {
 				icfg.Idle = idle
 			}
