@@ -15,6 +15,8 @@ import (
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // AMQPConfigFor returns the watermill-amqp configuration Open uses: a durable
@@ -134,6 +136,15 @@ func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.Logge
 	}
 	b.Subscriber = &amqpSubscriber{Subscriber: sub, queueName: wc.Queue.GenerateName}
 	b.onClose(sub.Close)
+	// The hospital's, on the same connection: believes letter keys.
+	lwc := wc
+	lwc.Marshaler = TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}, Reader: poison.LetterReader}
+	lsub, err := wamqp.NewSubscriberWithConnection(lwc, logger, conn)
+	if err != nil {
+		return fmt.Errorf("amqp subscriber at %s: %w", b.Addr, err)
+	}
+	b.letters = &amqpSubscriber{Subscriber: lsub, queueName: wc.Queue.GenerateName}
+	b.onClose(lsub.Close)
 	return nil
 }
 

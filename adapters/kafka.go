@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 func parseKafkaVersion(v string) (sarama.KafkaVersion, error) {
@@ -176,23 +177,41 @@ func openKafka(ctx context.Context, b *Broker, cfg Config, logger watermill.Logg
 	b.Publisher = kpub
 	b.onClose(kpub.Close)
 
-	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
-		Brokers:               k.Brokers,
-		Unmarshaler:           marshaler,
-		OverwriteSaramaConfig: sc,
-		ConsumerGroup:         k.ConsumerGroup,
-		NackResendSleep:       k.NackResendSleep,
-		InitializeTopicDetails: &sarama.TopicDetail{
-			NumPartitions:     int32(k.Partitions),
-			ReplicationFactor: int16(k.ReplicationFactor),
-		},
-	}, logger)
-	if err != nil {
-		if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
-			return aerr
+	newSubscriber := func(m kafka.Unmarshaler) (*kafka.Subscriber, error) {
+		sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+			Brokers:               k.Brokers,
+			Unmarshaler:           m,
+			OverwriteSaramaConfig: sc,
+			ConsumerGroup:         k.ConsumerGroup,
+			NackResendSleep:       k.NackResendSleep,
+			InitializeTopicDetails: &sarama.TopicDetail{
+				NumPartitions:     int32(k.Partitions),
+				ReplicationFactor: int16(k.ReplicationFactor),
+			},
+		}, logger)
+		if err != nil {
+			if aerr := kafkaAuthError(err, *k, sc); aerr != nil {
+				return nil, aerr
+			}
+			return nil, fmt.Errorf("kafka subscriber: %s%s", redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
 		}
-		return fmt.Errorf("kafka subscriber: %s%s", redactSecret(err.Error(), k.SASL.Password), kafkaTLSHint(err))
+		return sub, nil
 	}
+	sub, err := newSubscriber(marshaler)
+	if err != nil {
+		return err
+	}
+	// The hospital's: believes letter keys. It connects only when it
+	// subscribes, like the other.
+	letterMarshaler := marshaler
+	letterMarshaler.Reader = poison.LetterReader
+	lsub, err := newSubscriber(letterMarshaler)
+	if err != nil {
+		_ = sub.Close()
+		return err
+	}
+	b.letters = kafkaSubscriber{Subscriber: lsub, pub: kpub}
+	b.onClose(lsub.Close)
 	ks := kafkaSubscriber{Subscriber: sub, pub: kpub}
 	if k.Concurrency > 1 {
 		// The key-ordered subscriber; watermill-kafka's stays for

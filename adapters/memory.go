@@ -4,6 +4,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/antidote-mq/antidote/poison"
 )
 
 func openMemory(b *Broker, cfg MemoryConfig, logger watermill.LoggerAdapter) error {
@@ -13,8 +15,17 @@ func openMemory(b *Broker, cfg MemoryConfig, logger watermill.LoggerAdapter) err
 		// keeping it matches what every real broker here does.
 		Persistent: true,
 	}, logger)
-	b.Publisher, b.Subscriber, b.Addr = memoryPublisher{ps}, ps, "in-process"
 	b.onClose(ps.Close)
+	// The consumer's entry is where the subscriber hands a message on:
+	// gochannel gives each subscriber a copy of its own to change.
+	sub := newCloseWaitSubscriber(ps)
+	sub.prepare = always(func(m *message.Message) { poison.ConsumerReader.Distrust(m.Metadata) })
+	letters := newCloseWaitSubscriber(ps)
+	letters.prepare = always(func(m *message.Message) { poison.LetterReader.Distrust(m.Metadata) })
+	letters.shared = true
+	b.Publisher, b.Subscriber, b.letters, b.Addr = memoryPublisher{ps}, sub, letters, "in-process"
+	b.onClose(letters.Close)
+	b.onClose(sub.Close)
 	return nil
 }
 

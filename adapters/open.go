@@ -39,10 +39,24 @@ type Broker struct {
 	// Kafka.Embedded is false), so Open(b.Config) connects to it.
 	Config Config
 
+	// letters is LetterSubscriber's.
+	letters message.Subscriber
+
 	closeOnce sync.Once
 	closers   []func() error
 	closeErr  error
 }
+
+// LetterSubscriber consumes DLQ topics as the hospital must: it believes
+// the letter keys (poison.LetterKeys) the dead-letter envelope wrote, which
+// Subscriber, a service's, takes for a producer's and renames under
+// antidote.MetadataForeignPrefix. Decoder keys arriving in a record are
+// foreign to both (poison.Reader). Use it only to read DLQs: on a
+// service's own topics a producer could pass anything off as a letter.
+// It shares the broker's connections and settings (consumer group,
+// polling) and is closed with the broker; on Kafka it consumes one message
+// at a time whatever kafka.concurrency says.
+func (b *Broker) LetterSubscriber() message.Subscriber { return b.letters }
 
 // Close closes the subscriber (ending its subscriptions), then the publisher,
 // then whatever Open started, in reverse order. Safe to call more than once.

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // PostgresTable is the quoted table name that holds topic's queue.
@@ -267,23 +268,39 @@ func openPostgres(ctx context.Context, b *Broker, cfg Config, logger watermill.L
 	b.Publisher = pgPub
 	b.onClose(pgPub.Close)
 	ack := p.AckDeadline
+	// Each row's place moves into its message's context (takePostgresRecord).
 	schema.stashRecord = true
-	sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
-		PollInterval:     p.PollInterval,
-		ResendInterval:   p.ResendInterval,
-		AckDeadline:      &ack,
-		SchemaAdapter:    schema,
-		OffsetsAdapter:   offsets,
-		InitializeSchema: true,
-	}, logger)
+	newSubscriber := func(schema TolerantPostgresQueueSchema) (*postgresSubscriber, *wsql.Subscriber, error) {
+		sub, err := wsql.NewSubscriber(ackSafeBeginner{Beginner: db, timeout: cfg.ConnectTimeout}, wsql.SubscriberConfig{
+			PollInterval:     p.PollInterval,
+			ResendInterval:   p.ResendInterval,
+			AckDeadline:      &ack,
+			SchemaAdapter:    schema,
+			OffsetsAdapter:   offsets,
+			InitializeSchema: true,
+		}, logger)
+		if err != nil {
+			return nil, nil, fmt.Errorf("postgres subscriber: %w", err)
+		}
+		cw := newCloseWaitSubscriber(sub)
+		cw.prepare = takePostgresRecord
+		return &postgresSubscriber{closeWaitSubscriber: cw, cfg: p}, sub, nil
+	}
+	// The hospital's, on the same pool: believes letter keys.
+	letterSchema := schema
+	letterSchema.Reader = poison.LetterReader
+	letters, _, err := newSubscriber(letterSchema)
 	if err != nil {
-		return fmt.Errorf("postgres subscriber: %w", err)
+		return err
+	}
+	b.letters = letters
+	b.onClose(letters.Close)
+	wrapped, sub, err := newSubscriber(schema)
+	if err != nil {
+		return err
 	}
 	// The subscriber initialises a table on every call, unlike the publisher.
 	safe.initialize = sub.SubscribeInitialize
-	cw := newCloseWaitSubscriber(sub)
-	cw.prepare = takePostgresRecord
-	wrapped := &postgresSubscriber{closeWaitSubscriber: cw, cfg: p}
 	b.Subscriber = wrapped
 	b.onClose(wrapped.Close)
 	return nil

@@ -229,7 +229,7 @@ func TestPostgresAckDeadlineRouterBreakerLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dlq, err := b.Subscriber.Subscribe(ctx, dlqTopic)
+	dlq, err := b.LetterSubscriber().Subscribe(ctx, dlqTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +351,7 @@ func TestPostgresAckDeadlineLetterOutlastingTheDeadline(t *testing.T) {
 	if err := b.Publisher.Publish(topic, bad); err != nil {
 		t.Fatal(err)
 	}
-	dlq, err := b.Subscriber.Subscribe(ctx, dlqTopic)
+	dlq, err := b.LetterSubscriber().Subscribe(ctx, dlqTopic)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // NewPostgresTxPublisher returns a publisher that inserts into the queue
@@ -49,16 +50,21 @@ func EnsurePostgresTable(ctx context.Context, cfg Config, pool *pgxpool.Pool, to
 	return nil
 }
 
-// PostgresMetadata decodes a queue row's metadata column as the subscriber
-// does (TolerantPostgresQueueSchema): scalar values become strings, SQL
-// NULL and JSON null no metadata; a column that is not a JSON object is an
-// error, and the metadata then holds antidote.MetadataUndecodable and the
-// raw column (antidote.MetadataRawMetadata).
+// PostgresMetadata decodes a DLQ row's metadata column as the hospital's
+// subscriber does (TolerantPostgresQueueSchema with poison.LetterReader):
+// scalar values become strings, SQL NULL and JSON null no metadata, the
+// decoder's keys a row carries are foreign; a column that is not a JSON
+// object is an error, and the metadata then holds
+// antidote.MetadataUndecodable and the raw column
+// (antidote.MetadataRawMetadata).
 func PostgresMetadata(raw []byte, offset int64) (message.Metadata, error) {
 	if len(raw) == 0 {
 		return message.Metadata{}, nil
 	}
 	md, err := tolerantMetadata(raw)
+	if err == nil {
+		poison.LetterReader.Distrust(md)
+	}
 	if err != nil {
 		return message.Metadata{
 			antidote.MetadataUndecodable: fmt.Sprintf("postgres row %d: metadata is not a JSON object: %v", offset, err),

@@ -14,11 +14,21 @@ import (
 type closeWaitSubscriber struct {
 	message.Subscriber
 	// prepare, when set, makes for each subscription what runs on each of
-	// its messages before it is handed out.
+	// its messages before it is handed out: the memory broker's entry,
+	// where its trust rule applies; the PostgreSQL row's place moved into
+	// the context.
 	prepare func() func(*message.Message)
+	// shared: the inner subscriber is shared with others, so Close ends
+	// only this one's subscriptions.
+	shared bool
 	closing chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
+}
+
+// always is a prepare that runs f on every message of every subscription.
+func always(f func(*message.Message)) func() func(*message.Message) {
+	return func() func(*message.Message) { return f }
 }
 
 func newCloseWaitSubscriber(s message.Subscriber) *closeWaitSubscriber {
@@ -63,7 +73,10 @@ func (s *closeWaitSubscriber) SubscribeInitialize(topic string) error {
 
 func (s *closeWaitSubscriber) Close() error {
 	s.once.Do(func() { close(s.closing) })
-	err := s.Subscriber.Close()
+	var err error
+	if !s.shared {
+		err = s.Subscriber.Close()
+	}
 	s.wg.Wait()
 	return err
 }

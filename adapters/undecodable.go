@@ -16,7 +16,15 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/poison"
 )
+
+// Each tolerant decoder is where a record enters the process, so it applies
+// the trust rule (poison.Reader.Distrust) to the record's metadata before it
+// sets keys of its own: a producer's antidote.undecodable, or on a service's
+// topic a producer's antidote.claim_check, reaches the handler under
+// antidote.MetadataForeignPrefix. The zero Reader is a service's; the
+// hospital reads DLQs with poison.LetterReader (Broker.LetterSubscriber).
 
 // TolerantKafkaUnmarshaler never fails: when Inner fails, the record becomes a
 // message with its raw value and antidote.MetadataUndecodable set. A record without a
@@ -24,6 +32,10 @@ import (
 // made of topic, partition and offset.
 type TolerantKafkaUnmarshaler struct {
 	Inner kafka.Unmarshaler
+	// Reader says which of Antidote's keys the records' metadata may carry
+	// (see poison.Reader); the zero value is a service consuming its topics,
+	// poison.LetterReader the hospital reading a DLQ.
+	Reader poison.Reader
 }
 
 // Unmarshal implements kafka.Unmarshaler.
@@ -38,12 +50,15 @@ func (t TolerantKafkaUnmarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*messa
 				msg.UUID = string(h.Value)
 			}
 		}
-		msg.Metadata.Set(antidote.MetadataUndecodable, fmt.Sprintf("kafka record %s/%d/%d: %v", rec.Topic, rec.Partition, rec.Offset, err))
 	}
 	if msg.UUID == "" {
 		msg.UUID = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)
 	}
 	applyMetadataRule(msg)
+	t.Reader.Distrust(msg.Metadata)
+	if err != nil {
+		msg.Metadata.Set(antidote.MetadataUndecodable, validUTF8(fmt.Sprintf("kafka record %s/%d/%d: %v", rec.Topic, rec.Partition, rec.Offset, err)))
+	}
 	return msg, nil
 }
 
@@ -62,6 +77,10 @@ type tolerantKafkaMarshaler struct {
 // message carries antidote.MetadataUndecodable.
 type TolerantAMQPMarshaler struct {
 	Inner wamqp.Marshaler
+	// Reader says which of Antidote's keys the deliveries' headers may
+	// carry (see poison.Reader); the zero value is a service consuming its
+	// queues, poison.LetterReader the hospital reading a DLQ.
+	Reader poison.Reader
 }
 
 // Marshal implements amqp.Marshaler.
@@ -96,6 +115,7 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 			msg.UUID = d.MessageId
 		}
 		applyMetadataRule(msg)
+		t.Reader.Distrust(msg.Metadata)
 		return msg, nil
 	}
 	uuid := d.MessageId
@@ -111,8 +131,9 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 			msg.Metadata.Set(k, s)
 		}
 	}
-	msg.Metadata.Set(antidote.MetadataUndecodable, "amqp delivery: "+err.Error())
 	applyMetadataRule(msg)
+	t.Reader.Distrust(msg.Metadata)
+	msg.Metadata.Set(antidote.MetadataUndecodable, validUTF8("amqp delivery: "+err.Error()))
 	return msg, nil
 }
 
@@ -150,7 +171,11 @@ func headerString(v any) string {
 // and antidote.MetadataRawMetadata.
 type TolerantPostgresQueueSchema struct {
 	wsql.PostgreSQLQueueSchema
-	// stashRecord: Open's subscriber, whose forwarding moves each row's
+	// Reader says which of Antidote's keys the rows' metadata may carry
+	// (see poison.Reader); the zero value is a service consuming its
+	// queues, poison.LetterReader the hospital reading a DLQ.
+	Reader poison.Reader
+	// stashRecord: Open's subscribers, whose forwarding moves each row's
 	// offset and created_at into its message's context (takePostgresRecord).
 	stashRecord bool
 }
@@ -184,6 +209,7 @@ func (s TolerantPostgresQueueSchema) UnmarshalMessage(params wsql.UnmarshalMessa
 			msg.Metadata.Set(antidote.MetadataUndecodable, fmt.Sprintf("postgres row %d: metadata is not a JSON object: %v", r.Offset, err))
 			msg.Metadata.Set(antidote.MetadataRawMetadata, string(r.Metadata))
 		} else {
+			s.Reader.Distrust(md)
 			msg.Metadata = md
 		}
 	}

@@ -44,7 +44,7 @@ func TestHospitalOnStore(t *testing.T) {
 			icfg.Kafka.ConsumerGroup = "antidote-hospital"
 			ib := brokers.Open(t, icfg)
 			go func() {
-				_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: ib.Subscriber, Store: store, Topics: []string{topic + ".dlq"}, Broker: string(kind)})
+				_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: ib.LetterSubscriber(), Store: store, Topics: []string{topic + ".dlq"}, Broker: string(kind)})
 			}()
 
 			var msgs []*message.Message

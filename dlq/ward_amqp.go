@@ -12,6 +12,7 @@ import (
 
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/hospital"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // amqpWard is a RabbitMQ DLQ queue. RabbitMQ gives a message to one
@@ -89,7 +90,7 @@ func (w *amqpWard) load(ctx context.Context) ([]hospital.Letter, error) {
 		return nil, fmt.Errorf("dlq: amqp channel: %w", err)
 	}
 	w.closed = w.ch.NotifyClose(make(chan *amqp.Error, 1))
-	unmarshal := adapters.TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}}
+	unmarshal := adapters.TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}, Reader: poison.LetterReader}
 	var out []hospital.Letter
 	// Only the letters present now: replays that fail again land behind
 	// them and are not read (and replayed) a second time.

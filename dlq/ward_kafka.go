@@ -19,6 +19,7 @@ import (
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/hospital"
+	"github.com/antidote-mq/antidote/poison"
 )
 
 // kafkaWard is a Kafka DLQ topic. Nothing can be removed from a topic, so
@@ -161,7 +162,7 @@ func (w *kafkaWard) readPartition(ctx context.Context, consumer sarama.Consumer,
 		return nil, fmt.Errorf("dlq: read %s/%d: %w", topic, p, err)
 	}
 	defer pc.Close()
-	unmarshal := adapters.TolerantKafkaUnmarshaler{Inner: kafka.DefaultMarshaler{}}
+	unmarshal := adapters.TolerantKafkaUnmarshaler{Inner: kafka.DefaultMarshaler{}, Reader: poison.LetterReader}
 	idle := time.NewTimer(kafkaIdleRead)
 	defer idle.Stop()
 	var out []hospital.Letter

@@ -41,7 +41,7 @@ func TestAutoCanary(t *testing.T) {
 	<-r.Running()
 	store := newStore(t)
 	go func() {
-		_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: b.Subscriber, Store: store, Topics: []string{topic + ".dlq"}, Broker: "postgres"})
+		_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: b.LetterSubscriber(), Store: store, Topics: []string{topic + ".dlq"}, Broker: "postgres"})
 	}()
 	const n = 6
 	for i := 0; i < n; i++ {

@@ -72,7 +72,7 @@ func TestCanaryReplay(t *testing.T) {
 			hcfg.Kafka.ConsumerGroup = "antidote-hospital"
 			hb := brokers.Open(t, hcfg)
 			go func() {
-				_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: hb.Subscriber, Store: store, Topics: []string{topic + ".dlq"}, Broker: string(kind)})
+				_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: hb.LetterSubscriber(), Store: store, Topics: []string{topic + ".dlq"}, Broker: string(kind)})
 			}()
 
 			const n = 12

@@ -51,7 +51,7 @@ func TestEditAndReplay(t *testing.T) {
 			hcfg.Kafka.ConsumerGroup = "antidote-hospital"
 			hb := brokers.Open(t, hcfg)
 			go func() {
-				_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: hb.Subscriber, Store: store, Topics: []string{topic + ".dlq"}, Broker: string(kind)})
+				_, _ = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: hb.LetterSubscriber(), Store: store, Topics: []string{topic + ".dlq"}, Broker: string(kind)})
 			}()
 			orig := message.NewMessage("order-1", []byte(`{"id":1,"currency":"EURO"}`))
 			orig.Metadata.Set("tenant", "acme")

@@ -38,7 +38,7 @@ func drain(t *testing.T, cfg adapters.Config, store hospital.Store, dlq string, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		stats, err = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: hb.Subscriber, Store: countingStore{Store: store, n: &put},
+		stats, err = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: hb.LetterSubscriber(), Store: countingStore{Store: store, n: &put},
 			Topics: []string{dlq}, Broker: string(cfg.Broker)})
 	}()
 	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d letters put", want), func() bool { return put.Load() >= want })
@@ -156,7 +156,7 @@ func TestIngestAMQPLettersWithoutMessageID(t *testing.T) {
 		t.Fatal(err)
 	}
 	hb := brokers.Open(t, cfg)
-	_, err = hospital.Ingest(context.Background(), hospital.IngestConfig{Subscriber: hb.Subscriber, Store: storeThenFail{store},
+	_, err = hospital.Ingest(context.Background(), hospital.IngestConfig{Subscriber: hb.LetterSubscriber(), Store: storeThenFail{store},
 		Topics: []string{dlq}, Broker: string(cfg.Broker)})
 	if err == nil {
 		t.Fatal("the ingest whose store failed after storing returned no error")

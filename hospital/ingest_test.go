@@ -94,7 +94,7 @@ func TestIngest(t *testing.T) {
 				go func() {
 					defer close(done)
 					stats, ingestErr = hospital.Ingest(ctx, hospital.IngestConfig{
-						Subscriber: hb.Subscriber, Store: counting, Topics: []string{dlq}, Broker: string(kind),
+						Subscriber: hb.LetterSubscriber(), Store: counting, Topics: []string{dlq}, Broker: string(kind),
 					})
 				}()
 				testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d letters put", want), func() bool { return received.Load() >= want })

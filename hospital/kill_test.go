@@ -44,7 +44,7 @@ func ingestChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	_, err = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: b.Subscriber, Store: store,
+	_, err = hospital.Ingest(ctx, hospital.IngestConfig{Subscriber: b.LetterSubscriber(), Store: store,
 		Topics: []string{os.Getenv("HOSPITAL_TOPIC")}, Broker: string(cfg.Broker)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -130,7 +130,12 @@ func (d *DelayedRetry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			return nil, err
 		}
 		stage := Stage(msg)
-		if stage >= len(d.cfg.Stages) {
+		if stage > len(d.cfg.Stages) {
+			// No stage of ours wrote it: a producer's (or a longer list's
+			// before a deploy). Believed, it would skip every stage.
+			stage = 0
+		}
+		if stage == len(d.cfg.Stages) {
 			return nil, err // the last stage failed too: DeadLetter takes it
 		}
 		topic := message.SubscribeTopicFromCtx(msg.Context())

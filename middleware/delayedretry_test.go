@@ -35,6 +35,11 @@ func (s *recordingScheduler) Schedule(_ context.Context, topic string, msg *mess
 
 func runOne(t *testing.T, mw message.HandlerMiddleware, handler string, h message.HandlerFunc) error {
 	t.Helper()
+	return runOneMessage(t, mw, handler, message.NewMessage("m1", []byte("x")), h)
+}
+
+func runOneMessage(t *testing.T, mw message.HandlerMiddleware, handler string, msg *message.Message, h message.HandlerFunc) error {
+	t.Helper()
 	ps := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
 	r, _ := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 	result := make(chan error, 1)
@@ -53,7 +58,7 @@ func runOne(t *testing.T, mw message.HandlerMiddleware, handler string, h messag
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
 	<-r.Running()
-	if err := ps.Publish("in", message.NewMessage("m1", []byte("x"))); err != nil {
+	if err := ps.Publish("in", msg); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -96,6 +101,32 @@ func TestDelayedRetrySchedulesTransientOnly(t *testing.T) {
 
 // A failure reported after the subscriber ended the delivery is not moved
 // to a stage: the original would come again beside its scheduled copy.
+// The stage a message says it is in is believed to pick the next delay,
+// but one no stage of this list can have written (a producer's
+// antidote.retry_stage=99) starts at the first: it cannot skip the stages.
+// The last stage's own number still goes to the DLQ.
+func TestDelayedRetryForgedStage(t *testing.T) {
+	for stage, want := range map[string]string{"99": "in/1/1s", "2147483648": "in/1/1s", "-1": "in/1/1s", "x": "in/1/1s", "1": "in/2/1m0s", "2": ""} {
+		sched := &recordingScheduler{}
+		d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second, time.Minute}, Scheduler: sched})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := message.NewMessage("m1", []byte("x"))
+		msg.Metadata.Set(antidote.MetadataRetryStage, stage)
+		err = runOneMessage(t, d.Middleware, "h", msg, func(*message.Message) ([]*message.Message, error) {
+			return nil, poison.Transient(errors.New("timeout"))
+		})
+		got := ""
+		if len(sched.calls) > 0 {
+			got = sched.calls[0]
+		}
+		if got != want || len(sched.calls) > 1 || (want == "") != (err != nil) {
+			t.Errorf("retry_stage %q: scheduled %v (err %v), want %q", stage, sched.calls, err, want)
+		}
+	}
+}
+
 func TestDelayedRetryNotAfterTheDeliveryEnded(t *testing.T) {
 	sched := &recordingScheduler{}
 	d, err := middleware.NewDelayedRetry(middleware.DelayedRetryConfig{Stages: []time.Duration{time.Second}, Scheduler: sched})

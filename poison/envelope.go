@@ -74,14 +74,11 @@ const (
 // truncatedMarker is appended to cut values so readers know text is missing.
 const truncatedMarker = "\n...[truncated]"
 
-// failureKeys are the keys that describe one failure. Envelope clears them
-// before writing, so a replayed message that fails again does not carry a
-// stale stack or partition from its previous death.
-var failureKeys = []string{
-	KeyOriginalTopic, KeyOriginalPartition, KeyOriginalOffset, KeyHandler,
-	KeyConsumerGroup, KeyConsumerVersion, KeyReason, KeyError, KeyErrorType, KeyStack,
-	KeyFirstFailedAt, KeyLastFailedAt, KeyShrunk, KeyMalformed,
-}
+// KeyUndecodableMetadata is, on the letter of a record the adapter could
+// not decode, the record's metadata as received (the adapter's
+// antidote.MetadataRawMetadata). A letter key of its own: the decoder's keys
+// are foreign wherever a record is read, the hospital's DLQ reads included.
+const KeyUndecodableMetadata = "antidote.undecodable_metadata"
 
 // Origin is where a message was consumed from.
 type Origin struct {
@@ -130,9 +127,15 @@ type Failure struct {
 // Envelope builds the DLQ message for msg: the same UUID, a copy of the
 // payload byte for byte, all of msg's metadata (so traceparent, the producer
 // and idempotency keys travel with it), plus the antidote.* keys describing
-// o and f. Stale failure keys from an earlier death are replaced. msg is not
-// modified. The result has a fresh context; publishers that honour
-// msg.Context() need it set by the caller.
+// o and f. msg is not modified. The result has a fresh context; publishers
+// that honour msg.Context() need it set by the caller.
+//
+// Only this envelope describes the letter: letter keys (LetterKeys) msg
+// already carries, which a subscriber that skipped the adapters' rule let
+// through, are kept under antidote.MetadataForeignPrefix. The decoder's
+// keys are not copied as they are: antidote.MetadataUndecodable is said by
+// the reason and the error, antidote.MetadataRawMetadata moves to
+// KeyUndecodableMetadata.
 func Envelope(msg *message.Message, o Origin, f Failure) *message.Message {
 	payload := make([]byte, len(msg.Payload))
 	copy(payload, msg.Payload)
@@ -140,9 +143,14 @@ func Envelope(msg *message.Message, o Origin, f Failure) *message.Message {
 	for k, v := range msg.Metadata {
 		out.Metadata.Set(k, v)
 	}
-	for _, k := range failureKeys {
-		delete(out.Metadata, k)
+	for _, k := range letterKeys {
+		antidote.MoveForeign(out.Metadata, k)
 	}
+	if raw, ok := out.Metadata[antidote.MetadataRawMetadata]; ok {
+		delete(out.Metadata, antidote.MetadataRawMetadata)
+		out.Metadata.Set(KeyUndecodableMetadata, raw)
+	}
+	delete(out.Metadata, antidote.MetadataUndecodable)
 
 	setIf := func(key, value string) {
 		if value != "" {
@@ -187,21 +195,32 @@ func Envelope(msg *message.Message, o Origin, f Failure) *message.Message {
 const KeyMalformed = "antidote.malformed"
 
 // dropMalformed moves the values a foreign producer (or an old replay) left
-// in keys ReadEnvelope parses, and that it would refuse, to KeyMalformed.
+// in keys Antidote reads, and that their readers would refuse, to
+// KeyMalformed: those ReadEnvelope parses (so every letter reads back), the
+// scheduler's and the replay's trace link (ignored when malformed anyway).
 func dropMalformed(md message.Metadata) {
 	var dropped []string
-	for _, k := range []string{KeyAttempts, KeyReplayCount} {
-		if v, ok := md[k]; ok {
+	drop := func(k string) {
+		dropped = append(dropped, k+"="+md[k])
+		delete(md, k)
+	}
+	for _, k := range []string{KeyAttempts, KeyReplayCount, antidote.MetadataRetryStage} {
+		if _, ok := md[k]; ok {
 			if _, _, err := parseInt(md, k, strconv.IntSize); err != nil {
-				dropped = append(dropped, k+"="+v)
-				delete(md, k)
+				drop(k)
 			}
 		}
 	}
-	if v, ok := md[KeyReplayedAt]; ok {
-		if _, err := parseTime(md, KeyReplayedAt); err != nil {
-			dropped = append(dropped, KeyReplayedAt+"="+v)
-			delete(md, KeyReplayedAt)
+	for _, k := range []string{KeyReplayedAt, antidote.MetadataRetryDue} {
+		if _, ok := md[k]; ok {
+			if _, err := parseTime(md, k); err != nil {
+				drop(k)
+			}
+		}
+	}
+	if _, ok := md[antidote.MetadataOriginalTraceparent]; ok {
+		if _, valid := antidote.OriginalTraceLink(md); !valid {
+			drop(antidote.MetadataOriginalTraceparent)
 		}
 	}
 	if len(dropped) > 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/poison"
 )
 
@@ -90,7 +91,8 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 }
 
 func TestEnvelopeReplacesStaleFailureKeys(t *testing.T) {
-	// A message replayed from the DLQ carries the keys of its first death.
+	// A message that carries the keys of another death (a subscriber that
+	// skipped the adapters, an old replay): they are not this letter's.
 	old := poison.Envelope(message.NewMessage("u", []byte("x")),
 		poison.Origin{Topic: "orders", Partition: 1, Offset: 2, HasOffset: true, ConsumerGroup: "g"},
 		poison.Failure{Err: poison.NewPanicError("boom"), Attempts: 5, FirstFailedAt: time.Now()})
@@ -108,6 +110,8 @@ func TestEnvelopeReplacesStaleFailureKeys(t *testing.T) {
 		_, ok := md[k]
 		assert.False(t, ok, "stale %s must be removed", k)
 	}
+	assert.Equal(t, "g", md.Get(antidote.ForeignKey(poison.KeyConsumerGroup)), "kept, foreign, for the post-mortem")
+	assert.Equal(t, "1", md.Get(antidote.ForeignKey(poison.KeyOriginalPartition)))
 	assert.Equal(t, "5", md.Get(poison.KeyAttempts), "Attempts 0 keeps what the message carries")
 	assert.Equal(t, "1", md.Get(poison.KeyReplayCount), "replay history is kept")
 

@@ -1,6 +1,7 @@
 package poison
 
 import (
+	"math"
 	"strconv"
 	"time"
 
@@ -22,9 +23,17 @@ const keyTracestate = "tracestate"
 // Replay builds the message that sends a dead letter back for another try:
 // the same UUID (so an idempotent consumer that already processed it skips
 // it), the payload byte for byte, the original metadata (idempotency key,
-// partition key, producer, baggage) without the failure keys and
-// antidote.MetadataUndecodable, and
-// KeyReplayedAt and KeyReplayCount (one more than the letter's).
+// partition key, producer, baggage, and what a producer sent that the
+// consumer kept under antidote.MetadataForeignPrefix), and KeyReplayedAt and
+// KeyReplayCount (one more than the letter's).
+//
+// Left out is what described the message's last life and would mislead its
+// next one: the letter keys (LetterKeys: at the consumer they would become
+// foreign copies a producer never sent), KeyAttempts, the decoder's keys
+// and their foreign copies (on a letter those may be an older Antidote's
+// decoder's, which the hospital's reader makes foreign: not the
+// producer's), and the scheduler's keys (a replay carrying the retry stage
+// it died in would skip the delayed stages at its first transient failure).
 //
 // The letter's traceparent moves to KeyOriginalTraceparent (tracestate is
 // dropped with it): the replay begins a fresh trace that links to the one
@@ -33,22 +42,32 @@ const keyTracestate = "tracestate"
 func Replay(letter *message.Message, now time.Time) *message.Message {
 	out := message.NewMessage(letter.UUID, append([]byte(nil), letter.Payload...))
 	for k, v := range letter.Metadata {
-		out.Metadata.Set(k, v)
+		if !isForeignDecoderKey(k) {
+			out.Metadata.Set(k, v)
+		}
 	}
-	for _, k := range failureKeys {
+	for _, k := range letterKeys {
 		delete(out.Metadata, k)
 	}
-	delete(out.Metadata, KeyAttempts)
-	// The consumer's decoder says afresh whether the record decodes: a
-	// letter dead-lettered as undecodable, replayed after the fix, must
-	// reach its handler, not go straight back to the DLQ.
-	delete(out.Metadata, antidote.MetadataUndecodable)
+	for _, k := range []string{
+		KeyAttempts,
+		// The consumer's decoder says afresh whether the record decodes: a
+		// letter dead-lettered as undecodable, replayed after the fix, must
+		// reach its handler, not go straight back to the DLQ.
+		antidote.MetadataUndecodable, antidote.MetadataRawMetadata,
+		antidote.MetadataRetryStage, antidote.MetadataRetryDue, antidote.MetadataRetryTopic,
+	} {
+		delete(out.Metadata, k)
+	}
 	if tp := letter.Metadata.Get(KeyTraceparent); tp != "" {
 		out.Metadata.Set(KeyOriginalTraceparent, tp)
 	}
 	delete(out.Metadata, KeyTraceparent)
 	delete(out.Metadata, keyTracestate)
-	n, _ := strconv.Atoi(letter.Metadata.Get(KeyReplayCount))
+	n, err := strconv.Atoi(letter.Metadata.Get(KeyReplayCount))
+	if err != nil || n < 0 || n == math.MaxInt {
+		n = 0 // malformed (the letter's KeyMalformed has it): counting starts over
+	}
 	out.Metadata.Set(KeyReplayCount, strconv.Itoa(n+1))
 	out.Metadata.Set(KeyReplayedAt, now.UTC().Format(time.RFC3339Nano))
 	return out

@@ -262,7 +262,7 @@ func runOne(i int, in Input, handler message.NoPublishHandlerFunc, o options) (R
 	if cfg.DeadLetter.Topic != nil {
 		dlqTopic = cfg.DeadLetter.Topic(topic)
 	}
-	letters, err := b.Subscriber.Subscribe(ctx, dlqTopic)
+	letters, err := b.LetterSubscriber().Subscribe(ctx, dlqTopic)
 	if err != nil {
 		return Result{}, err
 	}

@@ -56,7 +56,7 @@ func testMissingUUID(t *testing.T, oneAtATime bool, work time.Duration) {
 		mu.Unlock()
 		return nil
 	})
-	letters, err := b.Subscriber.Subscribe(ctx, "nouuid.dlq")
+	letters, err := b.LetterSubscriber().Subscribe(ctx, "nouuid.dlq")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,7 +132,7 @@ func TestDLQOutageLosesNothing(t *testing.T) {
 // tests count).
 func dlqSubscriber(t *testing.T, ctx context.Context, b *adapters.Broker, topic string) <-chan *message.Message {
 	t.Helper()
-	sub := b.Subscriber
+	sub := b.LetterSubscriber()
 	if b.Kind == adapters.KindKafka {
 		cfg := b.Config
 		cfg.Kafka.ConsumerGroup = "dlq-reader"
@@ -141,7 +141,7 @@ func dlqSubscriber(t *testing.T, ctx context.Context, b *adapters.Broker, topic 
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = reader.Close() })
-		sub = reader.Subscriber
+		sub = reader.LetterSubscriber()
 	}
 	ch, err := sub.Subscribe(ctx, antidote.DLQTopic(topic))
 	if err != nil {

@@ -205,7 +205,7 @@ func measure(kind adapters.Kind, tracker string, env []string, o opts) (result, 
 	defer cleanup(b, topic)
 
 	// The DLQ reader: the time the crash_loop letter arrives.
-	letters, err := b.Subscriber.Subscribe(ctx, topic+".dlq")
+	letters, err := b.LetterSubscriber().Subscribe(ctx, topic+".dlq")
 	if err != nil {
 		return result{}, fmt.Errorf("subscribe to the DLQ: %w", err)
 	}

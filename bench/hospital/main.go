@@ -135,7 +135,7 @@ func ingest(ctx context.Context, pool *pgxpool.Pool, kind adapters.Kind, n int) 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := hospital.Ingest(ictx, hospital.IngestConfig{Subscriber: hb.Subscriber, Store: counting, Topics: []string{topic}, Broker: string(kind)})
+		_, err := hospital.Ingest(ictx, hospital.IngestConfig{Subscriber: hb.LetterSubscriber(), Store: counting, Topics: []string{topic}, Broker: string(kind)})
 		done <- err
 	}()
 	// The subscription exists before anything is published (RabbitMQ

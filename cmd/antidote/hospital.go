@@ -249,7 +249,7 @@ offsets are untouched.`,
 				return err
 			}
 			defer b.Close()
-			icfg := hospital.IngestConfig{Subscriber: b.Subscriber, Store: store, Topics: clean, Broker: string(cfg.Broker), Logger: logger, ClaimCheck: claims}
+			icfg := hospital.IngestConfig{Subscriber: b.LetterSubscriber(), Store: store, Topics: clean, Broker: string(cfg.Broker), Logger: logger, ClaimCheck: claims}
 			if !follow {
 				icfg.Idle = idle
 			}

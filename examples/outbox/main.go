@@ -260,7 +260,7 @@ DROP FUNCTION IF EXISTS %[1]s_log(); DROP TABLE IF EXISTS %[1]s_h_letters, %[1]s
 	defer hb.Close()
 	var ingested atomic.Int64
 	go func() {
-		_, _ = hospital.Ingest(rctx, hospital.IngestConfig{Subscriber: hb.Subscriber, Store: countStore{store, &ingested},
+		_, _ = hospital.Ingest(rctx, hospital.IngestConfig{Subscriber: hb.LetterSubscriber(), Store: countStore{store, &ingested},
 			Topics: []string{topic + ".dlq"}, Broker: string(b.Kind)})
 	}()
 

@@ -334,7 +334,7 @@ func (r *run) consume(ctx context.Context, shared *adapters.Broker) <-chan struc
 // readable envelope, claim-checked ones resolved whole.
 func (r *run) readDLQ(ctx context.Context, b *adapters.Broker) {
 	r.t.Helper()
-	ch, err := b.Subscriber.Subscribe(ctx, antidote.DLQTopic(r.topic))
+	ch, err := b.LetterSubscriber().Subscribe(ctx, antidote.DLQTopic(r.topic))
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -187,8 +187,8 @@ var cases = []mcase{
 	{name: "antidote.replay_count and replayed_at malformed", behave: "reject", build: plain(poison.KeyReplayCount, "-1", poison.KeyReplayedAt, "yesterday")},
 	{name: "antidote.reason on an ordinary message", behave: "ok", build: plain(poison.KeyReason, "permanent", poison.KeyOriginalOffset, "x")},
 	{name: "antidote.claim_check on an ordinary message", behave: "ok", build: plain(poison.KeyClaimCheck, "sha256:nothing")},
-	{name: "antidote.undecodable set by a producer", behave: "ok", build: plain(antidote.MetadataUndecodable, "spoofed"),
-		want: map[adapters.Kind]outcome{kafka: dead, amqp: dead, postgres: dead, memory: dead}, reason: poison.ReasonUndecodable},
+	// A decoder key from a producer is foreign (antidote.foreign.undecodable): handled.
+	{name: "antidote.undecodable set by a producer", behave: "ok", build: plain(antidote.MetadataUndecodable, "spoofed")},
 	{name: "traceparent, tracestate and baggage malformed", behave: "ok", build: plain("traceparent", "00-zz-zz-zz", "tracestate", "==,,", "baggage", "%%%;;=")},
 	{name: "Watermill's delay keys malformed", behave: "ok", build: plain("_watermill_delayed_until", "2024-13-45T99:99:99Z", "_watermill_delayed_for", "forever\x00")},
 	{name: "x-delivery-count malformed", behave: "ok", build: plain("x-delivery-count", "-7")},

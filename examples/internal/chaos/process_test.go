@@ -290,7 +290,7 @@ func readDLQ(cfg adapters.Config, topic string, w *workload) ([]letter, error) {
 		return nil, fmt.Errorf("open %s to read the DLQ: %w", cfg.Broker, err)
 	}
 	defer b.Close()
-	msgs, err := b.Subscriber.Subscribe(ctx, topic)
+	msgs, err := b.LetterSubscriber().Subscribe(ctx, topic)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to DLQ %q: %w", topic, err)
 	}

@@ -53,7 +53,7 @@ func TestFourRunsMakeOneGroupPerPoison(t *testing.T) {
 	cfg := adapters.Config{Broker: adapters.KindPostgres, Postgres: adapters.PostgresConfig{URL: url}}
 	b := brokers.Open(t, cfg)
 	want := int64(runs * ExpectedDeadLetters(messages, every))
-	st, err := hospital.Ingest(context.Background(), hospital.IngestConfig{Subscriber: b.Subscriber, Store: store, Topics: []string{topic + ".dlq"},
+	st, err := hospital.Ingest(context.Background(), hospital.IngestConfig{Subscriber: b.LetterSubscriber(), Store: store, Topics: []string{topic + ".dlq"},
 		Broker: "postgres", Idle: 3 * time.Second})
 	if err != nil || st.Stored != want {
 		t.Fatalf("ingest: %+v %v, want %d stored", st, err, want)
