@@ -300,10 +300,12 @@ func TestForgedClaimReferenceResolvesToNothing(t *testing.T) {
 		t.Errorf("dlq show of the victim's own letter does not show its payload")
 	}
 	for _, f := range forged[:2] { // the third has the victim's UUID: show finds the victim's letter
+		// The rest of the letter is shown, its problem named, never the
+		// victim's payload.
 		code, out, errOut := runCode(t, "", "dlq", "show", "--topic", topic, "--claim-check", "postgres", f.UUID)
-		if code == exitOK || strings.Contains(out, victimCard) || !strings.Contains(errOut, "made for another letter") ||
-			!strings.Contains(errOut, f.UUID) || !strings.Contains(errOut, f.Metadata.Get(poison.KeyClaimCheck)) {
-			t.Errorf("dlq show %s: exit %d\nstdout: %s\nstderr: %s\nwant a failure naming the letter, the key and the mismatch, without the victim's payload", f.UUID, code, out, errOut)
+		if code != exitOK || strings.Contains(out, victimCard) || !strings.Contains(out, "made for another letter") ||
+			!strings.Contains(out, f.UUID) || !strings.Contains(out, f.Metadata.Get(poison.KeyClaimCheck)) {
+			t.Errorf("dlq show %s: exit %d\nstdout: %s\nstderr: %s\nwant the letter shown with its problem naming the key and the mismatch, without the victim's payload", f.UUID, code, out, errOut)
 		}
 	}
 
