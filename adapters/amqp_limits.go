@@ -157,7 +157,12 @@ func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing
 			return fmt.Errorf("amqp: message %s to %q: metadata: %w", msg.UUID, topic, err)
 		}
 	}
-	if frameMax <= 0 {
+	if frameMax <= 0 || !letter && frameMax > amqpDefaultFrameMax {
+		// Every connection Antidote dials takes the server's frame_max,
+		// but other consumers of the queue may read at the default: an
+		// ordinary message stays within what they read, as it did before
+		// the connections took more. A letter may use the whole frame
+		// (the hospital's connection takes it too).
 		frameMax = amqpDefaultFrameMax
 	}
 	maxBytes, maxEntries := amqpHeaderBudget(frameMax, props, letter)
