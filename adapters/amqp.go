@@ -30,17 +30,37 @@ import (
 // amqp.tls becomes the connection's TLS config (for amqps:// URLs) and
 // amqp.external_auth its SASL EXTERNAL mechanism. A TLS file that cannot
 // be loaded leaves TLS to the URL's defaults: Validate and Open report it.
+//
+// Every connection takes the largest frame the server allows (FrameSize
+// unlimited: amqp091-go then settles on the server's frame_max), so any
+// content header RabbitMQ took from a publisher fits in a frame its
+// consumers read; at amqp091-go's default, 128 KiB, a header from a
+// publisher that negotiated more made the consumer's connection drop at
+// every delivery, forever. What still cannot be read (headers amqp091-go
+// refuses, a frame_max lowered since) is rewritten by the frame guard on
+// every connection it dials (see amqpFrameGuard) and reaches the
+// subscriber as undecodable, to be dead-lettered. For an amqps:// URL the
+// dial does the TLS handshake itself, so that the guard sees the AMQP
+// stream: Connection.AmqpURI is then the URL with scheme amqp:// and the
+// TLS port. Dialling the amqps:// URL with this AmqpConfig still works
+// (amqp091-go's TLS, without the guard).
 func AMQPConfigFor(cfg Config) wamqp.Config {
 	a := cfg.AMQP
 	c := wamqp.NewDurableQueueConfig(a.URL)
 	c.Connection.AmqpConfig = &amqp.Config{
-		Dial:      amqp.DefaultDial(cfg.ConnectTimeout),
+		FrameSize: amqp.FrameSizeUnlimited,
 		Heartbeat: 10 * time.Second,
 		Locale:    "en_US",
 	}
-	if tc, err := a.TLS.Build("amqp.tls"); err == nil && tc != nil {
+	tc, err := a.TLS.Build("amqp.tls")
+	if err == nil && tc != nil {
 		c.Connection.AmqpConfig.TLSClientConfig = tc
 	}
+	var dialTLS *tls.Config
+	if uri, own, ok := amqpOwnTLS(a.URL, tc); ok {
+		c.Connection.AmqpURI, dialTLS = uri, own
+	}
+	c.Connection.AmqpConfig.Dial = amqpDial(cfg.ConnectTimeout, dialTLS)
 	if a.ExternalAuth {
 		c.Connection.AmqpConfig.SASL = []amqp.Authentication{&amqp.ExternalAuth{}}
 	}
@@ -51,6 +71,35 @@ func AMQPConfigFor(cfg Config) wamqp.Config {
 		c.Queue.Arguments = amqp.Table{"x-queue-type": "quorum"}
 	}
 	return c
+}
+
+// amqpOwnTLS returns, for an amqps:// URL, the amqp:// URL on the same
+// (TLS) port and the TLS config the dial uses in amqp091-go's place:
+// tc, or when amqp.tls sets none amqp091-go's default (system roots), with
+// the URL's host as server name when tc names none. ok is false for other
+// URLs, and for one that sets TLS files in its query with no amqp.tls
+// (amqp091-go reads those; the connection is then unguarded).
+func amqpOwnTLS(raw string, tc *tls.Config) (uri string, own *tls.Config, ok bool) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "amqps" {
+		return "", nil, false
+	}
+	q := u.Query()
+	if tc == nil && (q.Has("certfile") || q.Has("keyfile") || q.Has("cacertfile") || q.Has("server_name_indication")) {
+		return "", nil, false
+	}
+	if tc == nil {
+		tc = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	own = tc.Clone()
+	if own.ServerName == "" {
+		own.ServerName = u.Hostname()
+	}
+	if u.Port() == "" {
+		u.Host = net.JoinHostPort(u.Hostname(), "5671")
+	}
+	u.Scheme = "amqp"
+	return u.String(), own, true
 }
 
 // amqpDialHint says what a failed RabbitMQ connection most likely means,

@@ -24,7 +24,9 @@ import (
 //     header frame, which cannot be split: RabbitMQ closes the connection
 //     with FRAME_ERROR when the frame exceeds the negotiated frame_max, and
 //     amqp091-go's reader refuses a delivery whose frame exceeds it or whose
-//     headers have more than 8192 entries (see amqpHeaderBudget);
+//     headers have more than 8192 entries (see amqpHeaderBudget; on
+//     Antidote's own connections the frame guard turns such a delivery into
+//     an undecodable one, see amqpFrameGuard);
 //   - the body may not exceed the server's max_message_size (RabbitMQ
 //     closes the channel), which AMQPConfig.MaxMessageBytes mirrors.
 
@@ -90,8 +92,9 @@ func amqpCheckStages(topic string, stages []time.Duration, queueName func(string
 // its metadata plus the envelope. A delivery whose header frame exceeds
 // frame_max, or whose headers table has more than 8192 entries, is
 // rejected by amqp091-go's reader, which closes the consumer's connection;
-// RabbitMQ redelivers it and the consumer loops on it: the queue is
-// blocked. So an ordinary message must leave room for both, and a letter
+// RabbitMQ redelivers it and a consumer without the frame guard loops on
+// it (one with it dead-letters it, its headers mostly lost). So an
+// ordinary message must leave room for both, and a letter
 // (antidote.WithLetter) for RabbitMQ's headers.
 const (
 	// amqpMaxHeaderEntries is the most entries amqp091-go reads in one
@@ -157,7 +160,12 @@ func amqpCheckPublishing(topic string, msg *message.Message, pub amqp.Publishing
 			return fmt.Errorf("amqp: message %s to %q: metadata: %w", msg.UUID, topic, err)
 		}
 	}
-	if frameMax <= 0 {
+	if frameMax <= 0 || !letter && frameMax > amqpDefaultFrameMax {
+		// Every connection Antidote dials takes the server's frame_max,
+		// but other consumers of the queue may read at the default: an
+		// ordinary message stays within what they read, as it did before
+		// the connections took more. A letter may use the whole frame
+		// (the hospital's connection takes it too).
 		frameMax = amqpDefaultFrameMax
 	}
 	maxBytes, maxEntries := amqpHeaderBudget(frameMax, props, letter)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/internal/testcerts"
 	"github.com/antidote-mq/antidote/internal/testenv"
@@ -168,6 +170,23 @@ func TestAMQPTLSPrivateRabbitMQ(t *testing.T) {
 				t.Fatalf("%d of 10", got)
 			}
 		})
+	}
+	// The dial does TLS itself (so that the frame guard reads AMQP, not
+	// TLS records): AmqpURI is amqp:// on the TLS port. Dialling the
+	// amqps:// URL with the same AmqpConfig, as code that pairs the two
+	// itself does, is amqp091-go's own TLS, and works too.
+	cfg := adapters.Config{Broker: adapters.KindAMQP, AMQP: adapters.AMQPConfig{URL: r.TLSURL, TLS: tlsCfg}}
+	cfg.SetDefaults()
+	wc := adapters.AMQPConfigFor(cfg)
+	if !strings.HasPrefix(wc.Connection.AmqpURI, "amqp://") {
+		t.Errorf("AmqpURI %s: the dial's TLS needs amqp://", adapters.Redact(wc.Connection.AmqpURI))
+	}
+	for _, u := range []string{wc.Connection.AmqpURI, r.TLSURL} {
+		conn, err := amqp.DialConfig(u, *wc.Connection.AmqpConfig)
+		if err != nil {
+			t.Fatalf("dial %s: %v", adapters.Redact(u), err)
+		}
+		_ = conn.Close()
 	}
 	// Without a client certificate the listener refuses the handshake.
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)

@@ -128,11 +128,12 @@ func rawProduce(t *testing.T, b *adapters.Broker, topic string, msgs ...rawMessa
 // broker's Subscriber) plus the hospital's view of its DLQ
 // (LetterSubscriber): what the handler saw, and the letters.
 type serviceRig struct {
-	t       *testing.T
-	topic   string
-	mu      sync.Mutex
-	handled map[string][]message.Metadata
-	letters map[string][]*message.Message
+	t        *testing.T
+	topic    string
+	mu       sync.Mutex
+	handled  map[string][]message.Metadata
+	payloads map[string][]byte // of the handled messages
+	letters  map[string][]*message.Message
 }
 
 const trustHandler = "trust-handler"
@@ -142,7 +143,7 @@ const trustHandler = "trust-handler"
 // broker of its own, in a consumer group of its own).
 func startService(t *testing.T, b, letters *adapters.Broker, topic string, cc poison.ClaimCheck) *serviceRig {
 	t.Helper()
-	s := &serviceRig{t: t, topic: topic, handled: map[string][]message.Metadata{}, letters: map[string][]*message.Message{}}
+	s := &serviceRig{t: t, topic: topic, handled: map[string][]message.Metadata{}, payloads: map[string][]byte{}, letters: map[string][]*message.Message{}}
 	r, err := router.New(router.Config{
 		Logger:         watermill.NopLogger{},
 		CloseTimeout:   5 * time.Second,
@@ -158,6 +159,7 @@ func startService(t *testing.T, b, letters *adapters.Broker, topic string, cc po
 		}
 		s.mu.Lock()
 		s.handled[m.UUID] = append(s.handled[m.UUID], maps.Clone(m.Metadata))
+		s.payloads[m.UUID] = append([]byte(nil), m.Payload...)
 		s.mu.Unlock()
 		return nil
 	})

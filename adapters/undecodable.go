@@ -92,10 +92,17 @@ func (t TolerantAMQPMarshaler) Marshal(msg *message.Message) (amqp.Publishing, e
 // UUID reach the handler as valid UTF-8: each invalid byte sequence
 // becomes U+FFFD (NUL is valid and kept). Two header names that differ
 // only in invalid bytes become one key; the first in byte order wins.
+//
+// A delivery the connection's frame guard rewrote (its headers could not
+// reach this client whole; see AMQPConfigFor) is undecodable, with the
+// guard's reason, and keeps the headers the guard kept.
 func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, error) {
+	guarded, _ := d.Headers[amqpFrameGuardKey].(string)
 	names := make([]string, 0, len(d.Headers))
 	for k := range d.Headers {
-		names = append(names, k)
+		if k != amqpFrameGuardKey {
+			names = append(names, k)
+		}
 	}
 	sort.Strings(names)
 	strHeaders := make(amqp.Table, len(d.Headers))
@@ -116,6 +123,9 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 		}
 		applyMetadataRule(msg)
 		t.Reader.Distrust(msg.Metadata)
+		if guarded != "" {
+			msg.Metadata.Set(antidote.MetadataUndecodable, amqpGuardedDetail(d, guarded))
+		}
 		return msg, nil
 	}
 	uuid := d.MessageId
@@ -133,8 +143,17 @@ func (t TolerantAMQPMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, err
 	}
 	applyMetadataRule(msg)
 	t.Reader.Distrust(msg.Metadata)
-	msg.Metadata.Set(antidote.MetadataUndecodable, validUTF8("amqp delivery: "+err.Error()))
+	detail := validUTF8("amqp delivery: " + err.Error())
+	if guarded != "" {
+		detail = amqpGuardedDetail(d, guarded)
+	}
+	msg.Metadata.Set(antidote.MetadataUndecodable, detail)
 	return msg, nil
+}
+
+// amqpGuardedDetail says why the frame guard rewrote d's headers.
+func amqpGuardedDetail(d amqp.Delivery, why string) string {
+	return validUTF8(fmt.Sprintf("amqp delivery (exchange %q, routing key %q): %s", d.Exchange, d.RoutingKey, why))
 }
 
 func headerString(v any) string {

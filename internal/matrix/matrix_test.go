@@ -128,7 +128,6 @@ var (
 	kafka    = adapters.KindKafka
 	amqp     = adapters.KindAMQP
 	postgres = adapters.KindPostgres
-	memory   = adapters.KindMemory
 )
 
 // cases is the matrix. A refusal must wrap antidote.ErrMessageTooLarge or

@@ -152,6 +152,23 @@ func StartRabbitMQ(t testing.TB) *RabbitMQ {
 // listener (RabbitMQ.TLSURL) as tc says.
 func StartRabbitMQWithTLS(t testing.TB, tc *RabbitMQTLS) *RabbitMQ {
 	t.Helper()
+	return StartRabbitMQWith(t, RabbitMQOptions{TLS: tc})
+}
+
+// RabbitMQOptions are the settings of a private node that differ from a
+// default server's.
+type RabbitMQOptions struct {
+	// TLS, when set, adds a TLS listener (see RabbitMQTLS).
+	TLS *RabbitMQTLS
+	// Conf are extra rabbitmq.conf lines, e.g. "frame_max = 1048576"
+	// (settings the shared server must never be given).
+	Conf []string
+}
+
+// StartRabbitMQWith is StartRabbitMQ with the settings of o.
+func StartRabbitMQWith(t testing.TB, o RabbitMQOptions) *RabbitMQ {
+	t.Helper()
+	tc := o.TLS
 	server, ctl := sbin("rabbitmq-server"), sbin("rabbitmqctl")
 	if server == "" || ctl == "" {
 		missing(t, "rabbitmq-server and rabbitmqctl", "install rabbitmq-server")
@@ -194,6 +211,9 @@ func StartRabbitMQWithTLS(t testing.TB, tc *RabbitMQTLS) *RabbitMQ {
 			"auth_mechanisms.3 = EXTERNAL\n" +
 			"loopback_users = none\n"
 		enabled = "[rabbitmq_auth_mechanism_ssl]."
+	}
+	for _, line := range o.Conf {
+		confText += line + "\n"
 	}
 	if err := os.WriteFile(conf, []byte(confText), 0o644); err != nil {
 		t.Fatal(err)
@@ -261,6 +281,17 @@ func (r *RabbitMQ) AddUser(name, password string) error {
 		}
 	}
 	return nil
+}
+
+// Eval evaluates an Erlang expression on the node (`rabbitmqctl eval`),
+// e.g. application:set_env(rabbit, frame_max, 131072). to change a
+// setting for the connections opened from then on.
+func (r *RabbitMQ) Eval(expr string) (string, error) {
+	out, err := r.rabbitmqctl(time.Minute, "eval", expr)
+	if err != nil {
+		return "", fmt.Errorf("rabbitmqctl eval %s: %w\n%s", expr, err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // StopApp stops the RabbitMQ application (`rabbitmqctl stop_app`): clients
