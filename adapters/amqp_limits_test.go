@@ -24,9 +24,21 @@ type amqpReceiver struct {
 
 func receiveAMQP(t *testing.T, b *adapters.Broker, topic string) *amqpReceiver {
 	t.Helper()
+	return receiveAMQPWith(t, b.Subscriber, topic)
+}
+
+// receiveAMQPLetters reads a DLQ as the hospital does: believing the
+// letters' envelope keys.
+func receiveAMQPLetters(t *testing.T, b *adapters.Broker, topic string) *amqpReceiver {
+	t.Helper()
+	return receiveAMQPWith(t, b.LetterSubscriber(), topic)
+}
+
+func receiveAMQPWith(t *testing.T, sub message.Subscriber, topic string) *amqpReceiver {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	msgs, err := b.Subscriber.Subscribe(ctx, topic)
+	msgs, err := sub.Subscribe(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +346,7 @@ func TestAMQPLetterMayUseTheEnvelopeRoom(t *testing.T) {
 	topic := "antidote_test_letter_room_" + watermill.NewShortUUID()
 	dlq := topic + antidote.DeadLetterSuffix
 	rb.cleanup(topic, dlq)
-	r := receiveAMQP(t, b, dlq)
+	r := receiveAMQPLetters(t, b, dlq)
 
 	id := watermill.NewUUID()
 	n := exactMetadataValue(t, id, false, publishTo(b, topic))

@@ -132,10 +132,25 @@ func (t *KafkaTxn) fenced(err error) error {
 			fenced = fenced || isFenced(pe.Err)
 		}
 	}
+	if len(perrs) > 0 {
+		// ProducerErrors says only how many: name why.
+		causes := make([]error, len(perrs))
+		for i, pe := range perrs {
+			causes[i] = pe.Err
+		}
+		err = fmt.Errorf("%w: %w", err, errors.Join(causes...))
+	}
 	if fenced {
-		return fmt.Errorf("%w: %v", ErrFenced, err)
+		return fmt.Errorf("%w: %w", ErrFenced, err)
 	}
 	return err
+}
+
+// Ready reports whether a new transaction can begin: after an error and
+// Abort, Sarama's producer is ready again unless the error left it unable
+// to go on (fenced, fatal, or a state it cannot leave).
+func (t *KafkaTxn) Ready() bool {
+	return t.producer.TxnStatus()&sarama.ProducerTxnFlagReady != 0
 }
 
 // Broken reports whether the producer can run no more transactions (it was

@@ -78,9 +78,21 @@ func pgWait(t *testing.T, limit time.Duration, what string, cond func() bool) {
 // rows' deletion, run after the last message of a batch) is not cut off.
 func pgReceive(t *testing.T, b *adapters.Broker, topic string, n int) []*message.Message {
 	t.Helper()
+	return pgReceiveWith(t, b.Subscriber, topic, n)
+}
+
+// pgReceiveLetters reads a DLQ as the hospital does: believing the
+// letters' envelope keys.
+func pgReceiveLetters(t *testing.T, b *adapters.Broker, topic string, n int) []*message.Message {
+	t.Helper()
+	return pgReceiveWith(t, b.LetterSubscriber(), topic, n)
+}
+
+func pgReceiveWith(t *testing.T, sub message.Subscriber, topic string, n int) []*message.Message {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ch, err := b.Subscriber.Subscribe(ctx, topic)
+	ch, err := sub.Subscribe(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,7 @@ func TestPostgresTopicAtTheLimit(t *testing.T) {
 	if n := pgRows(t, conn, b, topic); n != 0 {
 		t.Fatalf("%d rows left in the source table: the letter went back to the source?", n)
 	}
-	letters := pgReceive(t, b, dlqTopic, 1)
+	letters := pgReceiveLetters(t, b, dlqTopic, 1)
 	if letters[0].UUID != "bad" || letters[0].Metadata.Get(poison.KeyReason) != string(poison.ReasonPermanent) {
 		t.Fatalf("letter %s, reason %q", letters[0].UUID, letters[0].Metadata.Get(poison.KeyReason))
 	}

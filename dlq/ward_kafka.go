@@ -315,7 +315,7 @@ func (w *kafkaWard) Treat(ctx context.Context, id int64, to hospital.State, acto
 	}
 	next, resolved, err := w.inTransaction(*l, p, off, to, actor, detail, do)
 	if err != nil {
-		return w.failed(errors.Join(err, w.abort()))
+		return w.failed(errors.Join(err, w.txn.Abort()))
 	}
 	st.committed, st.resolved = next, resolved
 	l.State = to
@@ -370,14 +370,12 @@ func (w *kafkaWard) failed(err error) error {
 		w.lost = fmt.Errorf("dlq: another treatment of %s took it over (%v): this one stops, what it treated stays treated: %w", w.dlqTopic, err, hospital.ErrTakenOver)
 		return w.lost
 	}
-	if w.txn.Broken() {
+	if w.txn.Broken() || !w.txn.Ready() {
 		w.lost = fmt.Errorf("dlq: the transactions treating %s failed for good (%v): this one stops, what it treated stays treated: %w", w.dlqTopic, err, hospital.ErrTakenOver)
 		return w.lost
 	}
 	return err
 }
-
-func (w *kafkaWard) abort() error { return w.txn.Abort() }
 
 // publisher publishes into the treatment's transaction.
 func (w *kafkaWard) publisher() message.Publisher { return kafkaTxnPublisher{w} }
