@@ -20,7 +20,7 @@ type closeWaitSubscriber struct {
 	prepare func() func(*message.Message)
 	// shared: the inner subscriber is shared with others, so Close ends
 	// only this one's subscriptions.
-	shared bool
+	shared  bool
 	closing chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
