@@ -18,6 +18,8 @@ import (
 type walk struct {
 	h        *Hospital
 	dlqTopic string
+	// fetch reads the DLQ's letters, IDs set, in ID order (under mu).
+	fetch func(context.Context) ([]hospital.Letter, error)
 
 	mu      sync.Mutex // serialises reading and treating
 	read    bool
@@ -28,13 +30,22 @@ type walk struct {
 // forget drops what was read, under w.mu: the next use reads again.
 func (w *walk) forget() { w.read, w.letters, w.at = false, nil, nil }
 
-// ensure reads the DLQ once with load, which returns its letters with IDs
-// set, in ID order.
-func (w *walk) ensure(ctx context.Context, load func(context.Context) ([]hospital.Letter, error)) error {
+// refresh makes the next use read the DLQ again.
+func (w *walk) refresh() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.forget()
+}
+
+// release gives back what the ward holds: nothing, but on RabbitMQ.
+func (*walk) release() {}
+
+// ensure reads the DLQ once.
+func (w *walk) ensure(ctx context.Context) error {
 	if w.read {
 		return nil
 	}
-	letters, err := load(ctx)
+	letters, err := w.fetch(ctx)
 	if err != nil {
 		return err
 	}
@@ -75,19 +86,20 @@ func (w *walk) page(q hospital.LetterQuery) hospital.LetterPage {
 }
 
 // Letters implements hospital.Ward.
-func (w *walk) letterPage(ctx context.Context, q hospital.LetterQuery, load func(context.Context) ([]hospital.Letter, error)) (hospital.LetterPage, error) {
+func (w *walk) Letters(ctx context.Context, q hospital.LetterQuery) (hospital.LetterPage, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.ensure(ctx, load); err != nil {
+	if err := w.ensure(ctx); err != nil {
 		return hospital.LetterPage{}, err
 	}
 	return w.page(q), nil
 }
 
-func (w *walk) letter(ctx context.Context, id int64, load func(context.Context) ([]hospital.Letter, error)) (hospital.Letter, error) {
+// Letter implements hospital.Ward.
+func (w *walk) Letter(ctx context.Context, id int64) (hospital.Letter, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.ensure(ctx, load); err != nil {
+	if err := w.ensure(ctx); err != nil {
 		return hospital.Letter{}, err
 	}
 	i, ok := w.at[id]
@@ -97,10 +109,11 @@ func (w *walk) letter(ctx context.Context, id int64, load func(context.Context) 
 	return w.letters[i], nil
 }
 
-func (w *walk) groups(ctx context.Context, q hospital.GroupQuery, load func(context.Context) ([]hospital.Letter, error)) (hospital.GroupPage, error) {
+// Groups implements hospital.Ward.
+func (w *walk) Groups(ctx context.Context, q hospital.GroupQuery) (hospital.GroupPage, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.ensure(ctx, load); err != nil {
+	if err := w.ensure(ctx); err != nil {
 		return hospital.GroupPage{}, err
 	}
 	return hospital.PageGroups(hospital.GroupLetters(w.letters, w.h.cfg.Now()), q)

@@ -36,7 +36,9 @@ func newAMQPWard(h *Hospital, dlqTopic string) (*amqpWard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: amqp at %s: %v", adapters.ErrUnreachable, adapters.Redact(h.cfg.Adapters.AMQP.URL), errors.Unwrap(err))
 	}
-	return &amqpWard{walk: walk{h: h, dlqTopic: dlqTopic}, conn: conn, held: map[int64]amqp.Delivery{}}, nil
+	w := &amqpWard{walk: walk{h: h, dlqTopic: dlqTopic}, conn: conn, held: map[int64]amqp.Delivery{}}
+	w.fetch = w.load
+	return w, nil
 }
 
 func (w *amqpWard) close() error {
@@ -116,19 +118,6 @@ func (w *amqpWard) load(ctx context.Context) ([]hospital.Letter, error) {
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// Letter, Letters and Groups implement hospital.Ward.
-func (w *amqpWard) Letter(ctx context.Context, id int64) (hospital.Letter, error) {
-	return w.letter(ctx, id, w.load)
-}
-
-func (w *amqpWard) Letters(ctx context.Context, q hospital.LetterQuery) (hospital.LetterPage, error) {
-	return w.letterPage(ctx, q, w.load)
-}
-
-func (w *amqpWard) Groups(ctx context.Context, q hospital.GroupQuery) (hospital.GroupPage, error) {
-	return w.groups(ctx, q, w.load)
 }
 
 // Treat implements hospital.Ward.

@@ -81,7 +81,9 @@ func newKafkaWard(h *Hospital, dlqTopic string) (*kafkaWard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: kafka at %s: %v", adapters.ErrUnreachable, strings.Join(h.cfg.Adapters.Kafka.Brokers, ","), err)
 	}
-	return &kafkaWard{walk: walk{h: h, dlqTopic: dlqTopic}, client: client, parts: map[int32]*kafkaPart{}}, nil
+	w := &kafkaWard{walk: walk{h: h, dlqTopic: dlqTopic}, client: client, parts: map[int32]*kafkaPart{}}
+	w.fetch = w.load
+	return w, nil
 }
 
 func (w *kafkaWard) close() error {
@@ -247,19 +249,6 @@ func (w *kafkaWard) fetchOffset(p int32) (int64, string, error) {
 		return 0, "", fmt.Errorf("dlq: fetch offset of %s/%d: %w", topic, p, block.Err)
 	}
 	return block.Offset, block.Metadata, nil
-}
-
-// Letter, Letters and Groups implement hospital.Ward.
-func (w *kafkaWard) Letter(ctx context.Context, id int64) (hospital.Letter, error) {
-	return w.letter(ctx, id, w.load)
-}
-
-func (w *kafkaWard) Letters(ctx context.Context, q hospital.LetterQuery) (hospital.LetterPage, error) {
-	return w.letterPage(ctx, q, w.load)
-}
-
-func (w *kafkaWard) Groups(ctx context.Context, q hospital.GroupQuery) (hospital.GroupPage, error) {
-	return w.groups(ctx, q, w.load)
 }
 
 // take fences every other treatment of the DLQ, then reads its offsets
@@ -487,14 +476,6 @@ func formatResolved(resolved map[int64]bool, pn pin) string {
 	}
 	return b.String()
 }
-
-func (w *kafkaWard) refresh() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.forget()
-}
-
-func (*kafkaWard) release() {}
 
 // auditRecord is one treatment of a Kafka DLQ's letter, as recorded in the
 // audit topic.

@@ -35,8 +35,10 @@ func newPostgresWard(ctx context.Context, h *Hospital, dlqTopic string) (*postgr
 	if err != nil {
 		return nil, err
 	}
-	return &postgresWard{walk: walk{h: h, dlqTopic: dlqTopic}, pool: pool, table: adapters.PostgresTable(h.cfg.Adapters.Postgres, dlqTopic),
-		ready: map[string]bool{}}, nil
+	w := &postgresWard{walk: walk{h: h, dlqTopic: dlqTopic}, pool: pool, table: adapters.PostgresTable(h.cfg.Adapters.Postgres, dlqTopic),
+		ready: map[string]bool{}}
+	w.fetch = w.load
+	return w, nil
 }
 
 func (w *postgresWard) close() error { w.pool.Close(); return nil }
@@ -70,19 +72,6 @@ func (w *postgresWard) load(ctx context.Context) ([]hospital.Letter, error) {
 		return nil, fmt.Errorf("dlq: read %s: %w", w.table, err)
 	}
 	return out, nil
-}
-
-// Letter, Letters and Groups implement hospital.Ward.
-func (w *postgresWard) Letter(ctx context.Context, id int64) (hospital.Letter, error) {
-	return w.letter(ctx, id, w.load)
-}
-
-func (w *postgresWard) Letters(ctx context.Context, q hospital.LetterQuery) (hospital.LetterPage, error) {
-	return w.letterPage(ctx, q, w.load)
-}
-
-func (w *postgresWard) Groups(ctx context.Context, q hospital.GroupQuery) (hospital.GroupPage, error) {
-	return w.groups(ctx, q, w.load)
 }
 
 // Treat implements hospital.Ward.
@@ -152,11 +141,3 @@ func (p postgresTxPublisher) Publish(topic string, msgs ...*message.Message) err
 }
 
 func (postgresTxPublisher) Close() error { return nil }
-
-func (w *postgresWard) refresh() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.forget()
-}
-
-func (*postgresWard) release() {}
