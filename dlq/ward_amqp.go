@@ -32,7 +32,10 @@ type amqpWard struct {
 
 func newAMQPWard(h *Hospital, dlqTopic string) (*amqpWard, error) {
 	c := adapters.AMQPConfigFor(h.cfg.Adapters)
-	conn, err := amqp.DialConfig(h.cfg.Adapters.AMQP.URL, *c.Connection.AmqpConfig)
+	// The adapters' dial: the server's frame size, and the guard that makes
+	// a header the client would refuse an undecodable letter instead of a
+	// dropped connection.
+	conn, err := amqp.DialConfig(c.Connection.AmqpURI, *c.Connection.AmqpConfig)
 	if err != nil {
 		return nil, fmt.Errorf("%w: amqp at %s: %v", adapters.ErrUnreachable, adapters.Redact(h.cfg.Adapters.AMQP.URL), errors.Unwrap(err))
 	}

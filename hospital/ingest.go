@@ -18,9 +18,12 @@ import (
 
 // IngestConfig configures Ingest.
 type IngestConfig struct {
-	// Subscriber reads the DLQ topics: any Watermill Subscriber
-	// (adapters.Open's, or one built by hand). Required. On Kafka give it
-	// a consumer group of its own, so the hospital's offsets are its own.
+	// Subscriber reads the DLQ topics: a broker's letter subscriber
+	// (adapters.Open(...).LetterSubscriber(), which believes the letters'
+	// envelope keys: a service's Subscriber takes them for a producer's
+	// and keeps them as antidote.foreign.*), or any Watermill Subscriber
+	// built by hand. Required. On Kafka give it a consumer group of its
+	// own, so the hospital's offsets are its own.
 	Subscriber message.Subscriber
 	// Store receives the letters. Required.
 	Store Store
@@ -71,7 +74,7 @@ func (c *IngestConfig) setDefaults() {
 func (c IngestConfig) Validate() error {
 	var errs []error
 	if c.Subscriber == nil {
-		errs = append(errs, errors.New("hospital: IngestConfig.Subscriber is nil; pass the Subscriber of the broker whose DLQs to ingest (adapters.Open)"))
+		errs = append(errs, errors.New("hospital: IngestConfig.Subscriber is nil; pass the letter subscriber of the broker whose DLQs to ingest (adapters.Open(...).LetterSubscriber())"))
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("hospital: IngestConfig.Store is nil; pass a store such as pgstore.NewHospitalStore's"))
