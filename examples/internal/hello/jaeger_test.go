@@ -54,23 +54,38 @@ func TestPoisonTracesInJaeger(t *testing.T) {
 				if err != nil {
 					t.Fatalf("letter %s: %v (spans %+v)", l.UUID, err, names(spans))
 				}
+				// A loaded machine can fail a delivery before the one that
+				// dead-letters (the breaker holds it while the sink's
+				// database is slow to answer its health check): the trace
+				// then has several process spans, and the one checked is
+				// the parent of the DLQ send.
 				var publish, process, dlqPublish *testenv.JaegerSpan
+				var processes []*testenv.JaegerSpan
 				for i := range spans {
 					s := &spans[i]
 					switch {
 					case s.OperationName == "send "+tp && s.Tag("span.kind") == "producer":
 						publish = s
 					case s.OperationName == "process "+tp && s.Tag("span.kind") == "consumer":
-						process = s
+						processes = append(processes, s)
 					case s.OperationName == "send "+tp+".dlq" && s.Tag("span.kind") == "producer":
 						dlqPublish = s
 					}
 				}
-				if publish == nil || process == nil || dlqPublish == nil {
-					t.Fatalf("letter %s (%s): trace lacks send/process/dlq send: %v", l.UUID, l.Metadata[poison.KeyReason], names(spans))
+				for _, p := range processes {
+					if dlqPublish != nil && childOf(*dlqPublish, p.SpanID) {
+						process = p
+					} else if p.Tag("antidote.outcome") == "" || p.Tag("error.type") == "" {
+						t.Errorf("letter %s: a delivery before the one that dead-lettered has no outcome or error.type: %v", l.UUID, p.Tags)
+					} else {
+						t.Logf("letter %s: an earlier delivery %s: %s", l.UUID, p.Tag("antidote.outcome"), p.Tag("otel.status_description"))
+					}
 				}
-				if !childOf(*process, publish.SpanID) || !childOf(*dlqPublish, process.SpanID) {
-					t.Errorf("letter %s: spans not joined: publish %s, process refs %+v, dlq refs %+v", l.UUID, publish.SpanID, process.References, dlqPublish.References)
+				if publish == nil || process == nil || dlqPublish == nil {
+					t.Fatalf("letter %s (%s): trace lacks send, dlq send or the process span that is its parent: %v", l.UUID, l.Metadata[poison.KeyReason], names(spans))
+				}
+				if !childOf(*process, publish.SpanID) {
+					t.Errorf("letter %s: spans not joined: publish %s, process refs %+v", l.UUID, publish.SpanID, process.References)
 				}
 				if len(process.Logs) == 0 {
 					t.Errorf("letter %s: the processing span has no events (failed attempts)", l.UUID)
