@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/antidote-mq/antidote/devkafka"
 )
@@ -21,7 +22,29 @@ import (
 // data directory (see TestMain): the kill test SIGKILLs it, as a crash.
 const childDirEnv = "DEVKAFKA_TEST_CHILD_DIR"
 
+// legacyDirEnv, when set, makes the test binary a bare kfake broker on that
+// directory configured as devkafka was before issue 24's fix (kfake's own
+// auto-creation), and legacySegmentEnv its segment size.
+const (
+	legacyDirEnv     = "DEVKAFKA_TEST_LEGACY_DIR"
+	legacySegmentEnv = "DEVKAFKA_TEST_LEGACY_SEGMENT"
+)
+
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(legacyDirEnv); dir != "" {
+		// What devkafka ran before auto-created topics were saved.
+		opts := []kfake.Opt{kfake.DataDir(dir), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(killParts)}
+		if n := os.Getenv(legacySegmentEnv); n != "" {
+			opts = append(opts, kfake.BrokerConfigs(map[string]string{"log.segment.bytes": n}))
+		}
+		c, err := kfake.NewCluster(opts...)
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println("listening", c.ListenAddrs()[0])
+		select {}
+	}
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		b, err := devkafka.Start(devkafka.Config{Partitions: 1, DataDir: dir})
 		if err != nil {
@@ -31,7 +54,11 @@ func TestMain(m *testing.M) {
 		fmt.Println("listening", b.Addrs()[0])
 		select {}
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 const (
@@ -148,8 +175,14 @@ func TestDataDirDamaged(t *testing.T) {
 // startChild runs this test binary as a broker process on dir.
 func startChild(t *testing.T, dir string) (*exec.Cmd, string) {
 	t.Helper()
+	return startChildEnv(t, childDirEnv+"="+dir)
+}
+
+// startChildEnv runs this test binary as a broker process with env.
+func startChildEnv(t *testing.T, env ...string) (*exec.Cmd, string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childDirEnv+"="+dir)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -1,13 +1,3 @@
-// Package devkafka is an in-process Kafka-protocol broker (franz-go's
-// kfake) for development, demos and tests: consumer groups, committed
-// offsets and auto-created topics, kept in memory and gone on Close, or
-// kept in a directory (Config.DataDir) so that a broker restarted on it,
-// after Close or a crash, resumes. Not for production data.
-//
-// Importing it also lets adapters.Open honour kafka.embedded (see
-// adapters.KafkaConfig.Embedded); without the import, Open refuses that
-// setting with an error saying to add it. It is its own package so that a
-// service that talks to a real Kafka does not compile a broker in.
 package devkafka
 
 import (
@@ -22,6 +12,7 @@ import (
 
 	"github.com/gofrs/flock"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/antidote-mq/antidote/adapters"
 )
@@ -69,12 +60,11 @@ type Config struct {
 	// DataDir keeps the cluster's topics, records and committed offsets
 	// in this directory (created if needed), so that a broker started
 	// again on it resumes where the last one stopped: after Close, and
-	// after a crash too (records and commits are appended as they come;
-	// like Kafka by default it leaves them to the OS page cache, so a
-	// killed process loses nothing but a machine crash may lose the
-	// last writes). One broker at a time: Start refuses a directory
-	// another running broker holds. If DataDir is empty, the data lives
-	// in memory and is gone on Close.
+	// after a SIGKILL with nothing acknowledged lost (see the package
+	// documentation for what is kept and what a machine crash may lose).
+	// One broker at a time: Start refuses a directory another running
+	// broker holds. If DataDir is empty, the data lives in memory and is
+	// gone on Close.
 	DataDir string
 }
 
@@ -169,7 +159,8 @@ func Start(cfg Config) (*Broker, error) {
 		kfake.NumBrokers(cfg.Brokers),
 		kfake.Ports(ports...),
 		kfake.ListenFn(listen),
-		kfake.AllowAutoTopicCreation(),
+		// Not kfake.AllowAutoTopicCreation: autoCreate creates topics,
+		// so that they are saved as CreateTopics' are.
 		kfake.DefaultNumPartitions(cfg.Partitions),
 	}
 	if cfg.SASLMechanism != "" {
@@ -188,6 +179,10 @@ func Start(cfg Config) (*Broker, error) {
 			return nil, err
 		}
 		b.lock = lock
+		if err := prepareDataDir(cfg); err != nil {
+			b.unlock()
+			return nil, err
+		}
 		opts = append(opts, kfake.DataDir(cfg.DataDir))
 	}
 	c, err := kfake.NewCluster(opts...)
@@ -201,6 +196,9 @@ func Start(cfg Config) (*Broker, error) {
 		}
 		return nil, fmt.Errorf("devkafka: listen on %s: %w", cfg.Addr, err)
 	}
+	// kfake listens from NewCluster on: a metadata request in between
+	// is answered UNKNOWN_TOPIC_OR_PARTITION, which clients retry.
+	c.ControlKey(int16(kmsg.Metadata), autoCreate(c))
 	b.cluster = c
 	b.addrs = c.ListenAddrs()
 	return b, nil
@@ -233,6 +231,20 @@ func (e *Broker) StopBroker(i int) error {
 func (e *Broker) Close() {
 	e.cluster.Close()
 	e.unlock()
+}
+
+// prepareDataDir repairs what a devkafka before auto-created topics were
+// saved may have left in cfg.DataDir (see repairDataDir), before kfake
+// loads it.
+func prepareDataDir(cfg Config) error {
+	orphans, err := repairDataDir(cfg.DataDir)
+	if err != nil || len(orphans) == 0 {
+		return err
+	}
+	if err := adoptOrphans(cfg.DataDir, orphans, cfg.Brokers, cfg.Partitions); err != nil {
+		return fmt.Errorf("devkafka: data directory %s (if its files are damaged, move the directory away to start empty): %w", cfg.DataDir, err)
+	}
+	return nil
 }
 
 // lockDataDir creates dir and takes its lock file, so that two brokers

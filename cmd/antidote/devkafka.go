@@ -21,7 +21,9 @@ topics on first use. For local development, and for tests in which a consumer
 process must die while the broker lives on. Point clients at it with
 ANTIDOTE_KAFKA_BROKERS=<addr>. Its data is gone when it stops, unless
 --data-dir keeps it: a broker started again on that directory, after a stop
-or a kill, resumes with its topics, records and committed offsets.
+or a kill, resumes with its topics (auto-created ones too), records and
+committed offsets. A kill loses nothing acknowledged; a machine crash may
+lose the last writes, which are left to the OS page cache as Kafka does.
 
 --brokers N starts a cluster of N brokers on consecutive ports from --addr's
 (sharing one copy of the data); --sasl-mechanism with --sasl-user and
