@@ -22,7 +22,10 @@ import (
 // AMQPConfigFor returns the watermill-amqp configuration Open uses: a durable
 // queue per topic on the default exchange, persistent messages, publisher
 // confirms, and the QoS prefetch of cfg. CrashLoopGuard are decoded by
-// TolerantAMQPMarshaler. With Quorum, queues are declared as quorum queues.
+// TolerantAMQPMarshaler. With Quorum, queues are declared as quorum queues;
+// with SingleActiveConsumer, topic queues (not DLQs: see amqpDLQArguments)
+// with x-single-active-consumer. A queue that exists with other arguments
+// is an ErrQueueArguments naming it and the settings that match.
 // Open's subscriber is watermill-amqp's; its publisher is the adapter's own
 // (mandatory publishes whose returns fail or repeat the publish, limits
 // checked before sending), built from the same configuration.
@@ -67,9 +70,8 @@ func AMQPConfigFor(cfg Config) wamqp.Config {
 	c.Marshaler = TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}}
 	c.Publish.ConfirmDelivery = true
 	c.Consume.Qos.PrefetchCount = a.Prefetch
-	if a.Quorum {
-		c.Queue.Arguments = amqp.Table{"x-queue-type": "quorum"}
-	}
+	c.Queue.Arguments = amqpQueueArguments(a)
+	c.TopologyBuilder = &amqpTopology{}
 	return c
 }
 
@@ -188,6 +190,7 @@ func openAMQP(ctx context.Context, b *Broker, cfg Config, logger watermill.Logge
 	// The hospital's, on the same connection: believes letter keys.
 	lwc := wc
 	lwc.Marshaler = TolerantAMQPMarshaler{Inner: wamqp.DefaultMarshaler{}, Reader: poison.LetterReader}
+	lwc.Queue.Arguments = amqpDLQArguments(wc.Queue.Arguments)
 	lsub, err := wamqp.NewSubscriberWithConnection(lwc, logger, conn)
 	if err != nil {
 		return fmt.Errorf("amqp subscriber at %s: %w", b.Addr, err)
@@ -213,7 +216,8 @@ func (s *amqpSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 	if err := checkTopic(s.CheckName, topic); err != nil {
 		return nil, err
 	}
-	return s.Subscriber.Subscribe(ctx, topic)
+	ch, err := s.Subscriber.Subscribe(ctx, topic)
+	return ch, amqpTopologyError(err)
 }
 
 // SubscribeInitialize declares topic's queue without consuming.
@@ -221,5 +225,16 @@ func (s *amqpSubscriber) SubscribeInitialize(topic string) error {
 	if err := checkTopic(s.CheckName, topic); err != nil {
 		return err
 	}
-	return s.Subscriber.SubscribeInitialize(topic)
+	return amqpTopologyError(s.Subscriber.SubscribeInitialize(topic))
+}
+
+// amqpTopologyError is err, or the ErrQueueArguments in it alone:
+// watermill-amqp wraps it together with the error of closing the channel
+// RabbitMQ had closed.
+func amqpTopologyError(err error) error {
+	var ae *amqpArgsError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return err
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
@@ -152,8 +153,23 @@ func (p *amqpPublisher) CheckName(name string) error {
 	return amqpCheckName(name, p.cfg.Queue.GenerateName)
 }
 
-func (p *amqpPublisher) queue(topic string) amqpQueue {
-	return amqpQueue{name: p.cfg.Queue.GenerateName(topic), args: p.cfg.Queue.Arguments}
+// queue is topic's queue as declared for a message, or for a dead letter
+// when letter is set (amqpDLQArguments).
+func (p *amqpPublisher) queue(topic string, letter bool) amqpQueue {
+	args := p.cfg.Queue.Arguments
+	if letter || amqpIsDLQ(topic) {
+		args = amqpDLQArguments(args)
+	}
+	return amqpQueue{name: p.cfg.Queue.GenerateName(topic), args: args}
+}
+
+// checkStages checks the delay queues of topic for stages, and refuses
+// them where they would break the queue's order (amqpOrderedStages).
+func (p *amqpPublisher) checkStages(topic string, stages []time.Duration) error {
+	if err := amqpCheckStages(topic, stages, p.cfg.Queue.GenerateName); err != nil {
+		return err
+	}
+	return amqpOrderedStages(topic, stages, p.queue(topic, false).args)
 }
 
 // Publish publishes msgs to topic's queue; it returns nil only once
@@ -165,7 +181,7 @@ func (p *amqpPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	return p.publish(msgs[0].Context(), topic, p.queue(topic), nil, msgs)
+	return p.publish(msgs[0].Context(), topic, p.queue(topic, antidote.IsLetter(msgs[0].Context())), nil, msgs)
 }
 
 // publish sends msgs to q after declaring it (and before it each queue of
@@ -316,7 +332,7 @@ func (p *amqpPublisher) declare(pc *amqpPubChannel, q amqpQueue, again bool) err
 	}
 	c := p.cfg.Queue
 	if _, err := pc.ch.QueueDeclare(q.name, c.Durable, c.AutoDelete, c.Exclusive, false, q.args); err != nil {
-		return fmt.Errorf("amqp: declare queue %q: %w", q.name, err)
+		return amqpDeclareError(q.name, q.args, err)
 	}
 	p.declared.Store(q.name, struct{}{})
 	return nil

@@ -215,8 +215,30 @@ type AMQPConfig struct {
 	// type cannot change once declared.
 	Quorum bool `yaml:"quorum"`
 
-	// Prefetch is the consumer's QoS prefetch count. Default 10. Higher means
-	// more throughput and more messages redelivered after a crash.
+	// SingleActiveConsumer declares each topic's queue with RabbitMQ's
+	// x-single-active-consumer (a quorum queue also with x-delivery-limit
+	// 2147483647, so that a nacked message returns to the head): of the
+	// workers consuming a queue only one receives its messages, in queue
+	// order; when that worker's connection goes (crash, SIGKILL, network)
+	// RabbitMQ puts its unacked messages back at the head and hands the
+	// queue to another. Default false: the workers compete, throughput
+	// grows with them, and messages of one key are handled out of order.
+	// The trade-off: a queue goes as fast as one consumer, whatever the
+	// workers. Retries must stay in place for order (router.New refuses
+	// DelayedRetry with it: a delay queue returns a message to the tail).
+	// DLQ queues (topics ending in antidote.DeadLetterSuffix, dead
+	// letters, LetterSubscriber) are declared without it: the hospital
+	// reads them with basic.get, which a quorum queue with it refuses.
+	// Every process declaring a queue (the services, the hospital's
+	// replays) must agree: a queue declared before with other arguments is
+	// refused (ErrQueueArguments).
+	SingleActiveConsumer bool `yaml:"single_active_consumer"`
+
+	// Prefetch is the consumer's QoS prefetch count. Default 10, or 1 with
+	// SingleActiveConsumer. Higher means more throughput and more messages
+	// redelivered after a crash; and, since the prefetched messages are
+	// already on their way, a nacked message (a breaker hold, a DLQ that
+	// failed) comes back after them: only 1 keeps order across nacks.
 	Prefetch int `yaml:"prefetch"`
 
 	// MaxMessageBytes is the largest message body the publisher sends.
@@ -362,6 +384,9 @@ func (c *Config) SetDefaults() {
 	}
 	if a.Prefetch == 0 {
 		a.Prefetch = 10
+		if a.SingleActiveConsumer {
+			a.Prefetch = 1 // order across nacks: see Prefetch
+		}
 	}
 	if a.MaxMessageBytes == 0 {
 		a.MaxMessageBytes = DefaultAMQPMaxMessageBytes

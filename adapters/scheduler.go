@@ -150,13 +150,15 @@ func (s *amqpScheduler) publisher() (*amqpPublisher, error) {
 }
 
 // CheckStages implements antidote.StageChecker: the delay queue
-// "<queue>.delay.<delay>" of each stage must be a name RabbitMQ can declare.
+// "<queue>.delay.<delay>" of each stage must be a name RabbitMQ can
+// declare, and a topic whose queue keeps order (amqp.single_active_consumer)
+// has no delayed retries.
 func (s *amqpScheduler) CheckStages(topic string, stages []time.Duration) error {
 	p, err := s.publisher()
 	if err != nil {
 		return err
 	}
-	return amqpCheckStages(topic, stages, p.cfg.Queue.GenerateName)
+	return p.checkStages(topic, stages)
 }
 
 // Schedule publishes msg to the delay queue of topic for after, declaring
@@ -172,7 +174,7 @@ func (s *amqpScheduler) Schedule(ctx context.Context, topic string, msg *message
 	if err := amqpCheckStages(topic, []time.Duration{after}, p.cfg.Queue.GenerateName); err != nil {
 		return err
 	}
-	target := p.queue(topic)
+	target := p.queue(topic, false)
 	delayQueue := amqpQueue{name: AMQPDelayQueue(target.name, after), args: amqp.Table{
 		"x-message-ttl":             after.Milliseconds(),
 		"x-dead-letter-exchange":    "",
