@@ -2,12 +2,15 @@ package outbox
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"strings"
+	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
@@ -24,16 +27,32 @@ const DefaultTable = "antidote_outbox"
 // outbox already: the same message added twice.
 var ErrDuplicate = errors.New("outbox: a message with this id is in the outbox already")
 
+// DefaultKeyMetadata is the metadata key of a message's ordering key when
+// Config.KeyMetadata is empty: the Kafka adapter's record key
+// (adapters.KafkaConfig.PartitionKey's default), so a row is ordered by the
+// key it is published with.
+const DefaultKeyMetadata = "partition_key"
+
 // Config names the outbox table.
 type Config struct {
 	// Table holds the outbox rows, optionally schema-qualified. If Table is
 	// empty, "antidote_outbox".
 	Table string
+	// KeyMetadata is the metadata key whose value is a message's ordering
+	// key: rows with the same key are sent in the order they were added
+	// (Debezium's aggregateid). If empty, "partition_key", the Kafka
+	// adapter's record key; set it to adapters.KafkaConfig.PartitionKey if
+	// you changed that. A message without it, or with an empty value (no
+	// record key on Kafka either), is keyless: no order, never waits.
+	KeyMetadata string
 }
 
 func (c *Config) setDefaults() {
 	if c.Table == "" {
 		c.Table = DefaultTable
+	}
+	if c.KeyMetadata == "" {
+		c.KeyMetadata = DefaultKeyMetadata
 	}
 }
 
@@ -52,6 +71,11 @@ func (c Config) Validate() error {
 type Outbox struct {
 	table, dead string // sanitized identifiers
 	name        string
+	keyMD       string
+	// hasKeyColumn: the table has key_hash (a table of the previous
+	// schema gets it from CreateTables; until then keyed rows go in
+	// keyless rather than failing the business transaction).
+	hasKeyColumn atomic.Bool
 }
 
 // New validates cfg (after defaults). It touches no database: create the
@@ -64,12 +88,19 @@ func New(cfg Config) (*Outbox, error) {
 	parts := strings.Split(cfg.Table, ".")
 	dead := append([]string(nil), parts...)
 	dead[len(dead)-1] += "_dead"
-	return &Outbox{table: pgx.Identifier(parts).Sanitize(), dead: pgx.Identifier(dead).Sanitize(), name: parts[len(parts)-1]}, nil
+	return &Outbox{table: pgx.Identifier(parts).Sanitize(), dead: pgx.Identifier(dead).Sanitize(), name: parts[len(parts)-1], keyMD: cfg.KeyMetadata}, nil
 }
 
-// CreateTableSQL is the DDL of the outbox and its dead-letter table.
+// CreateTableSQL is the DDL of the outbox and its dead-letter table. It
+// also upgrades a table of the previous schema (no key_hash column) in
+// place.
+//
+// key_hash is the SHA-256 of a row's ordering key (NULL: keyless); a writer
+// of its own can order its rows with Add's by inserting
+// sha256(convert_to(key, 'UTF8')). A hash, not the key, so keys of any size
+// and bytes fit the index; two keys with one hash would only share an order.
 func (o *Outbox) CreateTableSQL() string {
-	pending := pgx.Identifier{o.name + "_pending"}.Sanitize()
+	idx := func(suffix string) string { return pgx.Identifier{o.name + suffix}.Sanitize() }
 	return `CREATE TABLE IF NOT EXISTS ` + o.table + ` (
   id              BIGSERIAL PRIMARY KEY,
   message_id      TEXT NOT NULL UNIQUE,
@@ -82,9 +113,16 @@ func (o *Outbox) CreateTableSQL() string {
   next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   locked_by       TEXT,
   locked_until    TIMESTAMPTZ,
-  sent_at         TIMESTAMPTZ
+  sent_at         TIMESTAMPTZ,
+  key_hash        BYTEA
 );
-CREATE INDEX IF NOT EXISTS ` + pending + ` ON ` + o.table + ` (id) WHERE sent_at IS NULL;
+-- Tables created before the ordering key. Issue 25 brings real migrations;
+-- until then CreateTables upgrades in place (CREATE INDEX holds writes for
+-- the time it takes to read the table once).
+ALTER TABLE ` + o.table + ` ADD COLUMN IF NOT EXISTS key_hash BYTEA;
+CREATE INDEX IF NOT EXISTS ` + idx("_pending") + ` ON ` + o.table + ` (id) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS ` + idx("_keyless") + ` ON ` + o.table + ` (id) WHERE sent_at IS NULL AND key_hash IS NULL;
+CREATE INDEX IF NOT EXISTS ` + idx("_keyed") + ` ON ` + o.table + ` (key_hash, id) WHERE sent_at IS NULL AND key_hash IS NOT NULL;
 CREATE TABLE IF NOT EXISTS ` + o.dead + ` (
   id         BIGINT PRIMARY KEY,
   message_id TEXT NOT NULL,
@@ -114,7 +152,11 @@ func (o *Outbox) CreateTables(ctx context.Context, db interface {
 	if _, err := tx.Exec(ctx, o.CreateTableSQL()); err != nil {
 		return fmt.Errorf("outbox: create tables %s (needs CREATE privilege; or run CreateTableSQL in a migration): %w", o.table, err)
 	}
-	return tx.Commit(ctx)
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("outbox: create tables: %w", err)
+	}
+	o.hasKeyColumn.Store(true)
+	return nil
 }
 
 // row is one message as Add stores it.
@@ -122,6 +164,19 @@ type row struct {
 	id, topic string
 	payload   []byte
 	metadata  []byte
+	keyHash   []byte // nil: keyless
+}
+
+// keyHash is the SHA-256 of the ordering key as it will be published: the
+// metadata goes through JSON, which turns each byte of invalid UTF-8 into
+// U+FFFD (as converting to runes does), so two keys the broker sees as one
+// are one order.
+func keyHash(key string) []byte {
+	if !utf8.ValidString(key) {
+		key = string([]rune(key))
+	}
+	h := sha256.Sum256([]byte(key))
+	return h[:]
 }
 
 func (o *Outbox) rows(ctx context.Context, topic string, msgs []*message.Message) ([]row, error) {
@@ -150,39 +205,76 @@ func (o *Outbox) rows(ctx context.Context, topic string, msgs []*message.Message
 		if err != nil {
 			return nil, fmt.Errorf("outbox: metadata of message %s: %w", m.UUID, err)
 		}
-		out = append(out, row{id: m.UUID, topic: topic, payload: m.Payload, metadata: data})
+		r := row{id: m.UUID, topic: topic, payload: m.Payload, metadata: data}
+		if key := md[o.keyMD]; key != "" {
+			r.keyHash = keyHash(key)
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }
 
-const insertSQL = ` (message_id, topic, payload, metadata) VALUES ($1, $2, $3, $4)`
+const (
+	insertSQL      = ` (message_id, topic, payload, metadata) VALUES ($1, $2, $3, $4)`
+	insertKeyedSQL = ` (message_id, topic, payload, metadata, key_hash) VALUES ($1, $2, $3, $4, $5)`
+	// hasKeySQL never fails (a failed statement would abort the caller's
+	// transaction): false for a table of the previous schema, or none.
+	hasKeySQL = `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'key_hash' AND NOT attisdropped)`
+)
 
 // Add inserts msgs for topic into the outbox in tx, the transaction of the
-// business write: they are sent if and only if it commits. A message whose
-// UUID is in the outbox already is an error wrapping ErrDuplicate (the
-// transaction is then aborted, as any failed statement aborts it).
+// business write: they are sent if and only if it commits. A message with
+// an ordering key (its Config.KeyMetadata metadata) is sent after the rows
+// of its key added before it. A message whose UUID is in the outbox already
+// is an error wrapping ErrDuplicate (the transaction is then aborted, as any
+// failed statement aborts it).
+//
+// Into a table of the previous schema (before CreateTables or NewRelay
+// upgraded it) keyed messages go in keyless: no order, as before, rather
+// than a failed business transaction.
 func (o *Outbox) Add(ctx context.Context, tx pgx.Tx, topic string, msgs ...*message.Message) error {
-	rows, err := o.rows(ctx, topic, msgs)
-	if err != nil {
+	return o.add(ctx, topic, msgs, func(q string, args ...any) error {
+		_, err := tx.Exec(ctx, q, args...)
 		return err
-	}
-	for _, r := range rows {
-		if _, err := tx.Exec(ctx, `INSERT INTO `+o.table+insertSQL, r.id, r.topic, nonNil(r.payload), r.metadata); err != nil {
-			return o.addErr(r.id, err)
-		}
-	}
-	return nil
+	}, func(ok *bool) error {
+		return tx.QueryRow(ctx, hasKeySQL, o.table).Scan(ok)
+	})
 }
 
 // AddSQL is Add for a database/sql transaction (the pgx stdlib driver, or
 // lib/pq).
 func (o *Outbox) AddSQL(ctx context.Context, tx *sql.Tx, topic string, msgs ...*message.Message) error {
+	return o.add(ctx, topic, msgs, func(q string, args ...any) error {
+		_, err := tx.ExecContext(ctx, q, args...)
+		return err
+	}, func(ok *bool) error {
+		return tx.QueryRowContext(ctx, hasKeySQL, o.table).Scan(ok)
+	})
+}
+
+func (o *Outbox) add(ctx context.Context, topic string, msgs []*message.Message, exec func(string, ...any) error, hasKey func(*bool) error) error {
 	rows, err := o.rows(ctx, topic, msgs)
 	if err != nil {
 		return err
 	}
 	for _, r := range rows {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO `+o.table+insertSQL, r.id, r.topic, nonNil(r.payload), r.metadata); err != nil {
+		if r.keyHash != nil && !o.hasKeyColumn.Load() {
+			var ok bool
+			if err := hasKey(&ok); err != nil {
+				return fmt.Errorf("outbox: add message %s to %s: looking for its key_hash column: %w", r.id, o.table, err)
+			}
+			if ok {
+				o.hasKeyColumn.Store(true)
+			} else {
+				r.keyHash = nil
+			}
+		}
+		if r.keyHash == nil {
+			err = exec(`INSERT INTO `+o.table+insertSQL, r.id, r.topic, nonNil(r.payload), r.metadata)
+		} else {
+			err = exec(`INSERT INTO `+o.table+insertKeyedSQL, r.id, r.topic, nonNil(r.payload), r.metadata, r.keyHash)
+		}
+		if err != nil {
 			return o.addErr(r.id, err)
 		}
 	}

@@ -1,7 +1,11 @@
 package outbox
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,20 +46,26 @@ type RelayConfig struct {
 	Instance string
 	// BatchSize is how many rows one round claims. If 0, 100. Rows are
 	// published one by one and each is marked on its own; the batch only
-	// bounds one claim.
+	// bounds one claim. A key with many rows waiting is claimed up to a
+	// batch at a time, its rows published in order.
 	BatchSize int
 	// PollInterval is the pause when nothing is pending. If 0, 200ms.
 	PollInterval time.Duration
-	// Lease is how long claimed rows stay this relay's: a relay that dies
-	// leaves them to the others after it. If 0, a minute. A round stops
-	// claiming work past half of it, so a slow publish never outlives it.
+	// Lease is how long claimed rows stay this relay's without a word from
+	// it: the relay renews it every Lease/4 while it works, so a dead
+	// relay's rows (and the later rows of their keys) wait at most Lease
+	// for another relay. If 0, 10s. Shorter: a dead relay's keys wait
+	// less, but a relay that cannot reach the database for Lease/2 stops
+	// its round. A publish starts only with Lease/2 of it left, and its
+	// message's context is cancelled if the lease may have run out.
 	Lease time.Duration
 	// MaxAttempts bounds the tries of one row (decode, publish, mark)
 	// before it goes to the dead-letter table. If 0, 5. A row the broker
 	// refuses for a limit (too large, invalid topic) goes at once.
 	MaxAttempts int
 	// RetryBackoff is the pause before a failed row's next try, doubled
-	// per attempt up to 64 times it. If 0, 1s. Rows behind it go on.
+	// per attempt up to 64 times it. If 0, 1s. The later rows of its key
+	// wait for it; other keys and keyless rows go on.
 	RetryBackoff time.Duration
 	// BackpressurePause is the pause after the publisher refused for
 	// backpressure (throttle.ErrBackpressure): the round stops and gives
@@ -82,7 +92,7 @@ func (c *RelayConfig) setDefaults() {
 		c.PollInterval = 200 * time.Millisecond
 	}
 	if c.Lease == 0 {
-		c.Lease = time.Minute
+		c.Lease = 10 * time.Second
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 5
@@ -134,7 +144,7 @@ func (c RelayConfig) Validate() error {
 		}
 	}
 	if c.Lease > 0 && c.Lease < time.Second {
-		bad("Lease %s is under 1s: claimed rows would go to other relays mid-publish; use e.g. 1m", c.Lease)
+		bad("Lease %s is under 1s: claimed rows would go to other relays mid-publish; use e.g. 10s", c.Lease)
 	}
 	if c.MaxAttempts < 1 {
 		bad("MaxAttempts %d is less than 1", c.MaxAttempts)
@@ -153,6 +163,9 @@ type Relay struct {
 
 	published, deadLettered metric.Int64Counter
 	lastSweep               time.Time
+	// cursor is where the next scan of keys starts (key_hash order): keys
+	// take turns. It starts at random, so relays start apart.
+	cursor []byte
 }
 
 // NewRelay validates cfg (after defaults) and creates the outbox tables if
@@ -169,7 +182,8 @@ func NewRelay(ctx context.Context, cfg RelayConfig) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, pub: pub, id: idempotency.ProducerID(cfg.Service, cfg.Instance), o: cfg.Outbox, attempts: map[int64]int{}}
+	r := &Relay{cfg: cfg, pub: pub, id: idempotency.ProducerID(cfg.Service, cfg.Instance), o: cfg.Outbox, attempts: map[int64]int{}, cursor: make([]byte, sha256.Size)}
+	_, _ = rand.Read(r.cursor)
 	if err := r.o.CreateTables(ctx, cfg.Pool); err != nil {
 		return nil, err
 	}
@@ -268,6 +282,7 @@ type Round struct {
 
 type claimed struct {
 	id        int64
+	key       []byte // key_hash; nil: keyless
 	messageID string
 	topic     string
 	payload   []byte
@@ -277,16 +292,24 @@ type claimed struct {
 
 // RunOnce claims up to BatchSize due rows and relays them one by one: each
 // published row is marked sent on its own; a failed one is retried later or
-// dead-lettered. It returns an error wrapping throttle.ErrBackpressure when
-// the publisher refused for backpressure (the rows not sent are given back).
+// dead-lettered. A row that failed and waits for its retry holds the later
+// rows of its key (given back unsent); a dead-lettered one does not. It
+// returns an error wrapping throttle.ErrBackpressure when the publisher
+// refused for backpressure (the rows not sent are given back).
 func (r *Relay) RunOnce(ctx context.Context) (Round, error) {
 	var round Round
 	r.sweep(ctx)
+	claimedAt := time.Now() // before the lease is set: the lease surely lasts Lease from here
 	rows, err := r.claim(ctx)
 	if err != nil {
 		return round, err
 	}
 	round.Claimed = len(rows)
+	if len(rows) == 0 {
+		return round, nil
+	}
+	bg := context.WithoutCancel(ctx)
+	lease := r.hold(ctx, claimedAt, rows)
 	// Each published row is marked by its own statement, in publish order,
 	// by a marker beside the publishing loop: the next publish does not
 	// wait for the last mark's round trip. At most markAhead rows are
@@ -294,7 +317,6 @@ func (r *Relay) RunOnce(ctx context.Context) (Round, error) {
 	marks := make(chan claimed, markAhead)
 	var mu sync.Mutex
 	markerDone := make(chan struct{})
-	bg := context.WithoutCancel(ctx)
 	go func() {
 		defer close(markerDone)
 		for row := range marks {
@@ -314,65 +336,344 @@ func (r *Relay) RunOnce(ctx context.Context) (Round, error) {
 	finish := func(rest []claimed, err error) (Round, error) {
 		close(marks)
 		<-markerDone
+		lease.stop()
 		r.release(bg, rest)
 		return round, err
 	}
-	start := time.Now()
+	// The rows are in id order, so each key's are in its order. A key
+	// whose row failed and waits for a retry is stopped for the round: its
+	// later rows go back unsent, behind it.
+	var held []claimed
+	stopped := map[string]bool{}
 	for i, row := range rows {
-		if ctx.Err() != nil || time.Since(start) > r.cfg.Lease/2 {
-			return finish(rows[i:], ctx.Err())
+		if row.key != nil && stopped[string(row.key)] {
+			held = append(held, row)
+			continue
 		}
-		err := r.publish(ctx, row)
+		if ctx.Err() != nil || !lease.publishable() {
+			return finish(append(held, rows[i:]...), ctx.Err())
+		}
+		// A row whose failures could not even be recorded is left after
+		// its tries: it waits in the table (its lease runs out), and so
+		// do the later rows of its key.
+		r.mu.Lock()
+		tries := r.attempts[row.id]
+		r.mu.Unlock()
+		if tries >= r.cfg.MaxAttempts {
+			if row.key != nil {
+				stopped[string(row.key)] = true
+			}
+			continue
+		}
+		lease.started(row.id)
+		err := r.publish(lease.ctx, row)
 		switch {
 		case err == nil:
 			marks <- row
 		case errors.Is(err, throttle.ErrBackpressure):
-			return finish(rows[i:], err)
+			return finish(append(held, rows[i:]...), err)
 		default:
 			mu.Lock()
 			round.Failed++
-			if r.fail(bg, row, err) {
+			dead := r.fail(bg, row, err)
+			if dead {
 				round.DeadLettered++
 			}
 			mu.Unlock()
+			if !dead && row.key != nil {
+				stopped[string(row.key)] = true
+			}
 		}
 	}
-	return finish(nil, nil)
+	return finish(held, nil)
 }
 
 // markAhead bounds the rows published and not yet marked sent.
 const markAhead = 32
 
+const (
+	claimCols = `id, key_hash, message_id, topic, payload, metadata, attempts`
+	// ready: due and leased by nobody (or a lease that ran out).
+	ready = `next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())`
+)
+
+// Claiming. Keyless rows are claimed oldest first, as before keys. A keyed
+// row is claimed only as its key's head (the key's oldest unsent row: every
+// row before it was sent or dead-lettered), ready, together with the ready
+// rows right after it, by one relay: so no relay holds a row of a key while
+// another holds an earlier one, and a dead relay's rows go out before any
+// later row of their keys. Heads are found by walking the keys (a skip scan
+// of the (key_hash, id) index from a cursor), not the rows: a key with a
+// million rows behind a held or failed head costs one index probe per
+// round, not a million.
+
+// scanSQL visits up to $2 keys after $1 and says whether each head is
+// ready; with keyless, it adds up to $3 ready keyless rows, oldest first.
+func (r *Relay) scanSQL(keyless bool) string {
+	t := r.o.table
+	q := `WITH RECURSIVE k(key_hash, id, next_attempt_at, locked_until, n) AS (
+  (SELECT key_hash, id, next_attempt_at, locked_until, 1 FROM ` + t + `
+   WHERE sent_at IS NULL AND key_hash > $1 ORDER BY key_hash, id LIMIT 1)
+  UNION ALL
+  (SELECT x.*, k.n + 1 FROM k CROSS JOIN LATERAL (
+     SELECT key_hash, id, next_attempt_at, locked_until FROM ` + t + `
+     WHERE sent_at IS NULL AND key_hash > k.key_hash ORDER BY key_hash, id LIMIT 1) x
+   WHERE k.n < $2))
+SELECT key_hash, id, ` + ready + ` FROM k`
+	if keyless {
+		q += `
+UNION ALL
+(SELECT NULL, id, true FROM ` + t + ` WHERE sent_at IS NULL AND key_hash IS NULL AND ` + ready + ` ORDER BY id LIMIT $3)`
+	}
+	return q
+}
+
+// leaseSQL leases the rows the condition picks ($1 this relay, $2 the
+// lease in seconds) and returns them.
+func (r *Relay) leaseSQL(where string) string {
+	return `UPDATE ` + r.o.table + ` SET locked_by = $1, locked_until = now() + make_interval(secs => $2) WHERE ` + where + ` RETURNING ` + claimCols
+}
+
+// headsSQL leases the rows of $3 still ready. SKIP LOCKED: a head another
+// relay is claiming right now is its.
+func (r *Relay) headsSQL() string {
+	return r.leaseSQL(`id IN (SELECT id FROM ` + r.o.table + ` WHERE id = ANY($3) AND sent_at IS NULL AND ` + ready + ` FOR UPDATE SKIP LOCKED)`)
+}
+
+// tailsSQL leases, behind each head $3 of key $4, up to $5 rows of the key
+// in order up to the first that is not ready (a running AND over them).
+func (r *Relay) tailsSQL() string {
+	return r.leaseSQL(`sent_at IS NULL AND id IN (
+  SELECT s.id FROM unnest($3::bigint[], $4::bytea[]) AS h(id, key) CROSS JOIN LATERAL (
+    SELECT id, bool_and(` + ready + `) OVER (ORDER BY id) AS free FROM (
+      SELECT id, next_attempt_at, locked_until FROM ` + r.o.table + ` WHERE key_hash = h.key AND sent_at IS NULL AND id > h.id ORDER BY id LIMIT $5) x) s
+  WHERE s.free)`)
+}
+
+// claim leases up to BatchSize rows: ready keyless rows and key heads,
+// oldest first, then the rows behind the heads. In id order.
 func (r *Relay) claim(ctx context.Context) ([]claimed, error) {
-	q := `UPDATE ` + r.o.table + ` SET locked_by = $1, locked_until = now() + make_interval(secs => $2)
-WHERE id IN (SELECT id FROM ` + r.o.table + ` WHERE sent_at IS NULL AND next_attempt_at <= now()
-  AND (locked_until IS NULL OR locked_until < now()) ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-RETURNING id, message_id, topic, payload, metadata, attempts`
-	rows, err := r.cfg.Pool.Query(ctx, q, r.id, r.cfg.Lease.Seconds(), r.cfg.BatchSize)
+	b := r.cfg.BatchSize
+	visit := 2 * b // keys one scan visits: some have a held or failed head
+	type candidate struct {
+		id  int64
+		key []byte
+	}
+	var cands []candidate
+	// Scan keys from the cursor until something is ready or every key
+	// was visited once (past the end and round to where it began).
+	origin, passedEnd := r.cursor, false
+	for first := true; ; first = false {
+		args := []any{r.cursor, visit}
+		if first {
+			args = append(args, b)
+		}
+		rows, err := r.cfg.Pool.Query(ctx, r.scanSQL(first), args...)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: claim rows of %s: %w", r.o.table, err)
+		}
+		var (
+			key     []byte
+			id      int64
+			ok      bool
+			visited int
+			last    []byte
+		)
+		_, err = pgx.ForEachRow(rows, []any{&key, &id, &ok}, func() error {
+			if key != nil {
+				visited++
+				if bytes.Compare(key, last) > 0 {
+					last = bytes.Clone(key)
+				}
+			}
+			if ok {
+				cands = append(cands, candidate{id: id, key: bytes.Clone(key)})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("outbox: claim rows of %s: %w", r.o.table, err)
+		}
+		done := len(cands) > 0
+		if visited < visit { // the last key: the next scan starts over
+			r.cursor = []byte{}
+			done = done || len(origin) == 0 || passedEnd
+			passedEnd = true
+		} else {
+			r.cursor = last
+			done = done || passedEnd && bytes.Compare(last, origin) >= 0
+		}
+		if done {
+			break
+		}
+	}
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(cands, func(a, b candidate) int { return cmp.Compare(a.id, b.id) })
+	ids := make([]int64, 0, min(len(cands), b))
+	for _, c := range cands[:min(len(cands), b)] {
+		ids = append(ids, c.id)
+	}
+	out, err := r.collect(ctx, r.headsSQL(), r.id, r.cfg.Lease.Seconds(), ids)
+	if err != nil {
+		return nil, err
+	}
+	// The rest of the batch: the ready rows right behind each head.
+	var heads []int64
+	var keys [][]byte
+	for _, c := range out {
+		if c.key != nil {
+			heads, keys = append(heads, c.id), append(keys, c.key)
+		}
+	}
+	if len(heads) > 0 {
+		if per := (b - len(out)) / len(heads); per > 0 {
+			tails, err := r.collect(ctx, r.tailsSQL(), r.id, r.cfg.Lease.Seconds(), heads, keys, per)
+			if err != nil {
+				// The heads are claimed: relay them alone.
+				r.cfg.Logger.Error("Outbox relay could not claim the rows behind its key heads; relaying the heads alone", err, nil)
+			}
+			out = append(out, tails...)
+		}
+	}
+	slices.SortFunc(out, func(a, b claimed) int { return cmp.Compare(a.id, b.id) })
+	return out, nil
+}
+
+func (r *Relay) collect(ctx context.Context, q string, args ...any) ([]claimed, error) {
+	rows, err := r.cfg.Pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim rows of %s: %w", r.o.table, err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (claimed, error) {
 		var c claimed
-		err := row.Scan(&c.id, &c.messageID, &c.topic, &c.payload, &c.metadata, &c.attempts)
+		err := row.Scan(&c.id, &c.key, &c.messageID, &c.topic, &c.payload, &c.metadata, &c.attempts)
 		return c, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim rows of %s: %w", r.o.table, err)
 	}
-	slices.SortFunc(out, func(a, b claimed) int { return int(a.id - b.id) })
-	// Rows whose failures could not even be recorded are skipped once they
-	// used up their tries: they wait in the table, claimed by nobody.
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	kept := out[:0]
-	for _, c := range out {
-		if n := r.attempts[c.id]; n >= r.cfg.MaxAttempts {
-			continue
-		}
-		kept = append(kept, c)
+	return out, nil
+}
+
+// holding is a round's lease: renewed every Lease/4 while the round works.
+type holding struct {
+	r      *Relay
+	ctx    context.Context // cancelled once the lease may have run out
+	cancel context.CancelFunc
+	ids    []int64
+	mu     sync.Mutex
+	until  time.Time      // the lease surely holds till then (timed from before the statement that set it)
+	unsent map[int64]bool // claimed, publish not started: must still be this relay's
+	lost   bool
+	quit   chan struct{}
+	done   chan struct{}
+}
+
+func (r *Relay) hold(ctx context.Context, from time.Time, rows []claimed) *holding {
+	h := &holding{r: r, until: from.Add(r.cfg.Lease), unsent: make(map[int64]bool, len(rows)), quit: make(chan struct{}), done: make(chan struct{})}
+	h.ctx, h.cancel = context.WithCancel(ctx)
+	for _, c := range rows {
+		h.ids = append(h.ids, c.id)
+		h.unsent[c.id] = true
 	}
-	return kept, nil
+	go h.run()
+	return h
+}
+
+func (h *holding) run() {
+	defer close(h.done)
+	tick := time.NewTicker(h.r.cfg.Lease / 4)
+	defer tick.Stop()
+	for {
+		h.mu.Lock()
+		expire := time.NewTimer(time.Until(h.until))
+		h.mu.Unlock()
+		select {
+		case <-h.quit:
+			expire.Stop()
+			return
+		case <-expire.C:
+			h.expired("its lease ran out unrenewed (the database out of reach, or the process stalled)")
+			return
+		case <-tick.C:
+			expire.Stop()
+			if why := h.renew(); why != "" {
+				h.expired(why)
+				return
+			}
+		}
+	}
+}
+
+// expired: another relay may have the rows now. Stop publishing and
+// cancel the publish in flight (for publishers that honour the message's
+// context).
+func (h *holding) expired(why string) {
+	h.mu.Lock()
+	h.lost = true
+	h.mu.Unlock()
+	h.cancel()
+	h.r.cfg.Logger.Error("Outbox relay stops its round: "+why, nil, watermill.LogFields{"lease": h.r.cfg.Lease.String()})
+}
+
+// renew extends the lease; it says why not once the lease may have run out
+// or another relay holds a row this one has not published yet.
+func (h *holding) renew() string {
+	start := time.Now()
+	h.mu.Lock()
+	until := h.until
+	h.mu.Unlock()
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(h.ctx), until)
+	defer cancel()
+	rows, err := h.r.cfg.Pool.Query(ctx, `UPDATE `+h.r.o.table+` SET locked_until = now() + make_interval(secs => $3)
+WHERE id = ANY($1) AND locked_by = $2 AND sent_at IS NULL RETURNING id`, h.ids, h.r.id, h.r.cfg.Lease.Seconds())
+	var kept []int64
+	if err == nil {
+		kept, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		if time.Now().Before(h.until) {
+			h.r.cfg.Logger.Error("Outbox relay could not renew its lease; trying again", err, nil)
+			return ""
+		}
+		return fmt.Sprintf("its lease ran out unrenewed: %v", err)
+	}
+	h.until = start.Add(h.r.cfg.Lease)
+	// Rows leave unsent before their publish starts: one still in it now
+	// was in it during the statement, so it must have been renewed.
+	still := make(map[int64]bool, len(kept))
+	for _, id := range kept {
+		still[id] = true
+	}
+	for id := range h.unsent {
+		if !still[id] {
+			return fmt.Sprintf("row %d it has not published is not its any more (another relay took it after its lease ran out)", id)
+		}
+	}
+	return ""
+}
+
+// publishable: the lease has at least half of it left for the next publish.
+func (h *holding) publishable() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.lost && time.Until(h.until) >= h.r.cfg.Lease/2
+}
+
+func (h *holding) started(id int64) {
+	h.mu.Lock()
+	delete(h.unsent, id)
+	h.mu.Unlock()
+}
+
+func (h *holding) stop() {
+	close(h.quit)
+	<-h.done
+	h.cancel()
 }
 
 // permanentError is a failure more tries cannot fix.
