@@ -100,12 +100,6 @@ func (o *orderReceiver) distinct() int {
 	return len(o.copies)
 }
 
-func (o *orderReceiver) got(id string) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.copies[id]
-}
-
 func (o *orderReceiver) of(key string) []int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
