@@ -325,6 +325,9 @@ func (r *Relay) RunOnce(ctx context.Context) (Round, error) {
 			if err == nil {
 				round.Published++
 			} else {
+				// Published but not marked: it goes back for a retry, and
+				// its key's later rows go on. They were published after its
+				// first copy; the retry's is a duplicate, its id the same.
 				round.Failed++
 				if r.fail(bg, row, err) {
 					round.DeadLettered++
