@@ -108,11 +108,17 @@ func (b *broker) kill(t *testing.T) {
 }
 
 // restart kills b and starts the next broker on the same directory and
-// address, as a supervisor would.
+// address, as a supervisor would. A cluster (extra flags) starts on free
+// ports instead: the ports after its first one, which the next would need,
+// may have been taken meanwhile.
 func (b *broker) restart(t *testing.T, dir string) *broker {
 	t.Helper()
 	b.kill(t)
-	return startBroker(t, dir, b.addr, b.extra...)
+	addr := b.addr
+	if len(b.extra) > 0 {
+		addr = "127.0.0.1:0"
+	}
+	return startBroker(t, dir, addr, b.extra...)
 }
 
 func killConfig(autoCreate bool) *sarama.Config {
