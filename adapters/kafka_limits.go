@@ -21,6 +21,11 @@ import (
 // kafkaMaxTopicLen is Kafka's limit on topic names.
 const kafkaMaxTopicLen = 249
 
+// CheckKafkaTopic reports whether name can be a Kafka topic: an error
+// (*antidote.TopicError) naming the rule it breaks, nil if it can. The
+// embedded broker (devkafka) creates only topics that pass it.
+func CheckKafkaTopic(name string) error { return checkKafkaName(name) }
+
 // checkKafkaName reports whether name can be a Kafka topic.
 func checkKafkaName(name string) error {
 	bad := func(rule string) error {

@@ -3,6 +3,8 @@ package devkafka
 import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/antidote-mq/antidote/adapters"
 )
 
 // autoCreate creates the topics a metadata request names and asks to have
@@ -42,8 +44,10 @@ func autoCreate(c *kfake.Cluster) func(kmsg.Request) (kmsg.Response, error, bool
 		}
 		var noID [16]byte
 		for _, rt := range req.Topics {
-			// kfake resolves a topic given by ID by its ID alone.
-			if rt.Topic == nil || rt.TopicID != noID || !legalTopic(*rt.Topic) {
+			// kfake resolves a topic given by ID by its ID alone, and
+			// checks no name: a broker that made "" or "a/b" would keep
+			// them for good.
+			if rt.Topic == nil || rt.TopicID != noID || adapters.CheckKafkaTopic(*rt.Topic) != nil {
 				continue
 			}
 			// The usual answer is kerr.TopicAlreadyExists, and it costs
@@ -53,21 +57,4 @@ func autoCreate(c *kfake.Cluster) func(kmsg.Request) (kmsg.Response, error, bool
 		}
 		return nil, nil, false // kfake answers, the topics now made
 	}
-}
-
-// legalTopic reports whether Kafka would auto-create a topic of this name:
-// 1 to 249 characters of [a-zA-Z0-9._-], and not "." or "..". kfake checks
-// no name; a broker that made "" or "a/b" would keep them for good.
-func legalTopic(name string) bool {
-	if name == "" || len(name) > 249 || name == "." || name == ".." {
-		return false
-	}
-	for i := range len(name) {
-		switch ch := name[i]; {
-		case 'a' <= ch && ch <= 'z', 'A' <= ch && ch <= 'Z', '0' <= ch && ch <= '9', ch == '.', ch == '_', ch == '-':
-		default:
-			return false
-		}
-	}
-	return true
 }
