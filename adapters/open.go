@@ -58,6 +58,24 @@ type Broker struct {
 // at a time whatever kafka.concurrency says.
 func (b *Broker) LetterSubscriber() message.Subscriber { return b.letters }
 
+// ConsumerIdentity is the broker's part of who consumes, for
+// router.Config.Consumer: System is Kind.MessagingSystem(), Group the
+// Kafka consumer group (kafka.consumer_group; empty on RabbitMQ and
+// PostgreSQL, whose workers share one queue or table per topic and have no
+// group), ServerAddress is Addr (empty for the in-process broker, which
+// has no address). Version is left empty, so letters carry the build's
+// version; set it if the binary does not know its own.
+func (b *Broker) ConsumerIdentity() antidote.ConsumerIdentity {
+	id := antidote.ConsumerIdentity{System: b.Kind.MessagingSystem(), ServerAddress: b.Addr}
+	switch b.Kind {
+	case KindKafka:
+		id.Group = b.Config.Kafka.ConsumerGroup
+	case KindMemory:
+		id.ServerAddress = ""
+	}
+	return id
+}
+
 // Close closes the subscriber (ending its subscriptions), then the publisher,
 // then whatever Open started, in reverse order. Safe to call more than once.
 func (b *Broker) Close() error {

@@ -80,7 +80,8 @@ type CrashLoopGuardConfig struct {
 	OffsetBlock int64
 	// ConsumerGroup is part of every key, so consumer groups that share a
 	// tracker and use the same handler name do not add up each other's
-	// deliveries. Default: DeadLetter's ConsumerGroup.
+	// deliveries. Default: DeadLetter's ConsumerGroup (under router.New:
+	// router.Config.Consumer.Group, else DeadLetter's).
 	ConsumerGroup string
 	// Logger reports quarantines, store errors (the handler then runs
 	// unguarded) and failed Forgets. Default watermill.NopLogger.

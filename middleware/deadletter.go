@@ -40,7 +40,8 @@ type DeadLetterConfig struct {
 	HandlerTopics map[string]string
 	// ConsumerGroup is recorded under poison.KeyConsumerGroup (it is not in
 	// the message context). If empty, letters carry no consumer group unless
-	// the message context names one.
+	// the message context names one. Under router.New, ConsumerGroup and
+	// ConsumerVersion default to router.Config.Consumer's Group and Version.
 	ConsumerGroup string
 	// ConsumerVersion is recorded under poison.KeyConsumerVersion, so the
 	// hospital knows which version of the service gave up on a letter (a

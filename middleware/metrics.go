@@ -95,8 +95,9 @@ type MetricsConfig struct {
 	// System, ConsumerGroup and ServerAddress are the semconv attributes
 	// messaging.system, messaging.consumer.group.name and
 	// server.address/server.port of messaging.process.duration and
-	// messaging.client.consumed.messages, as in TracingConfig (router.New
-	// copies them from its Tracing config when unset here). Optional.
+	// messaging.client.consumed.messages, as in TracingConfig. Optional.
+	// router.New fills them when unset here from router.Config.Consumer,
+	// else from its Tracing config.
 	System, ConsumerGroup, ServerAddress string
 }
 

@@ -39,7 +39,9 @@ type TracingConfig struct {
 	// and offset, otherwise the attribute is left out.
 	System string
 	// ConsumerGroup is messaging.consumer.group.name (it is not in the
-	// message context). If empty, the attribute is left out.
+	// message context). If empty, the attribute is left out. Under
+	// router.New, System, ConsumerGroup and ServerAddress default to
+	// router.Config.Consumer's; set here they override it for spans only.
 	ConsumerGroup string
 	// ServerAddress is the broker's address, reported as server.address and
 	// server.port: "host:port", a comma-separated list of them (the first

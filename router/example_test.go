@@ -32,7 +32,10 @@ func ExampleNew() {
 	tracker := poison.MustNewMemoryDeliveryTracker(poison.MemoryDeliveryTrackerConfig{}) // tests and demos only
 	defer tracker.Close()
 	r, err := router.New(router.Config{
-		DeadLetter:     middleware.DeadLetterConfig{Publisher: pubSub, ConsumerGroup: "order-sink"},
+		// Who consumes, once for the whole stack (spans, metrics, letters,
+		// tracker keys); with adapters.Open, b.ConsumerIdentity().
+		Consumer:       antidote.ConsumerIdentity{System: "gochannel", Group: "order-sink"},
+		DeadLetter:     middleware.DeadLetterConfig{Publisher: pubSub},
 		Retry:          middleware.RetryConfig{InitialInterval: time.Millisecond},
 		CrashLoopGuard: middleware.CrashLoopGuardConfig{Tracker: tracker},
 	})
@@ -66,8 +69,8 @@ func ExampleNew() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println("dead-lettered:", letter.UUID, env.Reason, env.Attempts)
+	fmt.Println("dead-lettered:", letter.UUID, env.Reason, env.Attempts, "by", env.ConsumerGroup)
 	// Output:
 	// processed: good
-	// dead-lettered: bad permanent 1
+	// dead-lettered: bad permanent 1 by order-sink
 }

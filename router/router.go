@@ -8,7 +8,9 @@
 //	Tracing → Metrics → [FloodGuard] → CrashLoopGuard → DeadLetter → Breaker
 //	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler
 //
-// (bracketed pieces are on when configured). Above Tracing sit Watermill's
+// (bracketed pieces are on when configured). Config.Consumer names the
+// consumer (system, group, address, version) once for every piece; a
+// piece's own field overrides it. Above Tracing sit Watermill's
 // Recoverer and a private step (internal/stack) that grows each message
 // goroutine's stack once instead of step by step deep in the chain.
 // The breaker sits above DelayedRetry: a message moved to a retry stage is
@@ -46,6 +48,20 @@ type Config struct {
 
 	// Logger receives the router's and the middleware's logs. Default: none.
 	Logger watermill.LoggerAdapter
+
+	// Consumer is who consumes (messaging system, consumer group, server
+	// address, version), set once here for the whole stack; from a broker
+	// opened with adapters.Open, b.ConsumerIdentity() fills it. New hands
+	// each field to every middleware whose own field is empty: System and
+	// ServerAddress to Tracing and Metrics; Group to Tracing, Metrics,
+	// DeadLetter and CrashLoopGuard (part of every tracker key); Version
+	// to DeadLetter. A middleware's own field, when set, overrides
+	// Consumer for that middleware alone: spans and letters may then name
+	// different groups, which is allowed (that is what an override is
+	// for) and not checked. The zero value names nothing: Metrics then
+	// takes Tracing's fields and CrashLoopGuard DeadLetter's group, as
+	// when each is set by hand.
+	Consumer antidote.ConsumerIdentity
 
 	// Tracing configures the consumer span per delivery. Default: the global
 	// TracerProvider, a no-op until the program installs one (see
@@ -160,9 +176,7 @@ func (c *Config) setDefaults() {
 	if c.Breaker.Logger == nil {
 		c.Breaker.Logger = c.Logger
 	}
-	if c.CrashLoopGuard.ConsumerGroup == "" {
-		c.CrashLoopGuard.ConsumerGroup = c.DeadLetter.ConsumerGroup
-	}
+	c.applyConsumer()
 	// The optional pieces are the caller's: fill copies.
 	if c.Idempotency != nil {
 		ic := *c.Idempotency
@@ -192,6 +206,34 @@ func (c *Config) setDefaults() {
 		}
 		c.DelayedRetry = &dc
 	}
+}
+
+// applyConsumer fills every middleware's empty identity field from
+// Consumer, then, for what Consumer leaves empty, keeps the older copies
+// (Tracing's into Metrics, DeadLetter's group into CrashLoopGuard), so a
+// config that sets them by hand works as before.
+func (c *Config) applyConsumer() {
+	id := c.Consumer
+	fill := func(field *string, v string) {
+		if *field == "" {
+			*field = v
+		}
+	}
+	fill(&c.Tracing.System, id.System)
+	fill(&c.Tracing.ConsumerGroup, id.Group)
+	fill(&c.Tracing.ServerAddress, id.ServerAddress)
+	fill(&c.Metrics.System, id.System)
+	fill(&c.Metrics.ConsumerGroup, id.Group)
+	fill(&c.Metrics.ServerAddress, id.ServerAddress)
+	fill(&c.DeadLetter.ConsumerGroup, id.Group)
+	fill(&c.DeadLetter.ConsumerVersion, id.Version)
+	fill(&c.CrashLoopGuard.ConsumerGroup, id.Group)
+	// The semconv metrics carry the same messaging.* attributes as the
+	// spans unless the Metrics config names its own.
+	fill(&c.Metrics.System, c.Tracing.System)
+	fill(&c.Metrics.ConsumerGroup, c.Tracing.ConsumerGroup)
+	fill(&c.Metrics.ServerAddress, c.Tracing.ServerAddress)
+	fill(&c.CrashLoopGuard.ConsumerGroup, c.DeadLetter.ConsumerGroup)
 }
 
 // Validate reports a config that cannot work.
@@ -231,17 +273,6 @@ func New(cfg Config) (*message.Router, error) {
 	}
 	var metrics *middleware.Metrics // nil records nothing
 	if !cfg.DisableMetrics {
-		// The semconv metrics carry the same messaging.* attributes as
-		// the spans unless the Metrics config names its own.
-		if cfg.Metrics.System == "" {
-			cfg.Metrics.System = cfg.Tracing.System
-		}
-		if cfg.Metrics.ConsumerGroup == "" {
-			cfg.Metrics.ConsumerGroup = cfg.Tracing.ConsumerGroup
-		}
-		if cfg.Metrics.ServerAddress == "" {
-			cfg.Metrics.ServerAddress = cfg.Tracing.ServerAddress
-		}
 		if metrics, err = middleware.NewMetrics(cfg.Metrics); err != nil {
 			return nil, fmt.Errorf("router: %w", err)
 		}

@@ -211,10 +211,11 @@ func (r *run) do(ctx context.Context) error {
 		defer cancel()
 		_ = tel.Shutdown(sctx) // flushes spans still in the batch
 	}()
+	consumer := b.ConsumerIdentity()
 	traced := func(p message.Publisher) (message.Publisher, error) {
 		return telemetry.NewPublisher(p, telemetry.PublisherConfig{
 			TracerProvider: tel.TracerProvider, MeterProvider: tel.MeterProvider,
-			System: r.kind.MessagingSystem(), ServerAddress: b.Addr, KafkaKeyMetadata: cfg.Kafka.PartitionKey,
+			System: consumer.System, ServerAddress: consumer.ServerAddress, KafkaKeyMetadata: cfg.Kafka.PartitionKey,
 		})
 	}
 	tracedPub, err := traced(b.Publisher)
@@ -249,10 +250,6 @@ func (r *run) do(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	group := ""
-	if r.kind == adapters.KindKafka {
-		group = cfg.Kafka.ConsumerGroup
-	}
 	lag, closeLag := r.consumerLag(ctx, b)
 	defer closeLag()
 	var throttle *middleware.ThrottleConfig
@@ -261,12 +258,12 @@ func (r *run) do(ctx context.Context) error {
 	}
 	rt, err := router.New(router.Config{
 		Logger: logger,
-		Tracing: middleware.TracingConfig{
-			TracerProvider: tel.TracerProvider, System: r.kind.MessagingSystem(), ConsumerGroup: group,
-			ServerAddress: b.Addr, KafkaKeyMetadata: cfg.Kafka.PartitionKey,
-		},
+		// Who consumes, once: spans, metrics, letters and the crash-loop
+		// tracker's keys all name it.
+		Consumer:   consumer,
+		Tracing:    middleware.TracingConfig{TracerProvider: tel.TracerProvider, KafkaKeyMetadata: cfg.Kafka.PartitionKey},
 		Metrics:    middleware.MetricsConfig{MeterProvider: tel.MeterProvider, ConsumerLag: lag},
-		DeadLetter: middleware.DeadLetterConfig{Publisher: tracedDLQ, ConsumerGroup: group},
+		DeadLetter: middleware.DeadLetterConfig{Publisher: tracedDLQ},
 		Breaker:    middleware.BreakerConfig{HealthCheck: r.health},
 		Retry: middleware.RetryConfig{
 			OnRetry: func(int, error, time.Duration) { r.retries.Add(1) },
