@@ -21,7 +21,7 @@ const (
 	SASLOAuthBearer = "OAUTHBEARER"
 )
 
-// SASLMechanisms lists the mechanisms settable by name, in README order.
+// SASLMechanisms lists the mechanisms settable by name, in the order docs/brokers.md lists them.
 var SASLMechanisms = []string{SASLPlain, SASLScramSHA256, SASLScramSHA512}
 
 // ErrAuthentication is wrapped by Open's error when a broker refuses the

@@ -87,7 +87,7 @@ type EnvVar struct {
 	// "kafka.replication_factor".
 	Field string
 
-	// Doc is one line of Markdown: the README's "meaning" column.
+	// Doc is one line of Markdown: the "meaning" column of docs/brokers.md's table.
 	Doc string
 
 	// Secret marks a value that may hold a password. It is never printed,
@@ -101,7 +101,7 @@ type EnvVar struct {
 // that points at a file holding its value instead.
 const fileSuffix = "_FILE"
 
-// Default is the value SetDefaults gives Field, formatted as in the README
+// Default is the value SetDefaults gives Field, formatted as in docs/brokers.md's table
 // ("" when there is none).
 func (e EnvVar) Default() string {
 	var c Config
@@ -137,7 +137,7 @@ func secretVar(field, doc string) EnvVar {
 }
 
 // EnvVars lists every variable ApplyEnv reads: one per config key, in the
-// order of Config's fields (the README's order, and the order of errors).
+// order of Config's fields (the table's order in docs/brokers.md, and the order of errors).
 // A test fails naming any YAML key without one.
 var EnvVars = []EnvVar{
 	envVar("broker", "`memory`, `kafka`, `amqp` or `postgres`. Required (the examples pick their own)"),

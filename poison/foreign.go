@@ -26,7 +26,7 @@ import (
 // Antidote's own publishers put on the topics services consume (the
 // scheduler's antidote.retry_*, antidote.attempts, the hospital's replay
 // keys): a consumer cannot tell them from a producer's, so they are read as
-// claims that decide nothing a forged value could abuse (see README, "Keys
+// claims that decide nothing a forged value could abuse (see docs/brokers.md, "Keys
 // Antidote trusts").
 
 // letterKeys are the keys Envelope, ShrinkEnvelope and ClaimLetter write:

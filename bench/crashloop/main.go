@@ -36,7 +36,7 @@
 // the library's default is 10s), which dominates Kafka's figure. On
 // RabbitMQ the unacked message is requeued when the connection drops; on
 // PostgreSQL the row lock goes with the connection. Kafka's cheap path may
-// run the handler once more than MaxDeliveries (see the README).
+// run the handler once more than MaxDeliveries (see docs/poison-stack.md).
 //
 //	go run ./bench/crashloop                                  # kafka,amqp,postgres × postgres,redis
 //	go run ./bench/crashloop -brokers amqp -trackers redis -runs 3

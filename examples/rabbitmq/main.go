@@ -3,7 +3,7 @@
 //
 //	go run ./examples/rabbitmq --messages 2000 --json
 //
-// Broker addresses come from ANTIDOTE_* env or --config (see the README).
+// Broker addresses come from ANTIDOTE_* env or --config (see docs/brokers.md).
 package main
 
 import (

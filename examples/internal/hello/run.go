@@ -170,7 +170,7 @@ func (r *run) do(ctx context.Context) error {
 	}
 	if r.opts.Concurrency > 0 {
 		if r.kind != adapters.KindKafka && r.opts.Concurrency > 1 {
-			return fmt.Errorf("--concurrency %d: Kafka only (kafka.concurrency); RabbitMQ and the PostgreSQL queue hand a consumer one message at a time, see the README", r.opts.Concurrency)
+			return fmt.Errorf("--concurrency %d: Kafka only (kafka.concurrency); RabbitMQ and the PostgreSQL queue hand a consumer one message at a time, see docs/brokers.md", r.opts.Concurrency)
 		}
 		cfg.Kafka.Concurrency = r.opts.Concurrency
 	}

@@ -10,14 +10,14 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 )
 
-var update = flag.Bool("update", false, "rewrite README.md's generated parts")
+var update = flag.Bool("update", false, "rewrite the generated parts of docs/brokers.md")
 
 const (
-	envTableStart = "<!-- env-table: generated from adapters.EnvVars by TestREADMEEnvTable; do not edit -->\n"
+	envTableStart = "<!-- env-table: generated from adapters.EnvVars by TestEnvTable; do not edit -->\n"
 	envTableEnd   = "<!-- /env-table -->\n"
 )
 
-// envTable renders EnvVars as the README's table of settings.
+// envTable renders EnvVars as the table of settings in docs/brokers.md.
 func envTable() string {
 	var b strings.Builder
 	b.WriteString("| YAML key | env | default | meaning |\n|---|---|---|---|\n")
@@ -35,10 +35,10 @@ func envTable() string {
 	return b.String()
 }
 
-// TestREADMEEnvTable fails when README.md's table of settings is not the
+// TestEnvTable fails when docs/brokers.md's table of settings is not the
 // one EnvVars gives; -update rewrites it.
-func TestREADMEEnvTable(t *testing.T) {
-	const path = "../README.md"
+func TestEnvTable(t *testing.T) {
+	const path = "../docs/brokers.md"
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func TestREADMEEnvTable(t *testing.T) {
 	i := strings.Index(readme, envTableStart)
 	j := strings.Index(readme, envTableEnd)
 	if i < 0 || j < i {
-		t.Fatalf("README.md lacks the markers %q and %q around the table of settings", envTableStart, envTableEnd)
+		t.Fatalf("docs/brokers.md lacks the markers %q and %q around the table of settings", envTableStart, envTableEnd)
 	}
 	got, want := readme[i+len(envTableStart):j], envTable()
 	if got == want {
@@ -69,9 +69,9 @@ func TestREADMEEnvTable(t *testing.T) {
 			w = wantLines[k]
 		}
 		if g != w {
-			t.Errorf("README.md's table of settings differs from adapters.EnvVars at row %d:\nREADME:   %s\nEnvVars:  %s", k-1, g, w)
+			t.Errorf("docs/brokers.md's table of settings differs from adapters.EnvVars at row %d:\ndocs:     %s\nEnvVars:  %s", k-1, g, w)
 			break
 		}
 	}
-	t.Error("regenerate it: go test ./adapters -run TestREADMEEnvTable -update")
+	t.Error("regenerate it: go test ./adapters -run TestEnvTable -update")
 }
