@@ -60,9 +60,15 @@
 //     other's row was sent.
 //   - Rows written by SQL of your own are keyless unless they set key_hash
 //     to sha256(convert_to(key, 'UTF8')); a table of the previous schema
-//     gets the column from CreateTables (NewRelay runs it). During a rolling
+//     gets the column from its migration (Migrate, CreateTables; NewRelay
+//     runs it unless RelayConfig.SkipCreateTables). During a rolling
 //     upgrade, relays of the previous version claim by id alone: order holds
 //     once they are gone.
+//
+// Schema: the tables have versions (Migrations), recorded in
+// antidote_schema_versions; NewRelay applies the pending ones under an
+// advisory lock unless RelayConfig.SkipCreateTables, and `antidote migrate`
+// applies or prints them (docs/migrations.md).
 //
 // Backpressure: give the relay a throttle.BackpressurePublisher and it
 // pauses while consumers lag, instead of piling on.

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/antidote-mq/antidote"
+	"github.com/antidote-mq/antidote/internal/pgmigrate"
 )
 
 // DefaultTable is the outbox table when Config.Table is empty; its
@@ -71,6 +72,7 @@ func (c Config) Validate() error {
 type Outbox struct {
 	table, dead string // sanitized identifiers
 	name        string
+	cfgTable    string // as configured, e.g. "ops.outbox"
 	keyMD       string
 	// hasKeyColumn: the table has key_hash (a table of the previous
 	// schema gets it from CreateTables; until then keyed rows go in
@@ -88,20 +90,34 @@ func New(cfg Config) (*Outbox, error) {
 	parts := strings.Split(cfg.Table, ".")
 	dead := append([]string(nil), parts...)
 	dead[len(dead)-1] += "_dead"
-	return &Outbox{table: pgx.Identifier(parts).Sanitize(), dead: pgx.Identifier(dead).Sanitize(), name: parts[len(parts)-1], keyMD: cfg.KeyMetadata}, nil
+	return &Outbox{table: pgx.Identifier(parts).Sanitize(), dead: pgx.Identifier(dead).Sanitize(), name: parts[len(parts)-1], cfgTable: cfg.Table, keyMD: cfg.KeyMetadata}, nil
 }
 
-// CreateTableSQL is the DDL of the outbox and its dead-letter table. It
-// also upgrades a table of the previous schema (no key_hash column) in
-// place.
+// Migration is one version of the outbox's schema: the SQL that takes its
+// tables from the version before to this one. Version 1 is the schema
+// CreateTables made before versions existed, so tables made then are
+// adopted (and upgraded in place if they predate key_hash).
+type Migration = pgmigrate.Step
+
+// ErrSchemaTooNew is wrapped by the error of CreateTables, Migrate and
+// NewRelay when the outbox tables are at a schema version newer than this
+// version of Antidote knows: a newer version migrated them. It never
+// downgrades.
+var ErrSchemaTooNew = pgmigrate.ErrTooNew
+
+// Migrations returns every version of the outbox's schema, for its
+// configured table, in order.
 //
 // key_hash is the SHA-256 of a row's ordering key (NULL: keyless); a writer
 // of its own can order its rows with Add's by inserting
 // sha256(convert_to(key, 'UTF8')). A hash, not the key, so keys of any size
 // and bytes fit the index; two keys with one hash would only share an order.
-func (o *Outbox) CreateTableSQL() string {
+func (o *Outbox) Migrations() []Migration {
 	idx := func(suffix string) string { return pgx.Identifier{o.name + suffix}.Sanitize() }
-	return `CREATE TABLE IF NOT EXISTS ` + o.table + ` (
+	// The ALTER TABLE upgrades tables created before the ordering key in
+	// place (the CREATE INDEX after it holds writes for the time it takes
+	// to read the table once).
+	v1 := `CREATE TABLE IF NOT EXISTS ` + o.table + ` (
   id              BIGSERIAL PRIMARY KEY,
   message_id      TEXT NOT NULL UNIQUE,
   topic           TEXT NOT NULL,
@@ -116,9 +132,6 @@ func (o *Outbox) CreateTableSQL() string {
   sent_at         TIMESTAMPTZ,
   key_hash        BYTEA
 );
--- Tables created before the ordering key. Issue 25 brings real migrations;
--- until then CreateTables upgrades in place (CREATE INDEX holds writes for
--- the time it takes to read the table once).
 ALTER TABLE ` + o.table + ` ADD COLUMN IF NOT EXISTS key_hash BYTEA;
 CREATE INDEX IF NOT EXISTS ` + idx("_pending") + ` ON ` + o.table + ` (id) WHERE sent_at IS NULL;
 CREATE INDEX IF NOT EXISTS ` + idx("_keyless") + ` ON ` + o.table + ` (id) WHERE sent_at IS NULL AND key_hash IS NULL;
@@ -134,29 +147,55 @@ CREATE TABLE IF NOT EXISTS ` + o.dead + ` (
   reason     TEXT NOT NULL,
   dead_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 )`
+	return []Migration{{Version: 1, Description: "create the outbox and its dead-letter table (the schema before versions; adds key_hash to older tables)", SQL: v1}}
 }
 
-// CreateTables creates the tables if they do not exist, under an advisory
-// lock (replicas starting together do not race on CREATE TABLE).
+// schema is the outbox's versioned schema. Its lock is the one
+// CreateTables took before versions existed.
+func (o *Outbox) schema() pgmigrate.Schema {
+	return pgmigrate.Schema{Component: "outbox", Name: o.cfgTable, LockNS: "antidote.outbox", LockKey: o.table, Probe: o.cfgTable, What: "outbox", Steps: o.Migrations()}
+}
+
+// CreateTableSQL returns the SQL of every migration (Migrations), which
+// creates the tables or brings those of any earlier version up to date,
+// for teams that apply schema changes themselves. It records no version:
+// antidote migrate (or Migrate) does.
+func (o *Outbox) CreateTableSQL() string { return o.schema().SQL() }
+
+// CreateTables creates or upgrades the tables: Migrate without the list.
 func (o *Outbox) CreateTables(ctx context.Context, db interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }) error {
-	tx, err := db.Begin(ctx)
+	_, err := o.Migrate(ctx, db)
+	return err
+}
+
+// Migrate applies the pending migrations in one transaction, under an
+// advisory lock (replicas starting together take turns, with binaries from
+// before versions too), and returns them (none when the tables are
+// current). NewRelay runs it unless RelayConfig.SkipCreateTables.
+func (o *Outbox) Migrate(ctx context.Context, db interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}) ([]Migration, error) {
+	applied, err := o.schema().Migrate(ctx, db)
 	if err != nil {
-		return fmt.Errorf("outbox: create tables: %w", err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('antidote.outbox'), hashtext($1))`, o.table); err != nil {
-		return fmt.Errorf("outbox: create tables: %w", err)
-	}
-	if _, err := tx.Exec(ctx, o.CreateTableSQL()); err != nil {
-		return fmt.Errorf("outbox: create tables %s (needs CREATE privilege; or run CreateTableSQL in a migration): %w", o.table, err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("outbox: create tables: %w", err)
+		return nil, fmt.Errorf("outbox: migrate %s (needs CREATE privilege; or run antidote migrate and set RelayConfig.SkipCreateTables): %w", o.table, err)
 	}
 	o.hasKeyColumn.Store(true)
-	return nil
+	return applied, nil
+}
+
+// PendingMigrations returns the migrations not applied to the tables yet,
+// changing nothing (no lock taken, no table created): what Migrate would
+// apply now.
+func (o *Outbox) PendingMigrations(ctx context.Context, db interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}) ([]Migration, error) {
+	p, err := o.schema().Pending(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: pending migrations of %s: %w", o.table, err)
+	}
+	return p, nil
 }
 
 // row is one message as Add stores it.

@@ -34,6 +34,12 @@ type RelayConfig struct {
 	Pool *pgxpool.Pool
 	// Outbox is the table to relay. Required (New).
 	Outbox *Outbox
+	// SkipCreateTables skips the migrations NewRelay applies (creating the
+	// tables, upgrading older ones: Outbox.Migrate), for teams that apply
+	// them themselves (antidote migrate, or Outbox.Migrations in their own
+	// tool). If false, the zero value, NewRelay migrates the tables on
+	// start, which needs CREATE privilege on their schema.
+	SkipCreateTables bool
 	// Publisher sends the rows: a broker's publisher, optionally wrapped
 	// (telemetry.NewPublisher for send spans, throttle.BackpressurePublisher
 	// to pause while consumers lag). Required.
@@ -168,8 +174,8 @@ type Relay struct {
 	cursor []byte
 }
 
-// NewRelay validates cfg (after defaults) and creates the outbox tables if
-// they do not exist.
+// NewRelay validates cfg (after defaults) and migrates the outbox tables
+// (creates them, upgrades older ones) unless cfg.SkipCreateTables.
 func NewRelay(ctx context.Context, cfg RelayConfig) (*Relay, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -184,8 +190,10 @@ func NewRelay(ctx context.Context, cfg RelayConfig) (*Relay, error) {
 	}
 	r := &Relay{cfg: cfg, pub: pub, id: idempotency.ProducerID(cfg.Service, cfg.Instance), o: cfg.Outbox, attempts: map[int64]int{}, cursor: make([]byte, sha256.Size)}
 	_, _ = rand.Read(r.cursor)
-	if err := r.o.CreateTables(ctx, cfg.Pool); err != nil {
-		return nil, err
+	if !cfg.SkipCreateTables {
+		if err := r.o.CreateTables(ctx, cfg.Pool); err != nil {
+			return nil, err
+		}
 	}
 	if err := r.metrics(); err != nil {
 		return nil, err

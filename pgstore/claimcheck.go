@@ -27,10 +27,11 @@ type ClaimCheckStoreConfig struct {
 	// Table holds the claims, optionally schema-qualified. If Table is
 	// empty, the store uses "antidote_claim_checks".
 	Table string
-	// SkipCreateTable skips the CREATE TABLE IF NOT EXISTS of
-	// NewClaimCheckStore, for schemas managed by migrations
-	// (ClaimCheckStore.CreateTableSQL). If false, the store creates the
-	// table on start.
+	// SkipCreateTable skips the migrations NewClaimCheckStore applies
+	// (creating the table, upgrading one of an older version:
+	// ClaimCheckStore.Migrate), for teams that apply them themselves (antidote
+	// migrate, or ClaimCheckStore.Migrations in their own tool). If false, the zero
+	// value, the store migrates on start, which needs CREATE privilege.
 	SkipCreateTable bool
 }
 
@@ -71,20 +72,43 @@ func NewClaimCheckStore(ctx context.Context, cfg ClaimCheckStoreConfig) (*ClaimC
 	s.putSQL = `INSERT INTO ` + t.ident + ` (key, data) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`
 	s.getSQL = `SELECT data FROM ` + t.ident + ` WHERE key = $1`
 	s.deleteSQL = `DELETE FROM ` + t.ident + ` WHERE key = $1`
-	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.claimcheck", s.CreateTableSQL()); err != nil {
+	if err := t.setUp(ctx, cfg.SkipCreateTable, "claimcheck", "antidote.claimcheck", t.name, s.steps()); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// CreateTableSQL is the DDL NewClaimCheckStore runs, for migrations.
-func (s *ClaimCheckStore) CreateTableSQL() string {
-	return `CREATE TABLE IF NOT EXISTS ` + s.t.ident + ` (
+// steps are the versions of the store's schema.
+func (s *ClaimCheckStore) steps() []Migration {
+	return []Migration{{Version: 1, Description: "create the table (the schema before versions)", SQL: `CREATE TABLE IF NOT EXISTS ` + s.t.ident + ` (
   key        TEXT PRIMARY KEY,
   data       BYTEA NOT NULL,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)`
+)`}}
 }
+
+// CreateTableSQL returns the SQL of every migration (Migrations), which
+// creates the table or brings one of any earlier version up to date, for
+// teams that apply schema changes themselves. It records no version:
+// antidote migrate (or Migrate) does.
+func (s *ClaimCheckStore) CreateTableSQL() string { return s.t.schema.SQL() }
+
+// Migrations returns every version of the store's schema, for its
+// configured table, in order.
+func (s *ClaimCheckStore) Migrations() []Migration { return s.t.migrations() }
+
+// PendingMigrations returns the migrations not applied to the table yet,
+// changing nothing (no lock taken, no table created): what Migrate would
+// apply now. An error wrapping ErrSchemaTooNew says the table is newer
+// than this version of Antidote.
+func (s *ClaimCheckStore) PendingMigrations(ctx context.Context) ([]Migration, error) {
+	return s.t.pending(ctx)
+}
+
+// Migrate applies the pending migrations, in one transaction under the
+// advisory lock the store takes on start, and returns them (none when
+// the table is current). The constructor does this unless SkipCreateTable.
+func (s *ClaimCheckStore) Migrate(ctx context.Context) ([]Migration, error) { return s.t.migrate(ctx) }
 
 // Put implements poison.ClaimCheck.
 func (s *ClaimCheckStore) Put(ctx context.Context, key string, data []byte) error {

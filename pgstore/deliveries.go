@@ -47,10 +47,11 @@ type DeliveryTrackerConfig struct {
 	// one DELETE pass in a goroutine that Close cancels and waits for; an
 	// idle tracker deletes nothing.
 	CleanupInterval time.Duration
-	// SkipCreateTable skips the CREATE TABLE IF NOT EXISTS done by
-	// NewDeliveryTracker, for databases whose schema is managed by
-	// migrations (the DDL is in DeliveryTracker.CreateTableSQL). If false,
-	// the tracker creates the table on start.
+	// SkipCreateTable skips the migrations NewDeliveryTracker applies
+	// (creating the table, upgrading one of an older version:
+	// DeliveryTracker.Migrate), for teams that apply them themselves (antidote
+	// migrate, or DeliveryTracker.Migrations in their own tool). If false, the zero
+	// value, the tracker migrates on start, which needs CREATE privilege.
 	SkipCreateTable bool
 }
 
@@ -112,22 +113,44 @@ RETURNING count`
 	d.forgetSQL = `DELETE FROM ` + t.ident + ` WHERE key = $1`
 	d.decrSQL = `UPDATE ` + t.ident + ` SET count = count - 1 WHERE key = $1 AND count > 0 RETURNING count`
 	d.countSQL = `SELECT CASE WHEN ` + expired + ` THEN 0 ELSE count END FROM ` + t.ident + ` WHERE key = $1`
-	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.deliveries", d.CreateTableSQL()); err != nil {
+	if err := t.setUp(ctx, cfg.SkipCreateTable, "deliveries", "antidote.deliveries", t.name, d.steps()); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// CreateTableSQL returns the DDL the tracker runs on start (unless
-// SkipCreateTable), for schema migrations.
-func (d *DeliveryTracker) CreateTableSQL() string {
-	return `CREATE TABLE IF NOT EXISTS ` + d.t.ident + ` (
+// steps are the versions of the tracker's schema.
+func (d *DeliveryTracker) steps() []Migration {
+	return []Migration{{Version: 1, Description: "create the table (the schema before versions)", SQL: `CREATE TABLE IF NOT EXISTS ` + d.t.ident + ` (
   key        TEXT PRIMARY KEY,
   count      INTEGER NOT NULL,
   updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS ` + d.t.indexName("_updated_at_idx") + ` ON ` + d.t.ident + ` (updated_at);`
+CREATE INDEX IF NOT EXISTS ` + d.t.indexName("_updated_at_idx") + ` ON ` + d.t.ident + ` (updated_at);`}}
 }
+
+// CreateTableSQL returns the SQL of every migration (Migrations), which
+// creates the table or brings one of any earlier version up to date,
+// for teams that apply schema changes themselves. It records no version:
+// antidote migrate (or Migrate) does.
+func (d *DeliveryTracker) CreateTableSQL() string { return d.t.schema.SQL() }
+
+// Migrations returns every version of the tracker's schema, for its
+// configured table, in order.
+func (d *DeliveryTracker) Migrations() []Migration { return d.t.migrations() }
+
+// PendingMigrations returns the migrations not applied to the table yet,
+// changing nothing (no lock taken, no table created): what Migrate would
+// apply now. An error wrapping ErrSchemaTooNew says the table is newer
+// than this version of Antidote.
+func (d *DeliveryTracker) PendingMigrations(ctx context.Context) ([]Migration, error) {
+	return d.t.pending(ctx)
+}
+
+// Migrate applies the pending migrations, in one transaction under the
+// advisory lock the tracker takes on start, and returns them (none when
+// the table is current). The constructor does this unless SkipCreateTable.
+func (d *DeliveryTracker) Migrate(ctx context.Context) ([]Migration, error) { return d.t.migrate(ctx) }
 
 // Incr counts one more delivery of key and returns the new count.
 func (d *DeliveryTracker) Incr(ctx context.Context, key string) (int, error) {

@@ -32,9 +32,11 @@ type HospitalStoreConfig struct {
 	// Table is the prefix of the store's two tables, optionally
 	// schema-qualified. If Table is empty, "antidote_hospital".
 	Table string
-	// SkipCreateTable skips the CREATE TABLE IF NOT EXISTS of
-	// NewHospitalStore, for schemas managed by migrations (CreateTableSQL).
-	// If false, the store creates its tables on start.
+	// SkipCreateTable skips the migrations NewHospitalStore applies
+	// (creating the tables, upgrading those of an older version:
+	// HospitalStore.Migrate), for teams that apply them themselves (antidote
+	// migrate, or HospitalStore.Migrations in their own tool). If false, the zero
+	// value, the store migrates on start, which needs CREATE privilege.
 	SkipCreateTable bool
 }
 
@@ -85,16 +87,16 @@ func NewHospitalStore(ctx context.Context, cfg HospitalStoreConfig) (*HospitalSt
 		return pgx.Identifier(p).Sanitize()
 	}
 	s := &HospitalStore{t: t, letters: with("_letters"), group: with("_groups"), audit: with("_audit"), rates: with("_rates"), canaries: with("_canaries"), lettersName: parts[len(parts)-1] + "_letters"}
-	if err := t.setUp(ctx, cfg.SkipCreateTable, "antidote.hospital", s.CreateTableSQL()); err != nil {
+	if err := t.setUp(ctx, cfg.SkipCreateTable, "hospital", "antidote.hospital", cfg.Table+"_letters", s.steps()); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// CreateTableSQL is the DDL NewHospitalStore runs, for migrations.
-func (s *HospitalStore) CreateTableSQL() string {
+// steps are the versions of the store's schema.
+func (s *HospitalStore) steps() []Migration {
 	idx := func(suffix string) string { return pgx.Identifier{s.lettersName + suffix}.Sanitize() }
-	return `CREATE TABLE IF NOT EXISTS ` + s.letters + ` (
+	v1 := `CREATE TABLE IF NOT EXISTS ` + s.letters + ` (
   id               BIGSERIAL PRIMARY KEY,
   identity         TEXT NOT NULL UNIQUE,
   broker           TEXT NOT NULL,
@@ -167,7 +169,39 @@ CREATE TABLE IF NOT EXISTS ` + s.audit + ` (
   fingerprint TEXT NOT NULL,
   detail      TEXT NOT NULL
 )`
+	// Columns added after their tables were first created, by a CREATE
+	// TABLE IF NOT EXISTS that left existing tables without them.
+	v2 := `ALTER TABLE ` + s.letters + ` ADD COLUMN IF NOT EXISTS treated_at TIMESTAMPTZ;
+ALTER TABLE ` + s.letters + ` ADD COLUMN IF NOT EXISTS treated_by TEXT NOT NULL DEFAULT '';
+ALTER TABLE ` + s.group + ` ADD COLUMN IF NOT EXISTS consumer_version TEXT NOT NULL DEFAULT ''`
+	return []Migration{
+		{Version: 1, Description: "create the tables (the schema before versions)", SQL: v1},
+		{Version: 2, Description: "add the columns tables of the first schemas lack (letters.treated_at, letters.treated_by, groups.consumer_version)", SQL: v2},
+	}
 }
+
+// CreateTableSQL returns the SQL of every migration (Migrations), which
+// creates the tables or brings those of any earlier version up to date,
+// for teams that apply schema changes themselves. It records no version:
+// antidote migrate (or Migrate) does.
+func (s *HospitalStore) CreateTableSQL() string { return s.t.schema.SQL() }
+
+// Migrations returns every version of the store's schema, for its
+// configured table, in order.
+func (s *HospitalStore) Migrations() []Migration { return s.t.migrations() }
+
+// PendingMigrations returns the migrations not applied to the table yet,
+// changing nothing (no lock taken, no table created): what Migrate would
+// apply now. An error wrapping ErrSchemaTooNew says the table is newer
+// than this version of Antidote.
+func (s *HospitalStore) PendingMigrations(ctx context.Context) ([]Migration, error) {
+	return s.t.pending(ctx)
+}
+
+// Migrate applies the pending migrations, in one transaction under the
+// advisory lock the store takes on start, and returns them (none when
+// the table is current). The constructor does this unless SkipCreateTable.
+func (s *HospitalStore) Migrate(ctx context.Context) ([]Migration, error) { return s.t.migrate(ctx) }
 
 // text makes s storable in a TEXT column: PostgreSQL refuses NUL bytes
 // and invalid UTF-8, which a foreign producer's letter may carry; refusing

@@ -60,10 +60,11 @@ type IdempotencyStoreConfig struct {
 	// cancels and waits for; an idle store deletes nothing. Expired rows
 	// count as absent either way.
 	CleanupInterval time.Duration
-	// SkipCreateTable skips the CREATE TABLE IF NOT EXISTS done by
-	// NewIdempotencyStore, for schemas managed by migrations (see
-	// IdempotencyStore.CreateTableSQL). If false, the store creates the
-	// table on start.
+	// SkipCreateTable skips the migrations NewIdempotencyStore applies
+	// (creating the table, upgrading one of an older version:
+	// IdempotencyStore.Migrate), for teams that apply them themselves (antidote
+	// migrate, or IdempotencyStore.Migrations in their own tool). If false, the zero
+	// value, the store migrates on start, which needs CREATE privilege.
 	SkipCreateTable bool
 	// TxOptions are the options of RunTx's transactions. If TxOptions is
 	// zero, the server's default isolation applies (READ COMMITTED). Under
@@ -157,24 +158,46 @@ ins AS (
 SELECT l.locked, EXISTS (SELECT 1 FROM ins) FROM l`
 	s.txCompleteSQL = `UPDATE ` + t + ` SET completed = true, result = $3, expires_at = now() + $4::bigint * interval '1 microsecond'
 WHERE key = $1 AND token = $2`
-	if err := tb.setUp(ctx, cfg.SkipCreateTable, "antidote.idempotency", s.CreateTableSQL()); err != nil {
+	if err := tb.setUp(ctx, cfg.SkipCreateTable, "idempotency", "antidote.idempotency", tb.name, s.steps()); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// CreateTableSQL returns the DDL the store runs on start (unless
-// SkipCreateTable), for schema migrations.
-func (s *IdempotencyStore) CreateTableSQL() string {
-	return `CREATE TABLE IF NOT EXISTS ` + s.t.ident + ` (
+// steps are the versions of the store's schema.
+func (s *IdempotencyStore) steps() []Migration {
+	return []Migration{{Version: 1, Description: "create the table (the schema before versions)", SQL: `CREATE TABLE IF NOT EXISTS ` + s.t.ident + ` (
   key        TEXT PRIMARY KEY,
   token      TEXT NOT NULL,
   completed  BOOLEAN NOT NULL DEFAULT false,
   result     BYTEA,
   expires_at TIMESTAMPTZ NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ` + s.t.indexName("_expires_at_idx") + ` ON ` + s.t.ident + ` (expires_at);`
+CREATE INDEX IF NOT EXISTS ` + s.t.indexName("_expires_at_idx") + ` ON ` + s.t.ident + ` (expires_at);`}}
 }
+
+// CreateTableSQL returns the SQL of every migration (Migrations), which
+// creates the table or brings one of any earlier version up to date, for
+// teams that apply schema changes themselves. It records no version:
+// antidote migrate (or Migrate) does.
+func (s *IdempotencyStore) CreateTableSQL() string { return s.t.schema.SQL() }
+
+// Migrations returns every version of the store's schema, for its
+// configured table, in order.
+func (s *IdempotencyStore) Migrations() []Migration { return s.t.migrations() }
+
+// PendingMigrations returns the migrations not applied to the table yet,
+// changing nothing (no lock taken, no table created): what Migrate would
+// apply now. An error wrapping ErrSchemaTooNew says the table is newer
+// than this version of Antidote.
+func (s *IdempotencyStore) PendingMigrations(ctx context.Context) ([]Migration, error) {
+	return s.t.pending(ctx)
+}
+
+// Migrate applies the pending migrations, in one transaction under the
+// advisory lock the store takes on start, and returns them (none when
+// the table is current). The constructor does this unless SkipCreateTable.
+func (s *IdempotencyStore) Migrate(ctx context.Context) ([]Migration, error) { return s.t.migrate(ctx) }
 
 // Claim implements idempotency.Store.
 func (s *IdempotencyStore) Claim(ctx context.Context, key string, lease time.Duration) (idempotency.Claim, error) {

@@ -4,12 +4,27 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/antidote-mq/antidote/internal/pgmigrate"
 )
+
+// Migration is one version of a store's schema: the SQL that takes its
+// tables from the version before to this one. Each store's Migrations
+// lists them; version 1 is the schema the stores created before versions
+// existed (CREATE TABLE IF NOT EXISTS), so tables made then are adopted.
+type Migration = pgmigrate.Step
+
+// ErrSchemaTooNew is wrapped by a store's error when its tables are at a
+// schema version newer than this version of Antidote knows: a newer
+// version migrated them. The store refuses to start rather than run on a
+// schema it does not know; it never downgrades.
+var ErrSchemaTooNew = pgmigrate.ErrTooNew
 
 // DefaultCleanupInterval is how often, at most, a store whose rows expire
 // deletes expired rows when its config leaves CleanupInterval zero.
@@ -61,6 +76,7 @@ type table struct {
 	name     string // as configured, e.g. "ops.deliveries"
 	ident    string // sanitized, ready to splice into SQL
 	sweep    *sweeper
+	schema   pgmigrate.Schema // set by setUp
 }
 
 // openTable opens a pool for url when pool is nil. typ names the config in
@@ -92,21 +108,24 @@ func (t *table) indexName(suffix string) string {
 	return pgx.Identifier{parts[len(parts)-1] + suffix}.Sanitize()
 }
 
-// create runs ddl in a transaction that first takes an advisory lock on
-// (lockNS, table): concurrent CREATE TABLE IF NOT EXISTS can still fail
-// with a unique violation on pg_type, so creators of one table take turns.
-func (t *table) create(ctx context.Context, lockNS, ddl string) error {
-	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))`, lockNS, t.name); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, ddl)
-		return err
-	})
+// migrate applies the pending migrations of t's schema (see
+// internal/pgmigrate: under the advisory lock (lockNS, table) the stores
+// took before versions existed, so replicas and older binaries take turns).
+func (t *table) migrate(ctx context.Context) ([]Migration, error) {
+	applied, err := t.schema.Migrate(ctx, t.pool)
 	if err != nil {
-		return fmt.Errorf("pgstore: %s: create table %s (needs CREATE privilege; or create it with CreateTableSQL and set SkipCreateTable): %w", t.what, t.ident, err)
+		return nil, fmt.Errorf("pgstore: %s: migrate %s (needs CREATE privilege; or run antidote migrate and set SkipCreateTable): %w", t.what, t.ident, err)
 	}
-	return nil
+	return applied, nil
+}
+
+// pending returns the migrations migrate would apply, changing nothing.
+func (t *table) pending(ctx context.Context) ([]Migration, error) {
+	p, err := t.schema.Pending(ctx, t.pool)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: %s: pending migrations of %s: %w", t.what, t.ident, err)
+	}
+	return p, nil
 }
 
 // closed reports whether close was called.
@@ -129,14 +148,20 @@ func (t *table) close() {
 	}
 }
 
-// setUp creates the table unless skip; on failure it closes t.
-func (t *table) setUp(ctx context.Context, skip bool, lockNS, ddl string) error {
+// setUp records the store's schema (probe: its table whose absence means
+// none of its tables are there) and, unless skip, migrates it; on failure
+// it closes t.
+func (t *table) setUp(ctx context.Context, skip bool, component, lockNS, probe string, steps []Migration) error {
+	t.schema = pgmigrate.Schema{Component: component, Name: t.name, LockNS: lockNS, Probe: probe, What: t.what, Steps: steps}
 	if skip {
 		return nil
 	}
-	if err := t.create(ctx, lockNS, ddl); err != nil {
+	if _, err := t.migrate(ctx); err != nil {
 		t.close()
 		return err
 	}
 	return nil
 }
+
+// migrations is a copy of t's schema steps.
+func (t *table) migrations() []Migration { return slices.Clone(t.schema.Steps) }

@@ -2,6 +2,7 @@
 //
 //	antidote devkafka --addr 127.0.0.1:9092 --partitions 4
 //	antidote dlq list|group|show|replay|purge --topic orders
+//	antidote migrate --dry-run
 //	antidote --version
 //
 // Its exit codes are documented in exitCodesHelp.
@@ -43,7 +44,8 @@ const exitCodesHelp = `Exit codes:
   2  bad usage: unknown command, unknown flag, bad flag value, bad config
   3  nothing matched: list or group found no letter, show found no letter
      with that UUID, replay or purge selected none (also with --dry-run)
-  4  broker unreachable: no broker answered within connect_timeout
+  4  broker unreachable: no broker answered within connect_timeout (for
+     migrate: the database did not answer)
   5  partly done: replay or purge treated what it could and left some
      selected letters dead, each reported with the reason (no original
      topic, malformed metadata, its claim gone); or another treatment of
@@ -168,8 +170,9 @@ func newRootCmd() *cobra.Command {
 		Use:   "antidote",
 		Short: "Tools for Antidote, the poison-pill cure for Watermill services",
 		Long: `Tools for Antidote, the poison-pill cure for Watermill services: the message
-hospital (antidote dlq) and an embedded Kafka-protocol broker for development
-(antidote devkafka).
+hospital (antidote dlq), an embedded Kafka-protocol broker for development
+(antidote devkafka) and the schema migrations of Antidote's PostgreSQL tables
+(antidote migrate).
 
 ` + exitCodesHelp,
 		Example: `  # Which dead letters does the orders service have, and why?
@@ -177,6 +180,9 @@ hospital (antidote dlq) and an embedded Kafka-protocol broker for development
 
   # A Kafka-protocol broker on 127.0.0.1:9092 for local development
   antidote devkafka
+
+  # Which schema changes would the PostgreSQL tables get? (applies nothing)
+  antidote migrate --postgres-url postgres://admin@db:5432/app --dry-run
 
   # Which build is this?
   antidote --version`,
@@ -188,7 +194,7 @@ hospital (antidote dlq) and an embedded Kafka-protocol broker for development
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
-	root.AddCommand(newDevKafkaCmd(), newDLQCmd(), newHospitalCmd())
+	root.AddCommand(newDevKafkaCmd(), newDLQCmd(), newHospitalCmd(), newMigrateCmd())
 	return root
 }
 

@@ -208,7 +208,7 @@ func TestHelpHasExamples(t *testing.T) {
 		if code != exitOK || !strings.Contains(out, "Examples:") || !strings.Contains(out, "  "+c.CommandPath()) {
 			t.Errorf("%s --help: exit code %d, no examples running it:\n%s", c.CommandPath(), code, out)
 		}
-		if c.Name() == "antidote" || c.Name() == "dlq" || c.Name() == "hospital" {
+		if c.Name() == "antidote" || c.Name() == "dlq" || c.Name() == "hospital" || c.Name() == "migrate" {
 			for _, w := range []string{"Exit codes:", "2  bad usage", "3  nothing matched", "4  broker unreachable"} {
 				if !strings.Contains(out, w) {
 					t.Errorf("%s --help lacks %q", c.CommandPath(), w)
@@ -220,7 +220,7 @@ func TestHelpHasExamples(t *testing.T) {
 		}
 	}
 	walk(newRootCmd())
-	if len(seen) != 10 { // antidote, dlq and its five subcommands, hospital and its two
+	if len(seen) != 11 { // antidote, dlq and its five subcommands, hospital and its two, migrate
 		t.Errorf("walked %v", seen)
 	}
 	if _, out, _ := runCode(t, "", "dlq", "show", "--help"); !strings.Contains(out, "--full") {

@@ -54,7 +54,8 @@ func Name(t testing.TB, prefix string) string {
 	return table
 }
 
-// drop removes every table named table_*.
+// drop removes every table named table_*, and its row in the shared
+// version table.
 func drop(t testing.TB, url, table string) {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
@@ -77,5 +78,8 @@ func drop(t testing.TB, url, table string) {
 		if _, err := conn.Exec(ctx, `DROP TABLE IF EXISTS `+pgx.Identifier{n}.Sanitize()+` CASCADE`); err != nil {
 			t.Logf("hospital store table %s: not dropped: %v", n, err)
 		}
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM antidote_schema_versions WHERE component = 'hospital' AND name = $1`, table); err != nil {
+		t.Logf("hospital store %s: version row not deleted: %v", table, err)
 	}
 }
