@@ -93,11 +93,22 @@ type KafkaConfig struct {
 	// committed per group, and only for acked messages.
 	ConsumerGroup string `yaml:"consumer_group"`
 
-	// Partitions for topics the adapter creates (the embedded broker's
-	// auto-created topics and SubscribeInitialize). Default 4.
+	// Partitions of the topics the adapter creates: a topic it subscribes
+	// or publishes to that does not exist yet (created before the first
+	// Subscribe or Publish of this process, so that no consumer or
+	// producer has the broker auto-create it with its own defaults), the
+	// DLQ topics, the embedded broker's auto-created topics and
+	// SubscribeInitialize's. A topic that exists is left as it is, whatever
+	// its partitions. Default 4. More partitions let more consumers of a
+	// group share a topic (at most one per partition) and, with
+	// Concurrency 1, more messages run at once; a key stays in one
+	// partition, so its order holds either way. Adding partitions later
+	// moves keys to other partitions, so choose before the first run.
 	Partitions int `yaml:"partitions"`
 
-	// ReplicationFactor for topics the adapter creates. Default 1.
+	// ReplicationFactor of the topics the adapter creates (see
+	// Partitions). Default 1: right for one broker, and for nothing else
+	// in production, where 3 keeps a topic through a broker's loss.
 	ReplicationFactor int `yaml:"replication_factor"`
 
 	// InitialOffset is where a new consumer group starts: "oldest" (default;
@@ -166,6 +177,20 @@ type KafkaConfig struct {
 	// means a crashed consumer's partitions move sooner; too short makes
 	// slow handlers lose their partitions.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+
+	// RebalanceTimeout is how long the group coordinator waits, once a
+	// rebalance starts, for the members to rejoin (each first finishing
+	// the messages it holds) before it drops those that have not. Default
+	// 60s (Sarama's), or SessionTimeout if longer; at least SessionTimeout,
+	// at most 30m. The
+	// consumers' network read timeout follows it (RebalanceTimeout + 5s,
+	// at least Sarama's 30s): a JoinGroup is answered only when the
+	// rebalance ends, and a client that gave up on it first would rejoin
+	// as a new member while the group waited for the old one. Longer
+	// gives slow handlers time to finish before a rebalance, but a
+	// rebalance waiting on a dead member, and a broker that stops
+	// answering, take that long to be noticed; shorter is the reverse.
+	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"`
 
 	// ClientID identifies this process to the brokers. Default "antidote".
 	ClientID string `yaml:"client_id"`
@@ -321,6 +346,12 @@ const (
 	DefaultPostgresURL    = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	DefaultKafkaVersion   = "2.1.0"
 
+	DefaultKafkaRebalanceTimeout = 60 * time.Second
+	// MaxKafkaRebalanceTimeout bounds kafka.rebalance_timeout: the
+	// consumers' read timeout follows it, and a dead broker connection
+	// would go unnoticed that long.
+	MaxKafkaRebalanceTimeout = 30 * time.Minute
+
 	DefaultKafkaMaxMessageBytes    = 1 << 20
 	DefaultKafkaReadAheadBytes     = 64 << 20
 	DefaultAMQPMaxMessageBytes     = 128 << 20
@@ -368,6 +399,9 @@ func (c *Config) SetDefaults() {
 	}
 	if k.SessionTimeout == 0 {
 		k.SessionTimeout = 10 * time.Second
+	}
+	if k.RebalanceTimeout == 0 {
+		k.RebalanceTimeout = max(DefaultKafkaRebalanceTimeout, k.SessionTimeout)
 	}
 	if k.ClientID == "" {
 		k.ClientID = "antidote"
@@ -469,6 +503,12 @@ func (c Config) Validate() error {
 		}
 		if k.SessionTimeout < time.Second {
 			bad("kafka.session_timeout", "%s is under 1s; use a duration such as 10s", k.SessionTimeout)
+		}
+		switch {
+		case k.RebalanceTimeout < k.SessionTimeout:
+			bad("kafka.rebalance_timeout", "%s is under kafka.session_timeout (%s): the members of a rebalance would be dropped before a dead one is noticed; use at least the session timeout, e.g. 60s", k.RebalanceTimeout, k.SessionTimeout)
+		case k.RebalanceTimeout > MaxKafkaRebalanceTimeout:
+			bad("kafka.rebalance_timeout", "%s is over %s: the consumers' read timeout follows it, and a dead broker would go unnoticed that long; use e.g. 60s", k.RebalanceTimeout, MaxKafkaRebalanceTimeout)
 		}
 		if k.NackResendSleep < 0 {
 			bad("kafka.nack_resend_sleep", "%s is negative; use a positive duration", k.NackResendSleep)

@@ -41,6 +41,12 @@ func TestValidateRejectsWithFieldAndFix(t *testing.T) {
 		{"postgres conns", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.MaxConns = -1 }, []string{"postgres.max_conns"}},
 		{"kafka commit interval", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.CommitInterval = -time.Second }, []string{"kafka.commit_interval"}},
 		{"kafka session timeout", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.SessionTimeout = time.Millisecond }, []string{"kafka.session_timeout", "10s"}},
+		{"kafka rebalance under session", func(c *adapters.Config) {
+			c.Broker = "kafka"
+			c.Kafka.SessionTimeout = 20 * time.Second
+			c.Kafka.RebalanceTimeout = 15 * time.Second
+		}, []string{"kafka.rebalance_timeout", "kafka.session_timeout", "60s"}},
+		{"kafka rebalance too long", func(c *adapters.Config) { c.Broker = "kafka"; c.Kafka.RebalanceTimeout = time.Hour }, []string{"kafka.rebalance_timeout", "30m0s"}},
 		{"postgres batch", func(c *adapters.Config) { c.Broker = "postgres"; c.Postgres.BatchSize = -1 }, []string{"postgres.batch_size"}},
 		{"memory buffer", func(c *adapters.Config) { c.Memory.OutputBuffer = -1 }, []string{"memory.output_buffer"}},
 		{"no broker", func(c *adapters.Config) { c.Broker = "" }, []string{"broker", "is not set", "memory keeps messages in this process only"}},

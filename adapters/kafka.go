@@ -83,6 +83,14 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	sc.Consumer.Offsets.AutoCommit.Interval = k.CommitInterval
 	sc.Consumer.Group.Session.Timeout = k.SessionTimeout
 	sc.Consumer.Group.Heartbeat.Interval = k.SessionTimeout / 3
+	sc.Consumer.Group.Rebalance.Timeout = k.RebalanceTimeout
+	// The coordinator answers a JoinGroup only when the rebalance ends,
+	// up to the rebalance timeout later. With Sarama's 30s read timeout
+	// under the 60s rebalance timeout a client gave up on its JoinGroup,
+	// closed the connection and joined again as a new member, which
+	// restarted the rebalance while the group waited for the old one
+	// (issue 24: a group stuck in PreparingRebalance).
+	sc.Net.ReadTimeout = max(k.RebalanceTimeout+kafkaReadSlack, minKafkaReadTimeout)
 	sc.Producer.Return.Successes = true
 	sc.Producer.Return.Errors = true
 	// A publish is done only when every in-sync replica has it.
@@ -97,7 +105,34 @@ func SaramaConfig(cfg Config) (*sarama.Config, error) {
 	if k.ConfigureSarama != nil {
 		k.ConfigureSarama(sc)
 	}
+	if err := checkGroupTimeouts(sc); err != nil {
+		return nil, err
+	}
 	return sc, nil
+}
+
+// kafkaReadSlack is what the read timeout leaves the coordinator beyond the
+// rebalance timeout to answer a JoinGroup, and minKafkaReadTimeout keeps
+// Sarama's default for every other request.
+const (
+	kafkaReadSlack      = 5 * time.Second
+	minKafkaReadTimeout = 30 * time.Second
+)
+
+// checkGroupTimeouts refuses group timeouts (as ConfigureSarama may have
+// left them) under which a consumer group does not settle: a heartbeat
+// interval that lets the session expire between two heartbeats lost or
+// late, or a read timeout that gives up on a JoinGroup before the
+// rebalance ends.
+func checkGroupTimeouts(sc *sarama.Config) error {
+	g := sc.Consumer.Group
+	if hb, st := g.Heartbeat.Interval, g.Session.Timeout; hb <= 0 || hb > st/3 {
+		return fmt.Errorf("%w: Sarama Consumer.Group.Heartbeat.Interval %s is not within a third of Consumer.Group.Session.Timeout %s (kafka.session_timeout sets both): a member would be dropped after one late heartbeat", ErrInvalidConfig, hb, st)
+	}
+	if rt, rb := sc.Net.ReadTimeout, g.Rebalance.Timeout; rt <= rb {
+		return fmt.Errorf("%w: Sarama Net.ReadTimeout %s is not above Consumer.Group.Rebalance.Timeout %s (kafka.rebalance_timeout sets both): a consumer would give up its JoinGroup before the rebalance ends and join again as a new member", ErrInvalidConfig, rt, rb)
+	}
+	return nil
 }
 
 // orderedFetchWait is the key-ordered subscriber's fetch long-poll

@@ -96,7 +96,8 @@ type kafkaPublisher struct {
 	admin     sarama.ClusterAdmin
 	adminErr  error
 	mu        sync.Mutex
-	ready     map[string]bool // letter topics checked
+	ready     map[string]bool       // letter topics checked
+	topics    map[string]topicState // source topics checked (ensureTopic)
 
 	gate closeGate
 }
@@ -125,6 +126,8 @@ func (p *kafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 			return err
 		}
 		p.ensureLetterTopic(topic)
+	} else {
+		p.ensureTopic(topic)
 	}
 	err := pub.Publish(topic, msgs...)
 	if letters && errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
@@ -334,6 +337,9 @@ func (s kafkaSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 			dlq += antidote.DeadLetterSuffix
 		}
 		s.pub.ensureLetterTopic(dlq)
+	}
+	if !strings.HasSuffix(topic, antidote.DeadLetterSuffix) {
+		s.pub.ensureTopic(topic) // a DLQ topic was made just above
 	}
 	if s.ordered != nil {
 		return s.ordered.Subscribe(ctx, topic)

@@ -140,8 +140,18 @@ func Start(cfg Config) (*Broker, error) {
 		}
 	}
 	b := &Broker{}
+	var tlsCfg *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("devkafka: TLS certificate %s and key %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	// kfake always binds 127.0.0.1; honour the host the user asked for,
 	// and keep each broker's connections so that StopBroker can cut them.
+	// TLS is served here rather than by kfake.TLS, under groupListener,
+	// which must read the requests in the clear.
 	listen := func(network, address string) (net.Listener, error) {
 		_, p, err := net.SplitHostPort(address)
 		if err != nil {
@@ -151,7 +161,10 @@ func Start(cfg Config) (*Broker, error) {
 		if err != nil {
 			return nil, err
 		}
-		tl := &trackingListener{Listener: ln, conns: map[net.Conn]struct{}{}}
+		if tlsCfg != nil {
+			ln = tls.NewListener(ln, tlsCfg)
+		}
+		tl := &trackingListener{Listener: groupListener(ln), conns: map[net.Conn]struct{}{}}
 		b.lns = append(b.lns, tl)
 		return tl, nil
 	}
@@ -165,13 +178,6 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	if cfg.SASLMechanism != "" {
 		opts = append(opts, kfake.EnableSASL(), kfake.Superuser(cfg.SASLMechanism, cfg.SASLUser, cfg.SASLPassword))
-	}
-	if cfg.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("devkafka: TLS certificate %s and key %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
-		}
-		opts = append(opts, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 	}
 	if cfg.DataDir != "" {
 		lock, err := lockDataDir(cfg.DataDir)

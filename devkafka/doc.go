@@ -42,6 +42,24 @@
 //   - Records deleted with DeleteRecords can come back after a kill (kfake
 //     saves the log start offset only on Close); group members rejoin.
 //
+// # Consumer groups
+//
+// A classic group member whose client went away while it waited in its
+// first JoinGroup (a worker SIGKILLed as it joined, a client that gave up
+// on the JoinGroup and joined again) expires after its session timeout, as
+// on Kafka. kfake on its own starts a member's session timer only when its
+// join answer reaches the connection; against a closed one that is a coin
+// toss, and a member that lost it stayed in the group for good, holding
+// partitions no one consumed, or, with clients joining again and again
+// (each new join restarts kfake's rebalance deadline), keeping the group in
+// PreparingRebalance. devkafka serves the connections itself (and their
+// TLS) and hides a client's close from kfake until kfake has answered the
+// connection's JoinGroup and SyncGroup requests (groupconn.go).
+//
+// Still unlike Kafka: kfake keeps a member's session timer running while it
+// waits in a JoinGroup, so a rebalance that waits longer than the session
+// timeout for a slow member drops the members already waiting.
+//
 // A directory left by a devkafka before these guarantees (issue 24: it
 // forgot auto-created topics on a kill) is repaired at Start: a topic the
 // topic list lacks but whose records are on disk is listed again with

@@ -49,7 +49,8 @@ func KafkaCluster(partitions int) Option {
 			t.Fatal(err)
 		}
 		t.Cleanup(k.Close)
-		c.Kafka = adapters.KafkaConfig{Brokers: k.Addrs(), NackResendSleep: c.Kafka.NackResendSleep}
+		// The adapter creates the topics it uses with kafka.partitions.
+		c.Kafka = adapters.KafkaConfig{Brokers: k.Addrs(), Partitions: partitions, NackResendSleep: c.Kafka.NackResendSleep}
 	}
 }
 
