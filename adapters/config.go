@@ -1,6 +1,3 @@
-// Package adapters turns one Config into a Watermill Publisher and Subscriber
-// for memory (gochannel), Kafka, RabbitMQ (AMQP) or a PostgreSQL-backed queue,
-// so the same handler runs on any of them, picked by configuration.
 package adapters
 
 import (

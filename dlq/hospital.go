@@ -1,34 +1,3 @@
-// Package dlq is the message hospital over a broker's DLQs: list, group,
-// show, replay and purge the dead letters of a topic, on Kafka, RabbitMQ or
-// PostgreSQL, through the same adapters.Config the services use, or through
-// the hospital store the letters were ingested into (Config.Store).
-//
-// It is one hospital with the store's: each DLQ read directly is a
-// hospital.Ward, letters are hospital.Letters grouped by fingerprint
-// (hospital.GroupLetters: the groups the web UI shows for the same letters),
-// and replay and purge are hospital.Replay and hospital.Purge, so every
-// letter gets exactly one fate, replayed, purged or still dead, however
-// many treatments run at once and however often one is repeated:
-//
-//   - Kafka: nothing can be removed from a topic, so the hospital keeps
-//     its own consumer-group offset on the DLQ topic (Config.KafkaGroup):
-//     letters before it are resolved; letters resolved out of order (a
-//     filtered replay) are listed in that offset's commit metadata. A
-//     treatment takes the DLQ with a transactional producer whose id names
-//     it: a replay and the offset that resolves its letter commit in one
-//     transaction, and a second treatment of the same DLQ fences the first,
-//     which stops (hospital.ErrTakenOver) with what it treated committed.
-//     Consumers read replays with read_committed (Open's do).
-//   - RabbitMQ: a treatment holds the letters it read (unacked) until it
-//     is closed: no other treatment can take them meanwhile; a replayed or
-//     purged letter is acked, the rest go back to the queue.
-//   - PostgreSQL: each letter is a row of the DLQ's queue table, locked
-//     (FOR UPDATE SKIP LOCKED), replayed into its topic's table and deleted
-//     in one transaction.
-//
-// A letter that cannot be treated (no original topic, malformed metadata,
-// its claim gone) is reported with the reason and left dead; the others go
-// on. Listing never changes anything but RabbitMQ's redelivered flag.
 package dlq
 
 import (

@@ -1,17 +1,3 @@
-// Package fingerprint groups dead letters by cause. A letter's fingerprint
-// is made of what stays the same when the same bug hits different messages
-// (the handler, the reason, the error's type, the first stack frame in
-// application code, the error message with its ids and numbers taken out,
-// the payload's shape, the producing service) and leaves out what changes
-// from one message to the next (ids, amounts, timestamps, addresses, line
-// numbers) and from one process to the next: the producer's instance (a
-// host and pid, a pod name) is not part of it, so one bug published by
-// four replicas of "billing" is one group, not four.
-// Two letters share a group exactly when their fingerprints are equal.
-//
-// It is the grouping of the message hospital, the way ServicePulse groups
-// failed messages by exception type and stack, and it imports nothing that
-// talks to a broker.
 package fingerprint
 
 import (

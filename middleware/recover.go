@@ -1,7 +1,3 @@
-// Package middleware turns each Antidote concern into a Watermill
-// message.HandlerMiddleware: Recover, Retry and DeadLetter here, the
-// crash-loop guard and others alongside. See docs/design.md ("Middleware order")
-// for the order they are meant to be stacked in.
 package middleware
 
 import (

@@ -1,9 +1,3 @@
-// Package poison defines what a poison message is: how errors are classified
-// (permanent vs transient), why a message was dead-lettered (Reason), and the
-// DLQ envelope that records where it came from and what went wrong.
-//
-// The package only describes; it never retries, publishes or sleeps. The
-// middleware package acts on these descriptions.
 package poison
 
 import (

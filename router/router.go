@@ -1,26 +1,3 @@
-// Package router builds a Watermill message.Router with Antidote's standard
-// middleware stack from one Config. Handlers stay plain Watermill handlers:
-// register them on the returned router as usual, and every one of them is
-// guarded.
-//
-// The stack, outermost first (see docs/design.md for why this order):
-//
-//	Tracing → Metrics → [FloodGuard] → CrashLoopGuard → DeadLetter → Breaker
-//	  → [DelayedRetry] → Retry → [Idempotency] → [Throttle] → Recover → handler
-//
-// (bracketed pieces are on when configured). Config.Consumer names the
-// consumer (system, group, address, version) once for every piece; a
-// piece's own field overrides it. Above Tracing sit Watermill's
-// Recoverer and a private step (internal/stack) that grows each message
-// goroutine's stack once instead of step by step deep in the chain.
-// The breaker sits above DelayedRetry: a message moved to a retry stage is
-// settled, not failed, so only a message that exhausted every stage counts
-// against the breaker, and only that one is ever held back.
-//
-// A handler that fails permanently, panics, exhausts its retries, comes from
-// an undecodable record, or keeps killing the process ends in the DLQ topic
-// with an envelope saying why; the original is acked only once the letter is
-// published. Nothing else acks a failed message.
 package router
 
 import (

@@ -1,11 +1,3 @@
-// Command antidote is Antidote's command-line tool.
-//
-//	antidote devkafka --addr 127.0.0.1:9092 --partitions 4
-//	antidote dlq list|group|show|replay|purge --topic orders
-//	antidote migrate --dry-run
-//	antidote --version
-//
-// Its exit codes are documented in exitCodesHelp.
 package main
 
 import (

@@ -1,21 +1,3 @@
-// Package web is the message hospital's web UI and JSON API: groups of dead
-// letters sorted by what is failing now, each group's letters, each
-// letter's envelope, payload, trace and history, and buttons to replay or
-// purge a group or a letter, each behind a confirmation page that says
-// exactly what will happen.
-//
-// Pages are rendered on the server with html/template (every value is
-// escaped), from templates embedded in the binary; the UI runs no
-// JavaScript at all, so its Content-Security-Policy allows none. Access is
-// by a token (Config.Token), sent as "Authorization: Bearer <token>", as
-// the password of HTTP basic auth (the user name is the actor in the
-// audit), or typed once into the login form, which sets an HttpOnly,
-// SameSite=Strict cookie holding a random session id (never the token).
-// Every state-changing request passes net/http.CrossOriginProtection and,
-// unless it carries a bearer token, a per-session CSRF token; every replay
-// and purge is written to the store's audit table with who did it.
-//
-// New returns an http.Handler; antidote hospital serve listens with it.
 package web
 
 import (

@@ -109,11 +109,23 @@ func child(t *testing.T, mode string, kind adapters.Kind, env []string, args ...
 // cluster). extra are more devkafka flags.
 func devKafka(t *testing.T, extra ...string) string {
 	t.Helper()
+	return devKafkaOf(t, antidoteBin(t), extra...)
+}
+
+// antidoteBin builds the antidote CLI into the test's temporary directory.
+func antidoteBin(t *testing.T) string {
+	t.Helper()
 	bin := t.TempDir() + "/antidote"
 	build := exec.Command("go", "build", "-o", bin, "github.com/antidote-mq/antidote/cmd/antidote")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build antidote: %v\n%s", err, out)
 	}
+	return bin
+}
+
+// devKafkaOf is devKafka with the antidote binary bin.
+func devKafkaOf(t *testing.T, bin string, extra ...string) string {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"devkafka", "--addr", "127.0.0.1:0", "--partitions", "4"}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

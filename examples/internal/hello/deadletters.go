@@ -25,12 +25,12 @@ type Letter struct {
 // and appends it to --dlq-out, after the broker accepted it.
 type letterPublisher struct {
 	message.Publisher
-	onLetter func(*message.Message)
+	onLetter func(topic string, m *message.Message)
 	mu       sync.Mutex
 	out      *os.File
 }
 
-func newLetterPublisher(p message.Publisher, path string, onLetter func(*message.Message)) (*letterPublisher, error) {
+func newLetterPublisher(p message.Publisher, path string, onLetter func(topic string, m *message.Message)) (*letterPublisher, error) {
 	lp := &letterPublisher{Publisher: p, onLetter: onLetter}
 	if path != "" {
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -56,7 +56,7 @@ func (p *letterPublisher) Publish(topic string, msgs ...*message.Message) error 
 		return err
 	}
 	for _, m := range msgs {
-		p.onLetter(m)
+		p.onLetter(topic, m)
 		if p.out != nil {
 			if err := p.write(m); err != nil {
 				return fmt.Errorf("--dlq-out: %w", err)

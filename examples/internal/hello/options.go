@@ -32,6 +32,13 @@ type Options struct {
 	Concurrency  int
 }
 
+// DefaultPoisonEvery is --poison-every's default: the first run shows the
+// incident the project exists for. With the default 1000 messages it makes
+// four poison pills, one of each kind (the first the JSON object missing its
+// closing brace), three of them dead-lettered; --poison-every 0 is a clean
+// run.
+const DefaultPoisonEvery = 250
+
 // ParseFlags reads args (without the program name).
 func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	var o Options
@@ -43,7 +50,7 @@ func ParseFlags(name string, args []string, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.Idle, "idle", 5*time.Second, "a consumer exits when nothing new arrived for this long")
 	fs.BoolVar(&o.JSON, "json", false, "print the summary as one JSON object, the last line on stdout")
 	fs.StringVar(&o.Config, "config", "", "adapters YAML config file (env ANTIDOTE_* overrides it)")
-	fs.IntVar(&o.PoisonEvery, "poison-every", 0, "make every Kth message poison, rotating: malformed JSON, wrong types, a handler panic, transient twice then fine (0: none)")
+	fs.IntVar(&o.PoisonEvery, "poison-every", DefaultPoisonEvery, "make every Kth message poison, rotating: malformed JSON, wrong types, a handler panic, transient twice then fine; the default puts four among the default 1000 messages (0: none, a clean run)")
 	fs.IntVar(&o.StuckEvery, "stuck-every", 0, "make every Kth message fail transiently on every attempt: the breaker holds it, then dead-letters it as retries_exhausted (0: none)")
 	fs.StringVar(&o.Input, "input", "", "publish each line of FILE as one payload, raw bytes (instead of --messages generated ones)")
 	fs.StringVar(&o.CrashOn, "crash-on", "", "the handler calls os.Exit(3) on a payload containing this, to show crash-loop quarantine")

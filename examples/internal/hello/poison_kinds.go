@@ -5,7 +5,7 @@ import "fmt"
 // The poison --poison-every publishes, in rotation. Each is a real failure
 // mode: bad bytes, a schema mismatch, a handler bug, a flaky dependency.
 const (
-	KindMalformed  = iota // missing closing brace: permanent
+	KindMalformed  = iota // a JSON object missing its closing brace: permanent
 	KindWrongTypes        // user_id a string, msg a bool: permanent
 	KindPanic             // triggers a handler bug: panic
 	KindTransient         // the sink fails twice, then the write succeeds
@@ -31,7 +31,8 @@ func StuckPayload(n int) []byte {
 func PoisonPayload(kind, n int) []byte {
 	switch kind % numKinds {
 	case KindMalformed:
-		return fmt.Appendf(nil, `{"user_id":%d,"msg":"Hello World"`, n)
+		// As such a payload is usually met: hand-written, cut short.
+		return fmt.Appendf(nil, `{"user_id":%d, "msg":"Hello World"`, n)
 	case KindWrongTypes:
 		return fmt.Appendf(nil, `{"user_id":"%d","msg":true}`, n)
 	case KindPanic:
@@ -60,14 +61,46 @@ func ExpectedDeadLetters(n, k int) int { return ExpectedDeadLettersStuck(n, k, 0
 // ExpectedDeadLettersStuck is ExpectedDeadLetters with --stuck-every s too:
 // every stuck message, and every poison message not replaced by a stuck one.
 func ExpectedDeadLettersStuck(n, k, s int) int {
-	dead := 0
+	p := CountPills(n, k, s)
+	return p.Total() - p.Kinds[KindTransient]
+}
+
+// KindNames describe the poison kinds, indexed by kind, in the words of the
+// run's summary.
+var KindNames = [numKinds]string{
+	KindMalformed:  "malformed JSON (an object missing its closing brace)",
+	KindWrongTypes: "with wrong types",
+	KindPanic:      "triggering a handler panic",
+	KindTransient:  "failing transiently twice (retried, then processed)",
+}
+
+// Pills is what the producer of n generated messages mixes into the flood
+// with --poison-every k and --stuck-every s: how many of each poison kind,
+// and how many stuck messages.
+type Pills struct {
+	Kinds [numKinds]int
+	Stuck int
+}
+
+// Total is the number of poison and stuck messages.
+func (p Pills) Total() int {
+	n := p.Stuck
+	for _, c := range p.Kinds {
+		n += c
+	}
+	return n
+}
+
+// CountPills counts the pills payloadFor makes among messages 1..n.
+func CountPills(n, k, s int) Pills {
+	var p Pills
 	for i := 1; i <= n; i++ {
 		switch {
 		case s > 0 && i%s == 0:
-			dead++
-		case k > 0 && i%k == 0 && (i/k-1)%numKinds != KindTransient:
-			dead++
+			p.Stuck++
+		case k > 0 && i%k == 0:
+			p.Kinds[(i/k-1)%numKinds]++
 		}
 	}
-	return dead
+	return p
 }

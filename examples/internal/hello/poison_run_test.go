@@ -74,7 +74,7 @@ func TestDuplicatesSkippedByKey(t *testing.T) {
 	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
 		t.Run(string(kind), func(t *testing.T) {
 			needBroker(t, kind)
-			s, stderr, code := runExample(t, kind, "--messages", "1000", "--duplicate-every", "10", "--topic", topic(t), "--json")
+			s, stderr, code := runExample(t, kind, "--messages", "1000", "--duplicate-every", "10", "--poison-every", "0", "--topic", topic(t), "--json")
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, stderr)
 			}

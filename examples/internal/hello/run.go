@@ -47,6 +47,10 @@ type Summary struct {
 	// another of their key was running. It must be 0.
 	OrderViolations int64 `json:"order_violations"`
 	ElapsedMS       int64 `json:"elapsed_ms"`
+	// DeadLetterReasons counts DeadLettered by the letters' reason
+	// (antidote.reason: permanent, panic, retries_exhausted, ...); absent
+	// when nothing was dead-lettered.
+	DeadLetterReasons map[string]int64 `json:"dead_letter_reasons,omitempty"`
 }
 
 // runKey marks which run published a message, so a run with --role all
@@ -82,7 +86,7 @@ func Run(ctx context.Context, kind adapters.Kind, args []string, stdout, stderr 
 		}
 		return 2
 	}
-	r := &run{opts: opts, kind: kind, stdout: stdout, stderr: stderr, runID: watermill.NewShortUUID(), order: newOrderWatch()}
+	r := &run{opts: opts, args: args, kind: kind, stdout: stdout, stderr: stderr, runID: watermill.NewShortUUID(), order: newOrderWatch()}
 	if err := r.do(ctx); err != nil {
 		fmt.Fprintln(stderr, "error:", err)
 		return 1
@@ -92,6 +96,7 @@ func Run(ctx context.Context, kind adapters.Kind, args []string, stdout, stderr 
 
 type run struct {
 	opts           Options
+	args           []string // as given, for the summary's "run it again" line
 	kind           adapters.Kind
 	stdout, stderr io.Writer
 	runID          string
@@ -114,6 +119,8 @@ type run struct {
 	duplicates   atomic.Int64
 	failures     sync.Map // message UUID -> *atomic.Int32, for the transient poison
 	order        *orderWatch
+	letters      letterLog // what reached the DLQ, for the summary
+	broker       *adapters.Broker
 }
 
 func (r *run) logger() watermill.LoggerAdapter {
@@ -185,6 +192,7 @@ func (r *run) do(ctx context.Context) error {
 		return err
 	}
 	defer b.Close()
+	r.broker = b
 	where := b.Addr
 	if b.Embedded {
 		where += " (embedded broker in this process; set ANTIDOTE_KAFKA_BROKERS to use your own)"
@@ -241,7 +249,7 @@ func (r *run) do(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dlq, err := newLetterPublisher(b.Publisher, r.opts.DLQOut, func(m *message.Message) { r.count(m, &r.deadLettered) })
+	dlq, err := newLetterPublisher(b.Publisher, r.opts.DLQOut, r.letter)
 	if err != nil {
 		return err
 	}
@@ -508,14 +516,24 @@ func (r *run) handle(msg *message.Message) error {
 	return nil
 }
 
-// count adds msg to c once per message UUID; with --role all only this
-// run's messages count.
-func (r *run) count(msg *message.Message, c *atomic.Int64) {
+// count adds msg to c once per message UUID, and reports whether it did;
+// with --role all only this run's messages count.
+func (r *run) count(msg *message.Message, c *atomic.Int64) bool {
 	if r.opts.Role == "all" && msg.Metadata.Get(runKey) != r.runID {
-		return
+		return false
 	}
 	if _, dup := r.seen.LoadOrStore(msg.UUID, struct{}{}); !dup {
 		c.Add(1)
+		return true
+	}
+	return false
+}
+
+// letter counts a dead letter the broker accepted and keeps its reason and,
+// for the first few, what it was.
+func (r *run) letter(topic string, m *message.Message) {
+	if r.count(m, &r.deadLettered) {
+		r.letters.add(topic, m)
 	}
 }
 
@@ -566,6 +584,7 @@ func (r *run) snapshot() Summary {
 		OrderViolations:   r.order.violations.Load(),
 		DuplicatesSkipped: r.duplicates.Load(),
 		ElapsedMS:         time.Since(r.start).Milliseconds(),
+		DeadLetterReasons: r.letters.reasons(),
 	}
 }
 
@@ -578,6 +597,7 @@ func (r *run) summary() {
 	}
 	fmt.Fprintf(r.stdout, "%s: published %d, processed %d, dead-lettered %d, duplicates skipped %d, retries %d, order violations %d in %s\n",
 		s.Broker, s.Published, s.Processed, s.DeadLettered, s.DuplicatesSkipped, s.Retries, s.OrderViolations, time.Duration(s.ElapsedMS)*time.Millisecond)
+	r.incident(r.stdout, s)
 }
 
 // progress redraws one status line on stderr while it is a terminal; the

@@ -37,7 +37,10 @@ func runExample(t *testing.T, kind adapters.Kind, args ...string) (Summary, stri
 
 func topic(t *testing.T) string { return "hello_test_" + watermill.NewShortUUID() }
 
-// The contract's main job: every published message processed, on each broker.
+// The contract's main job, on each broker: by default the flood carries
+// poison (two pills in 500 messages: the malformed one and the wrong types),
+// dead-lettered, every other message processed; --poison-every 0 is a clean
+// run, every message processed.
 func TestRunAllRoles(t *testing.T) {
 	for _, kind := range []adapters.Kind{adapters.KindKafka, adapters.KindAMQP, adapters.KindPostgres} {
 		t.Run(string(kind), func(t *testing.T) {
@@ -46,8 +49,17 @@ func TestRunAllRoles(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("exit %d; stderr: %s", code, stderr)
 			}
-			if s.Broker != string(kind) || s.Published != 500 || s.Processed != 500 || s.DeadLettered != 0 {
-				t.Fatalf("summary %+v", s)
+			dead := int64(ExpectedDeadLetters(500, DefaultPoisonEvery))
+			if s.Broker != string(kind) || s.Published != 500 || dead != 2 || s.DeadLettered != dead || s.Processed != 500-dead ||
+				s.DeadLetterReasons["permanent"] != dead {
+				t.Fatalf("summary %+v, want %d dead-lettered as permanent", s, dead)
+			}
+			s, stderr, code = runExample(t, kind, "--messages", "500", "--poison-every", "0", "--json", "--topic", topic(t))
+			if code != 0 {
+				t.Fatalf("clean run: exit %d; stderr: %s", code, stderr)
+			}
+			if s.Published != 500 || s.Processed != 500 || s.DeadLettered != 0 || s.DeadLetterReasons != nil {
+				t.Fatalf("clean run: summary %+v", s)
 			}
 		})
 	}
@@ -71,8 +83,9 @@ func TestRunSeparateRoles(t *testing.T) {
 			if code != 0 || p.Published != 300 || p.Processed != 0 {
 				t.Fatalf("producer exit %d summary %+v; stderr: %s", code, p, stderr)
 			}
+			// The default poison: message 250, the malformed one.
 			c, stderr, code := runExample(t, kind, "--role", "consumer", "--idle", "2s", "--json", "--topic", tp)
-			if code != 0 || c.Processed != 300 || c.Published != 0 {
+			if code != 0 || c.Processed != 299 || c.DeadLettered != 1 || c.Published != 0 {
 				t.Fatalf("consumer exit %d summary %+v; stderr: %s", code, c, stderr)
 			}
 		})
