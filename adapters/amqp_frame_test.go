@@ -31,6 +31,7 @@ import (
 // Each without a connection made again while consuming: counted at a proxy
 // in front of the server.
 func TestAMQPHeaderFramesLargerThanTheDefault(t *testing.T) {
+	testenv.Integration(t)
 	r := testenv.StartRabbitMQWith(t, testenv.RabbitMQOptions{Conf: []string{"frame_max = 1048576"}})
 	u, err := url.Parse(r.URL)
 	if err != nil {

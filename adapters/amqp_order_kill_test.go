@@ -358,6 +358,7 @@ func runOrderKills(t *testing.T, quorum, sac bool, prefetch int) ([]orderRecord,
 // worker held a message, and the next worker's first message is the held
 // one, redelivered. Classic and quorum queues.
 func TestAMQPSingleActiveConsumerKeepsOrderAcrossKills(t *testing.T) {
+	testenv.Integration(t)
 	for _, quorum := range []bool{false, true} {
 		for _, prefetch := range []int{10, 0} {
 			t.Run(fmt.Sprintf("%s/prefetch_%d", queueKind(quorum), prefetch), func(t *testing.T) {

@@ -176,6 +176,7 @@ func TestYAMLRejectsUnknownKeys(t *testing.T) {
 // broker's restart) is connected to, not reported unreachable: exiting at
 // once would make a supervisor restart the consumer in a hot loop.
 func TestOpenWaitsForABrokerStartingLate(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range []adapters.Kind{adapters.KindAMQP, adapters.KindPostgres} {
 		t.Run(string(kind), func(t *testing.T) {
 			target, mk := "", func(string) adapters.Config { return adapters.Config{} }
@@ -212,6 +213,7 @@ func TestOpenWaitsForABrokerStartingLate(t *testing.T) {
 }
 
 func TestUnreachableBrokerFailsWithinTimeout(t *testing.T) {
+	testenv.Integration(t)
 	ln := freeClosedPort(t)
 	cases := []adapters.Config{
 		{Broker: adapters.KindKafka, Kafka: adapters.KafkaConfig{Brokers: []string{ln}}},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -505,6 +506,7 @@ func TestKafkaConcurrentNackBlocksOnlyItsKey(t *testing.T) {
 // Through the router: a poison message is dead-lettered without holding
 // back other keys, and the next message of its key runs after it.
 func TestKafkaConcurrentPoisonDeadLettered(t *testing.T) {
+	testenv.Integration(t)
 	const n, keys = 300, 10
 	b := openConcurrent(t, "poison-"+watermill.NewShortUUID(), 8, adapters.KafkaOrderingKey)
 	topic := "poison_" + watermill.NewShortUUID()
@@ -554,6 +556,7 @@ func TestKafkaConcurrentPoisonDeadLettered(t *testing.T) {
 // partitions mid-run. Every message is handled, per-key order holds
 // (redeliveries replay, never skip), and no key runs on both at once.
 func TestKafkaConcurrentRebalance(t *testing.T) {
+	testenv.Integration(t)
 	const n, keys = 3000, 50
 	group := "rebalance-" + watermill.NewShortUUID()
 	topic := "rebalance_" + watermill.NewShortUUID()

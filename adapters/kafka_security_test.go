@@ -18,6 +18,7 @@ import (
 	"github.com/antidote-mq/antidote/adapters"
 	"github.com/antidote-mq/antidote/devkafka"
 	"github.com/antidote-mq/antidote/internal/testcerts"
+	"github.com/antidote-mq/antidote/internal/testenv"
 )
 
 const secret = "s3cr3t-Pa55word-never-printed"
@@ -213,6 +214,7 @@ func roundTrip(t *testing.T, ctx context.Context, b *adapters.Broker, topic stri
 // certificate and a private CA) connect and carry messages; so does the
 // lag source, which builds its own client.
 func TestKafkaSASLRoundTrip(t *testing.T) {
+	testenv.Integration(t)
 	certs := testcerts.Write(t, t.TempDir())
 	for _, tc := range []struct {
 		mechanism string
@@ -313,6 +315,7 @@ func TestKafkaWrongPassword(t *testing.T) {
 // none answering it fails naming them all, after one timeout, not one per
 // address.
 func TestKafkaPartialBootstrap(t *testing.T) {
+	testenv.Integration(t)
 	k, err := devkafka.Start(devkafka.Config{Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -359,6 +362,7 @@ func TestKafkaPartialBootstrap(t *testing.T) {
 // A three-broker cluster, bootstrapped through a list whose first address is
 // dead, loses one broker mid-run: every published message is processed.
 func TestKafkaClusterBrokerKilled(t *testing.T) {
+	testenv.Integration(t)
 	k, err := devkafka.Start(devkafka.Config{Partitions: 6, Brokers: 3})
 	if err != nil {
 		t.Fatal(err)

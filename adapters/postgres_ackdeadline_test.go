@@ -13,6 +13,7 @@ import (
 
 	"github.com/antidote-mq/antidote"
 	"github.com/antidote-mq/antidote/adapters"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/middleware"
 	"github.com/antidote-mq/antidote/poison"
 	"github.com/antidote-mq/antidote/router"
@@ -24,6 +25,7 @@ import (
 // the batch is nacked until well past the deadline: every message must still
 // arrive and be acked, and the table must end empty.
 func TestPostgresAckDeadlineLosesNothing(t *testing.T) {
+	testenv.Integration(t)
 	const ackDeadline = time.Second
 	b := pgOpen(t, func(p *adapters.PostgresConfig) { p.AckDeadline = ackDeadline })
 	topic := "ackdeadline_" + watermill.NewShortUUID()
@@ -186,6 +188,7 @@ func TestPostgresCancelMidBatchKeepsAcks(t *testing.T) {
 // deadline before dead-lettering it. Every message published is processed
 // or dead-lettered, none is lost, and the queue table ends empty.
 func TestPostgresAckDeadlineRouterBreakerLosesNothing(t *testing.T) {
+	testenv.Integration(t)
 	const ackDeadline = 2 * time.Second
 	b := pgOpen(t, func(p *adapters.PostgresConfig) { p.AckDeadline = ackDeadline })
 	topic := "ackrouter_" + watermill.NewShortUUID()
@@ -310,6 +313,7 @@ func (p *slowFirstLetter) Publish(topic string, msgs ...*message.Message) error 
 // for another MaxHoldTime (before: a second letter after another full hold,
 // and so on while publishes straddled deadlines).
 func TestPostgresAckDeadlineLetterOutlastingTheDeadline(t *testing.T) {
+	testenv.Integration(t)
 	const ackDeadline = time.Second
 	b := pgOpen(t, func(p *adapters.PostgresConfig) {
 		p.AckDeadline = ackDeadline

@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/antidote-mq/antidote/devkafka"
+	"github.com/antidote-mq/antidote/internal/testenv"
 )
 
 // childDirEnv, when set, makes the test binary a broker process on that
@@ -71,6 +72,7 @@ const (
 // A broker started again on its data directory after Close has the
 // topic, every record and the group's committed offset.
 func TestDataDirResumesAfterClose(t *testing.T) {
+	testenv.Integration(t)
 	dir := t.TempDir()
 	b, err := devkafka.Start(devkafka.Config{Partitions: 1, DataDir: dir})
 	if err != nil {

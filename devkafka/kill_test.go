@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/antidote-mq/antidote/devkafka"
+	"github.com/antidote-mq/antidote/internal/testenv"
 )
 
 // These tests run `antidote devkafka --data-dir` as its own process, the
@@ -411,6 +412,7 @@ func (c *collector) ConsumeClaim(s sarama.ConsumerGroupSession, claim sarama.Con
 // and the same high watermarks; records produced after the restart get the
 // next offsets; a consumer group reads them all without an error.
 func TestKillKeepsAutoCreatedTopic(t *testing.T) {
+	testenv.Integration(t)
 	for _, client := range []struct {
 		name    string
 		produce func(t *testing.T, addr, topic, prefix string, n int, m model)
@@ -460,6 +462,7 @@ func (m model) topic(name string) {
 // CreateTopics that rewrote the topic list: each restart has every topic,
 // every record at its offset and the high watermarks after them.
 func TestKillMatrix(t *testing.T) {
+	testenv.Integration(t)
 	dir := t.TempDir()
 	b := startBroker(t, dir, "127.0.0.1:0")
 	m := model{}
@@ -681,6 +684,7 @@ func floodKgo(t *testing.T, addr string, f *flood, stop chan struct{}, topics ..
 // point is served at its offset afterwards, the logs hold no offset twice
 // and nothing that was never sent, and a consumer group reads them all.
 func TestKillDuringFlood(t *testing.T) {
+	testenv.Integration(t)
 	dir := t.TempDir()
 	b := startBroker(t, dir, "127.0.0.1:0")
 	createTopic(t, b.addr, "f-made")
@@ -750,6 +754,7 @@ func TestKillDuringFlood(t *testing.T) {
 // alike: the records before them are served, the next record gets the
 // next offset, and a consumer group reads them all without an error.
 func TestKillTornTail(t *testing.T) {
+	testenv.Integration(t)
 	dir := t.TempDir()
 	b := startBroker(t, dir, "127.0.0.1:0")
 	m := model{}
@@ -815,6 +820,7 @@ func startLegacy(t *testing.T, dir, segment string) *broker {
 // earlier), listed or not; one that did so across segments is refused with
 // an error that names it and says what to do.
 func TestStartRepairsLegacyDataDir(t *testing.T) {
+	testenv.Integration(t)
 	t.Run("forgotten topic", func(t *testing.T) {
 		dir := t.TempDir()
 		old := startLegacy(t, dir, "")

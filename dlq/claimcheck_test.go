@@ -16,6 +16,7 @@ import (
 	"github.com/antidote-mq/antidote/claimcheck"
 	"github.com/antidote-mq/antidote/dlq"
 	"github.com/antidote-mq/antidote/hospital"
+	"github.com/antidote-mq/antidote/internal/testenv"
 	"github.com/antidote-mq/antidote/internal/testenv/brokers"
 	"github.com/antidote-mq/antidote/poison"
 )
@@ -25,6 +26,7 @@ import (
 // without it, Show says where the payload is and Replay refuses (an empty
 // payload replayed would lose the message). On each broker.
 func TestHospitalReadsClaimChecks(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			ctx := context.Background()

@@ -81,6 +81,7 @@ func (a *arrivals) count() (total, distinct int) {
 // directly and on the hospital store. Counted three ways: what each
 // treatment says it did, what reached the letters' topic, and what is left.
 func TestEveryLetterHasOneFate(t *testing.T) {
+	testenv.Integration(t)
 	const n = 300
 	for _, mode := range []string{"kafka", "amqp", "postgres", "store"} {
 		for _, race := range []string{"replay+purge", "replay+replay"} {

@@ -66,6 +66,7 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 // handler (all back in the DLQ with replay_count 1) and through the fixed one
 // (all processed), purge; counts match at each step. On each broker.
 func TestHospital(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			cfg := brokerConfig(t, kind)

@@ -21,6 +21,7 @@ import (
 // resolved out of order name the old topic's records, so the new topic's
 // letters are read from its start, not hidden behind the old offset.
 func TestKafkaDLQMadeAgainIsReadFromItsStart(t *testing.T) {
+	testenv.Integration(t)
 	cfg := brokers.Config(t, adapters.KindKafka, brokers.KafkaCluster(1))
 	b := brokers.Open(t, cfg)
 	topic := brokers.Topic("again_")

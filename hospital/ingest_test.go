@@ -69,6 +69,7 @@ func letters(topic string, n int) []*message.Message {
 // broker; a malformed letter is stored with its problem, not fatal; the
 // ingested letters are acked (a second ingest gets only what came after).
 func TestIngest(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			cfg := brokers.Config(t, kind, brokers.KafkaCluster(2))

@@ -56,6 +56,7 @@ func ingestChild() int {
 // An ingester killed with SIGKILL in the middle of a DLQ, then started
 // again: every letter is stored exactly once. On each broker.
 func TestIngestKilled(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			cfg := brokers.Config(t, kind, brokers.KafkaCluster(2))

@@ -24,6 +24,7 @@ import (
 // replayed ones reach the topic, each once, as replays; every treatment is
 // in the audit.
 func TestReplayRacingPurge(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			cfg := brokers.Config(t, kind, brokers.KafkaCluster(2))

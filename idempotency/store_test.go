@@ -3,6 +3,7 @@ package idempotency_test
 import (
 	"context"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -32,28 +33,31 @@ func TestStores(t *testing.T) {
 }
 
 func TestMemoryStoreIsBounded(t *testing.T) {
-	ctx := context.Background()
-	s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{MaxKeys: 5})
-	defer s.Close()
-	for i := 0; i < 50; i++ {
-		c, err := s.Claim(ctx, string(rune('a'+i%26))+string(rune('a'+i/26)), time.Minute)
-		require.NoError(t, err)
-		require.NoError(t, s.Complete(ctx, c, nil))
-	}
-	assert.Equal(t, 5, s.Len())
+	// In a synctest bubble: the wait past Retention is fake time.
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		s := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{MaxKeys: 5})
+		defer s.Close()
+		for i := 0; i < 50; i++ {
+			c, err := s.Claim(ctx, string(rune('a'+i%26))+string(rune('a'+i/26)), time.Minute)
+			require.NoError(t, err)
+			require.NoError(t, s.Complete(ctx, c, nil))
+		}
+		assert.Equal(t, 5, s.Len())
 
-	// Expired entries are dropped by later calls, without a goroutine.
-	s2 := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{Retention: time.Millisecond})
-	defer s2.Close()
-	for i := 0; i < 4; i++ {
-		c, err := s2.Claim(ctx, string(rune('a'+i)), time.Minute)
+		// Expired entries are dropped by later calls, without a goroutine.
+		s2 := idempotency.MustNewMemoryStore(idempotency.MemoryStoreConfig{Retention: time.Millisecond})
+		defer s2.Close()
+		for i := 0; i < 4; i++ {
+			c, err := s2.Claim(ctx, string(rune('a'+i)), time.Minute)
+			require.NoError(t, err)
+			require.NoError(t, s2.Complete(ctx, c, nil))
+		}
+		time.Sleep(5 * time.Millisecond)
+		_, err := s2.Claim(ctx, "fresh", time.Minute)
 		require.NoError(t, err)
-		require.NoError(t, s2.Complete(ctx, c, nil))
-	}
-	time.Sleep(5 * time.Millisecond)
-	_, err := s2.Claim(ctx, "fresh", time.Minute)
-	require.NoError(t, err)
-	assert.Equal(t, 1, s2.Len(), "the four expired completions were swept")
+		assert.Equal(t, 1, s2.Len(), "the four expired completions were swept")
+	})
 }
 
 func TestStoreConfigValidation(t *testing.T) {

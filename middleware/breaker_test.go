@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -272,50 +273,54 @@ func TestBreakerConfigValidate(t *testing.T) {
 // open the breaker: later ones are refused without running the handler
 // (Defer'd, so DeadLetter nacks them), a probe after OpenTimeout closes it.
 func TestBreakerOpensOnDistinctFailuresAndRecovers(t *testing.T) {
-	b, err := middleware.NewBreaker(middleware.BreakerConfig{MinRequests: 5, OpenTimeout: 50 * time.Millisecond, Backoff: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var down atomic.Bool
-	down.Store(true)
-	var runs atomic.Int64
-	h := b.Middleware(func(m *message.Message) ([]*message.Message, error) {
-		runs.Add(1)
-		if down.Load() {
-			return nil, poison.Transient(errors.New("db down"))
+	// In a synctest bubble: the wait past OpenTimeout is fake time, exact
+	// and instant, whatever the load.
+	synctest.Test(t, func(t *testing.T) {
+		b, err := middleware.NewBreaker(middleware.BreakerConfig{MinRequests: 5, OpenTimeout: 50 * time.Millisecond, Backoff: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil, nil
+		var down atomic.Bool
+		down.Store(true)
+		var runs atomic.Int64
+		h := b.Middleware(func(m *message.Message) ([]*message.Message, error) {
+			runs.Add(1)
+			if down.Load() {
+				return nil, poison.Transient(errors.New("db down"))
+			}
+			return nil, nil
+		})
+		var wg sync.WaitGroup
+		var refused atomic.Int64
+		for i := 0; i < 40; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := h(message.NewMessage(fmt.Sprint(i), nil))
+				if !errors.Is(err, poison.ErrDeferred) {
+					t.Errorf("message %d: %v, want a Defer'd error during the outage", i, err)
+				}
+				if errors.Is(err, middleware.ErrCircuitOpen) && !strings.Contains(err.Error(), "db down") {
+					refused.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if b.State() != "open" {
+			t.Fatalf("state %s after 40 distinct transient failures", b.State())
+		}
+		if refused.Load() == 0 || runs.Load() >= 40 {
+			t.Errorf("open breaker still ran the handler: runs %d, refused %d", runs.Load(), refused.Load())
+		}
+		down.Store(false)
+		time.Sleep(60 * time.Millisecond)
+		if _, err := h(message.NewMessage("probe", nil)); err != nil {
+			t.Fatalf("probe: %v", err)
+		}
+		if b.State() != "closed" {
+			t.Fatalf("state %s after a successful probe", b.State())
+		}
 	})
-	var wg sync.WaitGroup
-	var refused atomic.Int64
-	for i := 0; i < 40; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := h(message.NewMessage(fmt.Sprint(i), nil))
-			if !errors.Is(err, poison.ErrDeferred) {
-				t.Errorf("message %d: %v, want a Defer'd error during the outage", i, err)
-			}
-			if errors.Is(err, middleware.ErrCircuitOpen) && !strings.Contains(err.Error(), "db down") {
-				refused.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if b.State() != "open" {
-		t.Fatalf("state %s after 40 distinct transient failures", b.State())
-	}
-	if refused.Load() == 0 || runs.Load() >= 40 {
-		t.Errorf("open breaker still ran the handler: runs %d, refused %d", runs.Load(), refused.Load())
-	}
-	down.Store(false)
-	time.Sleep(60 * time.Millisecond)
-	if _, err := h(message.NewMessage("probe", nil)); err != nil {
-		t.Fatalf("probe: %v", err)
-	}
-	if b.State() != "closed" {
-		t.Fatalf("state %s after a successful probe", b.State())
-	}
 }
 
 // With a HealthCheck the breaker needs no other traffic: on an ordered

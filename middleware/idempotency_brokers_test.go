@@ -229,6 +229,7 @@ func idemRedisStore(t *testing.T) idempotency.Store {
 // brokers, same topic/queue/group) sharing a PostgreSQL or Redis store
 // process every key exactly once.
 func TestIdempotencyOnBrokers(t *testing.T) {
+	testenv.Integration(t)
 	runs := []struct {
 		name      string
 		consumers int

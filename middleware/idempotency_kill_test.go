@@ -254,6 +254,7 @@ func (c *killChild) waitExit(t *testing.T) {
 // RabbitMQ and Kafka (a standalone devkafka process, so the broker outlives
 // the consumers).
 func TestTransactionalIdempotencySurvivesSIGKILL(t *testing.T) {
+	testenv.Integration(t)
 	pgURL := testenv.PostgresURL(t)
 	for _, kind := range []adapters.Kind{adapters.KindPostgres, adapters.KindAMQP, adapters.KindKafka} {
 		t.Run(string(kind), func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -172,45 +173,73 @@ func TestThrottleConcurrency(t *testing.T) {
 // the token: the wait ends with the message context, the error wraps
 // context.Canceled, and the message is not handled (it is nacked, so it
 // would be delivered again).
+//
+// It runs in a synctest bubble: synctest.Wait returns once the two
+// messages without a token are asleep in the throttle (no sleep guessing
+// how long delivery takes), and Close's duration is fake time, so any wait
+// on a timer (the router's 30 s CloseTimeout above all) shows as a
+// duration > 0 instead of depending on the machine's load.
+//
+// The handler errors are collected without blocking: the GoChannel
+// redelivers a nacked message at once, and while the router closes the
+// cancelled messages can come back hundreds of times (seen on a loaded
+// machine) before the subscriber stops. An earlier version sent them to a
+// channel of 10; the 11th send blocked a handler, and Close timed out
+// after 30 s: the flake was the test's, not the throttle's.
 func TestThrottleShutdownDoesNotHang(t *testing.T) {
-	pubSub := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
-	defer pubSub.Close()
-	var handled atomic.Int64
-	waitErr := make(chan error, 10)
-	record := func(h message.HandlerFunc) message.HandlerFunc {
-		return func(m *message.Message) ([]*message.Message, error) {
-			out, err := h(m)
-			if err != nil {
-				waitErr <- err
+	synctest.Test(t, func(t *testing.T) {
+		pubSub := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, watermill.NopLogger{})
+		defer pubSub.Close()
+		var handled atomic.Int64
+		var mu sync.Mutex
+		var errs []error
+		record := func(h message.HandlerFunc) message.HandlerFunc {
+			return func(m *message.Message) ([]*message.Message, error) {
+				out, err := h(m)
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+				return out, err
 			}
-			return out, err
 		}
-	}
-	_, stop := throttleRouter(t, pubSub, "shutdown", middleware.ThrottleConfig{Rate: 0.01}, // a token per 100 s
-		func(*message.Message) error { handled.Add(1); return nil }, record)
-	for i := 0; i < 3; i++ {
-		if err := pubSub.Publish("shutdown", message.NewMessage(watermill.NewUUID(), nil)); err != nil {
-			t.Fatal(err)
+		_, stop := throttleRouter(t, pubSub, "shutdown", middleware.ThrottleConfig{Rate: 0.01}, // a token per 100 s
+			func(*message.Message) error { handled.Add(1); return nil }, record)
+		for i := 0; i < 3; i++ {
+			if err := pubSub.Publish("shutdown", message.NewMessage(watermill.NewUUID(), nil)); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	throttleWaitUntil(t, 5*time.Second, func() bool { return handled.Load() == 1 })
-	time.Sleep(100 * time.Millisecond) // the second message is waiting now
-	took := stop()
-	t.Logf("router closed in %s with a message waiting for a token", took.Round(time.Millisecond))
-	if took > 5*time.Second {
-		t.Errorf("Close took %s", took)
-	}
-	if handled.Load() != 1 {
-		t.Errorf("handled %d; want 1 (the rest wait for tokens)", handled.Load())
-	}
-	select {
-	case err := <-waitErr:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("the wait ended with %v; want an error wrapping context.Canceled", err)
+		synctest.Wait() // one message handled, two asleep waiting for tokens
+		if n := handled.Load(); n != 1 {
+			t.Fatalf("handled %d before the close; want 1 (one token)", n)
 		}
-	default:
-		t.Error("the waiting message's handler did not return an error")
-	}
+		mu.Lock()
+		before := len(errs)
+		mu.Unlock()
+		if before != 0 {
+			t.Fatalf("%d handler errors before the close; want the waiting messages still waiting", before)
+		}
+		took := stop()
+		t.Logf("router closed in %s of fake time with two messages waiting for tokens", took)
+		if took != 0 {
+			t.Errorf("Close waited %s for a timer; want it to end the token waits at once", took)
+		}
+		if handled.Load() != 1 {
+			t.Errorf("handled %d; want 1 (the rest wait for tokens)", handled.Load())
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(errs) < 2 {
+			t.Errorf("%d handler errors; want one at least for each of the two waiting messages", len(errs))
+		}
+		for _, err := range errs {
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("a wait ended with %v; want an error wrapping context.Canceled", err)
+			}
+		}
+	})
 }
 
 // OnWait sees every message; the adaptive limit reacts to overload errors

@@ -74,6 +74,7 @@ func (p slowPublisher) Publish(topic string, msgs ...*message.Message) error {
 // died) are at most the 32 a relay publishes ahead of its marks, each with
 // its message id for the consumer's idempotency.
 func TestRelayKilled(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			f := newFixture(t)
@@ -129,6 +130,7 @@ func TestRelayKilled(t *testing.T) {
 // Against the relay before ordering keys, the survivor sends the later rows
 // of the dead relay's keys during its lease: inversions.
 func TestRelayKilledKeepsKeyOrder(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			f := newFixture(t)

@@ -425,6 +425,7 @@ func (p *blockingPublisher) Publish(topic string, msgs ...*message.Message) erro
 // (and send its later rows first, or the hanging row twice). Against the
 // relay before the renewal, the lease is never extended.
 func TestLeaseIsRenewedWhilePublishing(t *testing.T) {
+	testenv.Integration(t)
 	f := newFixture(t)
 	b := brokers.Open(t, brokers.Config(t, adapters.KindPostgres))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -43,6 +43,7 @@ func brokerConfig(t *testing.T, kind adapters.Kind) adapters.Config {
 // acked; once it is back, each poison message is dead-lettered exactly once
 // and every healthy one processed. Counted in and out, on each real broker.
 func TestDLQOutageLosesNothing(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			b := brokers.Open(t, brokerConfig(t, kind))
@@ -159,6 +160,7 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 // is dead-lettered for that outage, and after recovery every message is
 // processed exactly as published. On each real broker.
 func TestSinkOutageDeadLettersNothing(t *testing.T) {
+	testenv.Integration(t)
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			b := brokers.Open(t, brokerConfig(t, kind))
@@ -232,6 +234,7 @@ func TestSinkOutageDeadLettersNothing(t *testing.T) {
 // stage where it heals; one that never heals reaches the DLQ after the last
 // stage. On each real broker, by its own delay mechanism.
 func TestDelayedRetriesDoNotBlock(t *testing.T) {
+	testenv.Integration(t)
 	stages := []time.Duration{300 * time.Millisecond, 600 * time.Millisecond}
 	for _, kind := range brokers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {

@@ -180,6 +180,10 @@ func brokerConfig(kind adapters.Kind, o opts) (adapters.Config, error) {
 	cfg.Broker = kind
 	cfg.Kafka.SessionTimeout = o.sessionTimeout
 	cfg.Kafka.CommitInterval = 200 * time.Millisecond
+	// LoadConfig leaves unset fields empty (Open fills them); the consumer
+	// reads cfg.Postgres.URL for its PostgreSQL tracker, so the defaults
+	// must be filled here, not only inside Open.
+	cfg.SetDefaults()
 	return cfg, nil
 }
 

@@ -78,3 +78,15 @@ func need(t testing.TB, name, addr string) {
 	}
 	t.Skipf("%s at %s unreachable (%v); start it or set ANTIDOTE_REQUIRE_SERVICES=1 to make this a failure", name, addr, err)
 }
+
+// Integration skips t under go test -short. It marks the tests that belong
+// to the integration suite rather than to the quick unit run: those that
+// drive a broker end to end for seconds, start private servers, SIGKILL a
+// process or wait out real timeouts. The full go test ./... (CI) runs them;
+// -short keeps the library packages' run under two minutes (docs/testing.md).
+func Integration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test (brokers end to end, private servers, SIGKILL or real timeouts): skipped with -short")
+	}
+}
